@@ -1,0 +1,86 @@
+"""What every producer does around `QueueBackend.enqueue`: ids, routing, timestamps, the `sent` row.
+
+The API and the runner's drain-mode preloader both submit through `submit`, so every task that reaches
+a broker has exactly one `sent` ledger row with its scheduled, sent and enqueued times.
+
+Task ids are 32 hex digits: 24 random and 8 of an HMAC over them. A status lookup can then tell an id
+this deployment issued (the library may not have a record yet: "queued") from one it never issued
+(404) without storing anything per task; Celery and Dramatiq cannot tell those apart themselves.
+The HMAC key comes from ``QUEUEBENCH_ID_KEY`` (`queuebench serve` sets a fresh one per session).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from backends import ledger, workload
+from backends.base import (
+    DEFAULT_QUEUE,
+    LONG_QUEUE,
+    SHORT_QUEUE,
+    BackendSettings,
+    EnqueueReceipt,
+    JobRequest,
+    QueueBackend,
+)
+
+ID_KEY_ENV = "QUEUEBENCH_ID_KEY"
+_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _key() -> bytes:
+    return os.environ.get(ID_KEY_ENV, "queuebench").encode()
+
+
+def _tag(random_part: str) -> str:
+    return hmac.new(_key(), random_part.encode(), hashlib.sha256).hexdigest()[:8]
+
+
+def new_task_id() -> str:
+    random_part = secrets.token_hex(12)
+    return random_part + _tag(random_part)
+
+
+def is_issued_id(task_id: str) -> bool:
+    """True when `task_id` has the shape and tag of an id issued under this deployment's key."""
+    return bool(_ID_RE.match(task_id)) and hmac.compare_digest(task_id[24:], _tag(task_id[:24]))
+
+
+def route(task: str, args: Mapping[str, Any], settings: BackendSettings) -> str:
+    """The queue a task goes to: one queue when shared; long timed tasks apart when dedicated."""
+    if settings.routing == "shared":
+        return DEFAULT_QUEUE
+    if task in workload.TIMED_TASKS and int(args.get("ms", 0)) >= settings.long_threshold_ms:
+        return LONG_QUEUE
+    return SHORT_QUEUE
+
+
+def submit(backend: QueueBackend, task: str, args: Mapping[str, Any], *, queue: str | None = None,
+           scheduled_ns: int | None = None, task_id: str | None = None,
+           probe: bool = False) -> EnqueueReceipt:
+    """Enqueue one task through `backend` and write its `sent` ledger row.
+
+    `args` are the validated task arguments; the message carries `workload.message_args(task, args)`
+    (an `echo` task's payload is made here, so it travels through the broker and serializer).
+    """
+    job = JobRequest(
+        id=task_id or new_task_id(),
+        task=task,
+        args=workload.message_args(task, args),
+        queue=queue or route(task, args, backend.settings),
+        scheduled_ns=scheduled_ns,
+        sent_ns=time.time_ns(),
+        probe=probe,
+    )
+    receipt = backend.enqueue(job)
+    ledger.record_sent(task_id=job.id, task=task, args=args, queue=receipt.queue,
+                       scheduled_ns=scheduled_ns, sent_ns=job.sent_ns,
+                       enqueued_ns=receipt.enqueued_ns, probe=probe)
+    return receipt
