@@ -1,0 +1,184 @@
+"""The floor: a bare Redis list, JSON messages and a minimal worker of our own (`backends.baseline_worker`).
+
+No library sits between the API and the task body, so what this backend measures is the cost of the
+harness itself (API, Locust, ledger) plus one LPUSH and one BRPOP per task. Every library's figure is
+read against it: the gap is what the library costs.
+
+- Message: one JSON object ``{"id", "task", "args", "meta", "attempt", "max_retries"}`` LPUSHed onto
+  ``queuebench:baseline:queue:<queue>``; a worker thread BRPOPs it (FIFO), runs `workload.execute`.
+- Retries (`flaky` only): the worker LPUSHes the message again at once with ``attempt + 1`` until
+  ``max_retries`` is spent; no backoff.
+- Results: on, the worker SETs ``queuebench:baseline:result:<id>`` (JSON, kept ``result_ttl_s``, default
+  500 s like RQ) when a task ends and ``started`` when it starts; off, nothing is written. A message in a
+  queue has no record, so an id without one reports ``queued``.
+- Workers: ``python -m backends.baseline_worker --threads T QUEUE...``, one process per slot group
+  (`processes` commands), each with `threads` threads blocking on BRPOP: slots = processes x threads.
+  A popped message is gone from Redis (no acknowledgement): the floor is at-most-once by design.
+- Only JSON: the floor does not vary its serializer.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Mapping
+from importlib.metadata import version as _dist_version
+from typing import Any, ClassVar
+
+import redis
+
+from backends import workload
+from backends.base import (
+    BackendSettings,
+    BackendUnavailable,
+    EnqueueReceipt,
+    JobRequest,
+    TaskStatus,
+    UnsupportedOption,
+    WorkerCommand,
+    WorkerSpec,
+    check_common,
+    check_worker_spec,
+    reject_unknown_options,
+)
+
+QUEUE_PREFIX = "queuebench:baseline:queue:"
+RESULT_PREFIX = "queuebench:baseline:result:"
+DEFAULT_RESULT_TTL_S = 500
+PING_TIMEOUT_S = 2.0
+
+
+def queue_key(queue: str) -> str:
+    return QUEUE_PREFIX + queue
+
+
+def result_key(task_id: str) -> str:
+    return RESULT_PREFIX + task_id
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+    return url
+
+
+class BaselineBackend:
+    """Bare Redis LPUSH / BRPOP with JSON: the floor every library is compared with."""
+
+    name: ClassVar[str] = "baseline"
+    brokers: ClassVar[frozenset[str]] = frozenset({"redis"})
+    serializers: ClassVar[frozenset[str]] = frozenset({"json"})
+    knobs: ClassVar[dict[str, str]] = {
+        "result_ttl_s": "int, seconds a result is kept when results are on (default 500).",
+    }
+
+    def __init__(self, settings: BackendSettings) -> None:
+        check_common(self.name, self.brokers, self.serializers, settings)
+        reject_unknown_options(self.name, settings.options, self.knobs)
+        ttl = settings.options.get("result_ttl_s", DEFAULT_RESULT_TTL_S)
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
+            raise UnsupportedOption("[baseline] result_ttl_s", ttl, self.name, "a positive number of seconds")
+        if settings.result_url and settings.result_url != settings.broker_url:
+            raise UnsupportedOption("result_url", _redact(settings.result_url), self.name,
+                                    "the baseline keeps results in its broker's Redis")
+        self.settings = settings
+        self.result_ttl_s = ttl
+        self._redis = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=PING_TIMEOUT_S,
+                                           socket_timeout=10)
+
+    def _unavailable(self, exc: Exception) -> BackendUnavailable:
+        return BackendUnavailable(f"baseline Redis at {_redact(self.settings.broker_url)} did not answer: "
+                                  f"{type(exc).__name__}: {exc}")
+
+    def ping(self) -> None:
+        client = redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=PING_TIMEOUT_S,
+                                      socket_timeout=PING_TIMEOUT_S)
+        try:
+            client.ping()
+        except (redis.RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        finally:
+            client.close()
+
+    def enqueue(self, job: JobRequest) -> EnqueueReceipt:
+        message = {"id": job.id, "task": job.task, "args": dict(job.args), "meta": job.meta(), "attempt": 1,
+                   "max_retries": workload.max_retries_for(job.task, job.args)}
+        try:
+            self._redis.lpush(queue_key(job.queue), json.dumps(message, separators=(",", ":")))
+        except (redis.RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return EnqueueReceipt(job.id, job.queue, time.time_ns())
+
+    def status(self, task_id: str) -> TaskStatus | None:
+        try:
+            raw = self._redis.get(result_key(task_id))
+        except (redis.RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        if raw is None:
+            return TaskStatus(task_id, "queued")
+        record = json.loads(raw)
+        return TaskStatus(task_id, record["status"], record.get("result"), record.get("error"))
+
+    def worker_commands(self, spec: WorkerSpec) -> list[WorkerCommand]:
+        check_worker_spec(self.name, spec)
+        reject_unknown_options(self.name, spec.options, {})
+        for option, value, reason in (
+            ("pool", spec.pool, "the baseline worker is threads in plain processes"),
+            ("worker_class", spec.worker_class, "the baseline has one worker"),
+            ("prefetch", spec.prefetch, "each thread pops one message at a time"),
+            ("acks_late", spec.acks_late, "a popped message is gone (at-most-once, no acknowledgement)"),
+        ):
+            if value is not None:
+                raise UnsupportedOption(option, value, self.name, reason)
+        argv = [sys.executable, "-m", "backends.baseline_worker", "--threads", str(spec.threads), *spec.queues]
+        group = "-".join(spec.queues)
+        return [WorkerCommand(name=f"baseline-{group}-{i}", argv=argv, env=self.settings.to_env())
+                for i in range(spec.processes)]
+
+    def queue_depths(self) -> Mapping[str, int]:
+        try:
+            return {queue: int(self._redis.llen(queue_key(queue))) for queue in self.settings.queues}
+        except (redis.RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    def purge(self) -> None:
+        """Delete this configuration's queue lists and every baseline result key (SCAN, never FLUSHDB)."""
+        self._redis.delete(*(queue_key(q) for q in self.settings.queues))
+        batch: list[bytes] = []
+        for key in self._redis.scan_iter(match=RESULT_PREFIX + "*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                self._redis.delete(*batch)
+                batch.clear()
+        if batch:
+            self._redis.delete(*batch)
+
+    def describe(self) -> Mapping[str, Any]:
+        try:
+            server: Any = self._redis.info("server").get("redis_version")
+        except (redis.RedisError, OSError) as exc:
+            server = f"unavailable: {type(exc).__name__}: {exc}"
+        return {
+            "backend": self.name,
+            "redis_py_version": _dist_version("redis"),
+            "redis_server_version": server,
+            "broker": "redis",
+            "broker_url": _redact(self.settings.broker_url),
+            "serializer": "json",
+            "worker_command": "python -m backends.baseline_worker --threads T QUEUE... (one per process)",
+            "delivery": "LPUSH / BRPOP, at-most-once, no acknowledgement",
+            "retry": "flaky only: re-pushed at once with attempt + 1",
+            "results": self.settings.results,
+            "result_ttl_s": self.result_ttl_s if self.settings.results else None,
+            "routing": self.settings.routing,
+            "queues": list(self.settings.queues),
+            "knobs": dict(self.settings.options),
+        }
+
+    def close(self) -> None:
+        self._redis.close()
+        self._redis.connection_pool.disconnect()

@@ -1,0 +1,427 @@
+"""RQ (Redis Queue) behind the queuebench backend protocol.
+
+Design, in the order a task meets it:
+
+- Producer. One `redis.Redis` client (its own connection pool) per backend and one `rq.Queue` per queue
+  name, built once and reused: the API enqueues at a high rate, and a cached `Queue` also caches the
+  Redis server version RQ reads on every enqueue. Each task becomes one RQ job whose id is the harness's
+  id and whose function is the module-level `run` (by dotted path, so the producer never needs the task
+  code). The job's description is just the task name: RQ's default is the repr of every argument,
+  which for an `echo` task would be the whole payload.
+- Serializer. json -> `rq.serializers.JSONSerializer`, pickle -> RQ's default pickle serializer,
+  msgpack -> `MsgpackSerializer` below. The producer's `Queue(serializer=...)` and the worker's
+  ``--serializer`` name the same class; RQ puts job data, job meta and results through it.
+- Retries. Only `flaky` needs them: it gets RQ's own ``Retry(max=fail_times, interval=0)`` (re-queued at
+  once, no backoff, so no scheduler round trip). The attempt number comes from RQ's bookkeeping:
+  `job.retries_left` (RQ decrements it on each retry) and the maximum, stored in the job's RQ meta at
+  enqueue.
+- Results. On: RQ keeps a success for ``result_ttl_s`` (RQ default 500 s) and a failure for
+  ``failure_ttl_s`` (RQ default 1 year). Off: jobs are enqueued with ``result_ttl=0``, RQ's own "do not
+  keep results": a successful job is deleted, hash and timestamps included, as soon as it finishes, so
+  `status` then answers None ("no record"), exactly as RQ itself would. Failures are still kept
+  (``failure_ttl``), so a failed task stays visible. The harness times every task from its ledger,
+  never from RQ's timestamps, so deleting them costs no measurement.
+- Workers. RQ's own CLI, ``rq worker-pool -n N``: one job at a time per worker process, so slots = N;
+  threads > 1, prefetch and acks_late raise `UnsupportedOption`. The worker class is RQ's default
+  (`rq.worker.Worker`, a fork per job) unless the spec names `Worker`, `SimpleWorker`, `SpawnWorker` or a
+  dotted path. ``-c backends.rq_backend`` makes RQ import this module in the pool process as its
+  "config module" (it defines none of RQ's setting names), which preloads the task code once before the
+  pool forks its workers, as RQ's performance notes advise; without it every forked work horse of the
+  default worker class would import the task code again for each job, and only msgpack runs (whose
+  serializer path imports this module anyway) would be spared.
+- Job timeout. Per job (``job_timeout_s``, RQ default 180 s): RQ stores it in the job and the work
+  horse enforces it, so it holds under ``worker-pool`` too, which has no timeout flag of its own.
+
+Nothing but this module imports rq.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+import time
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+import msgpack
+import redis
+import rq
+from rq.defaults import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, DEFAULT_WORKER_CLASS
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus, Retry, get_current_job
+from rq.results import Result
+from rq.serializers import DefaultSerializer, JSONSerializer
+
+from backends import workload
+from backends.base import (
+    BackendSettings,
+    BackendUnavailable,
+    EnqueueReceipt,
+    JobRequest,
+    TaskStatus,
+    UnsupportedOption,
+    WorkerCommand,
+    WorkerSpec,
+    check_common,
+    check_worker_spec,
+    reject_unknown_options,
+)
+
+#: The job function, by dotted path: the producer does not import task code to name it.
+RUN_FUNC = "backends.rq_backend.run"
+#: This module, named to ``rq worker-pool -c`` so the pool process imports the task code before forking.
+PRELOAD_MODULE = "backends.rq_backend"
+
+#: Knobs of the matrix's ``[rq]`` table (settings.options). Absent means RQ's own default.
+KNOBS: dict[str, str] = {
+    "job_timeout_s": "int, seconds before RQ kills a running job (-1: never). RQ default 180.",
+    "result_ttl_s": "int, seconds RQ keeps a success and its result when results are on (-1: forever). "
+                    "RQ default 500. Ignored when results are off (then 0: deleted on success).",
+    "failure_ttl_s": "int, seconds RQ keeps a failed job (-1: forever). RQ default 31536000 (1 year).",
+    "logging_level": "str, worker log level (rq worker-pool -l): DEBUG | INFO | WARNING | ERROR. RQ default "
+                     "INFO, which logs about three lines per job.",
+}
+LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+#: Short worker-class names a spec may use; any other value must be a dotted path.
+WORKER_CLASSES: dict[str, str] = {
+    "Worker": "rq.worker.Worker",
+    "SimpleWorker": "rq.worker.SimpleWorker",
+    "SpawnWorker": "rq.worker.SpawnWorker",
+}
+
+#: The job's RQ meta key holding the retry maximum set at enqueue (only jobs that may retry carry it).
+_META_MAX_RETRIES = "qb_max_retries"
+#: Seconds `ping` waits for Redis; the producer's own client allows longer per command.
+PING_TIMEOUT_S = 2.0
+PRODUCER_SOCKET_TIMEOUT_S = 10.0
+
+
+# --- msgpack -----------------------------------------------------------------------------------------
+
+_EXT_TUPLE, _EXT_SET, _EXT_FROZENSET, _EXT_DATETIME = 1, 2, 3, 4
+
+
+def _msgpack_default(obj: Any) -> Any:
+    """What msgpack cannot pack natively (with strict types): tuples and sets as extension types,
+    datetimes as ISO text, subclasses of the basic types (str enums such as RQ's `JobStatus`) as their base."""
+    if isinstance(obj, tuple):
+        return msgpack.ExtType(_EXT_TUPLE, MsgpackSerializer.dumps(list(obj)))
+    if isinstance(obj, frozenset):
+        return msgpack.ExtType(_EXT_FROZENSET, MsgpackSerializer.dumps(list(obj)))
+    if isinstance(obj, set):
+        return msgpack.ExtType(_EXT_SET, MsgpackSerializer.dumps(list(obj)))
+    if isinstance(obj, _dt.datetime):
+        return msgpack.ExtType(_EXT_DATETIME, obj.isoformat().encode())
+    for base in (bool, int, float, str, bytes, list, dict):
+        if isinstance(obj, base):
+            return base(obj) if base is not str else str.__str__(obj)
+    raise TypeError(f"MsgpackSerializer cannot serialize {type(obj).__name__}")
+
+
+def _msgpack_ext_hook(code: int, data: bytes) -> Any:
+    if code == _EXT_TUPLE:
+        return tuple(MsgpackSerializer.loads(data))
+    if code == _EXT_SET:
+        return set(MsgpackSerializer.loads(data))
+    if code == _EXT_FROZENSET:
+        return frozenset(MsgpackSerializer.loads(data))
+    if code == _EXT_DATETIME:
+        return _dt.datetime.fromisoformat(data.decode())
+    return msgpack.ExtType(code, data)
+
+
+class MsgpackSerializer:
+    """RQ serializer (the ``dumps``/``loads`` protocol of `rq.serializers`) over msgpack.
+
+    Bytes stay bytes and text stays text (``use_bin_type``/``raw=False``); tuples, sets and datetimes
+    round-trip through extension types, so RQ's ``(func_name, instance, args, kwargs)`` job tuple comes
+    back as a tuple. Integers are limited to 64 bits, as in msgpack itself.
+    """
+
+    @staticmethod
+    def dumps(obj: Any) -> bytes:
+        return msgpack.packb(obj, use_bin_type=True, strict_types=True, default=_msgpack_default)
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_msgpack_ext_hook)
+
+
+#: Our serializer names -> (the class, the worker's ``--serializer`` argument).
+SERIALIZERS: dict[str, tuple[Any, str]] = {
+    "json": (JSONSerializer, "json"),
+    "pickle": (DefaultSerializer, "pickle"),
+    "msgpack": (MsgpackSerializer, "backends.rq_backend.MsgpackSerializer"),
+}
+
+
+# --- the job function ----------------------------------------------------------------------------------
+
+
+def run(task: str, args: dict[str, Any], meta: dict[str, Any]) -> Any:
+    """The one RQ job function: run `task` through the shared body with RQ's attempt number.
+
+    RQ counts down ``job.retries_left`` from the ``Retry.max`` given at enqueue (kept in the job's RQ meta),
+    so attempt = max - retries_left + 1; a job without a retry policy runs once, as attempt 1.
+    """
+    attempt = 1
+    job = get_current_job()
+    if job is not None and job.retries_left is not None:
+        max_retries = int(job.meta.get(_META_MAX_RETRIES, job.retries_left))
+        attempt = max_retries - job.retries_left + 1
+    return workload.execute(task, args, meta, attempt)
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (for messages and `describe`)."""
+    parts = urlsplit(url)
+    if parts.password:
+        return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+    return url
+
+
+def _int_knob(options: Mapping[str, Any], key: str, *, allow_zero: bool = False) -> int | None:
+    if key not in options:
+        return None
+    value = options[key]
+    if isinstance(value, bool) or not isinstance(value, int) or (value == 0 and not allow_zero) or value < -1:
+        raise UnsupportedOption(f"[rq] {key}", value, RQBackend.name,
+                                "an integer number of seconds, > 0, or -1 for no limit")
+    return value
+
+
+def _last_line(text: str | None) -> str | None:
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1].strip()[:500] if lines else None
+
+
+def _dist(name: str) -> str | None:
+    try:
+        return _dist_version(name)
+    except PackageNotFoundError:
+        return None
+
+
+#: RQ's job status -> ours. A `flaky` job waiting for its retry is back in "queued" (RQ re-queues it).
+_STATES: dict[str, str] = {
+    JobStatus.CREATED.value: "queued",
+    JobStatus.QUEUED.value: "queued",
+    JobStatus.DEFERRED.value: "queued",
+    JobStatus.SCHEDULED.value: "queued",
+    JobStatus.STARTED.value: "started",
+    JobStatus.FINISHED.value: "success",
+    JobStatus.FAILED.value: "failure",
+    JobStatus.STOPPED.value: "failure",
+    JobStatus.CANCELED.value: "failure",
+}
+
+
+# --- the backend ---------------------------------------------------------------------------------------
+
+
+class RQBackend:
+    """RQ on Redis: one job per task, RQ's own retry for `flaky`, RQ's own CLI for workers."""
+
+    name: ClassVar[str] = "rq"
+    brokers: ClassVar[frozenset[str]] = frozenset({"redis"})
+    serializers: ClassVar[frozenset[str]] = frozenset({"json", "pickle", "msgpack"})
+    knobs: ClassVar[dict[str, str]] = KNOBS
+
+    def __init__(self, settings: BackendSettings) -> None:
+        check_common(self.name, self.brokers, self.serializers, settings)
+        reject_unknown_options(self.name, settings.options, KNOBS)
+        if settings.result_url and settings.result_url != settings.broker_url:
+            raise UnsupportedOption("result_url", redact_url(settings.result_url), self.name,
+                                    "RQ keeps results in its broker's Redis, not in a separate store")
+        options = settings.options
+        self.job_timeout_s = _int_knob(options, "job_timeout_s")
+        self.failure_ttl_s = _int_knob(options, "failure_ttl_s")
+        result_ttl_s = _int_knob(options, "result_ttl_s")
+        #: What jobs are enqueued with: 0 (RQ deletes a success at once) when results are off.
+        self.result_ttl_s: int | None = result_ttl_s if settings.results else 0
+        level = options.get("logging_level")
+        if level is not None and (not isinstance(level, str) or level.upper() not in LOGGING_LEVELS):
+            raise UnsupportedOption("[rq] logging_level", level, self.name, f"one of {', '.join(LOGGING_LEVELS)}")
+        self.logging_level: str | None = level.upper() if level is not None else None
+        self.settings = settings
+        self._serializer, self._serializer_arg = SERIALIZERS[settings.serializer]
+        self._redis = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=PING_TIMEOUT_S,
+                                           socket_timeout=PRODUCER_SOCKET_TIMEOUT_S)
+        self._queues: dict[str, rq.Queue] = {}
+
+    def _queue(self, name: str) -> rq.Queue:
+        queue = self._queues.get(name)
+        if queue is None:
+            # A harmless race between API threads may build two; one is kept.
+            queue = rq.Queue(name, connection=self._redis, serializer=self._serializer)
+            self._queues[name] = queue
+        return queue
+
+    def ping(self) -> None:
+        """Raise `BackendUnavailable` naming the URL (password hidden) unless Redis answers within 2 s."""
+        client = redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=PING_TIMEOUT_S,
+                                      socket_timeout=PING_TIMEOUT_S)
+        try:
+            client.ping()
+        except (redis.RedisError, OSError) as exc:
+            raise BackendUnavailable(f"RQ broker Redis at {redact_url(self.settings.broker_url)} did not answer: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            client.close()
+
+    def enqueue(self, job: JobRequest) -> EnqueueReceipt:
+        """Enqueue `job` as one RQ job (id = `job.id`) on `job.queue`; `flaky` gets RQ's `Retry`."""
+        max_retries = workload.max_retries_for(job.task, job.args)
+        retry = Retry(max=max_retries, interval=0) if max_retries > 0 else None
+        self._queue(job.queue).enqueue_call(
+            RUN_FUNC,
+            args=(job.task, dict(job.args), job.meta()),
+            job_id=job.id,
+            timeout=self.job_timeout_s,
+            result_ttl=self.result_ttl_s,
+            failure_ttl=self.failure_ttl_s,
+            description=job.task,
+            meta={_META_MAX_RETRIES: max_retries} if retry else None,
+            retry=retry,
+        )
+        return EnqueueReceipt(job.id, job.queue, time.time_ns())
+
+    def status(self, task_id: str) -> TaskStatus | None:
+        """RQ's state and result for `task_id`; None when RQ has no record (unknown, expired, or a success
+        deleted at once because results are off)."""
+        try:
+            rq_job = Job.fetch(task_id, connection=self._redis, serializer=self._serializer)
+        except NoSuchJobError:
+            return None
+        rq_status = rq_job.get_status(refresh=False)
+        raw = str(getattr(rq_status, "value", rq_status))
+        state = _STATES.get(raw, "queued")
+        if state == "success":
+            return TaskStatus(task_id, "success", rq_job.return_value())
+        if state == "failure":
+            return TaskStatus(task_id, "failure", None, self._failure_text(rq_job, raw))
+        return TaskStatus(task_id, state)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _failure_text(rq_job: Job, raw: str) -> str:
+        result = rq_job.latest_result()
+        text = _last_line(result.exc_string if result is not None else None)
+        if text is None and result is not None and result.type == Result.Type.MAX_RETRIES_EXCEEDED:
+            text = "maximum retries exceeded"
+        return text or f"job {raw}"
+
+    def worker_commands(self, spec: WorkerSpec) -> list[WorkerCommand]:
+        """One ``rq worker-pool -n <processes>`` on the spec's queues (RQ's own CLI and process manager)."""
+        check_worker_spec(self.name, spec)
+        reject_unknown_options(self.name, spec.options, {})
+        if spec.threads > 1:
+            raise UnsupportedOption("threads", spec.threads, self.name,
+                                    "RQ runs one job at a time per worker process; raise processes instead")
+        if spec.pool is not None:
+            raise UnsupportedOption("pool", spec.pool, self.name,
+                                    "RQ has no pool setting; choose worker_class (Worker, SimpleWorker, SpawnWorker)")
+        if spec.prefetch is not None:
+            raise UnsupportedOption("prefetch", spec.prefetch, self.name,
+                                    "RQ has no prefetch: an idle worker pops one job at a time")
+        if spec.acks_late is not None:
+            raise UnsupportedOption("acks_late", spec.acks_late, self.name,
+                                    "RQ has no acknowledgement setting: a dequeued job sits in the started "
+                                    "registry, and one whose worker dies goes to the failed registry, not back "
+                                    "to the queue")
+        argv = [str(Path(sys.executable).parent / "rq"), "worker-pool", "-n", str(spec.processes),
+                "-u", self.settings.broker_url, "-S", self._serializer_arg, "-c", PRELOAD_MODULE]
+        worker_class = self._worker_class(spec.worker_class)
+        if worker_class is not None:
+            argv += ["-w", worker_class]
+        if self.logging_level is not None:
+            argv += ["-l", self.logging_level]
+        argv += list(spec.queues)
+        return [WorkerCommand(name=f"rq-{'-'.join(spec.queues)}", argv=argv, env=self.settings.to_env())]
+
+    def _worker_class(self, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = WORKER_CLASSES.get(value, value)
+        if "." not in path:
+            raise UnsupportedOption("worker_class", value, self.name,
+                                    f"one of {', '.join(WORKER_CLASSES)} or a dotted path")
+        try:
+            from rq.utils import import_worker_class
+
+            import_worker_class(path)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise UnsupportedOption("worker_class", value, self.name, f"not an RQ worker class: {exc}") from exc
+        return path
+
+    def queue_depths(self) -> Mapping[str, int]:
+        """Jobs waiting per queue of `settings.queues` (RQ's ``Queue.count``)."""
+        return {name: self._queue(name).count for name in self.settings.queues}
+
+    def purge(self) -> None:
+        """Empty this configuration's queues and their job registries (with those jobs and results).
+
+        Only keys of these queues' jobs are deleted: never FLUSHDB, never another queue's keys.
+        """
+        for name in self.settings.queues:
+            queue = self._queue(name)
+            queue.delete(delete_jobs=True)  # its waiting jobs, the list, and its entry in RQ's queue set
+            registries = (queue.started_job_registry, queue.finished_job_registry, queue.failed_job_registry,
+                          queue.deferred_job_registry, queue.scheduled_job_registry, queue.canceled_job_registry)
+            for registry in registries:
+                ids = registry.get_job_ids(cleanup=False)
+                for start in range(0, len(ids), 1000):
+                    with self._redis.pipeline(transaction=False) as pipe:
+                        for job_id in ids[start:start + 1000]:
+                            pipe.delete(Job.key_for(job_id), Job.dependents_key_for(job_id),
+                                        f"{Job.key_for(job_id)}:dependencies", Result.get_key(job_id),
+                                        f"rq:executions:{job_id}")
+                        pipe.execute()
+                self._redis.delete(registry.key)
+            self._redis.delete(queue.intermediate_queue_key)
+
+    def describe(self) -> Mapping[str, Any]:
+        """Versions (rq, redis-py, Redis server) and the effective settings, stored with every result."""
+        try:
+            server: Any = self._redis.info("server").get("redis_version")
+        except (redis.RedisError, OSError) as exc:
+            server = f"unavailable: {type(exc).__name__}: {exc}"
+        results = self.settings.results
+        return {
+            "backend": self.name,
+            "rq_version": rq.__version__,
+            "redis_py_version": redis.__version__,
+            "hiredis": _dist("hiredis"),
+            "msgpack_version": _dist("msgpack"),
+            "redis_server_version": server,
+            "broker": self.settings.broker,
+            "broker_url": redact_url(self.settings.broker_url),
+            "serializer": self.settings.serializer,
+            "serializer_class": f"{self._serializer.__module__}.{self._serializer.__qualname__}",
+            "worker_command": "rq worker-pool -n <processes> (one job at a time per process: slots = processes)",
+            "worker_class_default": f"{DEFAULT_WORKER_CLASS} (rq.worker.Worker: a fork per job)",
+            "preload": f"-c {PRELOAD_MODULE} (task code imported once in the pool before forking)",
+            "results": results,
+            "result_ttl_s": (self.result_ttl_s if self.result_ttl_s is not None else DEFAULT_RESULT_TTL),
+            "result_ttl_note": None if results else "results off: result_ttl=0, RQ deletes a success at once",
+            "failure_ttl_s": self.failure_ttl_s if self.failure_ttl_s is not None else DEFAULT_FAILURE_TTL,
+            "job_timeout_s": self.job_timeout_s if self.job_timeout_s is not None else rq.Queue.DEFAULT_TIMEOUT,
+            "logging_level": self.logging_level or "INFO",
+            "retry": "flaky only: Retry(max=fail_times, interval=0), re-queued at once",
+            "routing": self.settings.routing,
+            "queues": list(self.settings.queues),
+            "knobs": dict(self.settings.options),
+        }
+
+    def close(self) -> None:
+        """Close the producer's connection pool."""
+        self._redis.close()
+        self._redis.connection_pool.disconnect()
+        self._queues.clear()
