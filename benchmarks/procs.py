@@ -1,0 +1,136 @@
+"""Supervised subprocesses: every process the harness starts is stopped, whole tree, in `finally`.
+
+Each child starts in its own session (so a terminal's Ctrl-C reaches only the harness, which then
+stops things in order: load generator, API, workers, brokers). Stopping collects the whole process
+tree with psutil *before* signalling, so a worker pool's children are found even if their parent
+exits first, then sends SIGTERM, waits, and SIGKILLs whatever is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+DEFAULT_STOP_TIMEOUT_S = 10.0
+
+
+class ProcessFailed(RuntimeError):
+    """A supervised process exited when it should be running; the message ends with its log's tail."""
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    _log_fh: object = field(repr=False, default=None)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+    def tree(self) -> list[psutil.Process]:
+        """This process and all its descendants (empty once it has gone)."""
+        try:
+            root = psutil.Process(self.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+
+class Supervisor:
+    """Starts processes, remembers them, and stops every one of them (reverse start order)."""
+
+    def __init__(self) -> None:
+        self.procs: list[Proc] = []
+
+    def start(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+              cwd: str | os.PathLike[str] | None = None, log_path: str | os.PathLike[str]) -> Proc:
+        log = Path(log_path)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        fh.write(f"$ {' '.join(argv)}\n".encode())
+        fh.flush()
+        popen = subprocess.Popen(list(argv), env=dict(env) if env is not None else None, cwd=cwd,
+                                 stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        proc = Proc(name, list(argv), popen, log, fh)
+        self.procs.append(proc)
+        return proc
+
+    def check(self) -> None:
+        """Raise `ProcessFailed` if any supervised process has exited."""
+        for proc in self.procs:
+            if not proc.alive():
+                raise ProcessFailed(f"{proc.name} exited with code {proc.popen.returncode}; "
+                                    f"log {proc.log_path}:\n{proc.log_tail()}")
+
+    def pids(self) -> dict[str, list[int]]:
+        """Live pids of each supervised process tree, by name (for resource sampling and checks)."""
+        return {proc.name: [p.pid for p in proc.tree()] for proc in self.procs}
+
+    def stop(self, proc: Proc, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
+        tree = proc.tree()
+        _signal_all(tree, signal.SIGTERM)
+        with _ignore_gone():
+            os.killpg(proc.pid, signal.SIGTERM)  # members of its session that left the tree
+        _, alive = psutil.wait_procs(tree, timeout=timeout_s)
+        _signal_all(alive, signal.SIGKILL)
+        with _ignore_gone():
+            os.killpg(proc.pid, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(timeout=5)
+        if proc._log_fh is not None:
+            proc._log_fh.close()  # type: ignore[attr-defined]
+            proc._log_fh = None
+
+    def stop_all(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
+        """Stop every process, last started first. Safe to call twice."""
+        while self.procs:
+            proc = self.procs.pop()
+            self.stop(proc, timeout_s)
+
+
+def _signal_all(procs: Sequence[psutil.Process], sig: int) -> None:
+    for p in procs:
+        with _ignore_gone():
+            p.send_signal(sig)
+
+
+def _ignore_gone() -> contextlib.suppress:
+    """Signalling a process that has already gone is not an error."""
+    return contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError, PermissionError)
+
+
+def wait_until(predicate, *, timeout_s: float, interval_s: float = 0.1, what: str = "condition",
+               supervisor: Supervisor | None = None) -> None:
+    """Poll `predicate` until true; raise TimeoutError naming `what`, or ProcessFailed if a child died."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if supervisor is not None:
+            supervisor.check()
+        if predicate():
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(interval_s)

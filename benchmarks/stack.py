@@ -1,0 +1,254 @@
+"""One configuration brought up for real: broker(s), workers (each library's own CLI), gunicorn + the API.
+
+`StackConfig` is the data; `validate` checks it against the backend without starting anything; `Stack`
+starts everything in order, verifies a task round-trips through every queue, and stops everything
+(whole process trees) in reverse order on `stop()`, which is safe to call at any point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import backends
+from api.wsgi import BACKEND_ENV, gunicorn_argv
+from backends import dispatch, ledger
+from backends.base import (
+    LONG_QUEUE,
+    SHORT_QUEUE,
+    BackendSettings,
+    QueueBackend,
+    UnsupportedOption,
+    WorkerSpec,
+)
+from benchmarks import brokers
+from benchmarks.procs import Supervisor, wait_until
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+HEALTHY_TIMEOUT_S = 30.0
+ROUND_TRIP_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Everything that defines one running configuration. None means the library's own default."""
+
+    backend: str
+    broker: str = "redis"
+    broker_url: str | None = None  # a user's Redis (never flushed); None: a private redis-server
+    amqp_url: str | None = None  # None: the local default RabbitMQ if it answers, else a private node
+    allow_dirty: bool = False
+    serializer: str = "json"
+    results: bool = True
+    routing: str = "shared"
+    long_threshold_ms: int = 100
+    processes: int = 1
+    threads: int = 1
+    pool: str | None = None
+    worker_class: str | None = None
+    prefetch: int | None = None
+    acks_late: bool | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    api_port: int | None = None  # None: a free loopback port
+    api_workers: int = 2
+    api_threads: int = 4
+
+    def settings(self, broker_url: str, result_url: str | None) -> BackendSettings:
+        return BackendSettings(broker=self.broker, broker_url=broker_url, result_url=result_url,
+                               serializer=self.serializer, results=self.results, routing=self.routing,
+                               long_threshold_ms=self.long_threshold_ms, options=dict(self.options))
+
+    def worker_specs(self) -> list[WorkerSpec]:
+        """Worker groups: one on the shared queue, or the processes split between short and long queues.
+
+        `processes` is the total either way, so shared and dedicated routing compare at equal slots.
+        """
+        common = dict(threads=self.threads, pool=self.pool, worker_class=self.worker_class,
+                      prefetch=self.prefetch, acks_late=self.acks_late)
+        if self.routing == "shared":
+            return [WorkerSpec(queues=("default",), processes=self.processes, **common)]
+        if self.processes < 2:
+            raise UnsupportedOption("processes", self.processes, self.backend,
+                                    "dedicated routing needs at least 2 processes (one per queue)")
+        long_processes = self.processes // 2
+        return [WorkerSpec(queues=(SHORT_QUEUE,), processes=self.processes - long_processes, **common),
+                WorkerSpec(queues=(LONG_QUEUE,), processes=long_processes, **common)]
+
+    @property
+    def slots(self) -> int:
+        return self.processes * self.threads
+
+
+def validate(config: StackConfig) -> None:
+    """Raise `UnsupportedOption` (or KeyError for an unknown backend) before anything starts."""
+    placeholder = "redis://127.0.0.1:6379/0" if config.broker == "redis" else brokers.DEFAULT_AMQP_URL
+    result_url = "redis://127.0.0.1:6379/0"
+    backend = backends.get_backend(config.backend, config.settings(placeholder, result_url))
+    try:
+        for spec in config.worker_specs():
+            backend.worker_commands(spec)
+    finally:
+        backend.close()
+
+
+class Stack:
+    """Brokers, workers and the API of one configuration, under one supervisor."""
+
+    def __init__(self, config: StackConfig, run_dir: str | os.PathLike[str]) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.ledger_dir = self.run_dir / "ledger"
+        self.logs_dir = self.run_dir / "logs"
+        self.supervisor = Supervisor()
+        self._broker_procs: list[Any] = []
+        self.broker: brokers.BrokerHandle | None = None
+        self.result_store: brokers.BrokerHandle | None = None
+        self.backend: QueueBackend | None = None
+        self.settings: BackendSettings | None = None
+        self.api_url: str | None = None
+        self.id_key = secrets.token_hex(16)
+        self._purge_allowed = False
+
+    # -- environment ------------------------------------------------------------------------------
+
+    def base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("QUEUEBENCH_SETTINGS", None)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+        env[ledger.LEDGER_ENV] = str(self.ledger_dir)
+        env[dispatch.ID_KEY_ENV] = self.id_key
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> Stack:
+        """Start brokers, workers and the API; return once the API is healthy and tasks round-trip."""
+        self.ledger_dir.mkdir(parents=True, exist_ok=True)
+        self._start_brokers()
+        assert self.broker is not None
+        result_url = self.result_store.url if self.result_store else None
+        self.settings = self.config.settings(self.broker.url, result_url)
+        self.backend = backends.get_backend(self.config.backend, self.settings)
+        self.backend.ping()
+        self._refuse_dirty_queues()
+        self._start_workers()
+        self._start_api()
+        self.round_trip()
+        return self
+
+    def _start_brokers(self) -> None:
+        cfg = self.config
+        before = len(self.supervisor.procs)
+        if cfg.broker == "redis":
+            if cfg.broker_url:
+                self.broker = brokers.borrow_redis(cfg.broker_url, allow_dirty=cfg.allow_dirty)
+            else:
+                self.broker = brokers.start_private_redis(self.supervisor, self.run_dir)
+            self.result_store = self.broker
+        else:
+            self.broker = brokers.resolve_rabbitmq(self.supervisor, self.run_dir, cfg.amqp_url)
+            if cfg.results:
+                # RabbitMQ holds no results: a Redis does (the user's if given, else a private one).
+                if cfg.broker_url:
+                    self.result_store = brokers.borrow_redis(cfg.broker_url, allow_dirty=cfg.allow_dirty)
+                else:
+                    self.result_store = brokers.start_private_redis(self.supervisor, self.run_dir,
+                                                                    name="results-redis")
+        self._broker_procs = self.supervisor.procs[before:]
+
+    def _refuse_dirty_queues(self) -> None:
+        assert self.backend is not None and self.broker is not None
+        if self.broker.owned:
+            self._purge_allowed = True
+            return
+        depths = {q: n for q, n in self.backend.queue_depths().items() if n}
+        if depths and not self.config.allow_dirty:
+            raise brokers.BrokerError(
+                f"queues on {brokers.redact(self.broker.url)} already hold messages {depths}; queuebench "
+                "does not purge what it did not create. Drain them, or pass --allow-dirty.")
+        self._purge_allowed = not depths
+
+    def _start_workers(self) -> None:
+        assert self.backend is not None
+        env = self.base_env()
+        for spec in self.config.worker_specs():
+            for command in self.backend.worker_commands(spec):
+                self.supervisor.start(command.name, command.argv, env=env | command.env, cwd=self.run_dir,
+                                      log_path=self.logs_dir / f"{command.name}.log")
+
+    def _start_api(self) -> None:
+        assert self.settings is not None
+        port = self.config.api_port or brokers.free_port()
+        argv = gunicorn_argv(port, workers=self.config.api_workers, threads=self.config.api_threads)
+        env = self.base_env() | self.settings.to_env() | {BACKEND_ENV: self.config.backend}
+        self.supervisor.start("api", argv, env=env, cwd=PROJECT_ROOT, log_path=self.logs_dir / "api.log")
+        self.api_url = f"http://127.0.0.1:{port}"
+        wait_until(self.healthy, timeout_s=HEALTHY_TIMEOUT_S, interval_s=0.2,
+                   what=f"the API at {self.api_url}/healthz", supervisor=self.supervisor)
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.api_url}/healthz", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def round_trip(self, timeout_s: float = ROUND_TRIP_TIMEOUT_S) -> float:
+        """Send a probe `noop` to every queue and wait until each has finished; return the seconds taken.
+
+        Probes are marked in the ledger and left out of every measurement.
+        """
+        assert self.backend is not None and self.settings is not None
+        started = time.monotonic()
+        env_before = os.environ.get(ledger.LEDGER_ENV)
+        os.environ[ledger.LEDGER_ENV] = str(self.ledger_dir)
+        try:
+            ids = {dispatch.submit(self.backend, "noop", {}, queue=q, probe=True).id for q in self.settings.queues}
+        finally:
+            if env_before is None:
+                os.environ.pop(ledger.LEDGER_ENV, None)
+            else:
+                os.environ[ledger.LEDGER_ENV] = env_before
+
+        def all_done() -> bool:
+            done = {r["id"] for r in ledger.iter_rows(self.ledger_dir)
+                    if r.get("probe") and r.get("ev") == "finished" and r.get("outcome") == "ok"}
+            return ids <= done
+
+        wait_until(all_done, timeout_s=timeout_s, interval_s=0.1,
+                   what=f"a probe task to round-trip through {', '.join(self.settings.queues)}",
+                   supervisor=self.supervisor)
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        """Stop the API and workers, purge what this run created, stop the brokers. Idempotent."""
+        non_brokers = [p for p in self.supervisor.procs if p not in self._broker_procs]
+        for proc in reversed(non_brokers):
+            self.supervisor.procs.remove(proc)
+            self.supervisor.stop(proc)
+        if self.backend is not None:
+            if self._purge_allowed:
+                with contextlib.suppress(Exception):
+                    self.backend.purge()  # leave a borrowed broker as clean as it was found
+            with contextlib.suppress(Exception):
+                self.backend.close()
+            self.backend = None
+        self.supervisor.stop_all()
+
+    def __enter__(self) -> Stack:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
