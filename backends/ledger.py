@@ -171,3 +171,49 @@ def executions(directory: str | os.PathLike[str], *, include_probes: bool = Fals
 
 def files(directory: str | os.PathLike[str]) -> list[Path]:
     return sorted(Path(directory).glob("*.jsonl"))
+
+
+class Follower:
+    """Reads only what was appended since the last call: cheap enough to poll while a run drains.
+
+    Keeps a byte offset per file and consumes whole lines only (a line still being written is read next
+    time). `poll()` returns the new rows; `done_ids` holds the ids with a successful `finished` row and
+    `sent_ids` the ids with a `sent` row (probes left out of both).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self._offsets: dict[Path, int] = {}
+        self.sent_ids: set[str] = set()
+        self.done_ids: set[str] = set()
+        self.finished_rows = 0
+
+    def poll(self) -> list[dict[str, Any]]:
+        new: list[dict[str, Any]] = []
+        for path in files(self.directory):
+            offset = self._offsets.get(path, 0)
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+            end = chunk.rfind(b"\n") + 1
+            self._offsets[path] = offset + end
+            for line in chunk[:end].splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                new.append(row)
+        for row in new:
+            if row.get("probe"):
+                continue
+            if row.get("ev") == "sent":
+                self.sent_ids.add(row["id"])
+            elif row.get("ev") == "finished":
+                self.finished_rows += 1
+                if row.get("outcome") == "ok":
+                    self.done_ids.add(row["id"])
+        return new
+
+    def outstanding(self) -> int:
+        """Tasks sent that have not finished successfully yet."""
+        return len(self.sent_ids - self.done_ids)

@@ -115,6 +115,7 @@ class Stack:
         self.api_url: str | None = None
         self.id_key = secrets.token_hex(16)
         self._purge_allowed = False
+        self.worker_procs: list[Any] = []
 
     # -- environment ------------------------------------------------------------------------------
 
@@ -129,8 +130,19 @@ class Stack:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    def start(self) -> Stack:
-        """Start brokers, workers and the API; return once the API is healthy and tasks round-trip."""
+    def start(self, probe_tasks: list[tuple[str, Mapping[str, Any]]] | None = None) -> Stack:
+        """Start brokers, workers and the API; return once the API is healthy and tasks round-trip.
+
+        `probe_tasks` are round-tripped through every queue too (default: one `noop`).
+        """
+        self.start_brokers()
+        self.start_workers()
+        self._start_api()
+        self.round_trip(probe_tasks)
+        return self
+
+    def start_brokers(self) -> None:
+        """Brokers (and result store), the producer-side backend, and the check that queues start empty."""
         self.ledger_dir.mkdir(parents=True, exist_ok=True)
         self._start_brokers()
         assert self.broker is not None
@@ -139,10 +151,6 @@ class Stack:
         self.backend = backends.get_backend(self.config.backend, self.settings)
         self.backend.ping()
         self._refuse_dirty_queues()
-        self._start_workers()
-        self._start_api()
-        self.round_trip()
-        return self
 
     def _start_brokers(self) -> None:
         cfg = self.config
@@ -176,13 +184,26 @@ class Stack:
                 "does not purge what it did not create. Drain them, or pass --allow-dirty.")
         self._purge_allowed = not depths
 
-    def _start_workers(self) -> None:
+    def start_workers(self, log_suffix: str = "") -> list[Any]:
+        """Start every worker command (each library's own CLI); return their `Proc`s."""
         assert self.backend is not None
         env = self.base_env()
+        started = []
         for spec in self.config.worker_specs():
             for command in self.backend.worker_commands(spec):
-                self.supervisor.start(command.name, command.argv, env=env | command.env, cwd=self.run_dir,
-                                      log_path=self.logs_dir / f"{command.name}.log")
+                started.append(self.supervisor.start(
+                    command.name, command.argv, env=env | command.env, cwd=self.run_dir,
+                    log_path=self.logs_dir / f"{command.name}{log_suffix}.log"))
+        self.worker_procs = started
+        return started
+
+    def stop_workers(self) -> None:
+        """Stop the workers only (whole trees); brokers and API keep running."""
+        for proc in reversed(getattr(self, "worker_procs", [])):
+            if proc in self.supervisor.procs:
+                self.supervisor.procs.remove(proc)
+            self.supervisor.stop(proc)
+        self.worker_procs = []
 
     def _start_api(self) -> None:
         assert self.settings is not None
@@ -201,17 +222,20 @@ class Stack:
         except OSError:
             return False
 
-    def round_trip(self, timeout_s: float = ROUND_TRIP_TIMEOUT_S) -> float:
-        """Send a probe `noop` to every queue and wait until each has finished; return the seconds taken.
-
-        Probes are marked in the ledger and left out of every measurement.
+    def round_trip(self, tasks: list[tuple[str, Mapping[str, Any]]] | None = None,
+                   timeout_s: float = ROUND_TRIP_TIMEOUT_S) -> float:
+        """Send each probe task (default: one `noop`) to every queue and wait until all have finished
+        successfully; return the seconds taken. Probes are marked in the ledger and left out of every
+        measurement.
         """
         assert self.backend is not None and self.settings is not None
+        tasks = tasks or [("noop", {})]
         started = time.monotonic()
         env_before = os.environ.get(ledger.LEDGER_ENV)
         os.environ[ledger.LEDGER_ENV] = str(self.ledger_dir)
         try:
-            ids = {dispatch.submit(self.backend, "noop", {}, queue=q, probe=True).id for q in self.settings.queues}
+            ids = {dispatch.submit(self.backend, task, args, queue=q, probe=True).id
+                   for q in self.settings.queues for task, args in tasks}
         finally:
             if env_before is None:
                 os.environ.pop(ledger.LEDGER_ENV, None)
