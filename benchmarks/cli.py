@@ -206,6 +206,72 @@ def smoke(backend_names: tuple[str, ...], broker_names: tuple[str, ...], out: Pa
     sys.exit(1 if failed else 0)
 
 
+@cli.command()
+@click.argument("matrix_file", metavar="MATRIX.toml", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/runs"),
+              show_default=True, help="Where run directories (<out>/<run_id>/) and summary.csv go.")
+@click.option("--only", "only", multiple=True, metavar="KEY=VALUE",
+              help="Run only the cells whose spec has this value (repeatable), e.g. --only backend=rq.")
+@click.option("--force", is_flag=True, help="Redo cells already done (default: resume, skipping them).")
+@click.option("--repeats", type=click.IntRange(1, 100), help="Override the matrix's repeats.")
+@click.option("--amqp-url", metavar="URL", help="RabbitMQ for rabbitmq cells (default: the local one, else a "
+                                                 "private node).")
+@click.option("--dry-run", is_flag=True, help="List the cells (and which are done or skipped); start nothing.")
+def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeats: int | None,
+        amqp_url: str | None, dry_run: bool) -> None:
+    """Measure every cell of a matrix file with Locust through the API, one cell at a time.
+
+    Each cell's raw records and verdict go to OUT/<run_id>/ (run.json, tasks.parquet, ...) and every
+    run is listed in OUT/summary.csv. Cells already done are skipped, so an interrupted sweep resumes.
+    Exits 1 if any cell failed or errored, 130 on Ctrl-C (completed cells are kept), 2 on a bad matrix.
+    """
+    from rich.console import Console
+
+    from benchmarks import matrix as matrix_mod
+    from benchmarks import runner
+    from benchmarks.progress import SweepProgress
+
+    try:
+        matrix = matrix_mod.load(matrix_file, repeats=repeats)
+        if only:
+            matrix = matrix_mod.apply_only(matrix, list(only))
+    except matrix_mod.MatrixError as exc:
+        raise click.UsageError(f"{matrix_file}: {exc}") from exc
+    console = Console(stderr=True)
+    if not matrix.cells:
+        raise click.UsageError(f"{matrix_file}: no cell to run" + (" after --only" if only else ""))
+    todo, done = runner.plan(matrix, out, force=force)
+    if dry_run:
+        for cell in matrix.cells:
+            state = "skip: " + cell.skip_reason if cell.skip_reason else ("done" if cell in done else "to run")
+            click.echo(f"{cell.run_id}\t{state}")
+        est = sum(runner.cell_seconds(c) for c in todo)
+        console.print(f"{len(matrix.cells)} cells, {len(todo)} to run, about {est / 60:.1f} min")
+        return
+    console.print(f"queuebench run {matrix.name}: {len(matrix.cells)} cell(s), {len(todo)} to run, "
+                  f"results in {out}")
+    progress = SweepProgress(console)
+    try:
+        results = runner.run_matrix(matrix, out, force=force, amqp_url=amqp_url, progress=progress)
+    except runner.Interrupted as exc:
+        progress.stop()
+        console.print(f"queuebench: {exc}: stopped every process it started; completed cells are kept in {out}; "
+                      "run the same command again to resume")
+        sys.exit(130)
+    except RuntimeError as exc:  # the measuring lock
+        progress.stop()
+        console.print(f"queuebench: error: {exc}")
+        sys.exit(1)
+    progress.stop()
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+    console.print("cells: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    console.print(f"results: {out} (summary: {out / 'summary.csv'})")
+    bad = counts.get("failed", 0) + counts.get("error", 0)
+    sys.exit(1 if bad else 0)
+
+
 def main() -> None:
     cli(prog_name="queuebench")
 

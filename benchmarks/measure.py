@@ -1,0 +1,257 @@
+"""From raw records to figures and verdicts. Pure functions of stored frames: nothing here runs anything.
+
+Inputs are the two raw tables every run stores:
+
+- ``tasks.parquet``: one row per execution (task id x attempt), from the ledger
+  (`backends.ledger.executions`): scheduled/sent/enqueued times from the API's ``sent`` row,
+  started/finished/outcome from the worker's rows. A task that never started keeps one row, attempt 0.
+- ``requests.parquet`` (load mode): one row per HTTP request Locust sent, from the scenario's raw log:
+  scheduled/sent/done times and the status code.
+
+Everything `run.json` reports is computed here from those two tables, so anyone can recompute it:
+
+- The measured window starts `warmup_s` after the first scheduled arrival and lasts `duration_s`.
+- Throughput = successful executions whose ``finished_ns`` falls in the window / window length.
+- Latencies (ms) of the tasks *scheduled* in the window: HTTP enqueue (request done - sent, from
+  Locust's side), queue wait (first attempt's started - enqueued), service (finished - started of the
+  successful attempt), end to end (success finished - scheduled; anchored at the schedule, so a stalled
+  generator cannot hide latency). Percentiles are numpy's default (linear interpolation) over raw rows.
+- Little's law: executions finished in the window / length <= slots / mean service time of those
+  executions (all attempts hold a slot). Above the bound is a harness bug, never a result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PERCENTILES = (50, 90, 95, 99)
+#: The generator kept up when it sent at least this share of what it scheduled...
+ACHIEVED_MIN_RATIO = 0.95
+#: ...and its schedule lag (send - scheduled) at p99 stayed under this many milliseconds.
+LAG_P99_LIMIT_MS = 100.0
+#: Slack on the Little's-law bound for window edges (an execution straddling the window's start).
+LITTLE_SLACK = 1.02
+
+LATENCY_NAMES = ("http_enqueue_ms", "queue_wait_ms", "service_ms", "e2e_ms")
+
+
+@dataclass(frozen=True)
+class Window:
+    start_ns: int
+    end_ns: int
+
+    @property
+    def length_s(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e9
+
+    def contains(self, values: pd.Series) -> pd.Series:
+        return (values >= self.start_ns) & (values < self.end_ns)
+
+
+def arrival_ns(tasks: pd.DataFrame) -> pd.Series:
+    """When each row's task was meant to arrive: its scheduled time, else (no schedule) its sent time."""
+    return tasks["scheduled_ns"].fillna(tasks["sent_ns"])
+
+
+def load_window(tasks: pd.DataFrame, requests: pd.DataFrame | None, warmup_s: float, duration_s: float) -> Window:
+    """The measured window: from `warmup_s` after the first scheduled arrival, `duration_s` long."""
+    firsts = [int(arrival_ns(tasks).min())] if len(tasks) and arrival_ns(tasks).notna().any() else []
+    if requests is not None and len(requests):
+        firsts.append(int(requests["scheduled_ns"].min()))
+    if not firsts:
+        raise ValueError("no task and no request was recorded: nothing to measure")
+    start = min(firsts) + int(warmup_s * 1e9)
+    return Window(start, start + int(duration_s * 1e9))
+
+
+def drain_window(tasks: pd.DataFrame) -> Window:
+    """Drain mode: from the first execution's start to the last successful finish."""
+    ok = tasks[tasks["outcome"] == "ok"]
+    if ok.empty:
+        raise ValueError("no task finished: nothing to measure")
+    return Window(int(tasks["started_ns"].min()), int(ok["finished_ns"].max()))
+
+
+def stats(values_ms: pd.Series | np.ndarray) -> dict[str, float | int | None]:
+    """count, mean, p50, p90, p95, p99 and max of raw values in milliseconds (None when empty)."""
+    array = np.asarray(pd.Series(values_ms).dropna(), dtype="float64")
+    out: dict[str, float | int | None] = {"count": int(array.size)}
+    if array.size == 0:
+        out |= {"mean": None, **{f"p{p}": None for p in PERCENTILES}, "max": None}
+        return out
+    out["mean"] = float(array.mean())
+    for p, value in zip(PERCENTILES, np.percentile(array, PERCENTILES), strict=True):
+        out[f"p{p}"] = float(value)
+    out["max"] = float(array.max())
+    return out
+
+
+def _ms(later: pd.Series, earlier: pd.Series) -> pd.Series:
+    return (later - earlier).astype("Float64") / 1e6
+
+
+def per_task(tasks: pd.DataFrame) -> pd.DataFrame:
+    """One row per task id: arrival, first attempt's start, the successful attempt (if any), counts."""
+    sent = tasks.dropna(subset=["sent_ns"]) if "sent_ns" in tasks else tasks
+    frame = tasks.assign(arrival_ns=arrival_ns(tasks))
+    attempts = frame[frame["attempt"] > 0]
+    first = attempts.sort_values("attempt").drop_duplicates("id")[["id", "started_ns"]]
+    ok = attempts[attempts["outcome"] == "ok"].sort_values("attempt").drop_duplicates("id")
+    ok = ok[["id", "started_ns", "finished_ns"]].rename(
+        columns={"started_ns": "ok_started_ns", "finished_ns": "ok_finished_ns"})
+    base = frame.drop_duplicates("id")[["id", "task", "queue", "arrival_ns", "scheduled_ns", "sent_ns",
+                                         "enqueued_ns"]]
+    out = base.merge(first.rename(columns={"started_ns": "first_started_ns"}), on="id", how="left")
+    out = out.merge(ok, on="id", how="left")
+    counts = attempts.groupby("id").agg(executions=("attempt", "size"),
+                                        ok_executions=("outcome", lambda s: int((s == "ok").sum())))
+    out = out.merge(counts, left_on="id", right_index=True, how="left")
+    out[["executions", "ok_executions"]] = out[["executions", "ok_executions"]].fillna(0).astype("int64")
+    out["was_sent"] = out["id"].isin(set(sent["id"]))
+    return out
+
+
+def latencies(tasks: pd.DataFrame, requests: pd.DataFrame | None, window: Window | None) -> dict[str, dict[str, Any]]:
+    """The four latency families, each as `stats`, for the tasks scheduled in `window` (None: all tasks)."""
+    each = per_task(tasks)
+    inside = each[window.contains(each["arrival_ns"]).fillna(False)] if window is not None else each
+    out = {
+        "queue_wait_ms": stats(_ms(inside["first_started_ns"], inside["enqueued_ns"])),
+        "service_ms": stats(_ms(inside["ok_finished_ns"], inside["ok_started_ns"])),
+        "e2e_ms": stats(_ms(inside["ok_finished_ns"], inside["arrival_ns"])),
+    }
+    if requests is not None and len(requests):
+        req = requests[window.contains(requests["scheduled_ns"])]
+        out = {"http_enqueue_ms": stats(_ms(req["done_ns"], req["sent_ns"])), **out}
+    return out
+
+
+def summarise(tasks: pd.DataFrame, requests: pd.DataFrame | None, window: Window, *, slots: int,
+              offered_rate_per_s: float | None, arrival: str = "constant",
+              locust_post_count: int | None = None, queue_leftovers: Mapping[str, int] | None = None,
+              expected_sent: int | None = None) -> dict[str, Any]:
+    """Every figure and every self-check of one run, from its raw tables.
+
+    Returns ``{"figures": {...}, "checks": {name: {"ok": bool, "detail": str}}, "verdict": str}`` where the
+    verdict is ``ok``, ``generator-limited`` (the queue's numbers are real but not its limit) or
+    ``failed`` (a check that makes the numbers untrustworthy did not hold).
+    """
+    each = per_task(tasks)
+    sent_ids = each[each["was_sent"]]
+    attempts = tasks[tasks["attempt"] > 0]
+    finished_in = attempts[window.contains(attempts["finished_ns"]).fillna(False)]
+    ok_in = finished_in[finished_in["outcome"] == "ok"]
+    length_s = window.length_s
+    throughput = len(ok_in) / length_s if length_s > 0 else math.nan
+    executions_rate = len(finished_in) / length_s if length_s > 0 else math.nan
+    service_s = (_ms(finished_in["finished_ns"], finished_in["started_ns"]) / 1e3).dropna()
+    mean_service_s = float(service_s.mean()) if len(service_s) else math.nan
+    bound = slots / mean_service_s if mean_service_s and mean_service_s > 0 else math.inf
+
+    figures: dict[str, Any] = {
+        "window_start_ns": window.start_ns, "window_end_ns": window.end_ns, "window_s": length_s,
+        "slots": slots,
+        "sent": int(len(sent_ids)),
+        "finished_ok": int((each["ok_executions"] > 0).sum()),
+        "executions": int(len(attempts)),
+        "failed_executions": int((attempts["outcome"] == "error").sum()),
+        "retried_tasks": int((each["executions"] > 1).sum()),
+        "throughput_per_s": throughput,
+        "executions_per_s": executions_rate,
+        "mean_service_ms": mean_service_s * 1e3 if not math.isnan(mean_service_s) else None,
+        "littles_bound_per_s": bound if math.isfinite(bound) else None,
+        # Drain mode (no requests): every task was sent before the window, so latencies cover them all.
+        "latency": latencies(tasks, requests, window if requests is not None else None),
+    }
+
+    checks: dict[str, dict[str, Any]] = {}
+    lost = sent_ids[sent_ids["ok_executions"] == 0]["id"].tolist()
+    checks["all_finished"] = {"ok": not lost, "detail": f"{len(sent_ids) - len(lost)} of {len(sent_ids)} sent "
+                              f"tasks finished ok" + (f"; lost e.g. {lost[:3]}" if lost else "")}
+    unsent = each[~each["was_sent"]]["id"].tolist()
+    checks["nothing_unsent_ran"] = {"ok": not unsent, "detail": f"{len(unsent)} executions without a sent row"}
+    dup_attempts = int((attempts["n_finished"] > 1).sum()) if len(attempts) else 0
+    dup_ok = int((each["ok_executions"] > 1).sum())
+    checks["no_duplicates"] = {"ok": dup_attempts == 0 and dup_ok == 0,
+                               "detail": f"{dup_ok} tasks succeeded more than once, {dup_attempts} attempts "
+                                         "finished more than once"}
+    if expected_sent is not None:
+        checks["sent_as_planned"] = {"ok": len(sent_ids) == expected_sent,
+                                     "detail": f"{len(sent_ids)} sent of {expected_sent} planned"}
+    if queue_leftovers is not None:
+        left = {q: n for q, n in queue_leftovers.items() if n}
+        checks["no_leftovers"] = {"ok": not left, "detail": f"messages left in queues: {left or 'none'}"}
+    within = executions_rate <= bound * LITTLE_SLACK if math.isfinite(bound) else True
+    checks["littles_law"] = {"ok": bool(within),
+                             "detail": f"{executions_rate:.1f} executions/s <= {slots} slots / "
+                                       f"{mean_service_s * 1e3:.3f} ms = {bound:.1f}/s"}
+    generator_ok = True
+    if requests is not None:
+        req = requests[window.contains(requests["scheduled_ns"])]
+        accepted = int((req["status"] == 202).sum())
+        achieved = accepted / length_s if length_s > 0 else math.nan
+        expected = (offered_rate_per_s or 0) * length_s
+        needed = ACHIEVED_MIN_RATIO * expected
+        if arrival == "poisson":  # a Poisson count fluctuates: allow three standard deviations
+            needed = min(needed, expected - 3 * math.sqrt(expected))
+        lag = stats(_ms(req["sent_ns"], req["scheduled_ns"]))
+        lag_ok = lag["p99"] is not None and lag["p99"] <= LAG_P99_LIMIT_MS
+        figures |= {"offered_rate_per_s": offered_rate_per_s, "achieved_rate_per_s": achieved,
+                    "requests": int(len(requests)), "requests_failed": int((requests["status"] != 202).sum()),
+                    "schedule_lag_ms": lag}
+        generator_ok = accepted >= needed and lag_ok
+        checks["generator_kept_up"] = {
+            "ok": generator_ok,
+            "detail": f"achieved {achieved:.1f}/s of {offered_rate_per_s:g}/s offered (needs >= "
+                      f"{needed / length_s if length_s else 0:.1f}/s); schedule lag p99 "
+                      f"{lag['p99'] if lag['p99'] is not None else float('nan'):.1f} ms (limit "
+                      f"{LAG_P99_LIMIT_MS:g} ms)"}
+        accepted_all = int((requests["status"] == 202).sum())
+        checks["requests_match_ledger"] = {
+            "ok": accepted_all == len(sent_ids),
+            "detail": f"{accepted_all} requests answered 202, {len(sent_ids)} sent rows in the ledger"}
+    if locust_post_count is not None:
+        checks["locust_count_matches"] = {
+            "ok": locust_post_count == len(sent_ids),
+            "detail": f"Locust counted {locust_post_count} POST /tasks, the ledger has {len(sent_ids)} sent rows"}
+
+    hard = [name for name, check in checks.items() if not check["ok"] and name != "generator_kept_up"]
+    verdict = "failed" if hard else ("ok" if generator_ok else "generator-limited")
+    return {"figures": figures, "checks": checks, "verdict": verdict, "failed_checks": hard}
+
+
+def flatten(summary: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested figures as flat columns: ``latency.e2e_ms.p95`` -> ``e2e_ms_p95``."""
+    out: dict[str, Any] = {}
+    for key, value in summary.items():
+        if key == "latency":
+            for family, figures in value.items():
+                out |= {f"{family}_{k}": v for k, v in figures.items()}
+        elif key == "schedule_lag_ms":
+            out |= {f"schedule_lag_ms_{k}": v for k, v in value.items()}
+        elif isinstance(value, Mapping):
+            out |= flatten(value, f"{prefix}{key}_")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resource_use(resources: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per component: CPU seconds used while sampled (last - first sample of each process tree, summed)
+    and peak RSS in MiB (the largest sum over the component's trees at one sample time)."""
+    if resources is None or resources.empty:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    cpu = resources.sort_values("t_ns").groupby(["component", "name"])["cpu_s"].agg(["first", "last"])
+    used = (cpu["last"] - cpu["first"]).groupby(level="component").sum()
+    peak = resources.groupby(["component", "t_ns"])["rss_bytes"].sum().groupby(level="component").max()
+    for component in used.index:
+        out[str(component)] = {"cpu_s": round(float(used[component]), 3),
+                               "peak_rss_mib": round(float(peak.get(component, 0)) / 2**20, 1)}
+    return out

@@ -1,0 +1,464 @@
+"""The matrix runner: one cell at a time, each measured for real and checked against its own raw records.
+
+A sweep reads like a recipe (`run_matrix`): expand the matrix, drop the cells already done (unless
+``--force``), and run each remaining cell in turn; a failing cell is recorded and the sweep goes on.
+
+A load cell (`mode = "load"`): start the broker, the workers (the library's own CLI) and the API
+(gunicorn); round-trip one probe of each task kind the scenario sends through every queue; run Locust
+headless for ``warmup_s + duration_s`` with the open-loop scenario; let the queue drain (at most
+``drain_timeout_s``); collect; stop everything. A drain cell (`mode = "drain"`): start the broker and
+the workers, round-trip a probe, stop the workers; preload ``tasks`` tasks straight through the backend;
+start the workers again and time until the ledger shows every task finished.
+
+Each run leaves ``results/runs/<run_id>/`` (see results/README.md): ``run.json``, ``tasks.parquet``,
+``requests.parquet`` and Locust's CSV/HTML/JSON (load mode), ``resources.csv``, ``queue_depths.csv``,
+``logs/`` and the raw ``ledger/``. ``run.json`` is written last; a run without one, or whose status is
+``interrupted`` or ``error``, is redone on the next invocation.
+
+Run ids are a pure function of the spec (`benchmarks.matrix.run_id`), so a sweep resumes where it
+stopped. Only one sweep measures at a time on a machine (a lock file), so two never share the cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from backends import dispatch, ledger
+from benchmarks import __version__, environment, measure
+from benchmarks.matrix import Cell, Matrix, stack_config
+from benchmarks.procs import wait_until
+from benchmarks.sampler import Sampler
+from benchmarks.stack import PROJECT_ROOT, Stack
+
+#: Version of what a run directory holds. Changes:
+#:   1 - first version: run.json, tasks.parquet, requests.parquet, resources.csv, queue_depths.csv.
+RESULT_SCHEMA_VERSION = 1
+
+#: What `routing_mix` sends: mostly short tasks and a few long ones (weight, task, args).
+ROUTING_MIX: list[list[Any]] = [[90, "sleep_ms", {"ms": 10}], [10, "sleep_ms", {"ms": 1000}]]
+#: What `payload` sends: echo payloads of these sizes in equal shares, in bytes.
+PAYLOAD_SIZES = (100, 10_000, 100_000)
+#: Seconds Locust may take, after its run time, for sends already under way to finish.
+LOCUST_STOP_TIMEOUT_S = 30
+#: Seconds Locust keeps sending after the measured window ends (not measured).
+LOCUST_TAIL_S = 2
+#: Statuses after which a cell is done (not redone without --force).
+DONE = ("ok", "generator-limited", "failed", "skipped")
+LOCK_PATH = Path(tempfile.gettempdir()) / "queuebench-measure.lock"
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived: stop what runs, keep what was measured."""
+
+
+@dataclass
+class CellResult:
+    run_id: str
+    status: str
+    detail: str = ""
+    run_dir: Path | None = None
+
+
+# --- what a cell sends -------------------------------------------------------------------------------
+
+
+def sent_tasks(spec: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The distinct (task, args) a cell sends: each is round-tripped before measuring."""
+    if spec.get("mode") == "load" and spec.get("scenario") == "routing_mix":
+        return [(task, dict(args)) for _, task, args in ROUTING_MIX]
+    if spec.get("mode") == "load" and spec.get("scenario") == "payload":
+        return [("echo", {"size": size}) for size in PAYLOAD_SIZES]
+    return [(spec["task"], dict(spec["args"]))]
+
+
+def locust_argv(spec: Mapping[str, Any], api_url: str, run_dir: Path) -> list[str]:
+    """Locust, headless, on the cell's scenario file with the cell's rate and task."""
+    # Arrivals go on a little past the measured window, so the window's end sees steady load too.
+    run_time_s = max(1, math.ceil(spec["warmup_s"] + spec["duration_s"] + LOCUST_TAIL_S))
+    argv = [str(Path(sys.executable).parent / "locust"), "-f", str(PROJECT_ROOT / "scenarios" /
+                                                                       f"{spec['scenario']}.py"),
+            "--host", api_url, "--headless", "-u", "1", "-r", "1", "-t", f"{run_time_s}s",
+            "--stop-timeout", str(LOCUST_STOP_TIMEOUT_S), "--only-summary", "--loglevel", "WARNING",
+            "--csv", str(run_dir / "locust"), "--csv-full-history", "--html", str(run_dir / "locust.html"),
+            "--json-file", str(run_dir / "locust"),
+            "--qb-rate", f"{spec['rate']:g}", "--qb-arrival", spec.get("arrival", "constant"),
+            "--qb-task", spec["task"], "--qb-args", json.dumps(spec["args"]),
+            "--qb-log-dir", str(run_dir / "requests")]
+    if spec["scenario"] == "routing_mix":
+        argv += ["--qb-mix", json.dumps(ROUTING_MIX)]
+    if spec["scenario"] == "payload":
+        argv += ["--qb-sizes", ",".join(str(s) for s in PAYLOAD_SIZES)]
+    return argv
+
+
+# --- reading what a run stored -----------------------------------------------------------------------
+
+
+def read_requests(directory: Path) -> pd.DataFrame:
+    """The scenario's raw request rows (one CSV per Locust process) as one frame, ns as int64."""
+    frames = [pd.read_csv(p, dtype={"task_id": "string", "task": "string"}) for p in sorted(directory.glob("*.csv"))]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype="int64") for c in ("scheduled_ns", "sent_ns", "done_ns", "status")})
+    frame = pd.concat(frames, ignore_index=True)
+    for column in ("scheduled_ns", "sent_ns", "done_ns", "status"):
+        frame[column] = frame[column].astype("int64")
+    return frame.sort_values("scheduled_ns").reset_index(drop=True)
+
+
+def locust_post_count(run_dir: Path) -> int | None:
+    """Locust's own final count of ``POST /tasks`` requests (its --json-file), or None if absent."""
+    path = run_dir / "locust.json"
+    if not path.exists():
+        return None
+    entries = json.loads(path.read_text())
+    return sum(int(e.get("num_requests", 0)) for e in entries if e.get("name") == "POST /tasks")
+
+
+def read_run(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null (strict JSON has neither), numpy scalars plain numbers."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write atomically (a reader never sees half a run.json)."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_plain(data), indent=2, default=str, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+# --- one cell -----------------------------------------------------------------------------------------
+
+
+class CellRun:
+    """Runs one cell into its directory; `run()` always leaves a run.json saying what happened."""
+
+    def __init__(self, cell: Cell, matrix_name: str, run_dir: Path, *, amqp_url: str | None = None,
+                 log: Callable[[str], None] = print) -> None:
+        self.cell, self.spec, self.run_dir, self.log = cell, dict(cell.spec), run_dir, log
+        self.config = stack_config(self.spec, amqp_url=amqp_url)
+        self.record: dict[str, Any] = {
+            "schema_version": RESULT_SCHEMA_VERSION, "harness_version": __version__, "run_id": cell.run_id,
+            "matrix": matrix_name, "repeat": cell.repeat, "spec": self.spec, "slots": self.config.slots,
+            "status": "running", "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        self.stack: Stack | None = None
+
+    def run(self) -> CellResult:
+        if self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+        self.run_dir.mkdir(parents=True)
+        self.record["environment"] = environment.describe()
+        if self.cell.skip_reason:
+            return self._finish("skipped", self.cell.skip_reason)
+        self.stack = Stack(self.config, self.run_dir)
+        try:
+            if self.spec["mode"] == "drain":
+                self._drain()
+            else:
+                self._load()
+            summary = self.record["summary"]
+            failed = ", ".join(summary["failed_checks"])
+            return self._finish(summary["verdict"], f"failed checks: {failed}" if failed else "")
+        except Interrupted:
+            self._finish("interrupted", "stopped by SIGINT/SIGTERM; redone on the next run")
+            raise
+        except Exception as exc:  # recorded, and the sweep goes on
+            return self._finish("error", f"{type(exc).__name__}: {exc}")
+        finally:
+            self.stack.stop()
+
+    def _finish(self, status: str, detail: str) -> CellResult:
+        self.record |= {"status": status, "detail": detail,
+                        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        with contextlib.suppress(Exception):
+            if self.stack is not None:
+                self.stack.stop()
+        write_json(self.run_dir / "run.json", self.record)
+        return CellResult(self.cell.run_id, status, detail, self.run_dir)
+
+    def _describe(self) -> None:
+        assert self.stack is not None and self.stack.backend is not None
+        stack = self.stack
+        self.record["settings"] = dict(stack.backend.describe())
+        self.record["brokers"] = {
+            "broker": {"kind": stack.broker.kind, "url": _redact(stack.broker.url), "owned": stack.broker.owned,
+                       "version": stack.broker.version} if stack.broker else None,
+            "result_store": {"url": _redact(stack.result_store.url), "version": stack.result_store.version}
+            if stack.result_store else None,
+        }
+        self.record["processes"] = [{"name": p.name, "argv": [_redact(a) for a in p.argv]}
+                                    for p in stack.supervisor.procs]
+
+    def _load(self) -> None:
+        spec, stack = self.spec, self.stack
+        assert stack is not None
+        self.log("starting broker, workers and API")
+        stack.start(sent_tasks(spec))
+        assert stack.backend is not None and stack.api_url is not None
+        self.record["api"] = {"server": "gunicorn gthread", "workers": self.config.api_workers,
+                              "threads": self.config.api_threads}
+        follower = ledger.Follower(stack.ledger_dir)
+        with Sampler(stack.supervisor, self.run_dir, depths=stack.backend.queue_depths) as sampler:
+            argv = locust_argv(spec, stack.api_url, self.run_dir)
+            self.log(f"Locust: {spec['rate']:g} tasks/s for {spec['warmup_s']:g} s warm-up + "
+                     f"{spec['duration_s']:g} s measured")
+            locust = stack.supervisor.start("locust", argv, env=stack.base_env(), cwd=self.run_dir,
+                                            log_path=stack.logs_dir / "locust.log")
+            self._describe()
+            limit_s = spec["warmup_s"] + spec["duration_s"] + LOCUST_STOP_TIMEOUT_S + 60
+            deadline = time.monotonic() + limit_s
+            while locust.alive():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"Locust still running after {limit_s:.0f} s")
+                for proc in stack.supervisor.procs:
+                    if proc is not locust and not proc.alive():
+                        raise RuntimeError(f"{proc.name} exited during the run:\n{proc.log_tail()}")
+                time.sleep(0.2)
+            stack.supervisor.procs.remove(locust)
+            self.record["locust_exit_code"] = locust.popen.returncode
+            self.log("draining")
+            self.record["drain_s"] = self._drain_wait(follower, spec["drain_timeout_s"])
+            leftovers = dict(stack.backend.queue_depths())
+        self.record["sampler_errors"] = sampler.errors
+        tasks = self._store_tasks()
+        requests = read_requests(self.run_dir / "requests")
+        requests.to_parquet(self.run_dir / "requests.parquet", index=False)
+        window = measure.load_window(tasks, requests, spec["warmup_s"], spec["duration_s"])
+        summary = measure.summarise(tasks, requests, window, slots=self.config.slots,
+                                    offered_rate_per_s=float(spec["rate"]), arrival=spec.get("arrival", "constant"),
+                                    locust_post_count=locust_post_count(self.run_dir), queue_leftovers=leftovers)
+        self._add_resources(summary)
+        self.record["summary"] = summary
+
+    def _drain(self) -> None:
+        spec, stack = self.spec, self.stack
+        assert stack is not None
+        self.log("starting broker and workers; probe round trip")
+        stack.start_brokers()
+        assert stack.backend is not None
+        stack.start_workers(log_suffix="-probe")
+        stack.round_trip(sent_tasks(spec))
+        stack.stop_workers()
+        count = int(spec["tasks"])
+        self.log(f"preloading {count} tasks")
+        preload_started = time.monotonic()
+        with _ledger_env(stack.ledger_dir):
+            for _ in range(count):
+                dispatch.submit(stack.backend, spec["task"], spec["args"])
+        self.record["preload_s"] = time.monotonic() - preload_started
+        depth = sum(stack.backend.queue_depths().values())
+        follower = ledger.Follower(stack.ledger_dir)
+        follower.poll()
+        with Sampler(stack.supervisor, self.run_dir, depths=stack.backend.queue_depths) as sampler:
+            self.log(f"{depth} waiting; starting workers")
+            workers_started_ns = time.time_ns()
+            stack.start_workers()
+            self._describe()
+            self.record["drain_s"] = self._drain_wait(follower, spec["drain_timeout_s"])
+            all_done_ns = time.time_ns()
+            leftovers = dict(stack.backend.queue_depths())
+        self.record["sampler_errors"] = sampler.errors
+        self.record["preloaded_depth"] = depth
+        tasks = self._store_tasks()
+        window = measure.drain_window(tasks)
+        summary = measure.summarise(tasks, None, window, slots=self.config.slots, offered_rate_per_s=None,
+                                    queue_leftovers=leftovers, expected_sent=count)
+        # Published comparisons time from starting the workers: record that figure too.
+        wall_s = (all_done_ns - workers_started_ns) / 1e9
+        summary["figures"]["workers_started_ns"] = workers_started_ns
+        summary["figures"]["wall_from_worker_start_s"] = wall_s
+        summary["figures"]["throughput_from_worker_start_per_s"] = count / wall_s if wall_s > 0 else None
+        self._add_resources(summary)
+        self.record["summary"] = summary
+
+    def _drain_wait(self, follower: ledger.Follower, timeout_s: float) -> float:
+        """Wait until every task sent has finished successfully (or `timeout_s`); return seconds waited."""
+        assert self.stack is not None
+        started = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: follower.poll() is not None and follower.outstanding() == 0,
+                       timeout_s=timeout_s, interval_s=0.1, what="the queue to drain",
+                       supervisor=self.stack.supervisor)
+        return time.monotonic() - started
+
+    def _store_tasks(self) -> pd.DataFrame:
+        assert self.stack is not None
+        tasks = ledger.executions(self.stack.ledger_dir)
+        tasks.to_parquet(self.run_dir / "tasks.parquet", index=False)
+        return pd.read_parquet(self.run_dir / "tasks.parquet")  # figures come from what was stored
+
+    def _add_resources(self, summary: dict[str, Any]) -> None:
+        path = self.run_dir / "resources.csv"
+        resources = pd.read_csv(path) if path.exists() else pd.DataFrame()
+        use = measure.resource_use(resources)
+        figures = summary["figures"]
+        figures["resources"] = use
+        worker_cpu = use.get("workers", {}).get("cpu_s")
+        total_cpu = sum(c["cpu_s"] for c in use.values())
+        figures["tasks_per_worker_cpu_s"] = figures["finished_ok"] / worker_cpu if worker_cpu else None
+        figures["tasks_per_cpu_s"] = figures["finished_ok"] / total_cpu if total_cpu else None
+
+
+def _redact(text: str) -> str:
+    from benchmarks.brokers import redact
+
+    return redact(text) if "://" in text else text
+
+
+@contextlib.contextmanager
+def _ledger_env(directory: Path) -> Iterator[None]:
+    before = os.environ.get(ledger.LEDGER_ENV)
+    os.environ[ledger.LEDGER_ENV] = str(directory)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ledger.LEDGER_ENV, None)
+        else:
+            os.environ[ledger.LEDGER_ENV] = before
+
+
+# --- the sweep ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def measuring_lock(path: Path = LOCK_PATH) -> Iterator[None]:
+    """Hold the machine-wide measuring lock: two sweeps at once would share the cores and both be wrong."""
+    fh = open(path, "a+")  # noqa: SIM115 - held for the whole sweep
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise RuntimeError(f"another queuebench sweep is measuring on this machine ({path}: "
+                               f"{fh.read().strip() or 'pid unknown'}); wait for it to finish") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}\n")
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def is_done(run_dir: Path) -> bool:
+    record = read_run(run_dir)
+    return record is not None and record.get("status") in DONE
+
+
+def plan(matrix: Matrix, out_dir: Path, *, force: bool) -> tuple[list[Cell], list[Cell]]:
+    """(cells to run, cells already done) — resume is a filter, like ann-benchmarks' run definitions."""
+    todo, done = [], []
+    for cell in matrix.cells:
+        (done if not force and is_done(out_dir / cell.run_id) else todo).append(cell)
+    return todo, done
+
+
+def cell_seconds(cell: Cell) -> float:
+    """A rough duration of a cell, for the ETA (start-up and drain included)."""
+    spec = cell.spec
+    if cell.skip_reason:
+        return 0.5
+    if spec["mode"] == "drain":
+        return 15 + spec["tasks"] / 200
+    return 12 + LOCUST_TAIL_S + spec["warmup_s"] + spec["duration_s"]
+
+
+def run_matrix(matrix: Matrix, out_dir: Path, *, force: bool = False, amqp_url: str | None = None,
+               progress: Any = None, log: Callable[[str], None] = print) -> list[CellResult]:
+    """Run every cell not already done; write ``summary.csv``; return each cell's result.
+
+    SIGINT/SIGTERM stop the cell in progress (everything it started) and raise `Interrupted` after the
+    summary of the completed cells is written.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo, done = plan(matrix, out_dir, force=force)
+    results = [CellResult(c.run_id, read_run(out_dir / c.run_id)["status"], "already done", out_dir / c.run_id)
+               for c in done]
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with measuring_lock():
+            if progress is not None:
+                progress.start_sweep(todo, len(done))
+            for cell in todo:
+                if progress is not None:
+                    progress.start_cell(cell)
+                result = CellRun(cell, matrix.name, out_dir / cell.run_id, amqp_url=amqp_url,
+                                 log=progress.note if progress is not None else log).run()
+                results.append(result)
+                if progress is not None:
+                    progress.end_cell(cell, result)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        write_summary(out_dir)
+    return results
+
+
+def summary_rows(out_dir: Path) -> list[dict[str, Any]]:
+    rows = []
+    for run_json in sorted(out_dir.glob("*/run.json")):
+        record = read_run(run_json.parent)
+        if record is None:
+            continue
+        row: dict[str, Any] = {"run_id": record["run_id"], "matrix": record.get("matrix"),
+                               "repeat": record.get("repeat"), "status": record.get("status"),
+                               "detail": record.get("detail"), "schema_version": record.get("schema_version"),
+                               "slots": record.get("slots")}
+        spec = dict(record.get("spec", {}))
+        options = spec.pop("options", {}) or {}
+        args = spec.pop("args", {}) or {}
+        row |= spec
+        row["args"] = json.dumps(args, sort_keys=True)
+        row |= {f"{spec.get('backend')}.{k}": v for k, v in options.items()}
+        summary = record.get("summary") or {}
+        row |= measure.flatten({k: v for k, v in (summary.get("figures") or {}).items() if k != "resources"})
+        for component, use in ((summary.get("figures") or {}).get("resources") or {}).items():
+            row[f"{component}_cpu_s"] = use.get("cpu_s")
+            row[f"{component}_peak_rss_mib"] = use.get("peak_rss_mib")
+        row["failed_checks"] = ",".join(summary.get("failed_checks", []))
+        rows.append(row)
+    return rows
+
+
+def write_summary(out_dir: Path) -> Path:
+    """``summary.csv``: one tidy row per run directory under `out_dir` (a pure function of run.json files)."""
+    path = out_dir / "summary.csv"
+    pd.DataFrame(summary_rows(out_dir)).to_csv(path, index=False)
+    return path

@@ -1,0 +1,119 @@
+"""Resource and queue-depth samples taken while a run is measured (psutil, one background thread).
+
+Every `interval_s` the sampler walks each supervised process tree (broker, each worker command, the
+API, Locust) and writes one row per component to ``resources.csv``:
+
+    t_ns, component, name, n_procs, cpu_s, rss_bytes
+
+``cpu_s`` is cumulative CPU seconds of the whole tree: user + system of every live process plus the
+children times each has collected from descendants that already exited (so RQ's fork-per-job work
+horses are counted once they are reaped). ``rss_bytes`` sums the tree's resident sets (shared pages are
+counted in each process: an upper bound). Queue depths from the backend go to ``queue_depths.csv``
+(``t_ns, queue, depth``). Sampling errors never stop a run; they are counted in `errors`.
+"""
+
+from __future__ import annotations
+
+import csv
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import psutil
+
+from benchmarks.procs import Supervisor
+
+RESOURCE_COLUMNS = ("t_ns", "component", "name", "n_procs", "cpu_s", "rss_bytes")
+DEPTH_COLUMNS = ("t_ns", "queue", "depth")
+
+
+def component_of(name: str) -> str:
+    """The component a supervised process belongs to, from its name."""
+    if name in ("redis", "rabbitmq"):
+        return "broker"
+    if name == "results-redis":
+        return "result_store"
+    if name in ("api", "locust"):
+        return name
+    return "workers"
+
+
+def tree_usage(root_pid: int) -> tuple[int, float, int]:
+    """(processes, cumulative CPU seconds, RSS bytes) of a process and its descendants."""
+    try:
+        root = psutil.Process(root_pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0, 0.0, 0
+    count, cpu, rss = 0, 0.0, 0
+    for proc in procs:
+        try:
+            with proc.oneshot():
+                times = proc.cpu_times()
+                cpu += times.user + times.system + times.children_user + times.children_system
+                rss += proc.memory_info().rss
+                count += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return count, cpu, rss
+
+
+class Sampler:
+    """Samples the supervisor's processes (and queue depths) until stopped; a context manager."""
+
+    def __init__(self, supervisor: Supervisor, out_dir: Path, *, interval_s: float = 0.5,
+                 depths: Callable[[], Mapping[str, int]] | None = None) -> None:
+        self.supervisor = supervisor
+        self.interval_s = interval_s
+        self.depths = depths
+        self.resources_path = out_dir / "resources.csv"
+        self.depths_path = out_dir / "queue_depths.csv"
+        self.errors = 0
+        self.last_depths: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="queuebench-sampler", daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join(timeout=10)
+
+    def sample_once(self, res_writer: csv.writer, depth_writer: csv.writer) -> None:
+        now = time.time_ns()
+        for proc in list(self.supervisor.procs):
+            n, cpu_s, rss = tree_usage(proc.pid)
+            if n:
+                res_writer.writerow((now, component_of(proc.name), proc.name, n, round(cpu_s, 3), rss))
+        if self.depths is not None:
+            try:
+                depths = dict(self.depths())
+            except Exception:  # a broker busy or gone for a moment must not stop the run
+                self.errors += 1
+            else:
+                self.last_depths = depths
+                for queue, depth in depths.items():
+                    depth_writer.writerow((now, queue, depth))
+
+    def _loop(self) -> None:
+        with open(self.resources_path, "w", newline="") as res, open(self.depths_path, "w", newline="") as dep:
+            res_writer, depth_writer = csv.writer(res), csv.writer(dep)
+            res_writer.writerow(RESOURCE_COLUMNS)
+            depth_writer.writerow(DEPTH_COLUMNS)
+            while True:
+                try:
+                    self.sample_once(res_writer, depth_writer)
+                except Exception:
+                    self.errors += 1
+                res.flush()
+                dep.flush()
+                if self._stop.wait(self.interval_s):
+                    self.sample_once(res_writer, depth_writer)  # one last sample at the end
+                    return
