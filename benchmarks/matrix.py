@@ -1,8 +1,10 @@
 """Matrix files: TOML in, a list of validated, de-duplicated run specs out. Nothing starts here.
 
 A matrix file is a table of keys (`KEYS`). A key given as a list is an axis; the matrix is the product
-of the axes, trimmed by ``[[exclude]]`` tables (drop every cell matching all of a table's keys) and
-extended by ``[[include]]`` tables (one extra cell each, filled from the file's scalar values).
+of the axes, extended by ``[[include]]`` tables and trimmed by ``[[exclude]]`` tables. An include table is a
+sub-matrix: its keys replace the top level's and its lists are its own axes, so a file can be a union
+of small products (a curated covering set); with scalars only, it adds one cell. An exclude table drops
+every cell (of the top level or of an include) matching one of its values for each key it names.
 Library knobs live in ``[celery]``, ``[rq]`` and ``[dramatiq]`` tables, where a list is an axis too.
 
 Every key and value is checked before anything runs; an error names the key and the allowed values.
@@ -103,6 +105,8 @@ META_KEYS = {"name", "description", "schema_version"}
 #: Keys that only matter in one mode (dropped in the other so identical cells merge).
 LOAD_ONLY = {"scenario", "rate", "arrival", "warmup_s", "duration_s", "api_workers", "api_threads"}
 DRAIN_ONLY = {"tasks"}
+#: Scenarios that send their own mix of tasks: `task` and `args` do not apply to them.
+MIXED_SCENARIOS = ("routing_mix", "payload")
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,10 @@ def spec_digest(spec: Mapping[str, Any]) -> str:
 def run_id(spec: Mapping[str, Any], repeat: int) -> str:
     """Readable and deterministic: the same spec and repeat always give the same id (so sweeps resume)."""
     slots = f"p{spec['processes']}t{spec['threads']}"
-    what = f"{spec['task']}" + ("".join(f"-{k}{v}" for k, v in sorted(spec.get("args", {}).items())))
+    if "task" in spec:
+        what = f"{spec['task']}" + ("".join(f"-{k}{v}" for k, v in sorted(spec.get("args", {}).items())))
+    else:
+        what = spec["scenario"]
     mode = f"r{spec['rate']:g}" if spec["mode"] == "load" else f"n{spec['tasks']}"
     return (f"{spec['backend']}-{spec['broker']}-{spec['serializer']}-{slots}-{spec['routing']}-{what}-{mode}"
             f"-{spec_digest(spec)}-rep{repeat}")
@@ -209,6 +216,10 @@ def _axes(raw: Mapping[str, Any]) -> dict[str, list[Any]]:
     return axes
 
 
+def _product(axes: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
+    return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+
+
 def _matches(spec: Mapping[str, Any], pattern: Mapping[str, Any]) -> bool:
     """True when the resolved spec has one of the pattern's values for every key the pattern names."""
     for key, wanted in _axes(pattern).items():
@@ -230,11 +241,14 @@ def _normalise(flat: Mapping[str, Any]) -> dict[str, Any]:
         if applies is not None and backend not in applies:
             continue
         spec[key] = flat.get(key, default)
-    drop = DRAIN_ONLY if spec["mode"] == "load" else LOAD_ONLY
+    drop = set(DRAIN_ONLY if spec["mode"] == "load" else LOAD_ONLY)
+    if spec["mode"] == "load" and spec["scenario"] in MIXED_SCENARIOS:
+        drop |= {"task", "args"}  # these scenarios choose their own tasks (see benchmarks.runner)
     for key in drop:
         spec.pop(key, None)
     spec.pop("repeats")
-    spec["args"] = dict(spec["args"])
+    if "args" in spec:
+        spec["args"] = dict(spec["args"])
     spec["options"] = {k.split(".", 1)[1]: v for k, v in sorted(flat.items())
                        if k.startswith(f"{backend}.")}
     return spec
@@ -280,23 +294,21 @@ def parse(text: str, *, name: str = "matrix", repeats: int | None = None) -> Mat
     axes = _axes(raw)
     task_values = axes.get("task", [KEYS["task"][1]])
     _check_args(task_values, axes.get("args", [{}]), "")
-    flat_cells = [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+    flat_cells = _product(axes)
+    for i, extra in enumerate(raw.get("include", [])):
+        # An include table is a sub-matrix: its keys replace the top level's, its lists are its axes.
+        sub = axes | _axes(extra)
+        _check_args(sub.get("task", [KEYS["task"][1]]), sub.get("args", [{}]), f"include[{i}].")
+        flat_cells += _product(sub)
     flat_cells = [c for c in flat_cells
                   if not any(_matches(_normalise(c), pattern) for pattern in raw.get("exclude", []))]
-    scalars = {k: v[0] for k, v in axes.items() if len(v) == 1}
-    for i, extra in enumerate(raw.get("include", [])):
-        extra_axes = _axes(extra)
-        if any(len(v) != 1 for v in extra_axes.values()):
-            raise MatrixError(f"include[{i}]: values must be single values, not lists")
-        cell = scalars | {k: v[0] for k, v in extra_axes.items()}
-        _check_args([cell.get("task", KEYS["task"][1])], [cell.get("args", {})], f"include[{i}].")
-        flat_cells.append(cell)
 
     matrix = Matrix(name=str(raw.get("name", name)), description=str(raw.get("description", "")), source=text)
     seen: set[str] = set()
     for flat in flat_cells:
         spec = _normalise(flat)
-        _check_args([spec["task"]], [spec["args"]], "")
+        if "task" in spec:
+            _check_args([spec["task"]], [spec["args"]], "")
         key = json.dumps(spec, sort_keys=True, default=str)
         if key in seen:
             continue

@@ -98,7 +98,7 @@ def locust_argv(spec: Mapping[str, Any], api_url: str, run_dir: Path) -> list[st
             "--csv", str(run_dir / "locust"), "--csv-full-history", "--html", str(run_dir / "locust.html"),
             "--json-file", str(run_dir / "locust"),
             "--qb-rate", f"{spec['rate']:g}", "--qb-arrival", spec.get("arrival", "constant"),
-            "--qb-task", spec["task"], "--qb-args", json.dumps(spec["args"]),
+            "--qb-task", spec.get("task", "noop"), "--qb-args", json.dumps(spec.get("args", {})),
             "--qb-log-dir", str(run_dir / "requests")]
     if spec["scenario"] == "routing_mix":
         argv += ["--qb-mix", json.dumps(ROUTING_MIX)]

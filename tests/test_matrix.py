@@ -32,6 +32,14 @@ def test_exclude_drops_matching_cells_and_include_adds_one():
         ("baseline", 1), ("rq", 1), ("rq", 2), ("rq", 8)]
 
 
+def test_an_include_with_lists_is_a_sub_matrix_over_the_top_level_keys():
+    m = parse('backend = "rq"\nprocesses = [1, 2]\n'
+              '[[include]]\nbackend = ["baseline", "celery"]\nprocesses = 4\nserializer = ["json", "pickle"]\n')
+    cells = {(c.spec["backend"], c.spec["processes"], c.spec["serializer"]) for c in m.cells}
+    assert cells == {("rq", 1, "json"), ("rq", 2, "json"), ("baseline", 4, "json"), ("baseline", 4, "pickle"),
+                     ("celery", 4, "json"), ("celery", 4, "pickle")}
+
+
 def test_a_key_that_does_not_apply_to_a_backend_is_dropped_and_identical_cells_run_once():
     m = parse('backend = ["rq", "celery"]\npool = ["prefork", "solo"]\n')
     rq_cells = [c for c in m.cells if c.spec["backend"] == "rq"]
