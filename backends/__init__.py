@@ -11,17 +11,21 @@ from typing import Any
 
 from backends.base import BackendSettings, QueueBackend
 
-#: Short name -> "module:Class". `inline` is for unit tests only and never appears in a report.
+#: Short name -> "module:Class". `inline` is for unit tests only and never appears in a report;
+#: `discard` measures the harness's own ceiling (benchmarks/NOTES.md).
 REGISTRY: dict[str, str] = {
     "celery": "backends.celery_backend:CeleryBackend",
     "rq": "backends.rq_backend:RQBackend",
     "dramatiq": "backends.dramatiq_backend:DramatiqBackend",
     "baseline": "backends.baseline_backend:BaselineBackend",
     "inline": "backends.inline_backend:InlineBackend",
+    "discard": "backends.discard_backend:DiscardBackend",
 }
 
 #: The backends a benchmark may measure (everything but the unit-test double).
 MEASURABLE: tuple[str, ...] = ("celery", "rq", "dramatiq", "baseline")
+#: Backends a matrix may name to measure the harness itself (`discard`: the API + Locust ceiling).
+HARNESS: tuple[str, ...] = ("discard",)
 
 
 def backend_class(name: str) -> type[Any]:

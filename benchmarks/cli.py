@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from backends import MEASURABLE, REGISTRY, backend_class
+from backends import HARNESS, MEASURABLE, REGISTRY, backend_class
 from backends.base import BROKERS, ROUTINGS, SERIALIZERS, BackendError, UnsupportedOption
 from benchmarks import __version__
 
@@ -146,7 +146,7 @@ def list_backends() -> None:
     for name in REGISTRY:
         cls = backend_class(name)
         knobs = ", ".join(sorted(getattr(cls, "knobs", {}) or {})) or "-"
-        note = " (unit tests only)" if name not in MEASURABLE else ""
+        note = " (harness ceiling)" if name in HARNESS else (" (unit tests only)" if name not in MEASURABLE else "")
         table.add_row(name + note, ", ".join(sorted(cls.brokers)), ", ".join(sorted(cls.serializers)), knobs,
                       REGISTRY[name])
     Console().print(table)
@@ -270,6 +270,55 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
     console.print(f"results: {out} (summary: {out / 'summary.csv'})")
     bad = counts.get("failed", 0) + counts.get("error", 0)
     sys.exit(1 if bad else 0)
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/runs/overhead"),
+              show_default=True, help="Where the overhead runs and overhead.json go.")
+@click.option("--force", is_flag=True, help="Redo the runs already done.")
+def overhead(out: Path, force: bool) -> None:
+    """Measure what the harness costs: the ledger per task, and the API + Locust path's ceiling.
+
+    Runs benchmarks/matrices/overhead.toml (discard vs baseline backends) and a ledger micro-benchmark,
+    prints the ratios and writes them to OUT/overhead.json. See benchmarks/NOTES.md.
+    """
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from benchmarks import matrix as matrix_mod
+    from benchmarks import overhead as oh
+    from benchmarks import runner
+    from benchmarks.progress import SweepProgress
+
+    console = Console(stderr=True)
+    console.print("ledger micro-benchmark ...")
+    ledger = oh.ledger_cost()
+    progress = SweepProgress(console)
+    try:
+        runner.run_matrix(matrix_mod.load(oh.matrix_path()), out, force=force, progress=progress)
+    except runner.Interrupted:
+        progress.stop()
+        sys.exit(130)
+    progress.stop()
+    records = [r for r in (runner.read_run(p.parent) for p in sorted(out.glob("*/run.json"))) if r]
+    rows = oh.ceiling_table(records)
+    result = {"ledger": ledger, "ceiling": rows, "ratios": oh.ratios(rows),
+              "machine": records[0]["environment"] if records else None}
+    (out / "overhead.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    table = Table("backend", "offered/s", "achieved/s (median)", "min-max", "CPU us/task", "verdicts",
+                  title="API + Locust path")
+    for row in rows:
+        table.add_row(row["backend"], f"{row['offered_per_s']:g}", f"{row['achieved_per_s']:.0f}",
+                      f"{row['achieved_min']:.0f}-{row['achieved_max']:.0f}",
+                      f"{row['cpu_us_per_task']:.0f}" if row["cpu_us_per_task"] else "-", ", ".join(row["verdicts"]))
+    Console().print(table)
+    for ratio in result["ratios"]:
+        click.echo(f"offered {ratio['offered_per_s']:g}/s: baseline/discard = {ratio['baseline_over_discard']:.2f}")
+    click.echo(f"ledger: {ledger['ledger_us_per_task']:.1f} us per task (3 rows; {ledger['with_ledger_us_per_task']:.1f} "
+               f"with vs {ledger['without_ledger_us_per_task']:.1f} us without)")
+    click.echo(f"written: {out / 'overhead.json'}")
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends import MEASURABLE, backend_class, workload
+from backends import HARNESS, MEASURABLE, backend_class, workload
 from backends.base import BROKERS, ROUTINGS, SERIALIZERS
 
 MATRIX_SCHEMA_VERSION = 1
@@ -74,7 +74,7 @@ def _table(value: Any) -> str | None:
 
 #: Every key a matrix file may hold, its check, its default, and the backends it applies to (None: all).
 KEYS: dict[str, tuple[Any, Any, frozenset[str] | None]] = {
-    "backend": (_choice(*MEASURABLE), "celery", None),
+    "backend": (_choice(*MEASURABLE, *HARNESS), "celery", None),
     "broker": (_choice(*BROKERS), "redis", None),
     "serializer": (_choice(*SERIALIZERS), "json", None),
     "processes": (_int(1, 256), 1, None),

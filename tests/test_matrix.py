@@ -129,3 +129,11 @@ def test_dry_run_lists_the_cells_and_starts_nothing(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.output.count("\tto run") == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_the_readme_example_matrix_is_valid_as_written():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme.split("A complete example:", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    m = matrix.parse(example)
+    assert {c.spec["backend"] for c in m.cells} == {"celery", "dramatiq"}
+    assert all(c.skip_reason is None for c in m.cells)

@@ -1,0 +1,65 @@
+"""Accepts every task and runs nothing: the ceiling of the harness's own path (Locust -> API -> ledger).
+
+Not a queue and never compared with one: it exists so the harness can measure what it costs. `enqueue`
+writes the task's `started` and `finished` ledger rows at once (attempt 1, outcome ok) without touching
+a broker, so a run through it passes the same self-checks as a real one, and its throughput is what the
+API and Locust can carry on this machine with no queue at all (see benchmarks/NOTES.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from backends import ledger
+from backends.base import (
+    BackendSettings,
+    EnqueueReceipt,
+    JobRequest,
+    TaskStatus,
+    WorkerCommand,
+    WorkerSpec,
+    check_common,
+    reject_unknown_options,
+)
+
+
+class DiscardBackend:
+    name: ClassVar[str] = "discard"
+    brokers: ClassVar[frozenset[str]] = frozenset({"redis", "rabbitmq"})
+    serializers: ClassVar[frozenset[str]] = frozenset({"json", "pickle", "msgpack"})
+    knobs: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, settings: BackendSettings) -> None:
+        check_common(self.name, self.brokers, self.serializers, settings)
+        reject_unknown_options(self.name, settings.options, self.knobs)
+        self.settings = settings
+
+    def ping(self) -> None:
+        return None
+
+    def enqueue(self, job: JobRequest) -> EnqueueReceipt:
+        meta = job.meta()
+        ledger.record_started(meta, job.task, 1)
+        ledger.record_finished(meta, job.task, 1, outcome="ok")
+        return EnqueueReceipt(job.id, job.queue, time.time_ns())
+
+    def status(self, task_id: str) -> TaskStatus | None:
+        return TaskStatus(task_id, "success")
+
+    def worker_commands(self, spec: WorkerSpec) -> list[WorkerCommand]:
+        return []  # nothing runs tasks: there are none to run
+
+    def queue_depths(self) -> Mapping[str, int]:
+        return {queue: 0 for queue in self.settings.queues}
+
+    def purge(self) -> None:
+        return None
+
+    def describe(self) -> Mapping[str, Any]:
+        return {"backend": self.name, "note": "harness ceiling: tasks are accepted and dropped",
+                "routing": self.settings.routing, "queues": list(self.settings.queues)}
+
+    def close(self) -> None:
+        return None
