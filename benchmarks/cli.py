@@ -60,7 +60,7 @@ def cli() -> None:
               help="Use this existing Redis instead of a private one (never flushed; must be empty "
                    "unless --allow-dirty). With --broker rabbitmq it holds the results.")
 @click.option("--amqp-url", metavar="URL",
-              help="RabbitMQ to use. Default: amqp://guest:guest@127.0.0.1:5672// when it answers, "
+              help="RabbitMQ to use. Default: amqp://guest:guest@127.0.0.1:5672/%2F when it answers, "
                    "else a private node if rabbitmq-server is installed.")
 @click.option("--allow-dirty", is_flag=True, help="Accept a non-empty broker database; nothing is purged then.")
 @click.option("--serializer", type=click.Choice(SERIALIZERS), default="json", show_default=True)

@@ -89,11 +89,16 @@ class Supervisor:
         return {proc.name: [p.pid for p in proc.tree()] for proc in self.procs}
 
     def stop(self, proc: Proc, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
+        """SIGTERM the root and let it stop its own children (a second SIGTERM makes Dramatiq and Celery
+        kill at once instead of finishing the task in hand); then SIGTERM, and finally SIGKILL, whatever
+        of the tree collected beforehand (and of its session) is still alive."""
         tree = proc.tree()
-        _signal_all(tree, signal.SIGTERM)
+        _signal_all(tree[:1], signal.SIGTERM)
+        _, alive = psutil.wait_procs(tree, timeout=timeout_s)
+        _signal_all(alive, signal.SIGTERM)
         with _ignore_gone():
             os.killpg(proc.pid, signal.SIGTERM)  # members of its session that left the tree
-        _, alive = psutil.wait_procs(tree, timeout=timeout_s)
+        _, alive = psutil.wait_procs(alive, timeout=2)
         _signal_all(alive, signal.SIGKILL)
         with _ignore_gone():
             os.killpg(proc.pid, signal.SIGKILL)
