@@ -143,12 +143,12 @@ def executions(directory: str | os.PathLike[str], *, include_probes: bool = Fals
     """One row per (task id, attempt): sent/enqueued/scheduled from the sent row, started/finished
     from the worker rows; a task that never started keeps one row with attempt 0 and no times.
 
-    Columns: id, task, queue, attempt, scheduled_ns, sent_ns, enqueued_ns, started_ns, finished_ns,
+    Columns: id, task, digest (of task and args: `args_digest`), queue, attempt, scheduled_ns, sent_ns, enqueued_ns, started_ns, finished_ns,
     outcome, error, worker_pid, worker_host, n_started, n_finished.
     """
 
     rows = read_rows(directory, include_probes=include_probes)
-    sent = rows[rows["ev"] == "sent"][["id", "task", "queue", "scheduled_ns", "sent_ns", "enqueued_ns"]]
+    sent = rows[rows["ev"] == "sent"][["id", "task", "digest", "queue", "scheduled_ns", "sent_ns", "enqueued_ns"]]
     sent = sent.drop_duplicates("id")
     started = rows[rows["ev"] == "started"]
     finished = rows[rows["ev"] == "finished"]

@@ -227,6 +227,7 @@ class CellRun:
         self.log("starting broker, workers and API")
         stack.start(sent_tasks(spec))
         assert stack.backend is not None and stack.api_url is not None
+        self._record_kinds()
         self.record["api"] = {"server": "gunicorn gthread", "workers": self.config.api_workers,
                               "threads": self.config.api_threads}
         follower = ledger.Follower(stack.ledger_dir)
@@ -271,6 +272,7 @@ class CellRun:
         stack.start_workers(log_suffix="-probe")
         stack.round_trip(sent_tasks(spec))
         stack.stop_workers()
+        self._record_kinds()
         count = int(spec["tasks"])
         self.log(f"preloading {count} tasks")
         preload_started = time.monotonic()
@@ -302,6 +304,11 @@ class CellRun:
         summary["figures"]["throughput_from_worker_start_per_s"] = count / wall_s if wall_s > 0 else None
         self._add_resources(summary)
         self.record["summary"] = summary
+
+    def _record_kinds(self) -> None:
+        """Which task and arguments each ledger digest stands for (tasks.parquet keeps only the digest)."""
+        self.record["task_kinds"] = [{"task": task, "args": args, "digest": ledger.args_digest(task, args)}
+                                     for task, args in sent_tasks(self.spec)]
 
     def _drain_wait(self, follower: ledger.Follower, timeout_s: float) -> float:
         """Wait until every task sent has finished successfully (or `timeout_s`); return seconds waited."""
