@@ -4,7 +4,7 @@ The API is identical for every library, so differences in what Locust measures c
 from the web tier. It parses JSON only (never form data, never pickle), checks every task argument
 against `workload.CATALOGUE` before anything reaches a broker, and answers every error as JSON: a client
 mistake is a 4xx naming the field, an unreachable broker is a 503, and a 500 means a bug in this code
-or in a backend. The contract, with examples, is in ``api/CONTRACT.md``.
+or in a backend. The contract, with examples, is in the README ("The API").
 
 Routes: ``POST /tasks``, ``GET /tasks/<id>``, ``GET /healthz``, ``GET /queues``, and the well-known
 Flask + Celery tutorial's ``GET /add/<x>/<y>`` and ``GET /task_status/<id>``, kept so its clients work

@@ -75,7 +75,7 @@ import pika.exceptions
 import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import DEFAULT_HEARTBEAT_TIMEOUT, RedisBroker
-from dramatiq.common import dq_name
+from dramatiq.common import dq_name, xq_name
 from dramatiq.middleware import CurrentMessage, TimeLimit, default_middleware
 from dramatiq.middleware.retries import DEFAULT_MAX_BACKOFF, DEFAULT_MIN_BACKOFF
 from dramatiq.results import Results
@@ -516,11 +516,14 @@ class DramatiqBackend:
 
         Redis: dramatiq's ``flush`` per queue, then the workers' unacknowledged-message sets of these queues
         and the heartbeats of workers left with none, then the result keys
-        ``dramatiq-results:<queue>:queuebench_run:*``. RabbitMQ: dramatiq's ``flush`` (queue, .DQ, .XQ; the
-        queues stay, empty). Never FLUSHDB, never another queue's keys.
+        ``dramatiq-results:<queue>:queuebench_run:*``. RabbitMQ: the queues (with .DQ and .XQ) are deleted,
+        because Celery declares queues of the same names without dramatiq's dead-letter arguments and
+        would fail on ours (PRECONDITION_FAILED). Never FLUSHDB, never another queue's keys.
         """
         for queue in self.settings.queues:
             self._broker.flush(queue)
+        if isinstance(self._broker, RabbitmqBroker):
+            self._delete_rabbitmq_queues()
         if isinstance(self._broker, RedisBroker):
             self._purge_redis_acks(self._broker.client)
         if self._results is not None:
@@ -534,6 +537,18 @@ class DramatiqBackend:
                         batch.clear()
                 if batch:
                     client.delete(*batch)
+
+    def _delete_rabbitmq_queues(self) -> None:
+        params = pika.URLParameters(pika_url(self.settings.broker_url))
+        params.socket_timeout = CONNECT_TIMEOUT_S
+        connection = pika.BlockingConnection(params)
+        try:
+            channel = connection.channel()
+            for queue in self.settings.queues:
+                for name in (queue, dq_name(queue), xq_name(queue)):
+                    channel.queue_delete(name)
+        finally:
+            connection.close()
 
     def _purge_redis_acks(self, client: redis.Redis) -> None:
         queues = "|".join(re.escape(name) for q in self.settings.queues for name in (q, dq_name(q)))

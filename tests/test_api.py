@@ -1,4 +1,4 @@
-"""The Flask API's contract (api/CONTRACT.md) on the inline backend: tasks run synchronously in-process.
+"""The Flask API's contract (README, "The API") on the inline backend: tasks run synchronously in-process.
 
 Every accepted task must have exactly one `sent` ledger row, every client mistake must be a 4xx JSON
 answer naming the field, and no client input may reach a 5xx.
