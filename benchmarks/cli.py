@@ -301,6 +301,10 @@ def overhead(out: Path, force: bool) -> None:
     except runner.Interrupted:
         progress.stop()
         sys.exit(130)
+    except RuntimeError as exc:  # the measuring lock
+        progress.stop()
+        console.print(f"queuebench: error: {exc}")
+        sys.exit(1)
     progress.stop()
     records = [r for r in (runner.read_run(p.parent) for p in sorted(out.glob("*/run.json"))) if r]
     rows = oh.ceiling_table(records)

@@ -28,7 +28,8 @@ from backends import HARNESS, MEASURABLE, backend_class, workload
 from backends.base import BROKERS, ROUTINGS, SERIALIZERS
 
 MATRIX_SCHEMA_VERSION = 1
-SCENARIOS = ("throughput", "latency", "routing_mix", "payload", "poll", "step")
+#: `step` (scenarios/step.py) is driven by the capacity search, not by matrix cells.
+SCENARIOS = ("throughput", "latency", "routing_mix", "payload", "poll")
 MODES = ("load", "drain")
 POOLS = ("prefork", "threads", "gevent", "solo")
 ARRIVALS = ("constant", "poisson")
@@ -259,6 +260,8 @@ def _skip_reason(spec: Mapping[str, Any]) -> str | None:
     from backends.base import UnsupportedOption
     from benchmarks.stack import validate
 
+    if spec.get("scenario") == "poll" and not spec.get("results", True):
+        return "the poll scenario reads GET /tasks/<id>, which needs results = true"
     try:
         validate(stack_config(spec))
     except UnsupportedOption as exc:
@@ -317,6 +320,9 @@ def parse(text: str, *, name: str = "matrix", repeats: int | None = None) -> Mat
         count = repeats or int(raw.get("repeats", 1))
         for repeat in range(count):
             matrix.cells.append(Cell(spec=spec, repeat=repeat, skip_reason=reason))
+    # Repeat-major order: every cell once, then every cell again, so slow drift of a shared machine is
+    # spread over all cells instead of landing on one cell's repeats.
+    matrix.cells.sort(key=lambda cell: cell.repeat)
     return matrix
 
 
