@@ -296,8 +296,9 @@ def overhead(out: Path, force: bool) -> None:
     console.print("ledger micro-benchmark ...")
     ledger = oh.ledger_cost()
     progress = SweepProgress(console)
+    matrix = matrix_mod.load(oh.matrix_path())
     try:
-        runner.run_matrix(matrix_mod.load(oh.matrix_path()), out, force=force, progress=progress)
+        runner.run_matrix(matrix, out, force=force, progress=progress)
     except runner.Interrupted:
         progress.stop()
         sys.exit(130)
@@ -306,7 +307,7 @@ def overhead(out: Path, force: bool) -> None:
         console.print(f"queuebench: error: {exc}")
         sys.exit(1)
     progress.stop()
-    records = [r for r in (runner.read_run(p.parent) for p in sorted(out.glob("*/run.json"))) if r]
+    records = [r for r in (runner.read_run(out / cell.run_id) for cell in matrix.cells) if r]
     rows = oh.ceiling_table(records)
     result = {"ledger": ledger, "ceiling": rows, "ratios": oh.ratios(rows),
               "machine": records[0]["environment"] if records else None}
@@ -323,6 +324,17 @@ def overhead(out: Path, force: bool) -> None:
     click.echo(f"ledger: {ledger['ledger_us_per_task']:.1f} us per task (3 rows; {ledger['with_ledger_us_per_task']:.1f} "
                f"with vs {ledger['without_ledger_us_per_task']:.1f} us without)")
     click.echo(f"written: {out / 'overhead.json'}")
+
+
+def _register_analysis_commands() -> None:
+    """`report` and `compare` live in benchmarks.analysis (they import matplotlib only when run)."""
+    from benchmarks.analysis.commands import compare, report
+
+    cli.add_command(report)
+    cli.add_command(compare)
+
+
+_register_analysis_commands()
 
 
 def main() -> None:

@@ -1,0 +1,1165 @@
+"""Capacity planning from measured runs, with the M/M/c queueing model beside the measurements.
+
+The question: "R tasks/s of this kind with end-to-end pXX under L: how many slots (processes x threads)
+of which backend?" The answer comes from stored runs first (`plan_capacity`, ``queuebench plan``) and
+the model second, so the two can be compared at the points that were measured (`capacity_notes` gives
+the same answers as the report's "Capacity notes").
+
+The queueing model (`erlang_c`, `mmc_wait_quantile`, `mmc_response_quantile`, `min_servers`) is M/M/c:
+Poisson arrivals at ``rate_per_s``, ``c`` servers (slots), exponential service of mean ``service_s``,
+first come first served. With offered load A = rate x service (erlangs), mu = 1 / service and
+theta = c mu - rate > 0, the probability of waiting is Erlang C, C(c, A), and the waiting time W has
+P(W > t) = C exp(-theta t). A task's own service S is exponential (rate mu) and independent of its wait,
+so the response time R = W + S has the exact distribution
+
+    P(R > t) = (1 - C) exp(-mu t) + C P(E_theta + E_mu > t),
+    P(E_theta + E_mu > t) = (theta exp(-mu t) - mu exp(-theta t)) / (theta - mu)   [(1 + mu t) exp(-mu t) if equal]
+
+and `mmc_response_quantile` inverts it numerically (bisection; no approximation beyond float precision).
+Caveat, visible in every comparison: `sleep_ms` and `cpu_ms` have nearly constant service, so the
+exponential service assumption overstates both the wait and the service tail (the p95 of an exponential
+is 3x its mean); the model is pessimistic for them, and the reported model error says by how much. The
+model also leaves out what the harness measures on top of queue wait + service: the HTTP enqueue and
+the broker's delivery delay.
+
+What counts as measured (`measured_points`): runs of the task kind (task and args equal) with status
+``ok``; load-mode runs of the single-kind scenarios (``latency``, ``throughput``) are latency points;
+drain-mode runs of the kind only tell capacity. A cell (all repeats of one spec) is *sustained* when
+every repeat finished >= 95 % of the offered rate in the window and has an end-to-end figure; its
+latency is the worst repeat's (conservative). A cell whose throughput fell below 95 % of the offered
+rate saturated its slots, so its throughput per slot is a measured capacity; without such a cell the
+capacity per slot is Little's bound 1 / mean service time, an upper bound, and is labelled so.
+
+How a slot configuration is judged at the requested rate R (`plan_capacity`), assuming latency never
+improves when the rate grows nor when slots shrink:
+
+- *meets*: the cell offered at least R (5 % below counts: `RATE_TOLERANCE`) closest to R was sustained
+  within the SLO;
+- *fails*: a cell offered about R (within 5 %) or less than R missed the SLO or saturated, or the
+  measured capacity of the configuration is below R;
+- *unknown* otherwise. The answer is the fewest slots that meet (measured); anything else is either
+  refused or labelled *extrapolated* (never passed off as measured), and a matrix covering the request
+  is written (`write_covering_matrix`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from backends import workload
+from benchmarks import measure
+
+#: Quantiles an SLO may name, and the run.json figure each reads (end to end, from the scheduled time).
+SLO_QUANTILES = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
+#: A cell is sustained when its throughput is at least this share of the offered rate (as the generator check).
+SUSTAINED_RATIO = measure.ACHIEVED_MIN_RATIO
+#: The knee: the lowest offered rate whose p95 exceeds this many times the lowest-rate cell's p95...
+KNEE_LATENCY_GROWTH = 3.0
+#: ...(or whose throughput fell below `SUSTAINED_RATIO` of the offered rate).
+#: A cell offered this share below the requested rate still counts as "at the requested rate".
+RATE_TOLERANCE = 0.05
+#: Load scenarios that send exactly the cell's task: their run figures are that task kind's figures.
+SINGLE_KIND_SCENARIOS = ("latency", "throughput")
+#: Backends planned for when the results hold none (the three libraries).
+DEFAULT_BACKENDS = ("celery", "rq", "dramatiq")
+#: Backends never planned for: `discard` runs no queue at all (the harness's own ceiling).
+NOT_PLANNED = ("discard",)
+#: System keys (besides processes and threads) that tell two configurations of one backend apart.
+VARIANT_KEYS = ("backend", "pool", "worker_class", "options", "broker", "serializer", "prefetch", "acks_late",
+                "routing", "long_threshold_ms", "results")
+#: Service time assumed, in ms, for a task without a duration argument when nothing was measured.
+ASSUMED_SERVICE_MS = 1.0
+#: Utilisation assumed for an extrapolated slot count when the model cannot meet the SLO at any count.
+FALLBACK_UTILISATION = 0.8
+#: Slot counts a covering matrix tries, as multiples of the estimate...
+CANDIDATE_FACTORS = (0.5, 0.75, 1.0, 1.5)
+#: ...and, when nothing of the kind was measured on that backend, skewed upwards: that estimate knows the
+#: task's own duration at most, and a library only adds overhead to it.
+NO_DATA_FACTORS = (0.75, 1.0, 1.5, 2.0)
+#: Largest processes value a matrix accepts (`benchmarks.matrix.KEYS`).
+MAX_PROCESSES = 256
+#: Tasks beyond the quantile a covering cell should see, so its tail figure rests on a few samples.
+TAIL_SAMPLES = 20
+#: Measured window of a covering cell, in seconds (at least, at most).
+COVER_DURATION_S = (10, 120)
+#: Matrix keys copied from a configuration's runs into its covering cells (besides backend and options).
+MATRIX_SYSTEM_KEYS = ("broker", "serializer", "pool", "worker_class", "prefetch", "acks_late", "routing",
+                      "long_threshold_ms", "results")
+#: Where `queuebench plan` writes covering matrices by default (relative to the working directory).
+PLANS_DIR = Path("results/plans")
+
+
+# --- the queueing model -------------------------------------------------------------------------------
+
+
+def slots_text(count: int | None) -> str:
+    """``1 slot``, ``4 slots``."""
+    return "no slot count" if count is None else f"{count} slot{'' if count == 1 else 's'}"
+
+
+def _check_servers(c: int) -> None:
+    if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1:
+        raise ValueError(f"c must be an integer >= 1 (got {c!r})")
+
+
+def erlang_b(c: int, offered_load_erlangs: float) -> float:
+    """Erlang B: the blocking probability of c servers offered A erlangs (no waiting room).
+
+    The recursion B(0) = 1, B(k) = A B(k-1) / (k + A B(k-1)) is stable for any c (no factorials, no
+    powers), so c in the thousands is fine.
+    """
+    _check_servers(c)
+    load = float(offered_load_erlangs)
+    if not load >= 0 or math.isinf(load):
+        raise ValueError(f"offered load must be a finite number >= 0 erlangs (got {offered_load_erlangs!r})")
+    blocking = 1.0
+    for k in range(1, int(c) + 1):
+        blocking = load * blocking / (k + load * blocking)
+    return blocking
+
+
+def erlang_c(c: int, offered_load_erlangs: float) -> float:
+    """Erlang C: the probability that an arrival waits in M/M/c offered A = rate x service erlangs.
+
+    C = c B / (c - A (1 - B)) with B = `erlang_b`; 1 when A >= c (the queue grows without bound).
+    """
+    blocking = erlang_b(c, offered_load_erlangs)
+    load = float(offered_load_erlangs)
+    if load >= c:
+        return 1.0
+    return c * blocking / (c - load * (1.0 - blocking))
+
+
+def _check_rates(rate_per_s: float, service_s: float, q: float | None = None) -> None:
+    if not rate_per_s > 0 or math.isinf(rate_per_s):
+        raise ValueError(f"rate must be a finite number > 0 per second (got {rate_per_s!r})")
+    if not service_s > 0 or math.isinf(service_s):
+        raise ValueError(f"service time must be a finite number > 0 seconds (got {service_s!r})")
+    if q is not None and not 0 < q < 1:
+        raise ValueError(f"quantile must be between 0 and 1, exclusive (got {q!r})")
+
+
+def mmc_wait_survival(t_s: float, rate_per_s: float, service_s: float, c: int) -> float:
+    """P(W > t) in M/M/c: C(c, A) exp(-(c mu - rate) t); 1 when the queue is unstable."""
+    _check_rates(rate_per_s, service_s)
+    theta = c / service_s - rate_per_s
+    if theta <= 0:
+        return 1.0
+    return erlang_c(c, rate_per_s * service_s) * math.exp(-theta * max(t_s, 0.0))
+
+
+def _sum_of_exponentials_survival(t_s: float, rate_a: float, rate_b: float) -> float:
+    """P(E_a + E_b > t) for independent exponentials, written to stay exact when the rates are close."""
+    low, high = sorted((rate_a, rate_b))
+    gap = high - low
+    if gap <= 1e-12 * high:
+        return (1.0 + low * t_s) * math.exp(-low * t_s)
+    # (high e^{-low t} - low e^{-high t}) / gap = e^{-low t} (1 + low (1 - e^{-gap t}) / gap)
+    return math.exp(-low * t_s) * (1.0 + low * -math.expm1(-gap * t_s) / gap)
+
+
+def mmc_response_survival(t_s: float, rate_per_s: float, service_s: float, c: int) -> float:
+    """P(R > t) for the response time R = wait + own (exponential) service in M/M/c; exact."""
+    _check_rates(rate_per_s, service_s)
+    _check_servers(c)
+    mu = 1.0 / service_s
+    theta = c * mu - rate_per_s
+    if theta <= 0:
+        return 1.0
+    t_s = max(float(t_s), 0.0)
+    waits = erlang_c(c, rate_per_s * service_s)
+    return (1.0 - waits) * math.exp(-mu * t_s) + waits * _sum_of_exponentials_survival(t_s, theta, mu)
+
+
+def mmc_wait_quantile(rate_per_s: float, service_s: float, c: int, q: float) -> float:
+    """The q-quantile of the wait in M/M/c, in seconds: 0 when C <= 1 - q, else ln(C / (1 - q)) / theta.
+
+    Infinite when the queue is unstable (rate x service >= c).
+    """
+    _check_rates(rate_per_s, service_s, q)
+    _check_servers(c)
+    theta = c / service_s - rate_per_s
+    if theta <= 0:
+        return math.inf
+    waits = erlang_c(c, rate_per_s * service_s)
+    return 0.0 if waits <= 1.0 - q else math.log(waits / (1.0 - q)) / theta
+
+
+def mmc_response_quantile(rate_per_s: float, service_s: float, c: int, q: float) -> float:
+    """The q-quantile of the response time (wait + exponential service) in M/M/c, in seconds.
+
+    Exact up to the bisection's tolerance (relative 1e-12): `mmc_response_survival` is continuous and
+    decreasing from 1, so the root of P(R > t) = 1 - q is bracketed and found. Infinite when unstable.
+    """
+    _check_rates(rate_per_s, service_s, q)
+    _check_servers(c)
+    if c / service_s - rate_per_s <= 0:
+        return math.inf
+    target = 1.0 - q
+    low, high = 0.0, -math.log(target) * service_s  # the service alone reaches this point
+    while mmc_response_survival(high, rate_per_s, service_s, c) > target:
+        low, high = high, high * 2.0
+    for _ in range(200):
+        middle = (low + high) / 2.0
+        if mmc_response_survival(middle, rate_per_s, service_s, c) > target:
+            low = middle
+        else:
+            high = middle
+        if high - low <= 1e-12 * high:
+            break
+    return (low + high) / 2.0
+
+
+def min_servers(rate_per_s: float, service_s: float, slo_s: float, q: float, *,
+                max_servers: int = 100_000) -> int | None:
+    """The fewest M/M/c servers whose response-time q-quantile is at most `slo_s`.
+
+    None when no number of servers can: with infinitely many nobody waits, and the exponential service
+    alone has the q-quantile -ln(1 - q) x service, so an SLO at or below it is out of reach. The quantile
+    falls as servers are added, so the answer is found by doubling, then bisection.
+    """
+    _check_rates(rate_per_s, service_s, q)
+    if not slo_s > 0:
+        raise ValueError(f"SLO must be > 0 seconds (got {slo_s!r})")
+    if slo_s <= -math.log(1.0 - q) * service_s:
+        return None
+    load = rate_per_s * service_s
+    if load >= max_servers:
+        raise ValueError(f"{load:.0f} erlangs need more than max_servers = {max_servers} servers")
+
+    def meets(c: int) -> bool:
+        return mmc_response_quantile(rate_per_s, service_s, c, q) <= slo_s
+
+    fails = max(int(math.floor(load)), 0)  # c <= A is unstable: it fails (0 is a sentinel, never tried)
+    good = fails + 1
+    while not meets(good):
+        fails, good = good, min(good * 2, max_servers)
+        if fails == max_servers:
+            raise ValueError(f"more than max_servers = {max_servers} servers would be needed")
+    while good - fails > 1:
+        middle = (good + fails) // 2
+        if meets(middle):
+            good = middle
+        else:
+            fails = middle
+    return good
+
+
+# --- requests: task kinds and SLOs --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """A task and its arguments, as a matrix cell sends it (`sleep_ms:50` is sleep_ms with ms = 50)."""
+
+    task: str
+    args_items: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def args(self) -> dict[str, int]:
+        return dict(self.args_items)
+
+    @property
+    def label(self) -> str:
+        """``sleep_ms(ms=50)``, as the report labels kinds."""
+        return f"{self.task}({', '.join(f'{k}={v}' for k, v in self.args_items)})"
+
+    @property
+    def spoken(self) -> str:
+        """``sleep_ms 50``: for sentences."""
+        if len(self.args_items) == 1:
+            return f"{self.task} {self.args_items[0][1]}"
+        return self.label if self.args_items else self.task
+
+    @property
+    def cli(self) -> str:
+        """``sleep_ms:50``: as `parse_task` reads it (``add:x=1,y=2`` when there are several arguments)."""
+        if len(self.args_items) == 1:
+            return f"{self.task}:{self.args_items[0][1]}"
+        return self.task + (":" + ",".join(f"{k}={v}" for k, v in self.args_items) if self.args_items else "")
+
+    @property
+    def slug(self) -> str:
+        """``sleep_ms-ms50``: for file names (as run ids spell it)."""
+        return self.task + "".join(f"-{k}{v}" for k, v in self.args_items)
+
+    @property
+    def nominal_service_ms(self) -> float | None:
+        """The work the task is asked to do (sleep_ms / cpu_ms), if it says."""
+        return float(self.args["ms"]) if self.task in workload.TIMED_TASKS and "ms" in self.args else None
+
+    @classmethod
+    def of(cls, task: str, args: Mapping[str, Any] | None) -> TaskKind:
+        return cls(str(task), tuple(sorted((str(k), int(v)) for k, v in (args or {}).items())))
+
+
+def parse_task(text: str) -> TaskKind:
+    """``noop``, ``sleep_ms:50`` (the task's single argument), ``echo:size=1000``, ``add:x=1,y=2``.
+
+    Checked against the task catalogue (`backends.workload.CATALOGUE`): names, arguments and bounds.
+    """
+    name, _, rest = text.strip().partition(":")
+    if name not in workload.CATALOGUE:
+        raise ValueError(f"task must be one of: {', '.join(workload.CATALOGUE)} (got {name!r})")
+    specs = {spec.name: spec for spec in workload.CATALOGUE[name]}
+    args: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            if len(specs) != 1:
+                raise ValueError(f"{name} takes {', '.join(specs) or 'no arguments'}: name them, e.g. "
+                                 f"{name}:" + ",".join(f"{k}=1" for k in specs))
+            key, value = next(iter(specs)), part
+        key = key.strip()
+        if key not in specs:
+            raise ValueError(f"{key!r} is not an argument of {name}; allowed: {', '.join(specs) or 'none'}")
+        try:
+            number = int(value.strip())
+        except ValueError:
+            raise ValueError(f"{name} {key} must be an integer (got {value.strip()!r})") from None
+        if not specs[key].low <= number <= specs[key].high:
+            raise ValueError(f"{name} {key} must be from {specs[key].low} to {specs[key].high} (got {number})")
+        args[key] = number
+    missing = [k for k in specs if k not in args]
+    if missing:
+        raise ValueError(f"{name} needs {', '.join(missing)}, e.g. {name}:" + ",".join(f"{k}=50" for k in specs))
+    return TaskKind.of(name, args)
+
+
+@dataclass(frozen=True)
+class Slo:
+    """An end-to-end latency objective: the `name` quantile (p50/p90/p95/p99) at most `limit_s`."""
+
+    name: str
+    limit_s: float
+
+    @property
+    def quantile(self) -> float:
+        return SLO_QUANTILES[self.name]
+
+    @property
+    def limit_ms(self) -> float:
+        return self.limit_s * 1e3
+
+    @property
+    def column(self) -> str:
+        """The run figure it reads: ``e2e_ms_p95``."""
+        return f"e2e_ms_{self.name}"
+
+    @property
+    def limit_text(self) -> str:
+        return f"{self.limit_s:g} s" if self.limit_s >= 1 else f"{self.limit_ms:g} ms"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ≤ {self.limit_text}"
+
+    @property
+    def slug(self) -> str:
+        return f"{self.name}-{self.limit_text.replace(' ', '')}"
+
+    @property
+    def cli(self) -> str:
+        """``p95=1s``: as `parse_slo` reads it."""
+        return f"{self.name}={self.limit_text.replace(' ', '')}"
+
+
+_SLO = re.compile(r"^\s*(p\d+)\s*=\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)\s*$")
+
+
+def parse_slo(text: str) -> Slo:
+    """``p95=1s``, ``p99=250ms``, ``p50=0.5s``: a quantile of p50/p90/p95/p99 and a limit in ms or s."""
+    match = _SLO.match(text)
+    if not match or match.group(1) not in SLO_QUANTILES:
+        raise ValueError(f"SLO must look like p95=1s or p99=250ms (quantile one of {', '.join(SLO_QUANTILES)}, "
+                         f"unit ms or s); got {text!r}")
+    value = float(match.group(2)) * (1e-3 if match.group(3) == "ms" else 1.0)
+    if value <= 0:
+        raise ValueError(f"SLO limit must be > 0 (got {text!r})")
+    return Slo(match.group(1), value)
+
+
+# --- measured points ----------------------------------------------------------------------------------
+
+
+def runs_frame(source: pd.DataFrame | Path | str) -> pd.DataFrame:
+    """One row per run: `source` as given (a frame like `load.Results.runs`), or loaded from a results
+    directory. A directory that does not exist or holds no run gives an empty frame (nothing measured);
+    a directory mixing result schema versions raises `load.MixedSchemaError`."""
+    if isinstance(source, pd.DataFrame):
+        return source
+    from benchmarks.analysis.load import MixedSchemaError, ResultsError, load_results
+
+    path = Path(source)
+    if not path.is_dir():
+        return pd.DataFrame()
+    try:
+        return load_results(path).runs
+    except MixedSchemaError:
+        raise
+    except ResultsError:
+        return pd.DataFrame()
+
+
+def _args_of(value: Any) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, str) and value.strip():
+        return json.loads(value)
+    return {}
+
+
+def _column(frame: pd.DataFrame, name: str, default: Any = np.nan) -> pd.Series:
+    return frame[name] if name in frame.columns else pd.Series([default] * len(frame), index=frame.index)
+
+
+def _variants(frame: pd.DataFrame) -> pd.Series:
+    """The backend, plus whatever else tells this row's configuration apart (`load.labels`)."""
+    if frame.empty:
+        return pd.Series([], dtype="object")
+    from benchmarks.analysis.load import labels
+
+    keys = [k for k in VARIANT_KEYS if k in frame.columns]
+    return labels(frame, keys=keys, always=("backend",)).astype("object")
+
+
+def kinds_in(runs: pd.DataFrame) -> list[TaskKind]:
+    """Task kinds with single-kind load runs (status ok) in `runs`, most runs first."""
+    usable = _single_kind_runs(runs)
+    usable = usable[usable["mode"] == "load"]
+    counts: dict[TaskKind, int] = {}
+    for task, args in zip(usable["task"], usable["args"], strict=True):
+        kind = TaskKind.of(task, _args_of(args))
+        counts[kind] = counts.get(kind, 0) + 1
+    return [k for k, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0].label))]
+
+
+def _single_kind_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs with status ok whose figures are one task kind's: single-kind load scenarios and drains."""
+    needed = ("run_id", "status", "task", "mode", "backend")
+    if runs.empty or not set(needed) <= set(runs.columns):
+        return pd.DataFrame(columns=[*needed, "args", "scenario"])
+    ok = runs[(runs["status"] == "ok") & runs["task"].notna() & ~runs["backend"].isin(NOT_PLANNED)]
+    scenario = _column(ok, "scenario", None)
+    keep = (ok["mode"] == "drain") | ((ok["mode"] == "load") & scenario.isin(SINGLE_KIND_SCENARIOS))
+    ok = ok[keep].copy()
+    if "args" not in ok.columns:
+        ok["args"] = "{}"
+    return ok
+
+
+def _of_kind(runs: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
+    """The single-kind runs of `kind` (task and args equal), with their configuration `variant`."""
+    runs = _single_kind_runs(runs)
+    match = [t == kind.task and TaskKind.of(t, _args_of(a)) == kind
+             for t, a in zip(runs["task"], runs["args"], strict=True)]
+    runs = runs[match]
+    return runs.assign(variant=_variants(runs)) if len(runs) else runs.assign(variant=pd.Series(dtype="object"))
+
+
+def measured_points(runs: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
+    """One row per measured cell of `kind` (repeats aggregated), load cells and drain cells.
+
+    Columns: variant, backend, mode, processes, threads, slots, offered_rate_per_s (load), throughput_per_s
+    (mean over repeats) and throughput_min_per_s, e2e_p50_ms .. e2e_p99_ms (the worst repeat),
+    mean_service_ms (mean), repeats, run_ids (list), sustained (every repeat >= 95 % of offered with an
+    end-to-end figure), saturated (a repeat fell below 95 % of offered, or a drain: its throughput per
+    slot is a measured capacity), capacity_per_slot_per_s (saturated cells).
+    """
+    columns = ["variant", "backend", "mode", "processes", "threads", "slots", "offered_rate_per_s",
+               "throughput_per_s", "throughput_min_per_s", *[f"e2e_{p}_ms" for p in SLO_QUANTILES],
+               "mean_service_ms", "repeats", "run_ids", "sustained", "saturated", "capacity_per_slot_per_s"]
+    runs = _of_kind(runs, kind)
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    runs = runs.assign(
+        cell_key=_column(runs, "cell_id", None).fillna(runs["run_id"].str.replace(r"-rep\d+$", "", regex=True)),
+        processes=pd.to_numeric(_column(runs, "processes", 1)).fillna(1).astype(int),
+        threads=pd.to_numeric(_column(runs, "threads", 1)).fillna(1).astype(int),
+    )
+    runs["slots"] = pd.to_numeric(_column(runs, "slots")).fillna(runs["processes"] * runs["threads"]).astype(int)
+    rows = []
+    for (_, variant), group in runs.groupby(["cell_key", "variant"], sort=False):
+        first = group.iloc[0]
+        drain = first["mode"] == "drain"
+        offered = np.nan if drain else float(first["rate"])
+        throughput = pd.to_numeric(group["throughput_per_s"], errors="coerce").astype("float64")
+        e2e = {p: pd.to_numeric(_column(group, f"e2e_ms_{p}"), errors="coerce").astype("float64")
+               for p in SLO_QUANTILES}
+        has_e2e = e2e["p50"].notna()
+        kept_up = throughput >= SUSTAINED_RATIO * offered if not drain else pd.Series(False, index=group.index)
+        saturated = drain or bool((~kept_up & throughput.notna()).any())
+        slots = int(first["slots"])
+        row = {
+            "variant": variant, "backend": first["backend"], "mode": first["mode"],
+            "processes": int(first["processes"]), "threads": int(first["threads"]), "slots": slots,
+            "offered_rate_per_s": offered, "throughput_per_s": float(throughput.mean()),
+            "throughput_min_per_s": float(throughput.min()),
+            **{f"e2e_{p}_ms": float(values.max()) if values.notna().any() else np.nan for p, values in e2e.items()},
+            "mean_service_ms": float(pd.to_numeric(_column(group, "mean_service_ms"), errors="coerce").mean()),
+            "repeats": int(len(group)), "run_ids": sorted(group["run_id"].astype(str)),
+            "sustained": (not drain) and bool((kept_up & has_e2e).all()),
+            "saturated": saturated,
+            "capacity_per_slot_per_s": float(throughput.mean()) / slots if saturated and slots else np.nan,
+        }
+        rows.append(row)
+    points = pd.DataFrame(rows, columns=columns)
+    return points.sort_values(["variant", "slots", "processes", "mode", "offered_rate_per_s"],
+                              na_position="first").reset_index(drop=True)
+
+
+# --- the plan -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConfigVerdict:
+    """How one measured slot configuration fares at the requested rate: meets, fails or unknown."""
+
+    processes: int
+    threads: int
+    slots: int
+    state: str
+    reason: str
+    evidence: list[str] = field(default_factory=list)  # run ids the verdict rests on
+
+    @property
+    def shape(self) -> str:
+        return f"p{self.processes}t{self.threads}"
+
+
+@dataclass
+class BackendPlan:
+    """The answer for one backend (configuration variant) at the requested rate and SLO."""
+
+    variant: str
+    backend: str
+    #: "measured" (a measured configuration meets it), "not covered" (results exist, none proves it),
+    #: "no runs" (nothing of this task kind was measured on this backend).
+    verdict: str
+    measured_slots: int | None = None
+    measured_shape: str | None = None
+    #: The fewest slots not excluded by a measurement (a measured failure excludes it and every smaller count).
+    lower_bound_slots: int = 1
+    #: M/M/c with the measured mean service time (or the assumed one, see model_service_source).
+    model_slots: int | None = None
+    model_service_ms: float | None = None
+    model_service_source: str = "measured"
+    per_slot_capacity_per_s: float | None = None
+    capacity_source: str = ""
+    #: Measured capacity per slot / Little's bound per slot (1 / mean service), when saturated cells exist.
+    efficiency: float | None = None
+    #: Labelled extrapolation (not a measurement): used when the verdict is not "measured".
+    extrapolated_slots: int | None = None
+    threads: int = 1
+    #: The configuration's system keys (broker, serializer, knobs...), as its runs had them.
+    system: dict[str, Any] = field(default_factory=dict)
+    configs: list[ConfigVerdict] = field(default_factory=list)
+    points: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: Model / measured - 1 of the SLO's quantile over the measured load cells: median of |error|, min, max.
+    model_error_median_abs: float | None = None
+    model_error_range: tuple[float, float] | None = None
+    reason: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def covered(self) -> bool:
+        return self.verdict == "measured"
+
+    @property
+    def answer(self) -> str:
+        """One line: the measured answer, or why there is none and the labelled extrapolation."""
+        if self.covered:
+            text = f"≥ {slots_text(self.measured_slots)} ({self.measured_shape}), measured"
+            untested = range(self.lower_bound_slots, self.measured_slots or 0)
+            if len(untested):
+                counts = f"{untested[0]}" if len(untested) == 1 else f"{untested[0]}..{untested[-1]}"
+                text += f"; {counts} not measured at this rate"
+            return text
+        extra = (f"; extrapolated ~{slots_text(self.extrapolated_slots)} (not measured)"
+                 if self.extrapolated_slots else "")
+        return f"{self.verdict}: {self.reason}{extra}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain({
+            "variant": self.variant, "backend": self.backend, "verdict": self.verdict, "covered": self.covered,
+            "answer": self.answer, "reason": self.reason,
+            "measured": {"slots": self.measured_slots, "shape": self.measured_shape,
+                         "lower_bound_slots": self.lower_bound_slots},
+            "model": {"kind": "M/M/c", "slots": self.model_slots, "service_ms": self.model_service_ms,
+                      "service_source": self.model_service_source,
+                      "median_abs_relative_error": self.model_error_median_abs,
+                      "relative_error_range": self.model_error_range},
+            "capacity": {"per_slot_per_s": self.per_slot_capacity_per_s, "source": self.capacity_source,
+                         "efficiency": self.efficiency},
+            "extrapolated_slots": self.extrapolated_slots, "system": self.system,
+            "configs": [{"shape": c.shape, "slots": c.slots, "state": c.state, "reason": c.reason,
+                         "run_ids": c.evidence} for c in self.configs],
+            "points": self.points.to_dict(orient="records"),
+            "notes": self.notes,
+        })
+
+
+@dataclass
+class Plan:
+    """`plan_capacity`'s answer: one `BackendPlan` per backend configuration found (or assumed)."""
+
+    rate_per_s: float
+    kind: TaskKind
+    slo: Slo
+    backends: list[BackendPlan]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def covered(self) -> bool:
+        return bool(self.backends) and all(b.covered for b in self.backends)
+
+    @property
+    def request_text(self) -> str:
+        return f"{self.rate_per_s:g} tasks/s of {self.kind.spoken} with {self.slo.name} under {self.slo.limit_text}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain({
+            "request": {"rate_per_s": self.rate_per_s, "task": self.kind.task, "args": self.kind.args,
+                        "kind": self.kind.label, "slo": {"quantile": self.slo.name, "limit_ms": self.slo.limit_ms}},
+            "covered": self.covered,
+            "backends": [b.to_dict() for b in self.backends],
+            "warnings": self.warnings,
+        })
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: numpy scalars as Python numbers, NaN and infinities as None."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _judge(config: pd.DataFrame, rate_per_s: float, slo: Slo, capacity_per_s: float | None,
+           littles_bound_per_s: float | None) -> ConfigVerdict:
+    """meets / fails / unknown for one slot configuration (its load cells, sorted by rate) at the rate."""
+    first = config.iloc[0]
+    verdict = ConfigVerdict(int(first["processes"]), int(first["threads"]), int(first["slots"]), "unknown", "")
+    column = f"e2e_{slo.name}_ms"
+
+    def within(point: pd.Series) -> bool:
+        return bool(point["sustained"]) and float(point[column]) <= slo.limit_ms
+
+    def describe(point: pd.Series) -> str:
+        figure = point[column]
+        latency = f"{slo.name} {figure:.0f} ms" if np.isfinite(figure) else f"no {slo.name}"
+        return (f"at {point['offered_rate_per_s']:g}/s: {point['throughput_per_s']:.1f}/s done, {latency}"
+                + ("" if point["sustained"] else ", saturated"))
+
+    load = config[config["mode"] == "load"]
+    above = load[load["offered_rate_per_s"] >= rate_per_s * (1 - RATE_TOLERANCE)]
+    near_or_below = load[load["offered_rate_per_s"] <= rate_per_s * (1 + RATE_TOLERANCE)]
+    if len(above):
+        closest = above.sort_values("offered_rate_per_s").iloc[0]
+        if within(closest):
+            verdict.state, verdict.reason, verdict.evidence = "meets", describe(closest), closest["run_ids"]
+            return verdict
+    failing = near_or_below[[not within(p) for _, p in near_or_below.iterrows()]]
+    if len(failing):
+        worst = failing.sort_values("offered_rate_per_s").iloc[0]  # the lowest rate that already fails
+        verdict.state, verdict.reason, verdict.evidence = "fails", describe(worst), worst["run_ids"]
+        return verdict
+    if capacity_per_s is not None and capacity_per_s < rate_per_s:
+        saturated = config[config["saturated"]]
+        verdict.state = "fails"
+        verdict.reason = f"measured capacity {capacity_per_s:.1f}/s < {rate_per_s:g}/s"
+        verdict.evidence = [r for ids in saturated["run_ids"] for r in ids]
+        return verdict
+    if littles_bound_per_s is not None and littles_bound_per_s < rate_per_s:
+        verdict.state = "fails"
+        verdict.reason = f"slots / mean service = {littles_bound_per_s:.1f}/s < {rate_per_s:g}/s"
+        return verdict
+    rates = ", ".join(f"{r:g}" for r in sorted(load["offered_rate_per_s"].unique()))
+    verdict.reason = f"measured only at {rates}/s" if rates else "only drained, never loaded at a rate"
+    if len(load):  # the cell closest to the request: what a covering run would extend
+        closest = load.iloc[(load["offered_rate_per_s"] - rate_per_s).abs().argsort()[:1]].iloc[0]
+        verdict.evidence = closest["run_ids"]
+    return verdict
+
+
+def _model_columns(points: pd.DataFrame, service_s: float | None, slo: Slo) -> pd.DataFrame:
+    """Add the M/M/c figure at each measured load cell (c = slots, rate = offered) and its relative error."""
+    points = points.copy()
+    model, error = [], []
+    for point in points.itertuples(index=False):
+        measured = getattr(point, f"e2e_{slo.name}_ms")
+        if point.mode != "load" or service_s is None:
+            model.append(np.nan)
+            error.append(np.nan)
+            continue
+        figure = mmc_response_quantile(point.offered_rate_per_s, service_s, int(point.slots), slo.quantile) * 1e3
+        model.append(figure)
+        ok = math.isfinite(figure) and np.isfinite(measured) and measured > 0
+        error.append(figure / measured - 1.0 if ok else np.nan)
+    points[f"model_{slo.name}_ms"] = model
+    points["model_error"] = error
+    return points
+
+
+def _roles(points: pd.DataFrame, configs: Sequence[ConfigVerdict]) -> list[str]:
+    """What each point was used for: the verdict it decided, or capacity (saturated cells)."""
+    decided = {run_id: f"{c.state} ({c.shape})" for c in configs for run_id in c.evidence}
+    roles = []
+    for point in points.itertuples(index=False):
+        role = next((decided[r] for r in point.run_ids if r in decided), "")
+        if point.saturated and "capacity" not in role:
+            role = f"{role}; capacity" if role else "capacity"
+        roles.append(role)
+    return roles
+
+
+def _min_servers_or_note(rate_per_s: float, service_s: float, slo: Slo, notes: list[str]) -> int | None:
+    try:
+        return min_servers(rate_per_s, service_s, slo.limit_s, slo.quantile)
+    except ValueError as exc:  # beyond max_servers
+        notes.append(f"M/M/c: {exc}")
+        return None
+
+
+def _estimate_slots(rate_per_s: float, per_slot_per_s: float, slo: Slo, lower_bound: int) -> int:
+    """Extrapolated slot count (labelled, never reported as measured): M/M/c with the measured capacity
+    per slot as its service rate; if that model cannot meet the SLO at any count, the capacity at
+    `FALLBACK_UTILISATION`; never below what the measurements exclude."""
+    needed = math.ceil(rate_per_s / per_slot_per_s - 1e-9)
+    model = _min_servers_or_note(rate_per_s, 1.0 / per_slot_per_s, slo, [])
+    estimate = model if model is not None else math.ceil(rate_per_s / (per_slot_per_s * FALLBACK_UTILISATION))
+    return max(lower_bound, needed, estimate, 1)
+
+
+def _plan_variant(variant: str, backend: str, points: pd.DataFrame, rate_per_s: float, kind: TaskKind,
+                  slo: Slo) -> BackendPlan:
+    plan = BackendPlan(variant=variant, backend=backend, verdict="no runs")
+    services = points["mean_service_ms"].dropna()
+    if len(services):
+        plan.model_service_ms = float(services.mean())
+    else:
+        plan.model_service_ms = kind.nominal_service_ms or ASSUMED_SERVICE_MS
+        plan.model_service_source = "assumed: the task's own duration" if kind.nominal_service_ms else (
+            f"assumed: {ASSUMED_SERVICE_MS:g} ms (nothing measured)")
+    service_s = plan.model_service_ms / 1e3
+    plan.model_slots = _min_servers_or_note(rate_per_s, service_s, slo, plan.notes)
+    if plan.model_slots is None and not plan.notes:
+        plan.notes.append(f"M/M/c: no slot count meets {slo.label}: an exponential service of mean "
+                          f"{plan.model_service_ms:.1f} ms alone has {slo.name} "
+                          f"{-math.log(1 - slo.quantile) * plan.model_service_ms:.0f} ms")
+
+    saturated = points[points["saturated"] & points["capacity_per_slot_per_s"].notna()]
+    if len(saturated):
+        plan.per_slot_capacity_per_s = float(saturated["capacity_per_slot_per_s"].median())
+        plan.capacity_source = (f"measured: median of {len(saturated)} saturated cell(s)"
+                                + (" (drain)" if (saturated["mode"] == "drain").all() else ""))
+        plan.efficiency = plan.per_slot_capacity_per_s * service_s if len(services) else None
+    else:
+        plan.per_slot_capacity_per_s = 1.0 / service_s
+        plan.capacity_source = ("Little's bound 1 / mean service: an upper bound (no cell saturated)"
+                                if len(services) else f"1 / service time ({plan.model_service_source})")
+
+    if points.empty:
+        plan.reason = f"no run of {kind.label} with status ok on {variant}"
+    else:
+        plan.verdict = "not covered"
+        for _, config in points.groupby(["slots", "processes", "threads"], sort=True):
+            own = config[config["saturated"]]
+            capacity = float(own["throughput_per_s"].max()) if len(own) else None
+            bound = float(config["slots"].iloc[0]) / service_s if len(services) else None
+            plan.configs.append(_judge(config.sort_values("offered_rate_per_s"), rate_per_s, slo, capacity, bound))
+        failing = [c.slots for c in plan.configs if c.state == "fails"]
+        meeting = [c for c in plan.configs if c.state == "meets"]
+        plan.lower_bound_slots = max(failing, default=0) + 1
+        if meeting:
+            best = min(meeting, key=lambda c: (c.slots, c.processes))
+            plan.verdict, plan.measured_slots, plan.measured_shape = "measured", best.slots, best.shape
+            plan.threads = best.threads
+            plan.lower_bound_slots = min(plan.lower_bound_slots, best.slots)
+            inconsistent = [c.shape for c in plan.configs if c.state == "fails" and c.slots > best.slots]
+            if inconsistent:
+                plan.notes.append(f"more slots failed where fewer met ({', '.join(inconsistent)} vs {best.shape}): "
+                                  "the measurements are noisy here; repeat them")
+        else:
+            load = points[points["mode"] == "load"]
+            top_rate = float(load["offered_rate_per_s"].max()) if len(load) else math.nan
+            top_slots = int(points["slots"].max())
+            if not len(load):
+                plan.reason = "only drain runs of this kind: no latency was measured"
+            elif top_rate < rate_per_s * (1 - RATE_TOLERANCE):
+                plan.reason = f"beyond the largest measured rate ({top_rate:g}/s)"
+            elif failing and max(failing) == top_slots:
+                plan.reason = f"beyond the largest measured slots ({top_slots} fail at this rate)"
+            else:
+                unknown = "; ".join(f"{c.shape} {c.reason}" for c in plan.configs if c.state == "unknown")
+                plan.reason = f"not decided by the measurements ({unknown or 'no configuration meets it'})"
+        if not meeting:  # covering cells keep the threads per process most runs had
+            plan.threads = int(points["threads"].mode().iloc[0])
+    if not plan.covered:
+        plan.extrapolated_slots = _estimate_slots(rate_per_s, plan.per_slot_capacity_per_s, slo,
+                                                  plan.lower_bound_slots)
+    if len(points):
+        points = _model_columns(points, service_s if len(services) else None, slo)
+        points["role"] = _roles(points, plan.configs)
+        errors = points["model_error"].dropna()
+        if len(errors):
+            plan.model_error_median_abs = float(errors.abs().median())
+            plan.model_error_range = (float(errors.min()), float(errors.max()))
+    plan.points = points
+    return plan
+
+
+def plan_capacity(source: pd.DataFrame | Path | str, rate_per_s: float, kind: TaskKind, slo: Slo,
+                  backends: Iterable[str] | None = None) -> Plan:
+    """The fewest slots per backend for `rate_per_s` tasks/s of `kind` within `slo`, from measured runs.
+
+    `source`: a results directory or a runs frame (`load.Results.runs`). Every backend found in it is
+    planned for (the three libraries when it holds nothing), or only `backends`. Writes nothing.
+    """
+    if not rate_per_s > 0 or math.isinf(rate_per_s):
+        raise ValueError(f"rate must be a finite number > 0 tasks/s (got {rate_per_s!r})")
+    runs = runs_frame(source)
+    wanted = list(dict.fromkeys(backends)) if backends else None
+    points = measured_points(runs, kind)
+    warnings: list[str] = []
+    if len(runs) and "backend" in runs.columns:
+        found = [b for b in dict.fromkeys(runs["backend"].dropna().astype(str)) if b not in NOT_PLANNED]
+    else:
+        found = []
+        warnings.append("no runs in the results: every answer below is the model's, and a matrix covers it")
+    names = wanted or found or list(DEFAULT_BACKENDS)
+    plans = []
+    kind_runs = _of_kind(runs, kind)
+    for backend in names:
+        own = points[points["backend"] == backend]
+        variants = list(dict.fromkeys(own["variant"])) or [backend]
+        for variant in variants:
+            plan = _plan_variant(variant, backend, own[own["variant"] == variant].reset_index(drop=True),
+                                 rate_per_s, kind, slo)
+            plan.system = _system_keys(backend, kind_runs[kind_runs["variant"] == variant])
+            plans.append(plan)
+    if len(runs) and points.empty:
+        warnings.append(f"the results hold no run of {kind.label} with status ok in load or drain mode "
+                        f"(scenarios {', '.join(SINGLE_KIND_SCENARIOS)})")
+    return Plan(rate_per_s=float(rate_per_s), kind=kind, slo=slo, backends=plans, warnings=warnings)
+
+
+# --- the covering matrix ------------------------------------------------------------------------------
+
+
+@dataclass
+class CoveringMatrix:
+    """A matrix file that measures what a plan could not answer, and how to run it."""
+
+    path: Path
+    text: str
+    cells: int
+    minutes: float
+    command: str
+
+
+def candidate_slots(estimate: int, lower_bound: int = 1, threads: int = 1,
+                    factors: Sequence[float] = CANDIDATE_FACTORS) -> list[int]:
+    """Slot counts around `estimate` (`factors`), none below `lower_bound`, multiples of `threads`."""
+    counts = set()
+    for factor in factors:
+        slots = max(lower_bound, math.ceil(estimate * factor - 1e-9), 1)
+        processes = min(MAX_PROCESSES, math.ceil(slots / threads))
+        counts.add(processes * threads)
+    return sorted(counts)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def _system_keys(backend: str, runs: pd.DataFrame) -> dict[str, Any]:
+    """The system keys of a configuration's first run (so covering cells measure that configuration)."""
+    spec: dict[str, Any] = {"backend": backend}
+    if runs.empty:
+        return spec
+    row = runs.iloc[0]
+    for key in MATRIX_SYSTEM_KEYS:
+        value = row.get(key)
+        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+            continue
+        value = value.item() if isinstance(value, np.generic) else value
+        spec[key] = int(value) if isinstance(value, float) and value.is_integer() and key != "rate" else value
+    options = _args_of(row.get("options"))
+    if options:
+        spec["options"] = options
+    return spec
+
+
+def covering_cells(plan: Plan) -> list[dict[str, Any]]:
+    """One entry per uncovered backend configuration: its system keys, threads and candidate processes."""
+    out = []
+    for backend in plan.backends:
+        if backend.covered or backend.extrapolated_slots is None:
+            continue
+        threads = backend.threads if backend.backend != "rq" else 1
+        factors = NO_DATA_FACTORS if backend.verdict == "no runs" else CANDIDATE_FACTORS
+        slots = candidate_slots(backend.extrapolated_slots, backend.lower_bound_slots, threads, factors)
+        out.append({"variant": backend.variant, "spec": dict(backend.system or {"backend": backend.backend}),
+                    "threads": threads, "processes": sorted({s // threads for s in slots})})
+    return out
+
+
+def cover_duration_s(rate_per_s: float, slo: Slo) -> int:
+    """A measured window long enough for `TAIL_SAMPLES` tasks beyond the SLO's quantile (within limits)."""
+    low, high = COVER_DURATION_S
+    return int(min(high, max(low, math.ceil(TAIL_SAMPLES / ((1 - slo.quantile) * rate_per_s)))))
+
+
+def covering_matrix_text(plan: Plan) -> str:
+    """The TOML of a matrix that measures every uncovered backend at the requested rate (latency scenario)."""
+    entries = covering_cells(plan)
+    if not entries:
+        raise ValueError("every backend is covered by measurements: nothing to measure")
+    rate = plan.rate_per_s
+    name = f"capacity-{plan.kind.slug}-r{rate:g}-{plan.slo.slug}"
+    lines = [
+        f"# {name}: written by `queuebench plan` to cover a request the results could not answer:",
+        f"# {plan.request_text}.",
+        "# Each uncovered backend runs at slot counts around its estimate (0.5x to 1.5x; 0.75x to 2x when",
+        "# nothing was measured; the smaller ones may saturate, which measures the capacity per slot), at",
+        "# the requested rate, in the latency scenario. Run it, then ask `queuebench plan` again with the same results directory.",
+        f"name = {_toml(name)}",
+        f"description = {_toml('Capacity check: ' + plan.request_text)}",
+        "mode = \"load\"",
+        "scenario = \"latency\"",
+        f"task = {_toml(plan.kind.task)}",
+        f"args = {_toml(plan.kind.args)}",
+        f"rate = {_toml(float(rate))}",
+        "arrival = \"poisson\"   # as M/M/c assumes, and closer to real traffic than a metronome",
+        "warmup_s = 2",
+        f"duration_s = {cover_duration_s(rate, plan.slo)}   # >= {TAIL_SAMPLES} tasks beyond the "
+        f"{plan.slo.name}, within {COVER_DURATION_S[0]}..{COVER_DURATION_S[1]} s",
+        "drain_timeout_s = 120   # saturated cells drain their backlog and still count (status ok)",
+        "repeats = 2             # the plan uses the worse repeat",
+    ]
+
+    def block(entry: Mapping[str, Any], prefix: str) -> list[str]:
+        spec = dict(entry["spec"])
+        options = spec.pop("options", {})
+        out = [f"# {entry['variant']}"]
+        out += [f"{key} = {_toml(value)}" for key, value in spec.items()]
+        out += [f"threads = {entry['threads']}", f"processes = {_toml(entry['processes'])}"]
+        if options:
+            out += ["", f"[{prefix}{spec['backend']}]"] + [f"{k} = {_toml(v)}" for k, v in options.items()]
+        return out
+
+    lines += [""] + block(entries[0], "")
+    for entry in entries[1:]:
+        lines += ["", "[[include]]"] + block(entry, "include.")
+    return "\n".join(lines) + "\n"
+
+
+def default_matrix_path(plan: Plan) -> Path:
+    return PLANS_DIR / f"capacity-{plan.kind.slug}-r{plan.rate_per_s:g}-{plan.slo.slug}.toml"
+
+
+def write_covering_matrix(plan: Plan, path: Path | None = None, results_dir: Path | None = None) -> CoveringMatrix:
+    """Write the covering matrix, check it expands to the intended cells, and say how to run it."""
+    from benchmarks import matrix as matrix_mod
+    from benchmarks import runner
+
+    path = Path(path) if path is not None else default_matrix_path(plan)
+    text = covering_matrix_text(plan)
+    expanded = matrix_mod.parse(text, name=path.stem)
+    wanted = {(e["spec"]["backend"], p, e["threads"]) for e in covering_cells(plan) for p in e["processes"]}
+    got = {(c.spec["backend"], c.spec["processes"], c.spec["threads"]) for c in expanded.cells}
+    if got != wanted:  # a bug here would measure the wrong thing for minutes: refuse instead
+        raise RuntimeError(f"covering matrix expands to {sorted(got)}, not the intended {sorted(wanted)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    minutes = sum(runner.cell_seconds(c) for c in expanded.cells) / 60
+    command = f"queuebench run {path}"
+    if results_dir is not None and Path(results_dir) != Path("results/runs"):
+        command += f" --out {results_dir}"
+    return CoveringMatrix(path, text, len(expanded.cells), minutes, command)
+
+
+# --- capacity notes (the report's section) ------------------------------------------------------------
+
+
+def _nice_ceil_ms(value_ms: float) -> float:
+    """The next value of the 1-2-5 series (ms) at or above `value_ms`."""
+    exponent = math.floor(math.log10(max(value_ms, 1e-3)))
+    for base in (1, 2, 5, 10):
+        candidate = base * 10.0**exponent
+        if candidate >= value_ms - 1e-9:
+            return candidate
+    return 10.0 ** (exponent + 1)
+
+
+def notes_slo(points: pd.DataFrame) -> Slo:
+    """The SLO the notes plan for, derived from the data: p95 under 5x the kind's mean service time,
+    rounded up to the 1-2-5 series, and at least 50 ms (below that the HTTP path dominates)."""
+    service = points["mean_service_ms"].dropna()
+    base_ms = 5 * float(service.median()) if len(service) else 1000.0
+    return Slo("p95", _nice_ceil_ms(max(base_ms, 50.0)) / 1e3)
+
+
+def representative_rates(points: pd.DataFrame) -> list[float]:
+    """Rates the notes plan for: the highest offered rate measured for the kind and, if more than one was,
+    the median of the distinct rates below it (both from the data)."""
+    rates = sorted(points.loc[points["mode"] == "load", "offered_rate_per_s"].dropna().unique())
+    if not rates:
+        return []
+    picked = [float(rates[-1])]
+    lower = rates[:-1]
+    if lower:
+        picked.insert(0, float(lower[len(lower) // 2]))
+    return picked
+
+
+def knee(config: pd.DataFrame) -> str:
+    """Where a configuration's load cells bend: the lowest offered rate at which throughput fell below
+    95 % of offered or p95 grew more than `KNEE_LATENCY_GROWTH` x the lowest-rate cell's p95."""
+    load = config[config["mode"] == "load"].sort_values("offered_rate_per_s")
+    if load.empty:
+        return "no load cells"
+    base = load.iloc[0]
+    for point in load.itertuples(index=False):
+        short = point.throughput_per_s < SUSTAINED_RATIO * point.offered_rate_per_s
+        grew = (np.isfinite(point.e2e_p95_ms) and np.isfinite(base["e2e_p95_ms"]) and
+                point.e2e_p95_ms > KNEE_LATENCY_GROWTH * base["e2e_p95_ms"])
+        if short or grew:
+            why = (f"throughput {point.throughput_per_s / point.offered_rate_per_s:.0%} of offered" if short else
+                   f"p95 {point.e2e_p95_ms:.0f} ms, {point.e2e_p95_ms / base['e2e_p95_ms']:.1f}x the "
+                   f"{base['offered_rate_per_s']:g}/s cell's")
+            first = " (already at the lowest rate measured)" if point.offered_rate_per_s == base[
+                "offered_rate_per_s"] else ""
+            return f"knee at {point.offered_rate_per_s:g}/s{first}: {why}"
+    if len(load) == 1:
+        return f"knee not visible: one rate measured ({base['offered_rate_per_s']:g}/s)"
+    return f"no knee up to {load['offered_rate_per_s'].max():g}/s"
+
+
+def _slots_text(config: pd.DataFrame) -> str:
+    first = config.iloc[0]
+    slots = int(first["slots"])
+    return f"{slots} slot{'s' if slots != 1 else ''} (p{int(first['processes'])}t{int(first['threads'])})"
+
+
+def _variant_line(variant: str, points: pd.DataFrame) -> str:
+    parts = []
+    for _, config in points.groupby(["slots", "processes", "threads"], sort=True):
+        load = config[config["mode"] == "load"]
+        sustained = load[load["sustained"] & load["e2e_p95_ms"].notna()]
+        if len(sustained):
+            best = sustained.sort_values("offered_rate_per_s").iloc[-1]
+            highest = f"sustained up to {best['offered_rate_per_s']:g}/s (p95 {best['e2e_p95_ms']:.0f} ms)"
+        elif len(load):
+            highest = "no rate sustained"
+        else:
+            highest = "drain only"
+        drains = config[config["mode"] == "drain"]
+        drain = f"; drained at {drains['throughput_per_s'].mean():.1f}/s" if len(drains) else ""
+        parts.append(f"{_slots_text(config)}: {highest}; {knee(config)}{drain}")
+    return f"{variant}: " + "; ".join(parts) + "."
+
+
+def _plan_sentence(backend: BackendPlan, rate: float, kind: TaskKind, slo: Slo) -> str:
+    model = slots_text(backend.model_slots) if backend.model_slots is not None else "no slot count meets it"
+    head = (f"To serve {rate:g} tasks/s of {kind.spoken} with {slo.name} under {slo.limit_text} on "
+            f"{backend.variant}")
+    if backend.covered:
+        return (f"{head} you need ≥ {slots_text(backend.measured_slots)} (measured, {backend.measured_shape}) / "
+                f"{model} (M/M/c).")
+    extra = f"; extrapolated ~{slots_text(backend.extrapolated_slots)}" if backend.extrapolated_slots else ""
+    return f"{head}: not covered by these results, {backend.reason}{extra} (not measured); M/M/c says {model}."
+
+
+def capacity_notes(source: pd.DataFrame | Path | str) -> str:
+    """The report's "Capacity notes" (Markdown: paragraphs and bullet lists only, as the report renders).
+
+    Per task kind with single-kind load runs (status ok), per backend configuration: the highest rate
+    sustained per slot count, the knee where visible, the capacity per slot, and planning sentences for
+    rates and an SLO derived from the data (`representative_rates`, `notes_slo`), measured beside M/M/c.
+    """
+    runs = runs_frame(source)
+    kinds = kinds_in(runs)
+    if not kinds:
+        return ("Capacity notes need load-mode runs of a single task kind (scenario latency or throughput) "
+                "with status ok; these results have none, so no capacity can be stated. Run "
+                "benchmarks/matrices/capacity.toml for a first set, or queuebench plan for a request.")
+    paragraphs = [
+        "How these are computed: a rate is sustained when every repeat of the cell had status ok, finished "
+        f"≥ {SUSTAINED_RATIO:.0%} of the offered rate and has an end-to-end p95. The knee is the lowest offered "
+        f"rate where throughput fell below {SUSTAINED_RATIO:.0%} of offered or p95 grew more than "
+        f"{KNEE_LATENCY_GROWTH:g}x from the lowest-rate cell. M/M/c uses each backend's measured mean service "
+        "time with exponential service, so it overstates the tail of near-constant tasks (sleep_ms, cpu_ms); "
+        "the model error is model / measured - 1 at the measured cells."]
+    for kind in kinds:
+        points = measured_points(runs, kind)
+        load = points[points["mode"] == "load"]
+        rates = sorted(load["offered_rate_per_s"].unique())
+        slo = notes_slo(points)
+        paragraphs.append(
+            f"{kind.label}: {int(load['repeats'].sum())} load runs over {len(load)} cells, offered "
+            f"{', '.join(f'{r:g}' for r in rates)} tasks/s, {', '.join(str(s) for s in sorted(load['slots'].unique()))} "
+            f"slots. Planning SLO for this kind: {slo.label} (5x the median mean service time, rounded up).")
+        bullets = []
+        for variant, own in points.groupby("variant", sort=True):
+            line = _variant_line(str(variant), own)
+            saturated = own[own["saturated"]]
+            service = own["mean_service_ms"].dropna()
+            if len(saturated) and len(service):
+                per_slot = float(saturated["capacity_per_slot_per_s"].median())
+                line += (f" Capacity per slot {per_slot:.1f}/s when saturated, {per_slot * service.mean() / 1e3:.0%} "
+                         f"of 1 / mean service ({1e3 / service.mean():.1f}/s).")
+            else:
+                line += (f" No cell saturated: capacity per slot is at most 1 / mean service "
+                         f"({1e3 / service.mean():.1f}/s)." if len(service) else "")
+            bullets.append(line)
+        sentences, errors = [], []
+        picked = representative_rates(points)
+        for rate in picked:
+            plan = plan_capacity(runs, rate, kind, slo, backends=None)
+            for backend in plan.backends:
+                if backend.variant not in set(points["variant"]):
+                    continue
+                sentences.append(_plan_sentence(backend, rate, kind, slo))
+                if backend.model_error_range is not None and rate == picked[-1]:
+                    low, high = backend.model_error_range
+                    errors.append(f"{backend.variant} {backend.model_error_median_abs:.0%} ({low:+.0%} to {high:+.0%})")
+        if len(rates) < 2:
+            bullets.append("Data insufficient for a knee: each configuration was measured at one rate only; "
+                           "run a rate sweep (benchmarks/matrices/capacity.toml) to see where it bends.")
+        paragraphs.append("\n".join(f"- {b}" for b in bullets))
+        if sentences:
+            paragraphs.append("\n".join(f"- {s}" for s in sentences))
+        if errors:
+            paragraphs.append(f"M/M/c error in the {slo.name} at the measured cells (model / measured - 1), "
+                              "median of its size and range: " + ", ".join(errors) + ".")
+    return "\n\n".join(paragraphs) + "\n"

@@ -1,0 +1,673 @@
+"""One matplotlib function per question, each saving PNG and SVG captioned with what was measured where.
+
+Every function takes a `Results` and an output directory and returns a `Chart`: the files it wrote, two
+sentences that say what the chart shows (computed from the same numbers it draws), the runs it drew
+(so warnings about them can sit beside it) and the numbers themselves. A chart whose data is absent
+from the results is not drawn: it comes back with ``files == []`` and a note saying what is missing.
+
+- `worker_count`: throughput against slots per backend, the spread of repeats, the Little's-law bound
+  (slots / mean service time), throughput per slot and tasks per CPU-second.
+- `serializers`: HTTP enqueue cost, throughput and end-to-end p95 per serializer x payload size.
+- `routing`: latency of short tasks while long ones flow, shared vs dedicated queues, per backend.
+- `latency_vs_rate`: p50/p95/p99 against offered rate, the knee marked.
+- `latency_decomposition`: HTTP enqueue, queue wait and service as stacked bars (means).
+- `resource_cost`: CPU seconds per 1000 tasks by broker, workers, API and Locust.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: never needs a display
+
+import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from benchmarks.analysis.load import (  # noqa: E402
+    COMPONENTS,
+    SYSTEM_KEYS,
+    WORKLOAD_KEYS,
+    Results,
+    is_missing,
+    kind_label,
+    labels,
+    over_repeats,
+    row_key,
+)
+
+#: A knee: the first offered rate where p95 exceeds this multiple of its value at the lowest rate...
+KNEE_P95_FACTOR = 2.0
+#: ...or where the queue completes less than this share of what was sent (the backlog grows).
+BACKLOG_RATIO = 0.95
+#: Fewest distinct offered rates that make a latency-against-rate curve.
+MIN_RATES = 3
+#: Backends' colours, fixed so a backend looks the same in every chart.
+BACKEND_COLOURS = {"celery": "#1f77b4", "rq": "#d62728", "dramatiq": "#2ca02c", "baseline": "#7f7f7f",
+                   "discard": "#bcbd22"}
+COMPONENT_COLOURS = {"broker": "#8c564b", "workers": "#1f77b4", "api": "#ff7f0e", "locust": "#9467bd"}
+LATENCY_PARTS = (("http_enqueue_ms_mean", "HTTP enqueue", "#ff7f0e"), ("queue_wait_ms_mean", "queue wait", "#9467bd"),
+                 ("service_ms_mean", "service", "#1f77b4"))
+FIGURE_DPI = 110
+
+plt.rcParams.update({"svg.hashsalt": "queuebench", "font.size": 9, "axes.titlesize": 9, "axes.grid": True,
+                     "grid.alpha": 0.3})
+
+
+@dataclass
+class Chart:
+    """One question's chart: files written (empty when skipped), two sentences, the runs drawn, the data."""
+
+    name: str
+    title: str
+    files: list[Path] = field(default_factory=list)
+    sentences: list[str] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)
+    note: str = ""
+    caption: str = ""
+    data: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def drawn(self) -> bool:
+        return bool(self.files)
+
+    @property
+    def png(self) -> Path | None:
+        return next((p for p in self.files if p.suffix == ".png"), None)
+
+
+# --- shared pieces ------------------------------------------------------------------------------------
+
+
+def num(value: float | None, unit: str = "") -> str:
+    """A figure with sensible precision: 1234/s, 38.2 ms, 0.42 ms."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    magnitude = abs(value)
+    text = f"{value:.0f}" if magnitude >= 100 else f"{value:.1f}" if magnitude >= 10 else f"{value:.2f}"
+    if unit in ("/s",):
+        return text + unit
+    return f"{text} {unit}".rstrip()
+
+
+def _unique(values: Iterable[Any]) -> list[str]:
+    return sorted({str(v) for v in values if not is_missing(v)})
+
+
+def caption(results: Results, run_ids: Sequence[str]) -> str:
+    """Library versions, broker, machine (CPU model, cores) and repeats of the runs drawn."""
+    runs = results.runs[results.runs["run_id"].isin(run_ids)]
+    if runs.empty:
+        return ""
+    parts = []
+    libraries = {"celery": "celery", "rq": "rq", "dramatiq": "dramatiq", "baseline": "redis"}
+    for backend in _unique(runs["backend"]):
+        package = libraries.get(backend)
+        column = f"pkg.{package}"
+        if package and column in runs.columns:
+            versions = _unique(runs.loc[runs["backend"] == backend, column])
+            name = "redis-py (baseline)" if backend == "baseline" else backend
+            parts.append(f"{name} {'/'.join(versions) or '?'}")
+    brokers = _unique(f"{k} {v}" for k, v in zip(runs["broker_kind"], runs["broker_version"], strict=True)
+                      if not is_missing(k))
+    if brokers:
+        parts.append("broker " + ", ".join(brokers))
+    machines = _unique(f"{m}, {int(c)} logical cores" for m, c in zip(runs["cpu_model"], runs["cpu_count_logical"],
+                                                                     strict=True)
+                       if not is_missing(m) and not is_missing(c))
+    parts.append("; ".join(machines) or "machine unknown")
+    repeats = runs.groupby("cell").size()
+    low, high = int(repeats.min()), int(repeats.max())
+    parts.append(f"{low} repeat{'s' if low != 1 else ''} per point" if low == high
+                 else f"{low}-{high} repeats per point")
+    return " · ".join(parts)
+
+
+def _save(fig: plt.Figure, out_dir: Path, name: str, text: str) -> list[Path]:
+    """Caption the figure, write PNG and SVG, close it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig.text(0.0, -0.01, text, fontsize=7, color="#444444", ha="left", va="top", wrap=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
+    fig.savefig(paths[0], dpi=FIGURE_DPI, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    plt.close(fig)
+    return paths
+
+
+def _colour(backend: Any, index: int = 0) -> str:
+    return BACKEND_COLOURS.get(str(backend), f"C{index % 10}")
+
+
+def workload_title(row: pd.Series | dict[str, Any]) -> str:
+    """What a family of cells sends: ``drain 500 x noop()`` or ``latency · sleep_ms(ms=20) · 30/s``."""
+    args = json.loads(row["args"]) if isinstance(row.get("args"), str) else {}
+    kind = kind_label(str(row["task"]), args) if not is_missing(row.get("task")) else ""
+    if row.get("mode") == "drain":
+        return f"drain {int(row['tasks'])} x {kind}"
+    parts = [str(row.get("scenario") or "load")]
+    if kind and row.get("scenario") not in ("routing_mix", "payload"):
+        parts.append(kind)
+    if not is_missing(row.get("rate")):
+        parts.append(f"{row['rate']:g}/s" + (" poisson" if row.get("arrival") == "poisson" else ""))
+    return " · ".join(parts)
+
+
+def _skipped(name: str, title: str, note: str) -> Chart:
+    return Chart(name=name, title=title, note=note)
+
+
+def _errors(frame: pd.DataFrame, metric: str) -> np.ndarray:
+    """Asymmetric error bars (min, max over repeats) around the mean."""
+    mean = frame[metric].to_numpy(dtype="float64")
+    low = np.nan_to_num(mean - frame[f"{metric}_min"].to_numpy(dtype="float64"))
+    high = np.nan_to_num(frame[f"{metric}_max"].to_numpy(dtype="float64") - mean)
+    return np.vstack([np.clip(low, 0, None), np.clip(high, 0, None)])
+
+
+# --- worker count -------------------------------------------------------------------------------------
+
+WORKER_METRICS = ("throughput_per_s", "littles_bound_per_s", "tasks_per_cpu_s", "tasks_per_worker_cpu_s",
+                  "offered_rate_per_s", "achieved_rate_per_s", "mean_service_ms")
+#: What a line of the worker-count chart is (a configuration whose slots vary).
+LINE_KEYS = tuple(k for k in SYSTEM_KEYS if k not in ("processes", "threads", "broker", "serializer", "routing",
+                                                       "long_threshold_ms", "results", "api_workers",
+                                                       "api_threads"))
+#: What a panel row of the worker-count chart is (the workload and the rest of the set-up).
+FAMILY_KEYS = tuple(k for k in (*WORKLOAD_KEYS, *SYSTEM_KEYS) if k not in LINE_KEYS and k not in ("processes",
+                                                                                                  "threads"))
+
+
+def worker_count(results: Results, out_dir: Path) -> Chart:
+    """Throughput against slots per backend (and pool / worker class), with the spread of repeats and the
+    Little's-law bound; throughput per slot and tasks per CPU-second beside it."""
+    name, title = "worker_count", "Worker count: throughput against execution slots"
+    cells = over_repeats(results.usable, WORKER_METRICS)
+    if cells.empty:
+        return _skipped(name, title, "no usable runs")
+    cells["family"] = row_key(cells, FAMILY_KEYS)
+    cells["line"] = row_key(cells, LINE_KEYS)
+    families = [f for f, group in cells.groupby("family", sort=False)
+                if group.groupby("line")["slots"].nunique().max() >= 2]
+    if not families:
+        return _skipped(name, title, "no configuration was measured at two or more slot counts "
+                                     "(processes x threads) with everything else equal")
+    # Drain families first: their throughput is the queue's own limit, not the offered rate.
+    families.sort(key=lambda f: (cells.loc[cells["family"] == f, "mode"].iloc[0] != "drain", f))
+    drawn = cells[cells["family"].isin(families)].copy()
+    drawn["line_label"] = labels(drawn, LINE_KEYS)
+    drawn["per_slot_per_s"] = drawn["throughput_per_s"] / drawn["slots"]
+
+    fig, axes = plt.subplots(len(families), 3, figsize=(12, 3.4 * len(families)), squeeze=False,
+                             layout="constrained")
+    for row_axes, family in zip(axes, families, strict=True):
+        group = drawn[drawn["family"] == family].sort_values("slots")
+        first = group.iloc[0]
+        ax_thr, ax_slot, ax_cpu = row_axes
+        log_scale = False
+        seen: dict[str, int] = {}  # lines per backend so far: a backend's second line (pool...) is dashed
+        for i, (line, points) in enumerate(group.groupby("line_label", sort=True)):
+            backend = str(points["backend"].iloc[0])
+            colour = _colour(backend, i)
+            style = ("-", "--", ":", "-.")[seen.get(backend, 0) % 4]
+            seen[backend] = seen.get(backend, 0) + 1
+            ax_thr.errorbar(points["slots"], points["throughput_per_s"], yerr=_errors(points, "throughput_per_s"),
+                            marker="o", color=colour, linestyle=style, capsize=3, label=line)
+            if points["littles_bound_per_s"].notna().any():
+                ax_thr.plot(points["slots"], points["littles_bound_per_s"], color=colour, linestyle=":",
+                            marker="_", label=f"{line}: Little's bound")
+                if points["littles_bound_per_s"].max() > 5 * max(points["throughput_per_s"].max(), 1e-9):
+                    log_scale = True
+            ax_slot.plot(points["slots"], points["per_slot_per_s"], marker="o", color=colour, linestyle=style,
+                         label=line)
+            ax_cpu.errorbar(points["slots"], points["tasks_per_cpu_s"], yerr=_errors(points, "tasks_per_cpu_s"),
+                            marker="o", color=colour, linestyle=style, capsize=3, label=line)
+        if first.get("mode") == "load" and not is_missing(first.get("rate")):
+            ax_thr.axhline(float(first["rate"]), color="#555555", linestyle="-.", linewidth=0.8, label="offered rate")
+        if log_scale:
+            ax_thr.set_yscale("log")
+        else:
+            ax_thr.set_ylim(bottom=0)
+        ax_slot.set_ylim(bottom=0)
+        ax_cpu.set_ylim(bottom=0)
+        subtitle = f"{workload_title(first)} · {first.get('broker')} · {first.get('serializer')} · {first.get('routing')}"
+        ax_thr.set_title(f"throughput ({subtitle})")
+        ax_slot.set_title("throughput per slot")
+        ax_cpu.set_title("tasks per CPU-second (all components)")
+        ax_thr.set_ylabel("tasks/s")
+        ax_slot.set_ylabel("tasks/s per slot")
+        ax_cpu.set_ylabel("tasks per CPU-s")
+        for ax in row_axes:
+            ax.set_xlabel("slots (processes x threads)")
+            ax.set_xticks(sorted(group["slots"].unique()))
+        ax_thr.legend(fontsize=7)
+    run_ids = _run_ids(drawn)
+    text = caption(results, run_ids) + " · bars: min-max over repeats; dotted: slots / mean service time"
+    files = _save(fig, out_dir, name, text)
+    return Chart(name, title, files, _worker_sentences(drawn, families), run_ids, caption=text,
+                 data=drawn.drop(columns=["family", "line"]))
+
+
+def _run_ids(frame: pd.DataFrame) -> list[str]:
+    return [r for ids in frame["run_ids"] for r in str(ids).split(",") if r]
+
+
+def _pct(part: float, whole: float) -> str:
+    share = 100 * part / whole
+    return "<1 %" if 0 < share < 1 else f"{share:.0f} %"
+
+
+def _slots(n: Any) -> str:
+    return f"{int(n)} slot{'s' if int(n) != 1 else ''}"
+
+
+def _worker_sentences(drawn: pd.DataFrame, families: list[str]) -> list[str]:
+    group = drawn[drawn["family"] == families[0]]
+    # Only lines measured at several slot counts say something about worker count.
+    group = group[group.groupby("line_label")["slots"].transform("nunique") >= 2]
+    best = group.loc[group["throughput_per_s"].idxmax()]
+    bound = best.get("littles_bound_per_s")
+    share = f", {_pct(best['throughput_per_s'], bound)} of its Little's-law bound ({num(bound, '/s')})" \
+        if not is_missing(bound) and bound else ""
+    first = (f"In {workload_title(best)}, {best['line_label']} reaches {num(best['throughput_per_s'], '/s')} at "
+             f"{_slots(best['slots'])}{share}.")
+    scaling = []
+    for line, points in group.sort_values("slots").groupby("line_label", sort=True):
+        low, high = points.iloc[0], points.iloc[-1]
+        if low["throughput_per_s"]:
+            scaling.append(f"x{high['throughput_per_s'] / low['throughput_per_s']:.2f} for {line}")
+    low_slots, high_slots = int(group["slots"].min()), int(group["slots"].max())
+    second = f"From {low_slots} to {_slots(high_slots)} throughput changes {', '.join(scaling)} " \
+             f"(x{high_slots / low_slots:g} would be linear)"
+    if best.get("mode") == "load" and not is_missing(best.get("rate")):
+        second += f", capped by the {best['rate']:g}/s offered"
+    efficient = group.loc[group["tasks_per_cpu_s"].idxmax()] if group["tasks_per_cpu_s"].notna().any() else None
+    if efficient is not None:
+        second += (f"; the most tasks per CPU-second is {num(efficient['tasks_per_cpu_s'])} "
+                   f"({efficient['line_label']} at {_slots(efficient['slots'])})")
+    return [first, second + "."]
+
+
+# --- serializers --------------------------------------------------------------------------------------
+
+
+def _kind_cells(results: Results, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per-kind figures of each run (`Results.kind_figures`) joined with the run's spec columns."""
+    frames = [results.kind_figures(run_id) for run_id in runs["run_id"]]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame()
+    kinds = pd.concat(frames, ignore_index=True)
+    spec = [c for c in runs.columns if c in (*SYSTEM_KEYS, *WORKLOAD_KEYS, "run_id", "cell", "cell_id", "slots")]
+    return kinds.merge(runs[spec], on="run_id", how="left")
+
+
+def serializers(results: Results, out_dir: Path) -> Chart:
+    """Enqueue cost (HTTP enqueue, median), throughput and end-to-end p95 per serializer x payload size."""
+    name, title = "serializers", "Serializers: enqueue cost, throughput and end-to-end p95 by payload size"
+    runs = results.usable[(results.usable["mode"] == "load") & ((results.usable["scenario"] == "payload") |
+                                                                (results.usable["task"] == "echo"))]
+    if runs.empty:
+        return _skipped(name, title, "no usable run sent echo payloads (scenario payload)")
+    kinds = _kind_cells(results, runs)
+    if kinds.empty or kinds["payload_bytes"].notna().sum() == 0:
+        return _skipped(name, title, "payload runs carry no task_kinds, so their sizes are unknown")
+    kinds = kinds[kinds["payload_bytes"].notna()].copy()
+    kinds["point"] = kinds["cell"] + "|" + kinds["payload_bytes"].astype(str)
+    metrics = ("http_enqueue_ms_p50", "throughput_per_s", "e2e_ms_p95")
+    points = over_repeats(kinds, metrics, by="point")
+    points["line_label"] = labels(points, SYSTEM_KEYS + WORKLOAD_KEYS, always=("backend", "serializer"))
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), layout="constrained")
+    panels = (("http_enqueue_ms_p50", "HTTP enqueue, median (ms)"), ("throughput_per_s", "throughput (tasks/s)"),
+              ("e2e_ms_p95", "end-to-end p95 (ms)"))
+    for i, (line, group) in enumerate(points.groupby("line_label", sort=True)):
+        group = group.sort_values("payload_bytes")
+        colour = _colour(group["backend"].iloc[0], i)
+        style = "-" if group["serializer"].iloc[0] == "json" else "--" if group["serializer"].iloc[0] == "msgpack" \
+            else ":"
+        for ax, (metric, _) in zip(axes, panels, strict=True):
+            ax.errorbar(group["payload_bytes"], group[metric], yerr=_errors(group, metric), marker="o", capsize=3,
+                        color=colour, linestyle=style, label=line)
+    for ax, (_, ylabel) in zip(axes, panels, strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel("payload (bytes)")
+        ax.set_title(ylabel)
+        ax.set_ylim(bottom=0)  # from zero: small differences are not drawn as large ones
+    axes[0].legend(fontsize=7)
+    run_ids = _run_ids(points)
+    text = caption(results, run_ids) + " · solid: json, dashed: msgpack · bars: min-max over repeats"
+    files = _save(fig, out_dir, name, text)
+    return Chart(name, title, files, _serializer_sentences(points), run_ids, caption=text, data=points)
+
+
+def _serializer_sentences(points: pd.DataFrame) -> list[str]:
+    largest = points[points["payload_bytes"] == points["payload_bytes"].max()]
+    size = f"{largest['payload_bytes'].iloc[0]:,.0f} B"
+    cheap = largest.loc[largest["http_enqueue_ms_p50"].idxmin()]
+    dear = largest.loc[largest["http_enqueue_ms_p50"].idxmax()]
+    first = (f"At the largest payload ({size}) the cheapest enqueue is {cheap['line_label']} "
+             f"({num(cheap['http_enqueue_ms_p50'], 'ms')} median HTTP enqueue) and the dearest "
+             f"{dear['line_label']} ({num(dear['http_enqueue_ms_p50'], 'ms')}).")
+    fast = largest.loc[largest["e2e_ms_p95"].idxmin()]
+    slow = largest.loc[largest["e2e_ms_p95"].idxmax()]
+    smallest = points[points["payload_bytes"] == points["payload_bytes"].min()]
+    same = smallest[smallest["line_label"] == slow["line_label"]]
+    at_small = (f"; {num(same['e2e_ms_p95'].iloc[0], 'ms')} at {smallest['payload_bytes'].iloc[0]:,.0f} B"
+                if len(same) else "")
+    second = (f"End-to-end p95 at that size ranges from {num(fast['e2e_ms_p95'], 'ms')} ({fast['line_label']}) "
+              f"to {num(slow['e2e_ms_p95'], 'ms')} ({slow['line_label']}{at_small}).")
+    return [first, second]
+
+
+# --- routing ------------------------------------------------------------------------------------------
+
+
+def routing_figures(results: Results, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per routing_mix run: end-to-end p50/p95/p99 of its short tasks and p95 of its long tasks (ms).
+
+    Short and long are told apart by digest (``task_kinds``): a kind whose ``ms`` is below the run's
+    ``long_threshold_ms`` is short. Runs without task kinds are left out.
+    """
+    runs = results.usable if runs is None else runs
+    runs = runs[(runs["mode"] == "load") & (runs["scenario"] == "routing_mix")]
+    kinds = _kind_cells(results, runs)
+    if kinds.empty or kinds["work_ms"].isna().all():
+        return pd.DataFrame()
+    kinds = kinds[kinds["work_ms"].notna()].copy()
+    kinds["short"] = kinds["work_ms"] < kinds["long_threshold_ms"].astype("float64")
+    rows = []
+    for run_id, group in kinds.groupby("run_id", sort=False):
+        short, long_ = group[group["short"]], group[~group["short"]]
+        if short.empty:
+            continue
+        row = {"run_id": run_id, "short_kind": short["kind"].iloc[0],
+               "short_e2e_ms_p50": short["e2e_ms_p50"].iloc[0], "short_e2e_ms_p95": short["e2e_ms_p95"].iloc[0],
+               "short_e2e_ms_p99": short["e2e_ms_p99"].iloc[0], "short_tasks": int(short["window_tasks"].iloc[0])}
+        if len(long_):
+            row |= {"long_kind": long_["kind"].iloc[0], "long_e2e_ms_p95": long_["e2e_ms_p95"].iloc[0],
+                    "long_tasks": int(long_["window_tasks"].iloc[0])}
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).merge(runs, on="run_id", how="left")
+
+
+def routing(results: Results, out_dir: Path) -> Chart:
+    """End-to-end latency of short tasks while long tasks flow: shared vs dedicated queues, per backend."""
+    name, title = "routing", "Routing: short-task latency while long tasks flow, shared vs dedicated queues"
+    per_run = routing_figures(results)
+    if per_run.empty:
+        return _skipped(name, title, "no usable routing_mix run with known task kinds")
+    metrics = ("short_e2e_ms_p50", "short_e2e_ms_p95", "short_e2e_ms_p99", "long_e2e_ms_p95")
+    cells = over_repeats(per_run, metrics)
+    group_keys = [k for k in SYSTEM_KEYS + WORKLOAD_KEYS if k != "routing"]
+    cells["group_label"] = labels(cells, group_keys)
+    routings = [r for r in ("shared", "dedicated") if r in set(cells["routing"])]
+    groups = sorted(cells["group_label"].unique())
+    width = 0.8 / max(len(routings), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    x = np.arange(len(groups))
+    hatches = {"shared": "", "dedicated": "//"}
+    for j, route in enumerate(routings):
+        part = cells[cells["routing"] == route].set_index("group_label").reindex(groups)
+        colours = [_colour(b, i) for i, b in enumerate(part["backend"])]
+        for ax, metric in zip(axes, ("short_e2e_ms_p95", "long_e2e_ms_p95"), strict=True):
+            if part[metric].isna().all():
+                continue
+            ax.bar(x + (j - (len(routings) - 1) / 2) * width, part[metric].fillna(0), width, color=colours,
+                   hatch=hatches.get(route, ""), edgecolor="black", linewidth=0.5, label=route,
+                   yerr=_errors(part.fillna(0), metric), capsize=3)
+        axes[0].scatter(x + (j - (len(routings) - 1) / 2) * width, part["short_e2e_ms_p50"], marker="_", s=200,
+                        color="black", zorder=3, label="p50" if j == 0 else None)
+    short_kind = per_run["short_kind"].iloc[0]
+    long_kind = per_run["long_kind"].dropna().iloc[0] if "long_kind" in per_run and per_run["long_kind"].notna().any() \
+        else "long"
+    axes[0].set_title(f"short tasks ({short_kind}): end-to-end p95 (bar), p50 (tick)")
+    axes[1].set_title(f"long tasks ({long_kind}): end-to-end p95")
+    for ax in axes:
+        ax.set_xticks(x, groups, rotation=15, ha="right")
+        ax.set_ylabel("ms")
+        ax.legend(fontsize=7)
+    run_ids = _run_ids(cells)
+    text = caption(results, run_ids) + " · plain: shared queue, hatched: dedicated queues · bars: min-max over repeats"
+    files = _save(fig, out_dir, name, text)
+    return Chart(name, title, files, _routing_sentences(cells, groups), run_ids, caption=text, data=cells)
+
+
+def _routing_sentences(cells: pd.DataFrame, groups: list[str]) -> list[str]:
+    shorts, longs = [], []
+    for group in groups:
+        part = cells[cells["group_label"] == group].set_index("routing")
+        if {"shared", "dedicated"} <= set(part.index):
+            shared, dedicated = part.loc["shared"], part.loc["dedicated"]
+            ratio = dedicated["short_e2e_ms_p95"] / shared["short_e2e_ms_p95"] if shared["short_e2e_ms_p95"] else math.nan
+            shorts.append(f"{num(dedicated['short_e2e_ms_p95'], 'ms')} dedicated vs "
+                          f"{num(shared['short_e2e_ms_p95'], 'ms')} shared for {group} (x{ratio:.2f})")
+            longs.append(f"{num(dedicated['long_e2e_ms_p95'], 'ms')} vs {num(shared['long_e2e_ms_p95'], 'ms')} "
+                         f"for {group}")
+    if not shorts:
+        best = cells.loc[cells["short_e2e_ms_p95"].idxmin()]
+        return [f"Only {', '.join(sorted(set(cells['routing'])))} routing was measured; the lowest short-task p95 "
+                f"is {num(best['short_e2e_ms_p95'], 'ms')} ({best['group_label']}).",
+                "Measure both routings of one configuration to see what dedicated queues change."]
+    return [f"Short tasks' end-to-end p95 is {'; '.join(shorts)}.",
+            f"Long tasks' p95 (dedicated vs shared) is {'; '.join(longs)}."]
+
+
+# --- latency against offered rate ---------------------------------------------------------------------
+
+
+def knee(rates: Sequence[float], p95_ms: Sequence[float], throughput_per_s: Sequence[float],
+         sent_per_s: Sequence[float] | None = None) -> float | None:
+    """The lowest offered rate where p95 exceeds `KNEE_P95_FACTOR` x its value at the lowest rate, or where
+    the queue completes less than `BACKLOG_RATIO` of what was sent (backlog grows); None if neither."""
+    order = np.argsort(rates)
+    rates_a = np.asarray(rates, dtype="float64")[order]
+    p95_a = np.asarray(p95_ms, dtype="float64")[order]
+    thr_a = np.asarray(throughput_per_s, dtype="float64")[order]
+    sent_a = np.asarray(sent_per_s if sent_per_s is not None else rates, dtype="float64")[order]
+    sent_a = np.where(np.isnan(sent_a), rates_a, sent_a)
+    base = p95_a[0]
+    for rate, p95, thr, sent in zip(rates_a, p95_a, thr_a, sent_a, strict=True):
+        if (math.isfinite(base) and p95 > KNEE_P95_FACTOR * base) or thr < BACKLOG_RATIO * sent:
+            return float(rate)
+    return None
+
+
+def latency_vs_rate(results: Results, out_dir: Path) -> Chart:
+    """End-to-end p50/p95/p99 against offered rate for each configuration measured at several rates."""
+    name, title = "latency_vs_rate", "Latency against offered rate (knee marked)"
+    runs = results.usable[results.usable["mode"] == "load"]
+    metrics = ("e2e_ms_p50", "e2e_ms_p95", "e2e_ms_p99", "throughput_per_s", "achieved_rate_per_s")
+    cells = over_repeats(runs, metrics) if len(runs) else pd.DataFrame()
+    if cells.empty:
+        return _skipped(name, title, "no usable load-mode runs")
+    cells["curve"] = row_key(cells, [k for k in (*SYSTEM_KEYS, *WORKLOAD_KEYS) if k != "rate"])
+    curves = [c for c, g in cells.groupby("curve", sort=False) if g["rate"].nunique() >= MIN_RATES]
+    if not curves:
+        return _skipped(name, title, f"no configuration was measured at {MIN_RATES} or more offered rates "
+                                     "with everything else equal")
+    drawn = cells[cells["curve"].isin(curves)].copy()
+    drawn["curve_label"] = labels(drawn, [k for k in (*SYSTEM_KEYS, *WORKLOAD_KEYS) if k != "rate"])
+    fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
+    knees: dict[str, float | None] = {}
+    for i, (label, curve) in enumerate(drawn.groupby("curve_label", sort=True)):
+        curve = curve.sort_values("rate")
+        colour = _colour(curve["backend"].iloc[0], i) if drawn["backend"].nunique() > 1 else f"C{i}"
+        for metric, style in (("e2e_ms_p50", ":"), ("e2e_ms_p95", "-"), ("e2e_ms_p99", "--")):
+            ax_lat.errorbar(curve["rate"], curve[metric], yerr=_errors(curve, metric), color=colour, linestyle=style,
+                            marker="o", capsize=2, label=f"{label} {metric.rsplit('_', 1)[1]}")
+        ax_thr.errorbar(curve["rate"], curve["throughput_per_s"], yerr=_errors(curve, "throughput_per_s"),
+                        color=colour, marker="o", capsize=2, label=label)
+        found = knee(curve["rate"], curve["e2e_ms_p95"], curve["throughput_per_s"], curve["achieved_rate_per_s"])
+        knees[label] = found
+        if found is not None:
+            for ax in (ax_lat, ax_thr):
+                ax.axvline(found, color=colour, linestyle="-.", linewidth=1)
+            ax_lat.annotate(f"knee {found:g}/s", (found, curve["e2e_ms_p95"].max()), color=colour, fontsize=7,
+                            xytext=(4, 0), textcoords="offset points")
+    top = float(drawn["rate"].max())
+    ax_thr.plot([0, top], [0, top], color="#999999", linewidth=0.8, label="throughput = offered")
+    ax_lat.set_yscale("log")
+    ax_lat.set_title("end-to-end latency: p50 dotted, p95 solid, p99 dashed")
+    ax_lat.set_ylabel("ms")
+    ax_thr.set_title("throughput against offered rate (below the diagonal: backlog grows)")
+    ax_thr.set_ylabel("tasks/s")
+    for ax in (ax_lat, ax_thr):
+        ax.set_xlabel("offered rate (tasks/s)")
+        ax.legend(fontsize=6)
+    run_ids = _run_ids(drawn)
+    text = (caption(results, run_ids) + f" · knee: p95 > {KNEE_P95_FACTOR:g}x its lowest-rate value or throughput "
+            f"< {BACKLOG_RATIO:.0%} of the achieved send rate")
+    files = _save(fig, out_dir, name, text)
+    drawn["knee_rate_per_s"] = drawn["curve_label"].map(knees)
+    return Chart(name, title, files, _rate_sentences(drawn, knees), run_ids, caption=text,
+                 data=drawn.drop(columns=["curve"]))
+
+
+def _rate_sentences(drawn: pd.DataFrame, knees: dict[str, float | None]) -> list[str]:
+    # Describe a curve with a knee when there is one: that is what the chart is for.
+    label = next((k for k in sorted(knees) if knees[k] is not None), sorted(knees)[0])
+    curve = drawn[drawn["curve_label"] == label].sort_values("rate")
+    low, high = curve.iloc[0], curve.iloc[-1]
+    found = knees[label]
+    if found is None:
+        first = (f"For {label}, p95 stays within x{KNEE_P95_FACTOR:g} of its {num(low['e2e_ms_p95'], 'ms')} at "
+                 f"{low['rate']:g}/s up to the highest rate measured ({high['rate']:g}/s): no knee.")
+    else:
+        at = curve[curve["rate"] == found].iloc[0]
+        first = (f"For {label}, p95 is {num(low['e2e_ms_p95'], 'ms')} at {low['rate']:g}/s and the knee is at "
+                 f"{found:g}/s, where p95 reaches {num(at['e2e_ms_p95'], 'ms')}.")
+    others = [f"{other} at {knees[other]:g}/s" if knees[other] is not None else f"none for {other}"
+              for other in sorted(knees) if other != label]
+    second = (f"At {high['rate']:g}/s offered it completes {num(high['throughput_per_s'], '/s')} with p99 "
+              f"{num(high['e2e_ms_p99'], 'ms')}")
+    second += f"; other knees: {', '.join(others)}." if others else "."
+    return [first, second]
+
+
+# --- latency decomposition ----------------------------------------------------------------------------
+
+
+def latency_decomposition(results: Results, out_dir: Path) -> Chart:
+    """Mean HTTP enqueue, queue wait and service time per configuration, as stacked bars."""
+    name, title = "latency_decomposition", "Latency decomposition: HTTP enqueue, queue wait, service (means)"
+    runs = results.usable[results.usable["mode"] == "load"]
+    needed = [m for m, _, _ in LATENCY_PARTS]
+    if runs.empty or not set(needed) <= set(runs.columns) or runs[needed].isna().all().all():
+        return _skipped(name, title, "no usable load-mode run with HTTP enqueue, queue wait and service latencies")
+    cells = over_repeats(runs, (*needed, "e2e_ms_mean"))
+    cells["cell_label"] = labels(cells)
+    cells = cells.sort_values("cell_label", ascending=False).reset_index(drop=True)
+    fig, (ax, ax_share) = plt.subplots(1, 2, figsize=(12, 1.2 + 0.32 * len(cells)), sharey=True,
+                                       layout="constrained", gridspec_kw={"width_ratios": [3, 2]})
+    left = np.zeros(len(cells))
+    total = cells[[m for m, _, _ in LATENCY_PARTS]].fillna(0).sum(axis=1).to_numpy(dtype="float64")
+    share_left = np.zeros(len(cells))
+    for metric, label, colour in LATENCY_PARTS:
+        values = cells[metric].fillna(0).to_numpy(dtype="float64")
+        ax.barh(cells["cell_label"], values, left=left, color=colour, label=label)
+        shares = np.divide(100 * values, total, out=np.zeros_like(values), where=total > 0)
+        ax_share.barh(cells["cell_label"], shares, left=share_left, color=colour)
+        left += values
+        share_left += shares
+    ax.scatter(cells["e2e_ms_mean"], cells["cell_label"], marker="D", color="black", s=14, zorder=3,
+               label="end to end (mean)")
+    ax.set_xlabel("ms (mean per task)")
+    ax.set_title("mean latency by part (linear scale)")
+    ax_share.set_xlabel("% of the parts' sum")
+    ax_share.set_xlim(0, 100)
+    ax_share.set_title("share of each part")
+    ax.legend(fontsize=7, loc="lower right")
+    run_ids = _run_ids(cells)
+    text = (caption(results, run_ids) + " · means (percentiles do not add up); end to end also includes "
+            "the generator's schedule lag")
+    files = _save(fig, out_dir, name, text)
+    return Chart(name, title, files, _decomposition_sentences(cells), run_ids, caption=text, data=cells)
+
+
+def _decomposition_sentences(cells: pd.DataFrame) -> list[str]:
+    parts = {m: label for m, label, _ in LATENCY_PARTS}
+    dominant = cells[list(parts)].fillna(0).idxmax(axis=1)
+    counts = dominant.map(parts).value_counts()
+    worst = cells.loc[cells["e2e_ms_mean"].idxmax()]
+    worst_part = dominant.loc[cells["e2e_ms_mean"].idxmax()]
+    first = (f"{counts.index[0].capitalize()} is the largest part for {counts.iloc[0]} of {len(cells)} "
+             f"configurations; in the slowest, {worst['cell_label']}, {parts[worst_part]} is "
+             f"{num(worst[worst_part], 'ms')} of {num(worst['e2e_ms_mean'], 'ms')} mean end to end.")
+    best = cells.loc[cells["e2e_ms_mean"].idxmin()]
+    enqueue = cells["http_enqueue_ms_mean"].dropna()
+    second = (f"The fastest, {best['cell_label']}, takes {num(best['e2e_ms_mean'], 'ms')} mean end to end, of "
+              f"which {num(best['service_ms_mean'], 'ms')} is service")
+    if len(enqueue):
+        second += (f"; HTTP enqueue costs {num(enqueue.min(), 'ms')} to {num(enqueue.max(), 'ms')} mean across "
+                   "configurations")
+    return [first, second + "."]
+
+
+# --- resource cost ------------------------------------------------------------------------------------
+
+
+def resource_cost(results: Results, out_dir: Path) -> Chart:
+    """CPU seconds per 1000 successful tasks, by component (broker, workers, API, Locust)."""
+    name, title = "resource_cost", "Resource cost: CPU seconds per 1000 tasks by component"
+    runs = results.usable.copy()
+    columns = [f"{c}_cpu_s" for c in COMPONENTS if f"{c}_cpu_s" in runs.columns]
+    if runs.empty or not columns:
+        return _skipped(name, title, "no usable run recorded resources (resources.csv)")
+    runs = runs[(runs["finished_ok"] > 0) & runs[columns].notna().any(axis=1)]
+    if runs.empty:
+        return _skipped(name, title, "no usable run recorded resources and finished a task")
+    per_1000 = []
+    for column in columns:
+        metric = column.replace("_cpu_s", "_cpu_s_per_1000")
+        runs[metric] = 1000 * runs[column].astype("float64") / runs["finished_ok"].astype("float64")
+        per_1000.append(metric)
+    runs["total_cpu_s_per_1000"] = runs[per_1000].sum(axis=1, min_count=1)
+    cells = over_repeats(runs, (*per_1000, "total_cpu_s_per_1000"))
+    cells["cell_label"] = labels(cells)
+    cells = cells.sort_values("cell_label", ascending=False).reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.32 * len(cells)), layout="constrained")
+    left = np.zeros(len(cells))
+    for metric in per_1000:
+        component = metric.removesuffix("_cpu_s_per_1000")
+        values = cells[metric].fillna(0).to_numpy(dtype="float64")
+        ax.barh(cells["cell_label"], values, left=left, color=COMPONENT_COLOURS.get(component), label=component)
+        left += values
+    ax.set_xlabel("CPU seconds per 1000 successful tasks")
+    ax.legend(fontsize=7, loc="lower right")
+    run_ids = _run_ids(cells)
+    text = (caption(results, run_ids) + " · CPU over the whole run (warm-up and drain included) / tasks that "
+            "finished ok")
+    files = _save(fig, out_dir, name, text)
+    return Chart(name, title, files, _resource_sentences(cells, per_1000), run_ids, caption=text, data=cells)
+
+
+def _resource_sentences(cells: pd.DataFrame, per_1000: list[str]) -> list[str]:
+    cheap = cells.loc[cells["total_cpu_s_per_1000"].idxmin()]
+    dear = cells.loc[cells["total_cpu_s_per_1000"].idxmax()]
+    workers = "workers_cpu_s_per_1000"
+    first = (f"{cheap['cell_label']} is the cheapest: {num(cheap['total_cpu_s_per_1000'])} CPU-s per 1000 tasks in "
+             f"all" + (f", {num(cheap[workers])} of it in the workers." if workers in cheap else "."))
+    shares = {m.removesuffix("_cpu_s_per_1000"): dear[m] for m in per_1000 if not is_missing(dear[m])}
+    top = max(shares, key=lambda k: shares[k])
+    second = (f"{dear['cell_label']} is the dearest: {num(dear['total_cpu_s_per_1000'])} CPU-s per 1000 tasks, "
+              f"{100 * shares[top] / dear['total_cpu_s_per_1000']:.0f} % of it in the {top}.")
+    return [first, second]
+
+
+#: Every chart, in the order the report shows them.
+CHARTS: tuple[Callable[[Results, Path], Chart], ...] = (worker_count, serializers, routing, latency_vs_rate,
+                                                        latency_decomposition, resource_cost)
+
+
+def draw_all(results: Results, out_dir: Path) -> list[Chart]:
+    """Every chart family; skipped ones come back with a note."""
+    return [chart(results, out_dir) for chart in CHARTS]

@@ -1,0 +1,509 @@
+"""``report.md`` and a self-contained ``report.html`` from a results directory (``queuebench report``).
+
+The report is a pure function of the stored runs: every number in it is read from a ``run.json`` or
+recomputed from a run's raw rows. It never writes into a run directory. Its parts:
+
+1. a headline table: per workload (what was sent), the best configuration for that question, with the
+   spread over repeats and warnings about the numbers beside them;
+2. warnings: runs left out (failed, error, skipped, interrupted), generator-limited runs and unstable
+   cells (coefficient of variation over repeats above `CV_LIMIT`);
+3. one section per chart (`charts.CHARTS`), each with two sentences computed from its data, or a note
+   saying why it was not drawn;
+4. "Capacity notes", filled by ``benchmarks.analysis.capacity.capacity_notes(runs)`` when that module
+   exists (``runs``: the usable runs, one row per run as `load.Results.usable`);
+5. methodology and caveats, from the runs' own metadata (slots, prefetch, acks, retries, results,
+   windows, versions).
+
+The report is kept as a list of blocks rendered twice: to Markdown (figures referenced beside it) and to
+HTML (figures embedded as ``data:`` URIs, so the page opens anywhere, and also linked as SVG files).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmarks import measure
+from benchmarks.analysis import charts
+from benchmarks.analysis.load import (
+    WORKLOAD_KEYS,
+    Results,
+    ResultsError,
+    is_missing,
+    labels,
+    over_repeats,
+    row_key,
+)
+from benchmarks.runner import summary_rows
+
+#: A cell is unstable when the coefficient of variation of a headline figure over its repeats exceeds this.
+CV_LIMIT = 0.10
+#: Figures whose stability over repeats is checked: (column, readable name).
+STABILITY_METRICS = (("throughput_per_s", "throughput"), ("e2e_ms_p95", "end-to-end p95"))
+#: Figures recomputed from raw rows whose stability is checked too.
+EXTRA_STABILITY_METRICS = (("short_e2e_ms_p95", "short-task end-to-end p95"),)
+#: Which figures each chart shows, so only instability in those is warned about beside it.
+CHART_METRICS: dict[str, tuple[str, ...]] = {
+    "worker_count": ("throughput_per_s",), "serializers": ("throughput_per_s", "e2e_ms_p95"),
+    "routing": ("short_e2e_ms_p95",), "latency_vs_rate": ("throughput_per_s", "e2e_ms_p95"),
+    "latency_decomposition": (), "resource_cost": (),
+}
+#: Reference points rather than candidates: the bare-broker floor and the harness's own ceiling.
+FLOORS = ("baseline", "discard")
+#: Settings (from each backend's describe()) shown in the methodology: keys containing one of these.
+SETTING_WORDS = ("prefetch", "acks", "retr", "result", "worker_command", "worker_class", "pool", "time_limit",
+                 "timeout", "ttl", "concurrency", "serializer")
+CAPACITY_UNAVAILABLE = "Capacity notes: not available yet"
+WARNING_MARK = "⚠"
+
+
+# --- blocks -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Block:
+    """One piece of the report: a heading, a paragraph, a list, a table or a figure."""
+
+    kind: str  # "h1", "h2", "h3", "p", "ul", "table", "figure", "warn"
+    text: str = ""
+    items: list[str] = field(default_factory=list)
+    header: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    image: Path | None = None
+    alt: str = ""
+    also: list[Path] = field(default_factory=list)
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(blocks: Sequence[Block], out_dir: Path) -> str:
+    """The blocks as Markdown; figures referenced relative to `out_dir`."""
+    lines: list[str] = []
+    for block in blocks:
+        if block.kind in ("h1", "h2", "h3"):
+            lines += ["#" * int(block.kind[1]) + " " + block.text, ""]
+        elif block.kind == "p":
+            lines += [block.text, ""]
+        elif block.kind == "warn":
+            lines += [f"> {WARNING_MARK} {block.text}", ""]
+        elif block.kind == "ul":
+            lines += [f"- {item}" for item in block.items] + [""]
+        elif block.kind == "table":
+            lines.append("| " + " | ".join(_md_cell(h) for h in block.header) + " |")
+            lines.append("|" + "|".join(" --- " for _ in block.header) + "|")
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
+            lines.append("")
+        elif block.kind == "figure" and block.image is not None:
+            rel = block.image.relative_to(out_dir).as_posix()
+            also = " · ".join(f"[{p.suffix[1:].upper()}]({p.relative_to(out_dir).as_posix()})" for p in block.also)
+            lines += [f"![{block.alt}]({rel})", ""]
+            lines += [f"*{block.text}*" + (f" ({also})" if also else ""), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+HTML_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 72rem; margin: 2rem auto;
+       padding: 0 1rem; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.3rem; margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
+h3 { font-size: 1.05rem; }
+table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.85rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.8rem; color: #555; }
+.warn { background: #fff6e0; border-left: 4px solid #e0a000; padding: 0.4rem 0.8rem; margin: 0.6rem 0; }
+"""
+
+
+def render_html(blocks: Sequence[Block], out_dir: Path, title: str) -> str:
+    """The blocks as one HTML page: figures embedded as PNG data URIs, SVGs linked relatively."""
+    esc = html.escape
+    body: list[str] = []
+    for block in blocks:
+        if block.kind in ("h1", "h2", "h3"):
+            anchor = "".join(c if c.isalnum() else "-" for c in block.text.lower()).strip("-")
+            body.append(f'<{block.kind} id="{esc(anchor)}">{esc(block.text)}</{block.kind}>')
+        elif block.kind == "p":
+            body.append(f"<p>{esc(block.text)}</p>")
+        elif block.kind == "warn":
+            body.append(f'<p class="warn">{WARNING_MARK} {esc(block.text)}</p>')
+        elif block.kind == "ul":
+            body.append("<ul>" + "".join(f"<li>{esc(item)}</li>" for item in block.items) + "</ul>")
+        elif block.kind == "table":
+            head = "".join(f"<th>{esc(h)}</th>" for h in block.header)
+            rows = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in block.rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif block.kind == "figure" and block.image is not None:
+            data = base64.b64encode(block.image.read_bytes()).decode("ascii")
+            also = " · ".join(f'<a href="{esc(p.relative_to(out_dir).as_posix())}">{p.suffix[1:].upper()}</a>'
+                              for p in block.also)
+            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(block.alt)}">'
+                        f"<figcaption>{esc(block.text)}{' (' + also + ')' if also else ''}</figcaption></figure>")
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{esc(title)}</title>\n'
+            f"<style>{HTML_STYLE}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+def _text_blocks(text: str) -> list[Block]:
+    """Plain text (paragraphs separated by blank lines, ``- `` list items) as blocks."""
+    blocks: list[Block] = []
+    for chunk in text.strip().split("\n\n"):
+        lines = [line.rstrip() for line in chunk.splitlines() if line.strip()]
+        if lines and all(line.lstrip().startswith(("- ", "* ")) for line in lines):
+            blocks.append(Block("ul", items=[line.lstrip()[2:] for line in lines]))
+        elif lines:
+            blocks.append(Block("p", " ".join(lines)))
+    return blocks
+
+
+# --- warnings -----------------------------------------------------------------------------------------
+
+
+def run_warnings(results: Results) -> dict[str, list[str]]:
+    """run_id -> what makes its numbers doubtful: generator-limited, a check that did not hold, or a status
+    that keeps it out of the figures."""
+    out: dict[str, list[str]] = {}
+    for run in results.runs.itertuples(index=False):
+        notes = []
+        record = results.records[run.run_id]
+        checks = (record.get("summary") or {}).get("checks") or {}
+        if run.status == "generator-limited":
+            detail = (checks.get("generator_kept_up") or {}).get("detail", "")
+            notes.append("generator-limited: the load generator fell short, so these figures are not the "
+                         "queue's limit" + (f" ({detail})" if detail else ""))
+        elif not run.usable:
+            notes.append(f"{run.status}" + (f": {run.detail}" if run.detail else "") + "; left out of the figures")
+        for name, check in checks.items():
+            if not check.get("ok") and name != "generator_kept_up":
+                notes.append(f"self-check {name} failed: {check.get('detail', '')}")
+        if notes:
+            out[run.run_id] = notes
+    return out
+
+
+def unstable_cells(results: Results, extra: pd.DataFrame | None = None) -> dict[str, dict[str, str]]:
+    """cell_id -> {metric: note} for figures whose coefficient of variation over repeats exceeds `CV_LIMIT`.
+
+    `extra`: per-run figures computed from raw rows (e.g. `charts.routing_figures`), checked too.
+    """
+    metrics = list(STABILITY_METRICS)
+    runs = results.usable
+    if extra is not None and len(extra):
+        added = [c for c in extra.columns if c in dict(EXTRA_STABILITY_METRICS)]
+        runs = runs.merge(extra[["run_id", *added]], on="run_id", how="left")
+        metrics += [m for m in EXTRA_STABILITY_METRICS if m[0] in added]
+    cells = over_repeats(runs, [m for m, _ in metrics])
+    out: dict[str, dict[str, str]] = {}
+    for _, cell in cells.iterrows():
+        for metric, name in metrics:
+            cv = cell.get(f"{metric}_cv")
+            if not is_missing(cv) and cv > CV_LIMIT:
+                out.setdefault(cell["cell_id"], {})[metric] = (
+                    f"unstable {name}: CV {100 * cv:.0f} % over {int(cell[f'{metric}_n'])} repeats "
+                    f"({charts.num(cell[f'{metric}_min'])} to {charts.num(cell[f'{metric}_max'])})")
+    return out
+
+
+def warnings_for(results: Results, run_ids: Iterable[str], per_run: Mapping[str, list[str]],
+                 per_cell: Mapping[str, Mapping[str, str]], metrics: Iterable[str] | None = None) -> list[str]:
+    """The warnings that touch these runs: each run's own, and its cell's instability in `metrics` (None: any)."""
+    run_ids = [r for r in run_ids if r]
+    items = [f"{run_id}: {note}" for run_id in run_ids for note in per_run.get(run_id, [])]
+    cell_ids = list(dict.fromkeys(results.runs.set_index("run_id").loc[run_ids, "cell_id"])) if run_ids else []
+    wanted = None if metrics is None else set(metrics)
+    items += [f"cell {cell}: {note}" for cell in cell_ids for metric, note in per_cell.get(cell, {}).items()
+              if wanted is None or metric in wanted]
+    return items
+
+
+# --- headline -----------------------------------------------------------------------------------------
+
+
+#: The headline's questions, in the order it shows them.
+QUESTIONS = ("Throughput", "Latency", "Serializer", "Routing")
+
+
+def _question(row: pd.Series) -> tuple[str, str, str, bool]:
+    """(question, metric column, metric name, higher is better) for one workload."""
+    if row.get("mode") == "drain" or row.get("scenario") == "throughput":
+        return "Throughput", "throughput_per_s", "throughput (tasks/s)", True
+    if row.get("scenario") == "routing_mix":
+        return "Routing", "short_e2e_ms_p95", "short-task end-to-end p95 (ms)", False
+    if row.get("scenario") == "payload":
+        return "Serializer", "e2e_ms_p95", "end-to-end p95 (ms)", False
+    return "Latency", "e2e_ms_p95", "end-to-end p95 (ms)", False
+
+
+def headline(results: Results, per_run: Mapping[str, list[str]], per_cell: Mapping[str, Mapping[str, str]],
+             routing_runs: pd.DataFrame | None = None) -> tuple[list[str], list[list[str]]]:
+    """Per workload, the best configuration for its question with the spread over its repeats.
+
+    The floor backends (`FLOORS`) are not candidates when a library was measured: their figure is shown
+    beside the best as the reference.
+    """
+    runs = results.usable.copy()
+    if runs.empty:
+        return [], []
+    if routing_runs is not None and len(routing_runs):
+        runs = runs.merge(routing_runs[["run_id", "short_e2e_ms_p95"]], on="run_id", how="left")
+    runs["workload"] = runs.apply(charts.workload_title, axis=1)
+    runs["workload_key"] = row_key(runs, [k for k in WORKLOAD_KEYS if k in runs.columns])
+    header = ["Question", "Workload", "Best configuration", "Figure", "Mean", "Spread over repeats", "Runner-up",
+              "Floor (baseline)", "Tasks per CPU-s", "Notes"]
+    rows = []
+    def order(item: tuple[Any, pd.DataFrame]) -> tuple[Any, ...]:
+        first = item[1].iloc[0]
+        size = first.get("rate") if first.get("mode") == "load" else first.get("tasks")
+        return (QUESTIONS.index(_question(first)[0]), str(first.get("mode")), str(first.get("scenario")),
+                str(first.get("task")), str(first.get("args")), float(size) if not is_missing(size) else 0.0, item[0])
+
+    for _, family in sorted(runs.groupby("workload_key", sort=True), key=order):
+        question, metric, metric_name, higher = _question(family.iloc[0])
+        if metric not in family.columns or family[metric].isna().all():
+            continue
+        cells = over_repeats(family, [metric, "tasks_per_cpu_s"])
+        cells = cells[cells[metric].notna()].copy()
+        cells["config"] = labels(cells)
+        ranked = cells.sort_values(metric, ascending=not higher).reset_index(drop=True)
+        candidates = ranked[~ranked["backend"].isin(FLOORS)]
+        floors = ranked[ranked["backend"].isin(FLOORS)]
+        if candidates.empty:
+            candidates, floors = ranked, ranked.iloc[0:0]
+        best = candidates.iloc[0]
+        n = int(best[f"{metric}_n"])
+        spread = (f"{charts.num(best[f'{metric}_min'])} to {charts.num(best[f'{metric}_max'])} over {n} repeats, "
+                  f"CV {100 * best[f'{metric}_cv']:.0f} %" if n > 1 else "1 run: no spread")
+        runner_up = (f"{candidates.iloc[1]['config']} ({charts.num(candidates.iloc[1][metric])})"
+                     if len(candidates) > 1 else "-")
+        floor = f"{floors.iloc[0]['config']} ({charts.num(floors.iloc[0][metric])})" if len(floors) else "-"
+        notes = warnings_for(results, str(best["run_ids"]).split(","), per_run, per_cell, (metric,))
+        rows.append([question, family["workload"].iloc[0], best["config"], metric_name, charts.num(best[metric]),
+                     spread, runner_up, floor, charts.num(best.get("tasks_per_cpu_s")),
+                     " ".join(f"{WARNING_MARK} {note}" for note in notes) or "-"])
+    return header, rows
+
+
+# --- methodology --------------------------------------------------------------------------------------
+
+
+def _values(series: pd.Series, unit: str = "") -> str:
+    values = sorted({v for v in series if not is_missing(v)}, key=lambda v: (str(type(v)), v))
+    return ", ".join(f"{v:g}{unit}" if isinstance(v, float | int) and not isinstance(v, bool) else f"{v}{unit}"
+                     for v in values) or "-"
+
+
+def _setting_text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    text = re.sub(r"\b[a-z]+://\S+?(?=[,\s]|$)", "<url>", text)  # per-run ports: not a setting
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def methodology(results: Results) -> list[Block]:
+    """Methodology and caveats, from the runs' own metadata."""
+    runs, usable = results.runs, results.usable
+    blocks = [Block("h2", "Methodology and caveats")]
+    statuses = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().sort_index().items())
+    repeats = usable.groupby("cell").size() if len(usable) else pd.Series(dtype="int64")
+    commits = sorted({f"{c[:10]}{' (dirty)' if d else ''}" for c, d in zip(runs["git_commit"], runs["git_dirty"],
+                                                                          strict=True) if not is_missing(c)})
+    started = runs["started_at"].dropna()
+    items = [
+        f"Runs: {len(runs)} ({statuses}) in {runs['cell'].nunique()} cells from matrix "
+        f"{_values(runs['matrix'])}; result schema version {results.schema_version}; harness "
+        f"{_values(runs['harness_version'])}; git {', '.join(commits) or 'unknown'}.",
+        f"Started between {started.min() if len(started) else '?'} and {started.max() if len(started) else '?'}.",
+        f"Machine: {_values(runs['host'])}; {_values(runs['cpu_model'])}, {_values(runs['cpu_count_logical'])} "
+        f"logical cores; Python {_values(runs['python'])}.",
+    ]
+    if len(repeats):
+        items.append(f"Repeats per cell (usable runs): {int(repeats.min())} to {int(repeats.max())}; the spread shown "
+                     f"is min to max over repeats; a cell is flagged unstable when the coefficient of variation of "
+                     f"its throughput or end-to-end p95 exceeds {CV_LIMIT:.0%}.")
+    slots = runs.dropna(subset=["processes"]).apply(
+        lambda r: f"{int(r['processes'])} x {int(r.get('threads') or 1)} = {int(r['slots'])}", axis=1)
+    items.append(f"Slots (processes x threads = slots): {_values(slots)}. Every throughput is shown with its slots "
+                 "and the Little's-law bound slots / mean service time.")
+    load = runs[runs["mode"] == "load"]
+    if len(load):
+        items.append(f"Load mode: open-loop arrivals ({_values(load['arrival'])}) at {_values(load['rate'], '/s')} "
+                     f"offered; warm-up {_values(load['warmup_s'], ' s')} discarded, measured window "
+                     f"{_values(load['duration_s'], ' s')}; API under gunicorn with {_values(load['api_workers'])} "
+                     f"workers x {_values(load['api_threads'])} threads.")
+    drain = runs[runs["mode"] == "drain"]
+    if len(drain):
+        items.append(f"Drain mode: {_values(drain['tasks'])} tasks preloaded, then the workers started; the window "
+                     "runs from the first execution's start to the last success.")
+    items.append(f"Task results kept: {_values(runs['results'])}; prefetch set by the matrix: "
+                 f"{_values(runs['prefetch']) if 'prefetch' in runs else '-'} (else the library default, below); "
+                 f"acks late: {_values(runs['acks_late']) if 'acks_late' in runs else '-'} (else the default).")
+    blocks.append(Block("ul", items=items))
+
+    packages = sorted(c for c in runs.columns if c.startswith("pkg."))
+    version_rows = [[c.removeprefix("pkg."), _values(runs[c])] for c in packages if runs[c].notna().any()]
+    brokers = runs.dropna(subset=["broker_kind"])
+    version_rows += [[f"{kind} server", _values(group["broker_version"])]
+                     for kind, group in brokers.groupby("broker_kind")]
+    if version_rows:
+        blocks += [Block("h3", "Versions"), Block("table", header=["component", "version(s)"], rows=version_rows)]
+
+    setting_rows = []
+    for backend in sorted(usable["backend"].dropna().unique()) if len(usable) else []:
+        settings = [results.records[r].get("settings") or {} for r in usable.loc[usable["backend"] == backend, "run_id"]]
+        keys = sorted({k for s in settings for k in s if any(w in k for w in SETTING_WORDS)})
+        for key in keys:
+            values = list(dict.fromkeys(_setting_text(s[key]) for s in settings if s.get(key) is not None))
+            if not values:
+                continue
+            setting_rows.append([backend, key, values[0] if len(values) == 1 else "varies: " + " | ".join(values)])
+    if setting_rows:
+        blocks += [Block("h3", "Effective library settings"),
+                   Block("p", "As each backend described itself in its runs (prefetch, acknowledgement, retries, "
+                              "results, worker command)."),
+                   Block("table", header=["backend", "setting", "value"], rows=setting_rows)]
+
+    blocks += [Block("h3", "How the figures are computed"), Block("ul", items=[
+        "Throughput: successful executions finished in the measured window / its length.",
+        "Latencies are exact percentiles (numpy, linear interpolation) over the raw rows of the tasks scheduled in "
+        "the window: HTTP enqueue (Locust's side), queue wait (first start - enqueued), service (finish - start of "
+        "the successful attempt), end to end (finish - scheduled time, so a stalled generator cannot hide latency).",
+        f"A run is generator-limited when Locust sent under {measure.ACHIEVED_MIN_RATIO:.0%} of the offered rate "
+        f"or its schedule lag p99 exceeded {measure.LAG_P99_LIMIT_MS:g} ms: its figures are true but not the "
+        "queue's limit. Runs with another failed self-check are left out.",
+        f"The knee of a latency curve is the lowest offered rate where p95 exceeds {charts.KNEE_P95_FACTOR:g}x its "
+        f"value at the lowest rate, or where throughput falls under {charts.BACKLOG_RATIO:.0%} of the sent rate.",
+        "Short and long tasks of routing_mix, and payload sizes, are told apart by each row's argument digest.",
+    ])]
+
+    caveats = []
+    hosts = runs["host"].dropna().unique()
+    if len(hosts) == 1:
+        caveats.append(f"Load generator, API, broker and workers share one machine ({hosts[0]}, "
+                       f"{_values(runs['cpu_count_logical'])} logical cores): they compete for its CPU.")
+    if len(load):
+        caveats.append("In load mode throughput cannot exceed the offered rate: compare latency there, and "
+                       "throughput in drain mode.")
+    caveats.append("CPU seconds cover each component over the whole run (warm-up and drain included) and are "
+                   "divided by every task that finished ok.")
+    if len(repeats) and int(repeats.min()) < 2:
+        caveats.append(f"{int((repeats < 2).sum())} cell(s) have a single usable run: no spread can be shown.")
+    caveats.append("Numbers are specific to this machine, these versions and these settings.")
+    blocks += [Block("h3", "Caveats"), Block("ul", items=caveats)]
+    return blocks
+
+
+# --- capacity notes -----------------------------------------------------------------------------------
+
+
+def capacity_text(runs: pd.DataFrame) -> str:
+    """``benchmarks.analysis.capacity.capacity_notes(runs)`` if that module exists, else a placeholder."""
+    try:
+        capacity = importlib.import_module("benchmarks.analysis.capacity")
+    except ModuleNotFoundError as exc:
+        if exc.name != "benchmarks.analysis.capacity":
+            raise
+        return CAPACITY_UNAVAILABLE
+    return str(capacity.capacity_notes(runs))
+
+
+# --- the report ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """What `write_report` wrote."""
+
+    out_dir: Path
+    markdown: Path
+    html: Path
+    summary_csv: Path
+    charts: list[charts.Chart]
+    warnings: list[str]
+
+
+def check_out_dir(results: Results, out_dir: Path) -> None:
+    """Refuse to write into a run directory or over the results directory's own summary."""
+    out = out_dir.resolve()
+    root = results.root.resolve()
+    if out == root:
+        raise ResultsError(f"{out_dir}: that is the results directory itself (its summary.csv belongs to "
+                           "`queuebench run`); choose another --out")
+    for parent in (out, *out.parents):
+        if (parent / "run.json").exists():
+            raise ResultsError(f"{out_dir}: inside the run directory {parent}; reports never write into runs")
+
+
+def build_blocks(results: Results, out_dir: Path) -> tuple[list[Block], list[charts.Chart], list[str]]:
+    """Draw every chart into ``out_dir/figures`` and lay the report out as blocks."""
+    figures_dir = out_dir / "figures"
+    drawn = charts.draw_all(results, figures_dir)
+    routing_runs = charts.routing_figures(results)
+    per_run, per_cell = run_warnings(results), unstable_cells(results, routing_runs)
+
+    runs = results.runs
+    blocks = [Block("h1", f"queuebench report: {results.name}"),
+              Block("p", f"{len(results.usable)} usable runs of {len(runs)} in {results.root}, "
+                         f"{results.usable['cell'].nunique()} configurations. Every number below is read from the "
+                         "runs' run.json files or recomputed from their raw rows (tasks.parquet, requests.parquet).")]
+
+    header, rows = headline(results, per_run, per_cell, routing_runs)
+    blocks.append(Block("h2", "Headline"))
+    if rows:
+        blocks += [Block("p", "Per workload, the best configuration for its question (the mean over repeats, with "
+                              "their spread); warnings about that configuration's numbers are in the last column."),
+                   Block("table", header=header, rows=rows)]
+    else:
+        blocks.append(Block("warn", "No usable run: there is nothing to rank."))
+
+    all_warnings = list(results.warnings)
+    all_warnings += [f"{run_id}: {note}" for run_id, notes in per_run.items() for note in notes
+                     if results.runs.set_index("run_id").loc[run_id, "usable"]]
+    all_warnings += [f"cell {cell}: {note}" for cell, notes in per_cell.items() for note in notes.values()]
+    blocks.append(Block("h2", "Warnings"))
+    if all_warnings:
+        blocks.append(Block("ul", items=[f"{WARNING_MARK} {w}" for w in all_warnings]))
+    else:
+        blocks.append(Block("p", "None: every run is ok and every cell's repeats agree within "
+                                 f"{CV_LIMIT:.0%}."))
+
+    for chart in drawn:
+        blocks.append(Block("h2", chart.title))
+        if not chart.drawn:
+            blocks.append(Block("p", f"Not drawn: {chart.note}."))
+            continue
+        blocks.append(Block("p", " ".join(chart.sentences)))
+        png = chart.png
+        assert png is not None
+        blocks.append(Block("figure", chart.caption, image=png, alt=chart.title,
+                            also=[p for p in chart.files if p != png]))
+        for note in warnings_for(results, chart.run_ids, per_run, per_cell, CHART_METRICS.get(chart.name)):
+            blocks.append(Block("warn", note))
+
+    blocks.append(Block("h2", "Capacity notes"))
+    blocks += _text_blocks(capacity_text(results.usable))
+    blocks += methodology(results)
+    return blocks, drawn, all_warnings
+
+
+def write_report(results: Results, out_dir: Path) -> Report:
+    """Write ``report.md``, ``report.html``, ``summary.csv`` and ``figures/`` into `out_dir`."""
+    check_out_dir(results, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    blocks, drawn, all_warnings = build_blocks(results, out_dir)
+    markdown = out_dir / "report.md"
+    markdown.write_text(render_markdown(blocks, out_dir))
+    page = out_dir / "report.html"
+    page.write_text(render_html(blocks, out_dir, f"queuebench report: {results.name}"))
+    summary = out_dir / "summary.csv"
+    pd.DataFrame(summary_rows(results.root)).to_csv(summary, index=False)
+    return Report(out_dir, markdown, page, summary, drawn, all_warnings)
