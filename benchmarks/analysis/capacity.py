@@ -13,7 +13,8 @@ P(W > t) = C exp(-theta t). A task's own service S is exponential (rate mu) and 
 so the response time R = W + S has the exact distribution
 
     P(R > t) = (1 - C) exp(-mu t) + C P(E_theta + E_mu > t),
-    P(E_theta + E_mu > t) = (theta exp(-mu t) - mu exp(-theta t)) / (theta - mu)   [(1 + mu t) exp(-mu t) if equal]
+    P(E_theta + E_mu > t) = (theta exp(-mu t) - mu exp(-theta t)) / (theta - mu)
+                          [= (1 + mu t) exp(-mu t) when theta = mu]
 
 and `mmc_response_quantile` inverts it numerically (bisection; no approximation beyond float precision).
 Caveat, visible in every comparison: `sleep_ms` and `cpu_ms` have nearly constant service, so the
@@ -25,18 +26,22 @@ the broker's delivery delay.
 What counts as measured (`measured_points`): runs of the task kind (task and args equal) with status
 ``ok``; load-mode runs of the single-kind scenarios (``latency``, ``throughput``) are latency points;
 drain-mode runs of the kind only tell capacity. A cell (all repeats of one spec) is *sustained* when
-every repeat finished >= 95 % of the offered rate in the window and has an end-to-end figure; its
-latency is the worst repeat's (conservative). A cell whose throughput fell below 95 % of the offered
-rate saturated its slots, so its throughput per slot is a measured capacity; without such a cell the
-capacity per slot is Little's bound 1 / mean service time, an upper bound, and is labelled so.
+every repeat finished >= 95 % of the rate that arrived in the window and has an end-to-end figure; its
+latency is the worst repeat's (conservative). "Arrived" is the achieved rate (what the generator sent
+in the window), not the offered one: Poisson arrivals put 10 % more or fewer tasks in a 5 s window
+than the offered rate says, and the queue can only finish what it was sent. A cell whose throughput
+fell below 95 % of that saturated its slots; when it is also the configuration's highest throughput, that
+throughput is the configuration's measured capacity (a single noisy cell at a low rate is not). Without
+one, the capacity per slot is Little's bound 1 / mean service time, an upper bound, labelled so.
 
 How a slot configuration is judged at the requested rate R (`plan_capacity`), assuming latency never
 improves when the rate grows nor when slots shrink:
 
-- *meets*: the cell offered at least R (5 % below counts: `RATE_TOLERANCE`) closest to R was sustained
-  within the SLO;
-- *fails*: a cell offered about R (within 5 %) or less than R missed the SLO or saturated, or the
-  measured capacity of the configuration is below R;
+- *fails*: R is at or above the configuration's Little's bound (slots / mean service: no window, however
+  lucky, makes that sustainable) or its measured capacity; or a cell offered about R (within 5 %) or
+  less missed the SLO or saturated;
+- *meets*: otherwise, when the cell offered at least R (5 % below counts: `RATE_TOLERANCE`) closest to R
+  was sustained within the SLO;
 - *unknown* otherwise. The answer is the fewest slots that meet (measured); anything else is either
   refused or labelled *extrapolated* (never passed off as measured), and a matrix covering the request
   is written (`write_covering_matrix`).
@@ -60,7 +65,7 @@ from benchmarks import measure
 
 #: Quantiles an SLO may name, and the run.json figure each reads (end to end, from the scheduled time).
 SLO_QUANTILES = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
-#: A cell is sustained when its throughput is at least this share of the offered rate (as the generator check).
+#: A cell is sustained when its throughput is at least this share of the rate sent (as the generator check).
 SUSTAINED_RATIO = measure.ACHIEVED_MIN_RATIO
 #: The knee: the lowest offered rate whose p95 exceeds this many times the lowest-rate cell's p95...
 KNEE_LATENCY_GROWTH = 3.0
@@ -327,11 +332,13 @@ def parse_task(text: str) -> TaskKind:
         except ValueError:
             raise ValueError(f"{name} {key} must be an integer (got {value.strip()!r})") from None
         if not specs[key].low <= number <= specs[key].high:
-            raise ValueError(f"{name} {key} must be from {specs[key].low} to {specs[key].high} (got {number})")
+            low, high = specs[key].low, specs[key].high
+            raise ValueError(f"{name} {key} must be from {low} to {high} (got {number})")
         args[key] = number
     missing = [k for k in specs if k not in args]
     if missing:
-        raise ValueError(f"{name} needs {', '.join(missing)}, e.g. {name}:" + ",".join(f"{k}=50" for k in specs))
+        example = ",".join(f"{k}=50" for k in specs)
+        raise ValueError(f"{name} needs {', '.join(missing)}, e.g. {name}:{example}")
     return TaskKind.of(name, args)
 
 
@@ -380,7 +387,8 @@ def parse_slo(text: str) -> Slo:
     """``p95=1s``, ``p99=250ms``, ``p50=0.5s``: a quantile of p50/p90/p95/p99 and a limit in ms or s."""
     match = _SLO.match(text)
     if not match or match.group(1) not in SLO_QUANTILES:
-        raise ValueError(f"SLO must look like p95=1s or p99=250ms (quantile one of {', '.join(SLO_QUANTILES)}, "
+        raise ValueError("SLO must look like p95=1s or p99=250ms (quantile one of "
+                         f"{', '.join(SLO_QUANTILES)}, "
                          f"unit ms or s); got {text!r}")
     value = float(match.group(2)) * (1e-3 if match.group(3) == "ms" else 1.0)
     if value <= 0:
@@ -463,30 +471,37 @@ def _of_kind(runs: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
     match = [t == kind.task and TaskKind.of(t, _args_of(a)) == kind
              for t, a in zip(runs["task"], runs["args"], strict=True)]
     runs = runs[match]
-    return runs.assign(variant=_variants(runs)) if len(runs) else runs.assign(variant=pd.Series(dtype="object"))
+    if runs.empty:
+        return runs.assign(variant=pd.Series(dtype="object"))
+    return runs.assign(variant=_variants(runs))
 
 
 def measured_points(runs: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
     """One row per measured cell of `kind` (repeats aggregated), load cells and drain cells.
 
-    Columns: variant, backend, mode, processes, threads, slots, offered_rate_per_s (load), throughput_per_s
-    (mean over repeats) and throughput_min_per_s, e2e_p50_ms .. e2e_p99_ms (the worst repeat),
-    mean_service_ms (mean), repeats, run_ids (list), sustained (every repeat >= 95 % of offered with an
-    end-to-end figure), saturated (a repeat fell below 95 % of offered, or a drain: its throughput per
-    slot is a measured capacity), capacity_per_slot_per_s (saturated cells).
+    Columns: variant, backend, mode, processes, threads, slots, offered_rate_per_s and sent_rate_per_s
+    (load: the achieved rate, mean over repeats), throughput_per_s (mean) and throughput_min_per_s,
+    e2e_p50_ms .. e2e_p99_ms (the worst repeat), mean_service_ms (mean), repeats, run_ids (list),
+    sustained (every repeat finished >= 95 % of what it was sent and has an end-to-end figure),
+    saturated (a repeat did not, or a drain), capacity_cell (saturated and the highest throughput of its
+    configuration: the configuration's measured capacity) and capacity_per_slot_per_s (capacity cells).
     """
     columns = ["variant", "backend", "mode", "processes", "threads", "slots", "offered_rate_per_s",
-               "throughput_per_s", "throughput_min_per_s", *[f"e2e_{p}_ms" for p in SLO_QUANTILES],
-               "mean_service_ms", "repeats", "run_ids", "sustained", "saturated", "capacity_per_slot_per_s"]
+               "sent_rate_per_s", "throughput_per_s", "throughput_min_per_s",
+               *[f"e2e_{p}_ms" for p in SLO_QUANTILES],
+               "mean_service_ms", "repeats", "run_ids", "sustained", "saturated", "capacity_cell",
+               "capacity_per_slot_per_s"]
     runs = _of_kind(runs, kind)
     if runs.empty:
         return pd.DataFrame(columns=columns)
     runs = runs.assign(
-        cell_key=_column(runs, "cell_id", None).fillna(runs["run_id"].str.replace(r"-rep\d+$", "", regex=True)),
+        cell_key=_column(runs, "cell_id", None).fillna(
+            runs["run_id"].str.replace(r"-rep\d+$", "", regex=True)),
         processes=pd.to_numeric(_column(runs, "processes", 1)).fillna(1).astype(int),
         threads=pd.to_numeric(_column(runs, "threads", 1)).fillna(1).astype(int),
     )
-    runs["slots"] = pd.to_numeric(_column(runs, "slots")).fillna(runs["processes"] * runs["threads"]).astype(int)
+    slots = pd.to_numeric(_column(runs, "slots"))
+    runs["slots"] = slots.fillna(runs["processes"] * runs["threads"]).astype(int)
     rows = []
     for (_, variant), group in runs.groupby(["cell_key", "variant"], sort=False):
         first = group.iloc[0]
@@ -496,23 +511,33 @@ def measured_points(runs: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
         e2e = {p: pd.to_numeric(_column(group, f"e2e_ms_{p}"), errors="coerce").astype("float64")
                for p in SLO_QUANTILES}
         has_e2e = e2e["p50"].notna()
-        kept_up = throughput >= SUSTAINED_RATIO * offered if not drain else pd.Series(False, index=group.index)
+        sent = pd.to_numeric(_column(group, "achieved_rate_per_s"), errors="coerce").astype("float64")
+        sent = sent.fillna(offered)
+        kept_up = throughput >= SUSTAINED_RATIO * sent if not drain else pd.Series(False, index=group.index)
         saturated = drain or bool((~kept_up & throughput.notna()).any())
         slots = int(first["slots"])
         row = {
             "variant": variant, "backend": first["backend"], "mode": first["mode"],
             "processes": int(first["processes"]), "threads": int(first["threads"]), "slots": slots,
-            "offered_rate_per_s": offered, "throughput_per_s": float(throughput.mean()),
+            "offered_rate_per_s": offered, "sent_rate_per_s": float(sent.mean()) if not drain else np.nan,
+            "throughput_per_s": float(throughput.mean()),
             "throughput_min_per_s": float(throughput.min()),
-            **{f"e2e_{p}_ms": float(values.max()) if values.notna().any() else np.nan for p, values in e2e.items()},
-            "mean_service_ms": float(pd.to_numeric(_column(group, "mean_service_ms"), errors="coerce").mean()),
+            **{f"e2e_{p}_ms": float(values.max()) if values.notna().any() else np.nan
+               for p, values in e2e.items()},
+            "mean_service_ms": float(pd.to_numeric(_column(group, "mean_service_ms"),
+                                                   errors="coerce").mean()),
             "repeats": int(len(group)), "run_ids": sorted(group["run_id"].astype(str)),
             "sustained": (not drain) and bool((kept_up & has_e2e).all()),
-            "saturated": saturated,
-            "capacity_per_slot_per_s": float(throughput.mean()) / slots if saturated and slots else np.nan,
+            "saturated": saturated, "capacity_cell": False, "capacity_per_slot_per_s": np.nan,
         }
         rows.append(row)
     points = pd.DataFrame(rows, columns=columns)
+    for _, config in points.groupby(["variant", "slots", "processes", "threads"]):
+        top = config["throughput_per_s"].idxmax()
+        if points.at[top, "saturated"]:
+            points.at[top, "capacity_cell"] = True
+            per_slot = points.at[top, "throughput_per_s"] / points.at[top, "slots"]
+            points.at[top, "capacity_per_slot_per_s"] = per_slot
     return points.sort_values(["variant", "slots", "processes", "mode", "offered_rate_per_s"],
                               na_position="first").reset_index(drop=True)
 
@@ -547,7 +572,7 @@ class BackendPlan:
     verdict: str
     measured_slots: int | None = None
     measured_shape: str | None = None
-    #: The fewest slots not excluded by a measurement (a measured failure excludes it and every smaller count).
+    #: The fewest slots no measurement excludes (a measured failure excludes its count and every smaller one).
     lower_bound_slots: int = 1
     #: M/M/c with the measured mean service time (or the assumed one, see model_service_source).
     model_slots: int | None = None
@@ -590,7 +615,8 @@ class BackendPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return _plain({
-            "variant": self.variant, "backend": self.backend, "verdict": self.verdict, "covered": self.covered,
+            "variant": self.variant, "backend": self.backend, "verdict": self.verdict,
+            "covered": self.covered,
             "answer": self.answer, "reason": self.reason,
             "measured": {"slots": self.measured_slots, "shape": self.measured_shape,
                          "lower_bound_slots": self.lower_bound_slots},
@@ -624,12 +650,14 @@ class Plan:
 
     @property
     def request_text(self) -> str:
-        return f"{self.rate_per_s:g} tasks/s of {self.kind.spoken} with {self.slo.name} under {self.slo.limit_text}"
+        slo = self.slo
+        return f"{self.rate_per_s:g} tasks/s of {self.kind.spoken} with {slo.name} under {slo.limit_text}"
 
     def to_dict(self) -> dict[str, Any]:
         return _plain({
             "request": {"rate_per_s": self.rate_per_s, "task": self.kind.task, "args": self.kind.args,
-                        "kind": self.kind.label, "slo": {"quantile": self.slo.name, "limit_ms": self.slo.limit_ms}},
+                        "kind": self.kind.label,
+                        "slo": {"quantile": self.slo.name, "limit_ms": self.slo.limit_ms}},
             "covered": self.covered,
             "backends": [b.to_dict() for b in self.backends],
             "warnings": self.warnings,
@@ -655,7 +683,8 @@ def _judge(config: pd.DataFrame, rate_per_s: float, slo: Slo, capacity_per_s: fl
            littles_bound_per_s: float | None) -> ConfigVerdict:
     """meets / fails / unknown for one slot configuration (its load cells, sorted by rate) at the rate."""
     first = config.iloc[0]
-    verdict = ConfigVerdict(int(first["processes"]), int(first["threads"]), int(first["slots"]), "unknown", "")
+    verdict = ConfigVerdict(int(first["processes"]), int(first["threads"]), int(first["slots"]), "unknown",
+                            "")
     column = f"e2e_{slo.name}_ms"
 
     def within(point: pd.Series) -> bool:
@@ -664,9 +693,20 @@ def _judge(config: pd.DataFrame, rate_per_s: float, slo: Slo, capacity_per_s: fl
     def describe(point: pd.Series) -> str:
         figure = point[column]
         latency = f"{slo.name} {figure:.0f} ms" if np.isfinite(figure) else f"no {slo.name}"
-        return (f"at {point['offered_rate_per_s']:g}/s: {point['throughput_per_s']:.1f}/s done, {latency}"
+        return (f"at {point['offered_rate_per_s']:g}/s: {point['throughput_per_s']:.1f}/s done of "
+                f"{point['sent_rate_per_s']:.1f}/s sent, {latency}"
                 + ("" if point["sustained"] else ", saturated"))
 
+    if littles_bound_per_s is not None and littles_bound_per_s <= rate_per_s:
+        verdict.state = "fails"
+        verdict.reason = (f"slots / mean service = {littles_bound_per_s:.1f}/s <= {rate_per_s:g}/s: "
+                          "the queue grows without bound")
+        return verdict
+    if capacity_per_s is not None and capacity_per_s < rate_per_s:
+        verdict.state = "fails"
+        verdict.reason = f"measured capacity {capacity_per_s:.1f}/s < {rate_per_s:g}/s"
+        verdict.evidence = [r for ids in config.loc[config["capacity_cell"], "run_ids"] for r in ids]
+        return verdict
     load = config[config["mode"] == "load"]
     above = load[load["offered_rate_per_s"] >= rate_per_s * (1 - RATE_TOLERANCE)]
     near_or_below = load[load["offered_rate_per_s"] <= rate_per_s * (1 + RATE_TOLERANCE)]
@@ -679,16 +719,6 @@ def _judge(config: pd.DataFrame, rate_per_s: float, slo: Slo, capacity_per_s: fl
     if len(failing):
         worst = failing.sort_values("offered_rate_per_s").iloc[0]  # the lowest rate that already fails
         verdict.state, verdict.reason, verdict.evidence = "fails", describe(worst), worst["run_ids"]
-        return verdict
-    if capacity_per_s is not None and capacity_per_s < rate_per_s:
-        saturated = config[config["saturated"]]
-        verdict.state = "fails"
-        verdict.reason = f"measured capacity {capacity_per_s:.1f}/s < {rate_per_s:g}/s"
-        verdict.evidence = [r for ids in saturated["run_ids"] for r in ids]
-        return verdict
-    if littles_bound_per_s is not None and littles_bound_per_s < rate_per_s:
-        verdict.state = "fails"
-        verdict.reason = f"slots / mean service = {littles_bound_per_s:.1f}/s < {rate_per_s:g}/s"
         return verdict
     rates = ", ".join(f"{r:g}" for r in sorted(load["offered_rate_per_s"].unique()))
     verdict.reason = f"measured only at {rates}/s" if rates else "only drained, never loaded at a rate"
@@ -708,7 +738,8 @@ def _model_columns(points: pd.DataFrame, service_s: float | None, slo: Slo) -> p
             model.append(np.nan)
             error.append(np.nan)
             continue
-        figure = mmc_response_quantile(point.offered_rate_per_s, service_s, int(point.slots), slo.quantile) * 1e3
+        figure = 1e3 * mmc_response_quantile(point.offered_rate_per_s, service_s, int(point.slots),
+                                             slo.quantile)
         model.append(figure)
         ok = math.isfinite(figure) and np.isfinite(measured) and measured > 0
         error.append(figure / measured - 1.0 if ok else np.nan)
@@ -718,12 +749,12 @@ def _model_columns(points: pd.DataFrame, service_s: float | None, slo: Slo) -> p
 
 
 def _roles(points: pd.DataFrame, configs: Sequence[ConfigVerdict]) -> list[str]:
-    """What each point was used for: the verdict it decided, or capacity (saturated cells)."""
+    """What each point was used for: the verdict it decided, or capacity (capacity cells)."""
     decided = {run_id: f"{c.state} ({c.shape})" for c in configs for run_id in c.evidence}
     roles = []
     for point in points.itertuples(index=False):
         role = next((decided[r] for r in point.run_ids if r in decided), "")
-        if point.saturated and "capacity" not in role:
+        if point.capacity_cell and "capacity" not in role:
             role = f"{role}; capacity" if role else "capacity"
         roles.append(role)
     return roles
@@ -764,10 +795,10 @@ def _plan_variant(variant: str, backend: str, points: pd.DataFrame, rate_per_s: 
                           f"{plan.model_service_ms:.1f} ms alone has {slo.name} "
                           f"{-math.log(1 - slo.quantile) * plan.model_service_ms:.0f} ms")
 
-    saturated = points[points["saturated"] & points["capacity_per_slot_per_s"].notna()]
+    saturated = points[points["capacity_cell"]]
     if len(saturated):
         plan.per_slot_capacity_per_s = float(saturated["capacity_per_slot_per_s"].median())
-        plan.capacity_source = (f"measured: median of {len(saturated)} saturated cell(s)"
+        plan.capacity_source = (f"measured: median over {len(saturated)} saturated configuration(s)"
                                 + (" (drain)" if (saturated["mode"] == "drain").all() else ""))
         plan.efficiency = plan.per_slot_capacity_per_s * service_s if len(services) else None
     else:
@@ -780,10 +811,11 @@ def _plan_variant(variant: str, backend: str, points: pd.DataFrame, rate_per_s: 
     else:
         plan.verdict = "not covered"
         for _, config in points.groupby(["slots", "processes", "threads"], sort=True):
-            own = config[config["saturated"]]
-            capacity = float(own["throughput_per_s"].max()) if len(own) else None
+            own = config[config["capacity_cell"]]
+            capacity = float(own["throughput_per_s"].iloc[0]) if len(own) else None
             bound = float(config["slots"].iloc[0]) / service_s if len(services) else None
-            plan.configs.append(_judge(config.sort_values("offered_rate_per_s"), rate_per_s, slo, capacity, bound))
+            plan.configs.append(_judge(config.sort_values("offered_rate_per_s"), rate_per_s, slo, capacity,
+                                       bound))
         failing = [c.slots for c in plan.configs if c.state == "fails"]
         meeting = [c for c in plan.configs if c.state == "meets"]
         plan.lower_bound_slots = max(failing, default=0) + 1
@@ -794,7 +826,8 @@ def _plan_variant(variant: str, backend: str, points: pd.DataFrame, rate_per_s: 
             plan.lower_bound_slots = min(plan.lower_bound_slots, best.slots)
             inconsistent = [c.shape for c in plan.configs if c.state == "fails" and c.slots > best.slots]
             if inconsistent:
-                plan.notes.append(f"more slots failed where fewer met ({', '.join(inconsistent)} vs {best.shape}): "
+                plan.notes.append(f"more slots failed where fewer met ({', '.join(inconsistent)} vs "
+                                  f"{best.shape}): "
                                   "the measurements are noisy here; repeat them")
         else:
             load = points[points["mode"] == "load"]
@@ -951,7 +984,8 @@ def covering_matrix_text(plan: Plan) -> str:
         f"# {plan.request_text}.",
         "# Each uncovered backend runs at slot counts around its estimate (0.5x to 1.5x; 0.75x to 2x when",
         "# nothing was measured; the smaller ones may saturate, which measures the capacity per slot), at",
-        "# the requested rate, in the latency scenario. Run it, then ask `queuebench plan` again with the same results directory.",
+        "# the requested rate, in the latency scenario. Run it, then ask `queuebench plan` again with the",
+        "# same results directory.",
         f"name = {_toml(name)}",
         f"description = {_toml('Capacity check: ' + plan.request_text)}",
         "mode = \"load\"",
@@ -987,7 +1021,8 @@ def default_matrix_path(plan: Plan) -> Path:
     return PLANS_DIR / f"capacity-{plan.kind.slug}-r{plan.rate_per_s:g}-{plan.slo.slug}.toml"
 
 
-def write_covering_matrix(plan: Plan, path: Path | None = None, results_dir: Path | None = None) -> CoveringMatrix:
+def write_covering_matrix(plan: Plan, path: Path | None = None,
+                          results_dir: Path | None = None) -> CoveringMatrix:
     """Write the covering matrix, check it expands to the intended cells, and say how to run it."""
     from benchmarks import matrix as matrix_mod
     from benchmarks import runner
@@ -1044,22 +1079,31 @@ def representative_rates(points: pd.DataFrame) -> list[float]:
 
 def knee(config: pd.DataFrame) -> str:
     """Where a configuration's load cells bend: the lowest offered rate at which throughput fell below
-    95 % of offered or p95 grew more than `KNEE_LATENCY_GROWTH` x the lowest-rate cell's p95."""
+    95 % of the rate sent (the cell saturated) or p95 grew more than `KNEE_LATENCY_GROWTH` x the
+    lowest-rate cell's p95, and stayed so at every higher rate measured."""
     load = config[config["mode"] == "load"].sort_values("offered_rate_per_s")
     if load.empty:
         return "no load cells"
     base = load.iloc[0]
+    reasons = []
     for point in load.itertuples(index=False):
-        short = point.throughput_per_s < SUSTAINED_RATIO * point.offered_rate_per_s
         grew = (np.isfinite(point.e2e_p95_ms) and np.isfinite(base["e2e_p95_ms"]) and
                 point.e2e_p95_ms > KNEE_LATENCY_GROWTH * base["e2e_p95_ms"])
-        if short or grew:
-            why = (f"throughput {point.throughput_per_s / point.offered_rate_per_s:.0%} of offered" if short else
-                   f"p95 {point.e2e_p95_ms:.0f} ms, {point.e2e_p95_ms / base['e2e_p95_ms']:.1f}x the "
-                   f"{base['offered_rate_per_s']:g}/s cell's")
-            first = " (already at the lowest rate measured)" if point.offered_rate_per_s == base[
-                "offered_rate_per_s"] else ""
-            return f"knee at {point.offered_rate_per_s:g}/s{first}: {why}"
+        if point.saturated:
+            reasons.append(f"{point.throughput_per_s:.1f}/s done of {point.sent_rate_per_s:.1f}/s sent")
+        elif grew:
+            reasons.append(f"p95 {point.e2e_p95_ms:.0f} ms, {point.e2e_p95_ms / base['e2e_p95_ms']:.1f}x the "
+                           f"{base['offered_rate_per_s']:g}/s cell's")
+        else:
+            reasons.append("")
+    # The knee: the first bent cell after which every cell is bent too (one noisy cell is not a knee).
+    bent_from = len(reasons)
+    while bent_from > 0 and reasons[bent_from - 1]:
+        bent_from -= 1
+    if bent_from < len(reasons):
+        point = load.iloc[bent_from]
+        first = " (already at the lowest rate measured)" if bent_from == 0 else ""
+        return f"knee at {point['offered_rate_per_s']:g}/s{first}: {reasons[bent_from]}"
     if len(load) == 1:
         return f"knee not visible: one rate measured ({base['offered_rate_per_s']:g}/s)"
     return f"no knee up to {load['offered_rate_per_s'].max():g}/s"
@@ -1094,10 +1138,12 @@ def _plan_sentence(backend: BackendPlan, rate: float, kind: TaskKind, slo: Slo) 
     head = (f"To serve {rate:g} tasks/s of {kind.spoken} with {slo.name} under {slo.limit_text} on "
             f"{backend.variant}")
     if backend.covered:
-        return (f"{head} you need ≥ {slots_text(backend.measured_slots)} (measured, {backend.measured_shape}) / "
+        return (f"{head} you need ≥ {slots_text(backend.measured_slots)} (measured, "
+                f"{backend.measured_shape}) / "
                 f"{model} (M/M/c).")
     extra = f"; extrapolated ~{slots_text(backend.extrapolated_slots)}" if backend.extrapolated_slots else ""
-    return f"{head}: not covered by these results, {backend.reason}{extra} (not measured); M/M/c says {model}."
+    return (f"{head}: not covered by these results, {backend.reason}{extra} (not measured); "
+            f"M/M/c says {model}.")
 
 
 def capacity_notes(source: pd.DataFrame | Path | str) -> str:
@@ -1115,11 +1161,13 @@ def capacity_notes(source: pd.DataFrame | Path | str) -> str:
                 "benchmarks/matrices/capacity.toml for a first set, or queuebench plan for a request.")
     paragraphs = [
         "How these are computed: a rate is sustained when every repeat of the cell had status ok, finished "
-        f"≥ {SUSTAINED_RATIO:.0%} of the offered rate and has an end-to-end p95. The knee is the lowest offered "
-        f"rate where throughput fell below {SUSTAINED_RATIO:.0%} of offered or p95 grew more than "
-        f"{KNEE_LATENCY_GROWTH:g}x from the lowest-rate cell. M/M/c uses each backend's measured mean service "
-        "time with exponential service, so it overstates the tail of near-constant tasks (sleep_ms, cpu_ms); "
-        "the model error is model / measured - 1 at the measured cells."]
+        f"≥ {SUSTAINED_RATIO:.0%} of the tasks sent in its window and has an end-to-end p95. The knee is the "
+        f"lowest offered rate where throughput fell below {SUSTAINED_RATIO:.0%} of the rate sent or p95 grew "
+        f"more than {KNEE_LATENCY_GROWTH:g}x from the lowest-rate cell, and stayed so above it. A rate at or "
+        "above slots / mean service (Little's bound) is never planned for, however a short window looked. "
+        "M/M/c uses each backend's measured mean service time with exponential service, so it overstates the "
+        "tail of near-constant tasks (sleep_ms, cpu_ms); the model error is model / measured - 1 at the "
+        "measured cells."]
     for kind in kinds:
         points = measured_points(runs, kind)
         load = points[points["mode"] == "load"]
@@ -1127,16 +1175,18 @@ def capacity_notes(source: pd.DataFrame | Path | str) -> str:
         slo = notes_slo(points)
         paragraphs.append(
             f"{kind.label}: {int(load['repeats'].sum())} load runs over {len(load)} cells, offered "
-            f"{', '.join(f'{r:g}' for r in rates)} tasks/s, {', '.join(str(s) for s in sorted(load['slots'].unique()))} "
+            f"{', '.join(f'{r:g}' for r in rates)} tasks/s, "
+            f"{', '.join(str(s) for s in sorted(load['slots'].unique()))} "
             f"slots. Planning SLO for this kind: {slo.label} (5x the median mean service time, rounded up).")
         bullets = []
         for variant, own in points.groupby("variant", sort=True):
             line = _variant_line(str(variant), own)
-            saturated = own[own["saturated"]]
+            saturated = own[own["capacity_cell"]]
             service = own["mean_service_ms"].dropna()
             if len(saturated) and len(service):
                 per_slot = float(saturated["capacity_per_slot_per_s"].median())
-                line += (f" Capacity per slot {per_slot:.1f}/s when saturated, {per_slot * service.mean() / 1e3:.0%} "
+                line += (f" Capacity per slot {per_slot:.1f}/s when saturated, "
+                         f"{per_slot * service.mean() / 1e3:.0%} "
                          f"of 1 / mean service ({1e3 / service.mean():.1f}/s).")
             else:
                 line += (f" No cell saturated: capacity per slot is at most 1 / mean service "
@@ -1152,7 +1202,8 @@ def capacity_notes(source: pd.DataFrame | Path | str) -> str:
                 sentences.append(_plan_sentence(backend, rate, kind, slo))
                 if backend.model_error_range is not None and rate == picked[-1]:
                     low, high = backend.model_error_range
-                    errors.append(f"{backend.variant} {backend.model_error_median_abs:.0%} ({low:+.0%} to {high:+.0%})")
+                    errors.append(f"{backend.variant} {backend.model_error_median_abs:.0%} "
+                                  f"({low:+.0%} to {high:+.0%})")
         if len(rates) < 2:
             bullets.append("Data insufficient for a knee: each configuration was measured at one rate only; "
                            "run a rate sweep (benchmarks/matrices/capacity.toml) to see where it bends.")

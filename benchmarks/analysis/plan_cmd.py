@@ -56,7 +56,8 @@ def _ms(value: float | None) -> str:
 @click.option("--task", "task_text", required=True, metavar="TASK[:ARGS]",
               help="The task kind: noop, sleep_ms:50, cpu_ms:20, echo:1000, add:x=1,y=2.")
 @click.option("--slo", "slo_text", required=True, metavar="pNN=LIMIT",
-              help="End-to-end latency objective: p50, p90, p95 or p99 = a limit in ms or s (p95=1s, p99=250ms).")
+              help="End-to-end latency objective: p50, p90, p95 or p99 = a limit in ms or s "
+                   "(p95=1s, p99=250ms).")
 @click.option("--backend", "backends", multiple=True, type=click.Choice(MEASURABLE),
               help="Plan only for this backend (repeatable; default: every backend in RESULTS).")
 @click.option("--matrix-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -64,7 +65,8 @@ def _ms(value: float | None) -> str:
                    "(default: results/plans/capacity-<task>-r<rate>-<slo>.toml).")
 @click.option("--write-matrix/--no-write-matrix", default=True, show_default=True,
               help="Write the covering matrix when the request is not covered.")
-@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON (machine-readable) instead of tables.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the answer as JSON (machine-readable) instead of tables.")
 def plan(results_dir: Path, rate: float, task_text: str, slo_text: str, backends: tuple[str, ...],
          matrix_out: Path | None, write_matrix: bool, as_json: bool) -> None:
     """The fewest slots (processes x threads) per backend that serve --rate tasks/s of --task within --slo.
@@ -122,9 +124,11 @@ def _print(answer: capacity.Plan, covering: capacity.CoveringMatrix | None, resu
     summary = Table("backend", "answer from measurements", "M/M/c", "service (model)", "capacity / slot",
                     f"model error ({slo.name}):\nmedian |err| (range)", title="Fewest slots per backend")
     for backend in answer.backends:
-        answer_text = (f"[green]{backend.answer}[/green]" if backend.covered else f"[yellow]{backend.answer}[/yellow]")
-        model = capacity.slots_text(backend.model_slots) if backend.model_slots is not None else "none meets it"
-        service = _ms(backend.model_service_ms) + ("" if backend.model_service_source == "measured" else " (assumed)")
+        colour = "green" if backend.covered else "yellow"
+        answer_text = f"[{colour}]{backend.answer}[/{colour}]"
+        model = "none meets it" if backend.model_slots is None else capacity.slots_text(backend.model_slots)
+        assumed = backend.model_service_source != "measured"
+        service = _ms(backend.model_service_ms) + (" (assumed)" if assumed else "")
         error = "-"
         if backend.model_error_range is not None:
             low, high = backend.model_error_range
@@ -141,15 +145,16 @@ def _print(answer: capacity.Plan, covering: capacity.CoveringMatrix | None, resu
             continue
         table = Table(title=f"{backend.variant}: measured cells of {answer.kind.label}")
         table.add_column("run ids", overflow="fold")  # whole ids: they name the directories to open
-        for header in ("pxt", "slots", "offered/s", "done/s", f"e2e {slo.name} ms", f"M/M/c {slo.name} ms",
-                       "model error", "used for"):
+        for header in ("pxt", "slots", "offered/s", "sent/s", "done/s", f"e2e {slo.name} ms",
+                       f"M/M/c {slo.name} ms", "model error", "used for"):
             table.add_column(header)
         for point in points.itertuples(index=False):
             drain = point.mode == "drain"
             measured = getattr(point, f"e2e_{slo.name}_ms")
             model = getattr(point, f"model_{slo.name}_ms")
             table.add_row("\n".join(point.run_ids), f"p{point.processes}t{point.threads}", str(point.slots),
-                          "drain" if drain else f"{point.offered_rate_per_s:g}", _fmt(point.throughput_per_s),
+                          "drain" if drain else f"{point.offered_rate_per_s:g}",
+                          "-" if drain else _fmt(point.sent_rate_per_s), _fmt(point.throughput_per_s),
                           "-" if drain else _fmt(measured),
                           "-" if drain else ("overloaded" if not math.isfinite(model) else _fmt(model)),
                           _error(point.model_error), point.role)
@@ -158,15 +163,15 @@ def _print(answer: capacity.Plan, covering: capacity.CoveringMatrix | None, resu
             console.print(f"  note: {note}")
 
     if answer.covered:
-        console.print("[green]Covered:[/green] every answer above rests on measured cells (M/M/c is shown beside "
-                      "them, not used).")
+        console.print("[green]Covered:[/green] every answer above rests on measured cells (M/M/c is shown "
+                      "beside them, not used).")
         return
     missing = [b.variant for b in answer.backends if not b.covered]
-    console.print(f"[yellow]Not covered by these results:[/yellow] {', '.join(missing)}. Their slot counts above "
-                  "are extrapolations, not measurements.")
+    console.print(f"[yellow]Not covered by these results:[/yellow] {', '.join(missing)}. Their slot counts "
+                  "above are extrapolations, not measurements.")
     if covering is not None:
         console.print(f"Matrix that measures it: {covering.path} ({covering.cells} cells, about "
                       f"{covering.minutes:.0f} min)")
         console.print(f"Run: [bold]{covering.command}[/bold]")
-        console.print(f"Then ask again: queuebench plan --rate {answer.rate_per_s:g} --task {answer.kind.cli} "
-                      f"--slo {slo.cli} {results_dir}")
+        console.print(f"Then ask again: queuebench plan --rate {answer.rate_per_s:g} "
+                      f"--task {answer.kind.cli} --slo {slo.cli} {results_dir}")
