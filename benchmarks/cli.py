@@ -273,6 +273,87 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
 
 
 @cli.command()
+@click.argument("matrix_file", metavar="MATRIX.toml", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--slo", "slo_text", default="p95=1s", show_default=True, metavar="pNN=LIMIT",
+              help="The end-to-end latency objective a step must keep (p50/p90/p95/p99 = a limit in ms or s).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/runs/search"),
+              show_default=True, help="Where the steps' run directories, summary.csv and searches/*.json go.")
+@click.option("--factor", type=click.FloatRange(1.05, 10), default=1.5, show_default=True,
+              help="Each step offers this many times the last sustained rate.")
+@click.option("--max-steps", type=click.IntRange(1, 50), default=8, show_default=True,
+              help="Stop rising after this many steps (the knee is then at least the last rate).")
+@click.option("--refine", type=click.IntRange(0, 5), default=1, show_default=True,
+              help="Bisections between the last sustained rate and the first that was not.")
+@click.option("--only", "only", multiple=True, metavar="KEY=VALUE",
+              help="Search only the configurations whose spec has this value (repeatable).")
+@click.option("--force", is_flag=True, help="Redo steps already measured (default: reuse them).")
+@click.option("--repeats", type=click.IntRange(1, 100), help="Override the matrix's repeats (per step).")
+@click.option("--amqp-url", metavar="URL", help="RabbitMQ for rabbitmq cells (default: the local one, else a "
+                                                 "private node).")
+def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps: int, refine: int,
+           only: tuple[str, ...], force: bool, repeats: int | None, amqp_url: str | None) -> None:
+    """Find each configuration's knee: raise the offered rate until backlog grows or the SLO breaks.
+
+    Every configuration of MATRIX.toml (load mode, scenario latency or throughput; its rate is where
+    the search starts) is measured at rising rates (x --factor), each step a full, self-checked run in
+    OUT/<run_id>/, then bisected --refine times between the last sustained rate and the first that was
+    not. Each search's steps, knee and evidence go to OUT/searches/<search_id>.json; `queuebench plan`
+    and `queuebench report` read the step runs like any others. Exits 1 if a step failed or errored,
+    130 on Ctrl-C (measured steps are kept and reused on the next run), 2 on a bad matrix or SLO.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from benchmarks import matrix as matrix_mod
+    from benchmarks import runner
+    from benchmarks import search as search_mod
+    from benchmarks.progress import SweepProgress
+
+    try:
+        slo = search_mod.SearchSlo.parse(slo_text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--slo") from exc
+    try:
+        matrix = matrix_mod.load(matrix_file, repeats=repeats)
+        if only:
+            matrix = matrix_mod.apply_only(matrix, list(only))
+        configs = search_mod.configurations(matrix)
+    except (matrix_mod.MatrixError, ValueError) as exc:
+        raise click.UsageError(f"{matrix_file}: {exc}") from exc
+    if not configs:
+        raise click.UsageError(f"{matrix_file}: no configuration to search" + (" after --only" if only else ""))
+    console = Console(stderr=True)
+    console.print(f"queuebench search {matrix.name}: {len(configs)} configuration(s), SLO {slo.text}, "
+                  f"x{factor:g} per step, results in {out}")
+    progress = SweepProgress(console)
+    progress.start_sweep([], 0)
+    try:
+        found = search_mod.run_searches(matrix, slo, out, factor=factor, max_steps=max_steps, refine=refine,
+                                        force=force, amqp_url=amqp_url, progress=progress, log=console.print)
+    except runner.Interrupted as exc:
+        progress.stop()
+        console.print(f"queuebench: {exc}: stopped every process it started; measured steps are kept in {out}; "
+                      "run the same command again to resume")
+        sys.exit(130)
+    except RuntimeError as exc:  # the measuring lock
+        progress.stop()
+        console.print(f"queuebench: error: {exc}")
+        sys.exit(1)
+    progress.stop()
+    table = Table("search", "knee (tasks/s)", "first unsustained", "steps", "why it stopped",
+                  title=f"Highest sustained rate within {slo.text}")
+    for item in found:
+        record = item.record()
+        knee, above = record["knee_rate_per_s"], record["first_unsustained_rate_per_s"]
+        table.add_row(item.search_id, "-" if knee is None else f"{knee:g}", "-" if above is None else f"{above:g}",
+                      str(len(item.steps)), item.stopped_because)
+    Console().print(table)
+    console.print(f"searches: {out / 'searches'}; steps: {out} (summary: {out / 'summary.csv'})")
+    bad = any(s.verdict in ("failed", "error") for item in found for s in item.steps)
+    sys.exit(1 if bad else 0)
+
+
+@cli.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/runs/overhead"),
               show_default=True, help="Where the overhead runs and overhead.json go.")
 @click.option("--force", is_flag=True, help="Redo the runs already done.")
@@ -327,11 +408,13 @@ def overhead(out: Path, force: bool) -> None:
 
 
 def _register_analysis_commands() -> None:
-    """`report` and `compare` live in benchmarks.analysis (they import matplotlib only when run)."""
+    """`report`, `compare` and `plan` live in benchmarks.analysis (they import matplotlib only when run)."""
     from benchmarks.analysis.commands import compare, report
+    from benchmarks.analysis.plan_cmd import plan
 
     cli.add_command(report)
     cli.add_command(compare)
+    cli.add_command(plan)
 
 
 _register_analysis_commands()

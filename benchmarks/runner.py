@@ -166,7 +166,7 @@ class CellRun:
 
     def __init__(self, cell: Cell, matrix_name: str, run_dir: Path, *, amqp_url: str | None = None,
                  log: Callable[[str], None] = print) -> None:
-        self.cell, self.spec, self.run_dir, self.log = cell, dict(cell.spec), run_dir, log
+        self.cell, self.spec, self.run_dir, self.log = cell, dict(cell.spec), run_dir.resolve(), log
         self.config = stack_config(self.spec, amqp_url=amqp_url)
         self.record: dict[str, Any] = {
             "schema_version": RESULT_SCHEMA_VERSION, "harness_version": __version__, "run_id": cell.run_id,

@@ -103,7 +103,7 @@ class Stack:
 
     def __init__(self, config: StackConfig, run_dir: str | os.PathLike[str]) -> None:
         self.config = config
-        self.run_dir = Path(run_dir)
+        self.run_dir = Path(run_dir).resolve()  # children run in it: every path they get is absolute
         self.ledger_dir = self.run_dir / "ledger"
         self.logs_dir = self.run_dir / "logs"
         self.supervisor = Supervisor()

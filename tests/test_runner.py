@@ -25,8 +25,8 @@ SMOKE = ROOT / "benchmarks" / "matrices" / "smoke.toml"
 pytestmark = pytest.mark.service
 
 
-def queuebench(*args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, capture_output=True, text=True,
+def queuebench(*args: str, timeout_s: float = 600, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout_s)
 
 
@@ -41,7 +41,9 @@ def need_services(request):
 
 def test_the_smoke_matrix_runs_every_backend_and_each_run_proves_its_own_numbers(need_services, tmp_path):
     out = tmp_path / "runs"
-    result = queuebench("run", str(SMOKE), "--out", str(out))
+    # A relative --out, as users type it: workers run inside their run directory, so every path the
+    # harness hands them must be absolute.
+    result = queuebench("run", str(SMOKE), "--out", "runs", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     records = runs(out)
     assert {r["spec"]["backend"] for r in records} == {"celery", "rq", "dramatiq", "baseline"}
@@ -67,7 +69,7 @@ def test_the_smoke_matrix_runs_every_backend_and_each_run_proves_its_own_numbers
     summary = pd.read_csv(out / "summary.csv")
     assert sorted(summary["run_id"]) == sorted(r["run_id"] for r in records)
 
-    again = queuebench("run", str(SMOKE), "--out", str(out), timeout_s=120)
+    again = queuebench("run", str(SMOKE), "--out", "runs", timeout_s=120, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "0 to run" in again.stderr
     assert [r["finished_at"] for r in runs(out)] == [r["finished_at"] for r in records], "resumed, not redone"
