@@ -43,6 +43,12 @@ class SweepProgress:
         seconds = int(self.planned_left * scale)
         return f"{seconds // 60}m{seconds % 60:02d}s"
 
+    def expect(self, cell: Any) -> None:
+        """One more cell to run, found while running (a step search learns its steps as it goes)."""
+        self.planned_left += self.cell_seconds(cell)
+        total = self.progress.tasks[0].total if self.progress.tasks else 0
+        self.progress.update(self.task_id, total=(total or 0) + 1, eta=self._eta())
+
     def start_cell(self, cell: Any) -> None:
         self.cell_started = time.monotonic()
         self.progress.console.print(f"[bold]{cell.run_id}[/]")

@@ -416,6 +416,30 @@ def capacity_text(runs: pd.DataFrame) -> str:
     return str(capacity.capacity_notes(runs))
 
 
+def search_blocks(root: Path) -> list[Block]:
+    """The step searches stored beside the runs (``queuebench search``): each knee with its evidence."""
+    from benchmarks import search
+
+    records = search.read_searches(root)
+    if not records:
+        return []
+    table = search.search_table(records)
+    rows = []
+    for row in table.itertuples(index=False):
+        knee = "-" if row.knee_rate_per_s is None or pd.isna(row.knee_rate_per_s) else f"{row.knee_rate_per_s:g}"
+        above = ("-" if row.first_unsustained_rate_per_s is None or pd.isna(row.first_unsustained_rate_per_s)
+                 else f"{row.first_unsustained_rate_per_s:g}")
+        rows.append([row.backend, row.broker, str(row.slots), row.task, row.slo, knee, above,
+                     ", ".join(row.evidence_run_ids) or "-", row.stopped_because])
+    return [Block("h3", "Step searches"),
+            Block("p", "Each configuration's offered rate was raised step by step (`queuebench search`), every "
+                       "step a full, self-checked run; the knee is the highest rate whose every repeat finished "
+                       "at least 95 % of what it was sent within the latency objective."),
+            Block("table", header=["backend", "broker", "slots", "task", "SLO", "knee (tasks/s)",
+                                   "first unsustained", "evidence (run ids)", "why the search stopped"],
+                  rows=rows)]
+
+
 # --- the report ---------------------------------------------------------------------------------------
 
 
@@ -491,6 +515,7 @@ def build_blocks(results: Results, out_dir: Path) -> tuple[list[Block], list[cha
 
     blocks.append(Block("h2", "Capacity notes"))
     blocks += _text_blocks(capacity_text(results.usable))
+    blocks += search_blocks(results.root)
     blocks += methodology(results)
     return blocks, drawn, all_warnings
 

@@ -1,0 +1,171 @@
+"""An independent drain measurement, to check queuebench's drain-mode figures against.
+
+It shares no code with queuebench (no backends/, no ledger, no runner): each library's own API
+enqueues N `sleep` tasks on a private redis-server, then each library's own worker CLI drains them;
+the task bodies record when they started and finished in a Redis list, and the throughput is
+N / (last finish - first start), the window queuebench's drain mode uses. Library defaults
+everywhere, results off, one thread per process (slots = processes), as in
+benchmarks/matrices/crosscheck.toml, which measures the same configurations through queuebench.
+
+    python benchmarks/crosscheck_drain.py --processes 2 4 --tasks 800 --sleep-ms 20 --repeats 3
+
+Prints one line per run and a JSON summary (median tasks/s per library and process count) on stdout.
+See benchmarks/NOTES.md for how the two were compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+LIBRARIES = ("celery", "rq", "dramatiq")
+DONE_KEY = "crosscheck:done"
+
+TASK_MODULES = {
+    "x_celery": '''
+import os, time, redis
+from celery import Celery
+app = Celery("x", broker=os.environ["X_URL"])
+app.conf.task_ignore_result = True
+r = redis.Redis.from_url(os.environ["X_URL"])
+@app.task(name="sleep")
+def sleep(ms):
+    t0 = time.time(); time.sleep(ms / 1000); r.rpush("{done}", f"{{t0}} {{time.time()}}")
+''',
+    "x_rq": '''
+import os, time, redis
+r = redis.Redis.from_url(os.environ["X_URL"])
+def sleep(ms):
+    t0 = time.time(); time.sleep(ms / 1000); r.rpush("{done}", f"{{t0}} {{time.time()}}")
+''',
+    "x_dramatiq": '''
+import os, time, redis, dramatiq
+from dramatiq.brokers.redis import RedisBroker
+dramatiq.set_broker(RedisBroker(url=os.environ["X_URL"]))
+r = redis.Redis.from_url(os.environ["X_URL"])
+@dramatiq.actor(max_retries=0)
+def sleep(ms):
+    t0 = time.time(); time.sleep(ms / 1000); r.rpush("{done}", f"{{t0}} {{time.time()}}")
+''',
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bin_path(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def enqueue(library: str, count: int, sleep_ms: int) -> None:
+    if library == "celery":
+        import x_celery
+        for _ in range(count):
+            x_celery.sleep.delay(sleep_ms)
+    elif library == "rq":
+        import rq
+        import x_rq
+        queue = rq.Queue("default", connection=x_rq.r)
+        for _ in range(count):
+            queue.enqueue(x_rq.sleep, sleep_ms, result_ttl=0)
+    else:
+        import x_dramatiq
+        for _ in range(count):
+            x_dramatiq.sleep.send(sleep_ms)
+
+
+def worker_argv(library: str, processes: int) -> list[str]:
+    if library == "celery":
+        return [bin_path("celery"), "-A", "x_celery", "worker", "-c", str(processes), "--loglevel", "WARNING"]
+    if library == "rq":
+        return [bin_path("rq"), "worker-pool", "-n", str(processes), "-u", os.environ["X_URL"], "default"]
+    return [bin_path("dramatiq"), "x_dramatiq", "-p", str(processes), "-t", "1"]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def one_run(library: str, processes: int, count: int, sleep_ms: int, url: str, workdir: Path) -> float:
+    r = redis.Redis.from_url(url)
+    r.flushdb()  # the script's own private redis-server: nothing else lives there
+    enqueue(library, count, sleep_ms)
+    with open(workdir / f"{library}-p{processes}.log", "ab") as log:
+        proc = subprocess.Popen(worker_argv(library, processes), cwd=workdir, stdout=log, stderr=log,
+                                start_new_session=True, env=os.environ | {"PYTHONPATH": str(workdir)})
+    try:
+        deadline = time.monotonic() + 60 + count * sleep_ms / 1000
+        while r.llen(DONE_KEY) < count:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{library} p{processes}: {r.llen(DONE_KEY)} of {count} done")
+            time.sleep(0.05)
+    finally:
+        stop(proc)
+    rows = [tuple(map(float, x.split())) for x in r.lrange(DONE_KEY, 0, -1)]
+    if len(rows) != count:
+        raise RuntimeError(f"{library} p{processes}: {len(rows)} executions of {count} tasks")
+    return count / (max(f for _, f in rows) - min(s for s, _ in rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--processes", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--tasks", type=int, default=800)
+    parser.add_argument("--sleep-ms", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--libraries", nargs="+", choices=LIBRARIES, default=list(LIBRARIES))
+    options = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="crosscheck-"))
+    for name, text in TASK_MODULES.items():
+        (workdir / f"{name}.py").write_text(text.format(done=DONE_KEY))
+    sys.path.insert(0, str(workdir))
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    os.environ["X_URL"] = url
+    server = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
+                               "127.0.0.1", "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        for _ in range(100):
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        figures: dict[str, list[float]] = {}
+        for repeat in range(options.repeats):  # interleaved, as queuebench runs repeats
+            for processes in options.processes:
+                for library in options.libraries:
+                    rate = one_run(library, processes, options.tasks, options.sleep_ms, url, workdir)
+                    figures.setdefault(f"{library}-p{processes}", []).append(rate)
+                    print(f"repeat {repeat} {library} p{processes}: {rate:.1f} tasks/s", file=sys.stderr)
+    finally:
+        stop(server)
+    print(json.dumps({key: {"median_per_s": statistics.median(v), "runs_per_s": v}
+                      for key, v in figures.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

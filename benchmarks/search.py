@@ -1,0 +1,336 @@
+"""The step search: per configuration, raise the offered rate until backlog grows or the latency SLO breaks.
+
+Each step is an ordinary load cell of the matrix at one offered rate, run by `runner.CellRun` into its
+own run directory with every self-check, so the evidence for a knee is a set of whole runs that the
+report and ``queuebench plan`` read like any other. (The Locust `step` scenario raises the rate inside
+one run, for a person at the web UI; here each stage is drained and checked on its own, so a
+saturated stage cannot blur the next one's latencies.)
+
+The search, for one configuration (a matrix cell without its ``rate``; the cell's ``rate`` is where
+the search starts):
+
+1. run the step at rate r (all of the matrix's repeats) and judge it (`judge_step`): *sustained* when
+   every repeat is ``ok``, finished at least 95 % of what the generator sent in the window (else the
+   backlog grew: ``backlog``) and kept the SLO's end-to-end quantile within its limit (else ``slo``);
+2. while sustained, r = r x ``factor`` (at most ``max_steps`` steps);
+3. once a step is not sustained, bisect between the last sustained rate and it ``refine`` times;
+4. the knee is the highest sustained rate; its evidence is that step's run ids and the first
+   unsustained step's. A step that is ``generator-limited`` (the load generator, not the queue, fell
+   behind), failed or errored ends the search without a conclusion beyond it, and says so.
+
+Every search writes ``<out>/searches/<search_id>.json`` (schema `SEARCH_SCHEMA_VERSION`): the
+configuration, the SLO, every step with its run ids and figures, the knee and the reason the search
+stopped. `search_table` reads them back for the report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmarks import measure, runner
+from benchmarks.matrix import Cell, Matrix, spec_digest
+
+SEARCH_SCHEMA_VERSION = 1
+#: A step is sustained when every repeat finished at least this share of what was sent in its window.
+SUSTAINED_RATIO = measure.ACHIEVED_MIN_RATIO
+#: Scenarios a search can step: one task kind at one offered rate.
+SEARCHABLE_SCENARIOS = ("latency", "throughput")
+QUANTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99}
+
+
+@dataclass(frozen=True)
+class SearchSlo:
+    """An end-to-end latency objective: quantile name (p50/p90/p95/p99) and limit in ms."""
+
+    quantile: str
+    limit_ms: float
+
+    @property
+    def text(self) -> str:
+        return f"{self.quantile}={self.limit_ms:g}ms"
+
+    @classmethod
+    def parse(cls, text: str) -> SearchSlo:
+        """``p95=1s``, ``p99=250ms``: the same syntax as ``queuebench plan --slo``."""
+        from benchmarks.analysis.capacity import parse_slo
+
+        slo = parse_slo(text)
+        return cls(slo.name, slo.limit_s * 1e3)
+
+
+@dataclass
+class Step:
+    rate_per_s: float
+    run_ids: list[str]
+    statuses: list[str]
+    verdict: str  # sustained | backlog | slo | generator-limited | failed | error | interrupted
+    reason: str
+    sent_rate_per_s: float | None = None
+    throughput_per_s: float | None = None
+    e2e_ms: float | None = None
+
+    @property
+    def sustained(self) -> bool:
+        return self.verdict == "sustained"
+
+    @property
+    def conclusive(self) -> bool:
+        """Sustained or not because of the queue (backlog, SLO): a fact about the configuration."""
+        return self.verdict in ("sustained", "backlog", "slo")
+
+
+@dataclass
+class Search:
+    search_id: str
+    config: dict[str, Any]
+    slo: SearchSlo
+    factor: float
+    steps: list[Step] = field(default_factory=list)
+    stopped_because: str = ""
+
+    @property
+    def knee(self) -> Step | None:
+        good = [s for s in self.steps if s.sustained]
+        return max(good, key=lambda s: s.rate_per_s) if good else None
+
+    @property
+    def first_unsustained(self) -> Step | None:
+        knee = self.knee
+        above = [s for s in self.steps if s.conclusive and not s.sustained
+                 and (knee is None or s.rate_per_s > knee.rate_per_s)]
+        return min(above, key=lambda s: s.rate_per_s) if above else None
+
+    def record(self) -> dict[str, Any]:
+        knee, above = self.knee, self.first_unsustained
+        evidence = (knee.run_ids if knee else []) + (above.run_ids if above else [])
+        return {
+            "schema_version": SEARCH_SCHEMA_VERSION, "search_id": self.search_id, "config": self.config,
+            "slo": self.slo.text, "factor": self.factor,
+            "steps": [vars(s) for s in sorted(self.steps, key=lambda s: s.rate_per_s)],
+            "knee_rate_per_s": knee.rate_per_s if knee else None,
+            "first_unsustained_rate_per_s": above.rate_per_s if above else None,
+            "evidence_run_ids": evidence, "stopped_because": self.stopped_because,
+        }
+
+
+def search_id(config: Mapping[str, Any]) -> str:
+    """Readable and deterministic, like run ids: the same configuration always has the same search id."""
+    what = config.get("task", config.get("scenario", ""))
+    what += "".join(f"-{k}{v}" for k, v in sorted((config.get("args") or {}).items()))
+    return (f"{config['backend']}-{config['broker']}-{config['serializer']}-p{config['processes']}"
+            f"t{config['threads']}-{config['routing']}-{what}-{spec_digest(config)}")
+
+
+def configurations(matrix: Matrix) -> list[tuple[dict[str, Any], float, int]]:
+    """(configuration without ``rate``, starting rate, repeats) per distinct configuration of the matrix.
+
+    Raises ValueError naming the first cell a search cannot step (drain mode, a mixed scenario).
+    """
+    found: dict[str, tuple[dict[str, Any], float, int]] = {}
+    for cell in matrix.cells:
+        if cell.skip_reason:
+            continue
+        spec = dict(cell.spec)
+        if spec["mode"] != "load" or spec.get("scenario") not in SEARCHABLE_SCENARIOS:
+            raise ValueError(f"{cell.run_id}: a step search needs mode = \"load\" and scenario one of "
+                             f"{', '.join(SEARCHABLE_SCENARIOS)} (one task kind at one offered rate)")
+        rate = float(spec.pop("rate"))
+        key = spec_digest(spec)
+        config, start, repeats = found.get(key, (spec, rate, 0))
+        found[key] = (config, min(start, rate), max(repeats, cell.repeat + 1))
+    return list(found.values())
+
+
+def step_rate(rate: float) -> float:
+    """Three significant figures, so run ids stay readable and a rerun lands on the same ids."""
+    if rate <= 0:
+        raise ValueError("a rate must be positive")
+    digits = 2 - int(math.floor(math.log10(rate)))
+    return float(round(rate, digits))
+
+
+def judge_step(rate: float, records: list[Mapping[str, Any] | None], slo: SearchSlo) -> Step:
+    """The verdict on one step from its repeats' run.json records (worst repeat decides)."""
+    run_ids = [r.get("run_id", "?") if r else "?" for r in records]
+    statuses = [str(r.get("status")) if r else "missing" for r in records]
+    step = Step(rate, run_ids, statuses, "sustained", "")
+    for bad in ("interrupted", "error", "failed", "generator-limited"):
+        if bad in statuses:
+            record = records[statuses.index(bad)] or {}
+            step.verdict, step.reason = bad, f"{record.get('run_id')}: {bad}: {record.get('detail') or ''}".strip()
+            return step
+    if "missing" in statuses or any(s != "ok" for s in statuses):
+        step.verdict, step.reason = "error", f"unexpected statuses {statuses}"
+        return step
+    sent, done, e2e = [], [], []
+    for record in records:
+        assert record is not None
+        figures = (record.get("summary") or {}).get("figures") or {}
+        sent.append(float(figures.get("achieved_rate_per_s") or math.nan))
+        done.append(float(figures.get("throughput_per_s") or math.nan))
+        value = ((figures.get("latency") or {}).get("e2e_ms") or {}).get(slo.quantile)
+        e2e.append(math.nan if value is None else float(value))
+    step.sent_rate_per_s = float(pd.Series(sent).mean())
+    step.throughput_per_s = float(pd.Series(done).min())
+    step.e2e_ms = float(pd.Series(e2e).max())
+    short = [(d, s) for d, s in zip(done, sent, strict=True) if not d >= SUSTAINED_RATIO * s]
+    if short:
+        d, s = short[0]
+        step.verdict = "backlog"
+        step.reason = f"finished {d:.1f}/s of {s:.1f}/s sent (< {SUSTAINED_RATIO:.0%}): the backlog grew"
+    elif not step.e2e_ms <= slo.limit_ms:
+        step.verdict = "slo"
+        step.reason = f"end-to-end {slo.quantile} {step.e2e_ms:.0f} ms > {slo.limit_ms:g} ms"
+    else:
+        step.reason = (f"finished {step.throughput_per_s:.1f}/s of {step.sent_rate_per_s:.1f}/s sent; "
+                       f"end-to-end {slo.quantile} {step.e2e_ms:.0f} ms <= {slo.limit_ms:g} ms")
+    return step
+
+
+def next_rate(search: Search, *, max_steps: int, refine: int) -> float | None:
+    """The next rate to try, or None when the search is over (setting `stopped_because`)."""
+    steps = search.steps
+    if not steps:
+        raise ValueError("next_rate needs a first step")
+    last = steps[-1]
+    if not last.conclusive:
+        search.stopped_because = f"step at {last.rate_per_s:g}/s is {last.verdict}: {last.reason}"
+        return None
+    knee, above = search.knee, search.first_unsustained
+    if above is None:
+        if len(steps) >= max_steps:
+            search.stopped_because = (f"every step up to {last.rate_per_s:g}/s was sustained and the step "
+                                      f"limit ({max_steps}) was reached: the knee is at least that")
+            return None
+        return step_rate(last.rate_per_s * search.factor)
+    if knee is None:
+        search.stopped_because = (f"the first step ({above.rate_per_s:g}/s) was not sustained: start lower "
+                                  "(a smaller rate in the matrix)")
+        return None
+    bisections = len(steps) - 1 - _first_unsustained_index(steps)  # every step after the first miss
+    if bisections >= refine:
+        search.stopped_because = (f"sustained at {knee.rate_per_s:g}/s, not at {above.rate_per_s:g}/s "
+                                  f"({above.verdict}: {above.reason})")
+        return None
+    middle = step_rate(math.sqrt(knee.rate_per_s * above.rate_per_s))
+    if middle in (knee.rate_per_s, above.rate_per_s):
+        search.stopped_because = (f"sustained at {knee.rate_per_s:g}/s, not at {above.rate_per_s:g}/s "
+                                  "(no rate left between them)")
+        return None
+    return middle
+
+
+def _first_unsustained_index(steps: list[Step]) -> int:
+    for i, step in enumerate(steps):
+        if step.conclusive and not step.sustained:
+            return i
+    return len(steps)
+
+
+def run_search(config: Mapping[str, Any], start_rate: float, repeats: int, slo: SearchSlo, out_dir: Path, *,
+               matrix_name: str, factor: float = 1.5, max_steps: int = 8, refine: int = 1, force: bool = False,
+               amqp_url: str | None = None, progress: Any = None,
+               log: Callable[[str], None] = print) -> Search:
+    """Step one configuration's rate up from `start_rate` (see the module docstring); write its JSON.
+
+    Steps already measured in `out_dir` are reused (resume) unless `force`. The caller holds the
+    measuring lock and the signal handlers (`run_searches` does).
+    """
+    config = dict(config)
+    search = Search(search_id(config), config, slo, factor)
+    rate: float | None = step_rate(start_rate)
+    try:
+        while rate is not None:
+            records = []
+            for repeat in range(repeats):
+                cell = Cell({**config, "rate": rate}, repeat)
+                run_dir = out_dir / cell.run_id
+                if force or not runner.is_done(run_dir):
+                    if progress is not None:
+                        progress.expect(cell)
+                        progress.start_cell(cell)
+                    result = runner.CellRun(cell, matrix_name, run_dir, amqp_url=amqp_url,
+                                            log=progress.note if progress is not None else log).run()
+                    if progress is not None:
+                        progress.end_cell(cell, result)
+                records.append(runner.read_run(run_dir))
+            step = judge_step(rate, records, slo)
+            search.steps.append(step)
+            log(f"{search.search_id}: {rate:g}/s {step.verdict} ({step.reason})")
+            rate = next_rate(search, max_steps=max_steps, refine=refine)
+    finally:
+        if search.steps:
+            write_search(search, out_dir)
+    return search
+
+
+def write_search(search: Search, out_dir: Path) -> Path:
+    path = out_dir / "searches" / f"{search.search_id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runner.write_json(path, search.record())
+    return path
+
+
+def run_searches(matrix: Matrix, slo: SearchSlo, out_dir: Path, *, factor: float = 1.5, max_steps: int = 8,
+                 refine: int = 1, force: bool = False, amqp_url: str | None = None, progress: Any = None,
+                 log: Callable[[str], None] = print) -> list[Search]:
+    """Search every configuration of `matrix`, one step at a time, under the measuring lock.
+
+    SIGINT/SIGTERM stop the step in progress (everything it started), write what was found so far and
+    raise `runner.Interrupted`; a rerun resumes from the stored steps.
+    """
+    import signal
+
+    configs = configurations(matrix)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    previous = {sig: signal.signal(sig, runner._raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    searches = []
+    try:
+        with runner.measuring_lock():
+            for config, start, repeats in configs:
+                searches.append(run_search(config, start, repeats, slo, out_dir, matrix_name=matrix.name,
+                                           factor=factor, max_steps=max_steps, refine=refine, force=force,
+                                           amqp_url=amqp_url, progress=progress, log=log))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        runner.write_summary(out_dir)
+    return searches
+
+
+def read_searches(results_dir: Path | str) -> list[dict[str, Any]]:
+    """Every search record under ``<results_dir>/searches/``, refusing other schema versions."""
+    records = []
+    for path in sorted(Path(results_dir).glob("searches/*.json")):
+        record = json.loads(path.read_text())
+        if record.get("schema_version") != SEARCH_SCHEMA_VERSION:
+            raise ValueError(f"{path}: search schema version {record.get('schema_version')!r}, this queuebench "
+                             f"reads {SEARCH_SCHEMA_VERSION}")
+        records.append(record)
+    return records
+
+
+def search_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per search: backend, slots, task, SLO, knee, first unsustained rate, evidence, why it stopped."""
+    rows = []
+    for record in records:
+        config = record["config"]
+        args = config.get("args") or {}
+        rows.append({
+            "search_id": record["search_id"], "backend": config["backend"], "broker": config["broker"],
+            "processes": config["processes"], "threads": config["threads"],
+            "slots": config["processes"] * config["threads"],
+            "task": config.get("task", "") + "".join(f" {k}={v}" for k, v in sorted(args.items())),
+            "slo": record["slo"], "knee_rate_per_s": record.get("knee_rate_per_s"),
+            "first_unsustained_rate_per_s": record.get("first_unsustained_rate_per_s"),
+            "steps": len(record.get("steps", [])), "evidence_run_ids": record.get("evidence_run_ids", []),
+            "stopped_because": record.get("stopped_because", ""),
+        })
+    return pd.DataFrame(rows)
