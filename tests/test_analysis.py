@@ -205,6 +205,7 @@ def test_the_knee_is_the_first_rate_where_p95_climbs_or_the_backlog_grows():
     rates = [10, 20, 40, 80]
     assert charts.knee(rates, [5, 6, 7, 8], [10, 20, 40, 80]) is None
     assert charts.knee(rates, [5, 6, 30, 90], [10, 20, 40, 80]) == 40
+    assert charts.knee(rates, [5, 30, 6, 7], [10, 20, 40, 80]) is None  # one noisy cell is not a knee
     assert charts.knee(rates, [5, 6, 7, 8], [10, 20, 30, 31]) == 40  # completes less than was sent
 
 

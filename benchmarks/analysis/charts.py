@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from benchmarks.analysis import capacity  # noqa: E402
 from benchmarks.analysis.load import (  # noqa: E402
     COMPONENTS,
     SYSTEM_KEYS,
@@ -43,8 +44,9 @@ from benchmarks.analysis.load import (  # noqa: E402
     row_key,
 )
 
-#: A knee: the first offered rate where p95 exceeds this multiple of its value at the lowest rate...
-KNEE_P95_FACTOR = 2.0
+#: A knee: the first offered rate where p95 exceeds this multiple of its value at the lowest rate
+#: (the capacity notes' own factor, so the chart and the notes name the same knee)...
+KNEE_P95_FACTOR = capacity.KNEE_LATENCY_GROWTH
 #: ...or where the queue completes less than this share of what was sent (the backlog grows).
 BACKLOG_RATIO = 0.95
 #: Fewest distinct offered rates that make a latency-against-rate curve.
@@ -467,7 +469,8 @@ def _routing_sentences(cells: pd.DataFrame, groups: list[str]) -> list[str]:
 def knee(rates: Sequence[float], p95_ms: Sequence[float], throughput_per_s: Sequence[float],
          sent_per_s: Sequence[float] | None = None) -> float | None:
     """The lowest offered rate where p95 exceeds `KNEE_P95_FACTOR` x its value at the lowest rate, or where
-    the queue completes less than `BACKLOG_RATIO` of what was sent (backlog grows); None if neither."""
+    the queue completes less than `BACKLOG_RATIO` of what was sent (backlog grows), and every higher rate
+    does too; None if there is no such rate."""
     order = np.argsort(rates)
     rates_a = np.asarray(rates, dtype="float64")[order]
     p95_a = np.asarray(p95_ms, dtype="float64")[order]
@@ -475,10 +478,14 @@ def knee(rates: Sequence[float], p95_ms: Sequence[float], throughput_per_s: Sequ
     sent_a = np.asarray(sent_per_s if sent_per_s is not None else rates, dtype="float64")[order]
     sent_a = np.where(np.isnan(sent_a), rates_a, sent_a)
     base = p95_a[0]
-    for rate, p95, thr, sent in zip(rates_a, p95_a, thr_a, sent_a, strict=True):
-        if (math.isfinite(base) and p95 > KNEE_P95_FACTOR * base) or thr < BACKLOG_RATIO * sent:
-            return float(rate)
-    return None
+    bent = [bool((math.isfinite(base) and p95 > KNEE_P95_FACTOR * base) or thr < BACKLOG_RATIO * sent)
+            for p95, thr, sent in zip(p95_a, thr_a, sent_a, strict=True)]
+    # The first bent rate after which every rate is bent too (one noisy cell is not a knee), as the
+    # capacity notes define it.
+    bent_from = len(bent)
+    while bent_from > 0 and bent[bent_from - 1]:
+        bent_from -= 1
+    return float(rates_a[bent_from]) if bent_from < len(bent) else None
 
 
 def latency_vs_rate(results: Results, out_dir: Path) -> Chart:
@@ -525,7 +532,7 @@ def latency_vs_rate(results: Results, out_dir: Path) -> Chart:
         ax.legend(fontsize=6)
     run_ids = _run_ids(drawn)
     text = (caption(results, run_ids) + f" · knee: p95 > {KNEE_P95_FACTOR:g}x its lowest-rate value or throughput "
-            f"< {BACKLOG_RATIO:.0%} of the achieved send rate")
+            f"< {BACKLOG_RATIO:.0%} of the achieved send rate, from there up")
     files = _save(fig, out_dir, name, text)
     drawn["knee_rate_per_s"] = drawn["curve_label"].map(knees)
     return Chart(name, title, files, _rate_sentences(drawn, knees), run_ids, caption=text,

@@ -381,7 +381,8 @@ def methodology(results: Results) -> list[Block]:
         f"or its schedule lag p99 exceeded {measure.LAG_P99_LIMIT_MS:g} ms: its figures are true but not the "
         "queue's limit. Runs with another failed self-check are left out.",
         f"The knee of a latency curve is the lowest offered rate where p95 exceeds {charts.KNEE_P95_FACTOR:g}x its "
-        f"value at the lowest rate, or where throughput falls under {charts.BACKLOG_RATIO:.0%} of the sent rate.",
+        f"value at the lowest rate, or where throughput falls under {charts.BACKLOG_RATIO:.0%} of the sent rate, "
+        "and every higher rate measured does too (one noisy cell is not a knee).",
         "Short and long tasks of routing_mix, and payload sizes, are told apart by each row's argument digest.",
     ])]
 
