@@ -418,6 +418,27 @@ def test_when_only_the_worker_count_differs_the_change_is_reported(tmp_path):
     assert len(pd.read_csv(tmp_path / "c.csv")) == len(result.rows)
 
 
+def _scaled_throughput(source: Path, dest: Path, factor: float) -> Path:
+    """A copy of `source` whose stored throughput figures are `factor` times the original."""
+    shutil.copytree(source, dest)
+    for run_json in dest.glob("*/run.json"):
+        record = json.loads(run_json.read_text())
+        record["summary"]["figures"]["throughput_per_s"] *= factor
+        run_json.write_text(json.dumps(record))
+    return dest
+
+
+@pytest.mark.parametrize(("factor", "significant"), [(1.05, False), (1.5, True)])
+def test_only_a_change_beyond_the_noise_floor_is_marked_significant(tmp_path, factor, significant):
+    repeated = copy_runs(tmp_path / "a", lambda r: r["spec"]["processes"] == 2 and r["spec"].get("rate") == 30)
+    result = compare.compare(repeated, _scaled_throughput(repeated, tmp_path / "b", factor))
+    rows = result.rows[(result.rows["metric"] == "throughput_per_s") & (result.rows["method"] == "repeats")]
+    assert len(rows) and (rows["ratio"].round(6) == factor).all()
+    assert (rows["significant"] == significant).all()
+    if not significant:  # an interval that excludes 1 still says so, but not as a change
+        assert set(rows.loc[(rows["ci_low"] > 1), "verdict"]) <= {"within noise"}
+
+
 def test_a_cell_with_one_run_per_side_is_compared_over_raw_rows(tmp_path):
     def baseline_latency(processes: int):
         return lambda r: (r["spec"]["backend"] == "baseline" and r["spec"].get("scenario") == "latency"

@@ -81,8 +81,10 @@ def compare(a_dir: Path, b_dir: Path, out: Path | None, ignore: tuple[str, ...],
     Cells match when their specs are equal apart from the repeat and from keys that hold one value in
     all of A and another in all of B (printed: that is what the comparison is about). Each ratio has a
     95 % bootstrap confidence interval, over repeats when both sides have two or more, else over the raw
-    rows of tasks.parquet; a change whose interval excludes 1 is marked significant. Exits 2 when the
-    sets cannot be compared (different schema versions, no cell in common).
+    rows of tasks.parquet. A change is marked significant when its interval excludes 1 and it exceeds
+    the run-to-run noise floor (10 % over repeats, 20 % over one run's raw rows); a smaller change whose
+    interval excludes 1 is shown as "within noise". Exits 2 when the sets cannot be compared (different
+    schema versions, no cell in common).
     """
     from rich.console import Console
     from rich.table import Table
@@ -100,7 +102,8 @@ def compare(a_dir: Path, b_dir: Path, out: Path | None, ignore: tuple[str, ...],
     table = Table("cell", "figure", "A", "B", "B/A", "95 % CI", "over", "change",
                   title=f"queuebench compare: B = {b_dir} against A = {a_dir}")
     for row in result.rows.itertuples(index=False):
-        change = {"better": "[green]significant, better", "worse": "[red]significant, worse"}.get(row.verdict, "-")
+        change = {"better": "[green]significant, better", "worse": "[red]significant, worse",
+                  "within noise": "[dim]within noise"}.get(row.verdict, "-")
         table.add_row(row.cell, row.figure, f"{_fmt(row.a)} ({row.a_runs})", f"{_fmt(row.b)} ({row.b_runs})",
                       _fmt(row.ratio), f"{_fmt(row.ci_low)} to {_fmt(row.ci_high)}", row.method, change)
     console.print(table)
