@@ -10,8 +10,10 @@ The search, for one configuration (a matrix cell without its ``rate``; the cell'
 the search starts):
 
 1. run the step at rate r (all of the matrix's repeats) and judge it (`judge_step`): *sustained* when
-   every repeat is ``ok``, finished at least 95 % of what the generator sent in the window (else the
-   backlog grew: ``backlog``) and kept the SLO's end-to-end quantile within its limit (else ``slo``);
+   every repeat is ``ok``, r is below Little's bound, slots / mean service time (else ``bound``: a short
+   Poisson window can send less than r and hide the backlog), every repeat finished at least 95 % of
+   what the generator sent in the window (else the backlog grew: ``backlog``) and kept the SLO's
+   end-to-end quantile within its limit (else ``slo``);
 2. while sustained, r = r x ``factor`` (at most ``max_steps`` steps);
 3. once a step is not sustained, bisect between the last sustained rate and it ``refine`` times;
 4. the knee is the highest sustained rate; its evidence is that step's run ids and the first
@@ -70,7 +72,7 @@ class Step:
     rate_per_s: float
     run_ids: list[str]
     statuses: list[str]
-    verdict: str  # sustained | backlog | slo | generator-limited | failed | error | interrupted
+    verdict: str  # sustained | backlog | slo | bound | generator-limited | failed | error | interrupted
     reason: str
     sent_rate_per_s: float | None = None
     throughput_per_s: float | None = None
@@ -83,7 +85,7 @@ class Step:
     @property
     def conclusive(self) -> bool:
         """Sustained or not because of the queue (backlog, SLO): a fact about the configuration."""
-        return self.verdict in ("sustained", "backlog", "slo")
+        return self.verdict in ("sustained", "backlog", "slo", "bound")
 
 
 @dataclass
@@ -169,19 +171,25 @@ def judge_step(rate: float, records: list[Mapping[str, Any] | None], slo: Search
     if "missing" in statuses or any(s != "ok" for s in statuses):
         step.verdict, step.reason = "error", f"unexpected statuses {statuses}"
         return step
-    sent, done, e2e = [], [], []
+    sent, done, e2e, bounds = [], [], [], []
     for record in records:
         assert record is not None
         figures = (record.get("summary") or {}).get("figures") or {}
         sent.append(float(figures.get("achieved_rate_per_s") or math.nan))
         done.append(float(figures.get("throughput_per_s") or math.nan))
+        bounds.append(float(figures.get("littles_bound_per_s") or math.inf))
         value = ((figures.get("latency") or {}).get("e2e_ms") or {}).get(slo.quantile)
         e2e.append(math.nan if value is None else float(value))
     step.sent_rate_per_s = float(pd.Series(sent).mean())
     step.throughput_per_s = float(pd.Series(done).min())
     step.e2e_ms = float(pd.Series(e2e).max())
     short = [(d, s) for d, s in zip(done, sent, strict=True) if not d >= SUSTAINED_RATIO * s]
-    if short:
+    bound = min(bounds)
+    if rate >= bound:
+        step.verdict = "bound"
+        step.reason = (f"{rate:g}/s offered is at or above Little's bound (slots / mean service = {bound:.1f}/s): "
+                       "no window, however lucky, makes that sustainable")
+    elif short:
         d, s = short[0]
         step.verdict = "backlog"
         step.reason = f"finished {d:.1f}/s of {s:.1f}/s sent (< {SUSTAINED_RATIO:.0%}): the backlog grew"

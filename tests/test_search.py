@@ -23,10 +23,10 @@ SLO = SearchSlo("p95", 1000.0)
 
 
 def record(run_id: str = "r-rep0", *, status: str = "ok", sent: float = 20.0, done: float = 20.0,
-           p95_ms: float = 100.0, detail: str = "") -> dict:
+           p95_ms: float = 100.0, detail: str = "", bound: float = 100.0) -> dict:
     return {"run_id": run_id, "status": status, "detail": detail,
             "summary": {"figures": {"achieved_rate_per_s": sent, "throughput_per_s": done,
-                                    "latency": {"e2e_ms": {"p95": p95_ms}}}}}
+                                    "littles_bound_per_s": bound, "latency": {"e2e_ms": {"p95": p95_ms}}}}}
 
 
 def step(rate: float, verdict: str) -> Step:
@@ -55,6 +55,12 @@ def test_a_step_past_the_slo_limit_is_not_sustained_even_when_it_kept_up():
     judged = judge_step(40, [record(sent=40, done=40, p95_ms=1500)], SLO)
     assert judged.verdict == "slo"
     assert "1500" in judged.reason
+
+
+def test_a_step_at_or_above_littles_bound_is_not_sustained_however_well_its_window_went():
+    judged = judge_step(41.4, [record(sent=39, done=38.8, p95_ms=300, bound=39.8)], SLO)
+    assert judged.verdict == "bound" and judged.conclusive
+    assert "Little's bound" in judged.reason
 
 
 def test_the_worst_repeat_decides_a_step():
