@@ -603,11 +603,11 @@ class BackendPlan:
     def answer(self) -> str:
         """One line: the measured answer, or why there is none and the labelled extrapolation."""
         if self.covered:
-            text = f"≥ {slots_text(self.measured_slots)} ({self.measured_shape}), measured"
+            text = f"{slots_text(self.measured_slots)} ({self.measured_shape}), measured"
             untested = range(self.lower_bound_slots, self.measured_slots or 0)
             if len(untested):
                 counts = f"{untested[0]}" if len(untested) == 1 else f"{untested[0]}..{untested[-1]}"
-                text += f"; {counts} not measured at this rate"
+                text += f"; {counts} not measured at this rate (may suffice)"
             return text
         extra = (f"; extrapolated ~{slots_text(self.extrapolated_slots)} (not measured)"
                  if self.extrapolated_slots else "")
@@ -1138,8 +1138,10 @@ def _plan_sentence(backend: BackendPlan, rate: float, kind: TaskKind, slo: Slo) 
     head = (f"To serve {rate:g} tasks/s of {kind.spoken} with {slo.name} under {slo.limit_text} on "
             f"{backend.variant}")
     if backend.covered:
-        return (f"{head} you need ≥ {slots_text(backend.measured_slots)} (measured, "
-                f"{backend.measured_shape}) / "
+        untested = range(backend.lower_bound_slots, backend.measured_slots or 0)
+        fewer = f"; fewer than {backend.measured_slots} not measured at this rate" if len(untested) else ""
+        return (f"{head} you need {slots_text(backend.measured_slots)} (measured, "
+                f"{backend.measured_shape}{fewer}) / "
                 f"{model} (M/M/c).")
     extra = f"; extrapolated ~{slots_text(backend.extrapolated_slots)}" if backend.extrapolated_slots else ""
     return (f"{head}: not covered by these results, {backend.reason}{extra} (not measured); "
