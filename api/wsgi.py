@@ -36,7 +36,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKERS = 2
 DEFAULT_THREADS = 4
 DEFAULT_GRACEFUL_TIMEOUT_S = 10
-DEFAULT_KEEPALIVE_S = 5
+#: Longer than any pooled client connection sits idle in a run: a server that closes an idle keep-alive
+#: connection just as the client reuses it makes that request fail with no answer (Locust "HTTP 0"; seen
+#: once in 24 runs with gunicorn's default of 5 s).
+DEFAULT_KEEPALIVE_S = 75
 
 
 class ConfigurationError(RuntimeError):

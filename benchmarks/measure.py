@@ -135,7 +135,7 @@ def latencies(tasks: pd.DataFrame, requests: pd.DataFrame | None, window: Window
 
 def summarise(tasks: pd.DataFrame, requests: pd.DataFrame | None, window: Window, *, slots: int,
               offered_rate_per_s: float | None, arrival: str = "constant",
-              locust_post_count: int | None = None, queue_leftovers: Mapping[str, int] | None = None,
+              locust_post_counts: tuple[int, int] | None = None, queue_leftovers: Mapping[str, int] | None = None,
               expected_sent: int | None = None) -> dict[str, Any]:
     """Every figure and every self-check of one run, from its raw tables.
 
@@ -219,10 +219,17 @@ def summarise(tasks: pd.DataFrame, requests: pd.DataFrame | None, window: Window
         checks["requests_match_ledger"] = {
             "ok": accepted_all == len(sent_ids),
             "detail": f"{accepted_all} requests answered 202, {len(sent_ids)} sent rows in the ledger"}
-    if locust_post_count is not None:
+    if locust_post_counts is not None:
+        # Locust's successful POST /tasks are the tasks the API accepted: they must be the ledger's sent
+        # rows. A request Locust counted as failed (no answer, or not 202) was refused or never arrived;
+        # it is reported, and the achieved rate check sees what it cost.
+        posted, failed = locust_post_counts
+        figures["locust_failed_posts"] = failed
         checks["locust_count_matches"] = {
-            "ok": locust_post_count == len(sent_ids),
-            "detail": f"Locust counted {locust_post_count} POST /tasks, the ledger has {len(sent_ids)} sent rows"}
+            "ok": posted - failed == len(sent_ids),
+            "detail": f"Locust counted {posted - failed} successful POST /tasks"
+                      + (f" (and {failed} failed)" if failed else "")
+                      + f", the ledger has {len(sent_ids)} sent rows"}
 
     hard = [name for name, check in checks.items() if not check["ok"] and name != "generator_kept_up"]
     verdict = "failed" if hard else ("ok" if generator_ok else "generator-limited")

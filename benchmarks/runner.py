@@ -122,13 +122,14 @@ def read_requests(directory: Path) -> pd.DataFrame:
     return frame.sort_values("scheduled_ns").reset_index(drop=True)
 
 
-def locust_post_count(run_dir: Path) -> int | None:
-    """Locust's own final count of ``POST /tasks`` requests (its --json-file), or None if absent."""
+def locust_post_counts(run_dir: Path) -> tuple[int, int] | None:
+    """Locust's own final (requests, failures) of ``POST /tasks`` (its --json-file), or None if absent."""
     path = run_dir / "locust.json"
     if not path.exists():
         return None
-    entries = json.loads(path.read_text())
-    return sum(int(e.get("num_requests", 0)) for e in entries if e.get("name") == "POST /tasks")
+    entries = [e for e in json.loads(path.read_text()) if e.get("name") == "POST /tasks"]
+    return (sum(int(e.get("num_requests", 0)) for e in entries),
+            sum(int(e.get("num_failures", 0)) for e in entries))
 
 
 def read_run(run_dir: Path) -> dict[str, Any] | None:
@@ -259,7 +260,7 @@ class CellRun:
         window = measure.load_window(tasks, requests, spec["warmup_s"], spec["duration_s"])
         summary = measure.summarise(tasks, requests, window, slots=self.config.slots,
                                     offered_rate_per_s=float(spec["rate"]), arrival=spec.get("arrival", "constant"),
-                                    locust_post_count=locust_post_count(self.run_dir), queue_leftovers=leftovers)
+                                    locust_post_counts=locust_post_counts(self.run_dir), queue_leftovers=leftovers)
         self._add_resources(summary)
         self.record["summary"] = summary
 

@@ -157,7 +157,10 @@ class OpenLoopUser(FastHttpUser):
                 except ValueError:
                     response.failure("202 without a JSON body")
             else:
-                response.failure(f"HTTP {status}: {response.text[:200] if response.text else ''}")
+                # Status 0: no answer at all; the client's own error says why (refused, reset, timeout).
+                error = getattr(response, "error", None)
+                detail = repr(error) if error is not None else (response.text or "")[:200]
+                response.failure(f"HTTP {status}: {detail}")
         self.log.write(scheduled_ns, sent_ns, time.time_ns(), status, task_name, task_id)
         return task_id
 

@@ -67,7 +67,7 @@ def summarise(directory: Path, arrivals: list[int], **overrides):
     tasks = ledger.executions(directory)
     requests = overrides.pop("requests", requests_for(arrivals))
     window = measure.load_window(tasks, requests, warmup_s=0.5, duration_s=1.0)
-    kwargs = dict(slots=2, offered_rate_per_s=100.0, locust_post_count=len(arrivals), queue_leftovers={"default": 0})
+    kwargs = dict(slots=2, offered_rate_per_s=100.0, locust_post_counts=(len(arrivals), 0), queue_leftovers={"default": 0})
     return measure.summarise(tasks, requests, window, **(kwargs | overrides)), tasks, window
 
 
@@ -95,7 +95,7 @@ def test_a_lost_task_fails_the_run_and_is_named(tmp_path):
     arrivals = clean_run(tmp_path)
     api, _ = task_rows("lost", arrivals[50] + 1)
     write_rows(tmp_path, "api-1", api)
-    summary, _, _ = summarise(tmp_path, arrivals, locust_post_count=len(arrivals) + 1)
+    summary, _, _ = summarise(tmp_path, arrivals, locust_post_counts=(len(arrivals) + 1, 0))
     assert summary["verdict"] == "failed"
     assert "all_finished" in summary["failed_checks"] and "lost" in summary["checks"]["all_finished"]["detail"]
 
@@ -127,7 +127,7 @@ def test_retries_of_a_flaky_task_are_not_counted_as_duplicates(tmp_path):
     api, worker = task_rows("flaky", arrivals[20] + 1, attempts=("error", "error", "ok"))
     write_rows(tmp_path, "api-1", api)
     write_rows(tmp_path, "worker-11", worker)
-    summary, _, _ = summarise(tmp_path, arrivals, locust_post_count=len(arrivals) + 1,
+    summary, _, _ = summarise(tmp_path, arrivals, locust_post_counts=(len(arrivals) + 1, 0),
                               requests=requests_for([*arrivals, arrivals[20] + 1]))
     assert summary["verdict"] == "ok", summary["failed_checks"]
     assert summary["figures"]["retried_tasks"] == 1
@@ -148,8 +148,16 @@ def test_a_generator_that_sent_too_little_is_generator_limited(tmp_path):
 
 def test_locust_counting_other_than_the_ledger_fails_the_run(tmp_path):
     arrivals = clean_run(tmp_path)
-    summary, _, _ = summarise(tmp_path, arrivals, locust_post_count=len(arrivals) - 3)
+    summary, _, _ = summarise(tmp_path, arrivals, locust_post_counts=(len(arrivals) - 3, 0))
     assert "locust_count_matches" in summary["failed_checks"]
+
+
+def test_a_request_locust_counted_as_failed_is_reported_but_is_not_a_lost_task(tmp_path):
+    arrivals = clean_run(tmp_path)
+    summary, _, _ = summarise(tmp_path, arrivals, locust_post_counts=(len(arrivals) + 1, 1))
+    assert "locust_count_matches" not in summary["failed_checks"]
+    assert summary["figures"]["locust_failed_posts"] == 1
+    assert "1 failed" in summary["checks"]["locust_count_matches"]["detail"]
 
 
 def test_messages_left_in_a_queue_fail_the_run(tmp_path):
