@@ -5,11 +5,13 @@ Bad flags and impossible combinations exit 2 with a one-line reason before anyth
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,27 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
         except tomllib.TOMLDecodeError:
             options[key.strip()] = value
     return options
+
+
+@contextlib.contextmanager
+def _sweep_exits(progress: Any, console: Any, kept: str) -> Iterator[None]:
+    """Stop the progress display however a sweep ends; Ctrl-C/SIGTERM exits 130 saying what was kept,
+    the measuring lock held by another sweep exits 1."""
+    from benchmarks import runner
+
+    try:
+        yield
+    except runner.Interrupted as exc:
+        progress.stop()
+        console.print(f"queuebench: {exc}: stopped every process it started; {kept}; run the same command "
+                      "again to resume")
+        sys.exit(130)
+    except RuntimeError as exc:  # the measuring lock
+        progress.stop()
+        console.print(f"queuebench: error: {exc}")
+        sys.exit(1)
+    finally:
+        progress.stop()  # idempotent
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -251,18 +274,8 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
     console.print(f"queuebench run {matrix.name}: {len(matrix.cells)} cell(s), {len(todo)} to run, "
                   f"results in {out}")
     progress = SweepProgress(console)
-    try:
+    with _sweep_exits(progress, console, f"completed cells are kept in {out}"):
         results = runner.run_matrix(matrix, out, force=force, amqp_url=amqp_url, progress=progress)
-    except runner.Interrupted as exc:
-        progress.stop()
-        console.print(f"queuebench: {exc}: stopped every process it started; completed cells are kept in {out}; "
-                      "run the same command again to resume")
-        sys.exit(130)
-    except RuntimeError as exc:  # the measuring lock
-        progress.stop()
-        console.print(f"queuebench: error: {exc}")
-        sys.exit(1)
-    progress.stop()
     counts: dict[str, int] = {}
     for result in results:
         counts[result.status] = counts.get(result.status, 0) + 1
@@ -305,12 +318,12 @@ def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps
     from rich.table import Table
 
     from benchmarks import matrix as matrix_mod
-    from benchmarks import runner
     from benchmarks import search as search_mod
+    from benchmarks.analysis.capacity import parse_slo
     from benchmarks.progress import SweepProgress
 
     try:
-        slo = search_mod.SearchSlo.parse(slo_text)
+        slo = parse_slo(slo_text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--slo") from exc
     try:
@@ -323,25 +336,15 @@ def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps
     if not configs:
         raise click.UsageError(f"{matrix_file}: no configuration to search" + (" after --only" if only else ""))
     console = Console(stderr=True)
-    console.print(f"queuebench search {matrix.name}: {len(configs)} configuration(s), SLO {slo.text}, "
+    console.print(f"queuebench search {matrix.name}: {len(configs)} configuration(s), SLO {slo.cli}, "
                   f"x{factor:g} per step, results in {out}")
     progress = SweepProgress(console)
     progress.start_sweep([], 0)
-    try:
+    with _sweep_exits(progress, console, f"measured steps are kept in {out}"):
         found = search_mod.run_searches(matrix, slo, out, factor=factor, max_steps=max_steps, refine=refine,
                                         force=force, amqp_url=amqp_url, progress=progress, log=console.print)
-    except runner.Interrupted as exc:
-        progress.stop()
-        console.print(f"queuebench: {exc}: stopped every process it started; measured steps are kept in {out}; "
-                      "run the same command again to resume")
-        sys.exit(130)
-    except RuntimeError as exc:  # the measuring lock
-        progress.stop()
-        console.print(f"queuebench: error: {exc}")
-        sys.exit(1)
-    progress.stop()
     table = Table("search", "knee (tasks/s)", "first unsustained", "steps", "why it stopped",
-                  title=f"Highest sustained rate within {slo.text}")
+                  title=f"Highest sustained rate within {slo.label}")
     for item in found:
         record = item.record()
         knee, above = record["knee_rate_per_s"], record["first_unsustained_rate_per_s"]
@@ -378,16 +381,8 @@ def overhead(out: Path, force: bool) -> None:
     ledger = oh.ledger_cost()
     progress = SweepProgress(console)
     matrix = matrix_mod.load(oh.matrix_path())
-    try:
+    with _sweep_exits(progress, console, f"completed runs are kept in {out}"):
         runner.run_matrix(matrix, out, force=force, progress=progress)
-    except runner.Interrupted:
-        progress.stop()
-        sys.exit(130)
-    except RuntimeError as exc:  # the measuring lock
-        progress.stop()
-        console.print(f"queuebench: error: {exc}")
-        sys.exit(1)
-    progress.stop()
     records = [r for r in (runner.read_run(out / cell.run_id) for cell in matrix.cells) if r]
     rows = oh.ceiling_table(records)
     result = {"ledger": ledger, "ceiling": rows, "ratios": oh.ratios(rows),

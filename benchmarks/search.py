@@ -37,6 +37,7 @@ from typing import Any
 import pandas as pd
 
 from benchmarks import measure, runner
+from benchmarks.analysis.capacity import Slo
 from benchmarks.matrix import Cell, Matrix, spec_digest
 
 SEARCH_SCHEMA_VERSION = 1
@@ -44,27 +45,6 @@ SEARCH_SCHEMA_VERSION = 1
 SUSTAINED_RATIO = measure.ACHIEVED_MIN_RATIO
 #: Scenarios a search can step: one task kind at one offered rate.
 SEARCHABLE_SCENARIOS = ("latency", "throughput")
-QUANTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99}
-
-
-@dataclass(frozen=True)
-class SearchSlo:
-    """An end-to-end latency objective: quantile name (p50/p90/p95/p99) and limit in ms."""
-
-    quantile: str
-    limit_ms: float
-
-    @property
-    def text(self) -> str:
-        return f"{self.quantile}={self.limit_ms:g}ms"
-
-    @classmethod
-    def parse(cls, text: str) -> SearchSlo:
-        """``p95=1s``, ``p99=250ms``: the same syntax as ``queuebench plan --slo``."""
-        from benchmarks.analysis.capacity import parse_slo
-
-        slo = parse_slo(text)
-        return cls(slo.name, slo.limit_s * 1e3)
 
 
 @dataclass
@@ -92,7 +72,7 @@ class Step:
 class Search:
     search_id: str
     config: dict[str, Any]
-    slo: SearchSlo
+    slo: Slo
     factor: float
     steps: list[Step] = field(default_factory=list)
     stopped_because: str = ""
@@ -114,7 +94,7 @@ class Search:
         evidence = (knee.run_ids if knee else []) + (above.run_ids if above else [])
         return {
             "schema_version": SEARCH_SCHEMA_VERSION, "search_id": self.search_id, "config": self.config,
-            "slo": self.slo.text, "factor": self.factor,
+            "slo": self.slo.cli, "factor": self.factor,
             "steps": [vars(s) for s in sorted(self.steps, key=lambda s: s.rate_per_s)],
             "knee_rate_per_s": knee.rate_per_s if knee else None,
             "first_unsustained_rate_per_s": above.rate_per_s if above else None,
@@ -158,7 +138,7 @@ def step_rate(rate: float) -> float:
     return float(round(rate, digits))
 
 
-def judge_step(rate: float, records: list[Mapping[str, Any] | None], slo: SearchSlo) -> Step:
+def judge_step(rate: float, records: list[Mapping[str, Any] | None], slo: Slo) -> Step:
     """The verdict on one step from its repeats' run.json records (worst repeat decides)."""
     run_ids = [r.get("run_id", "?") if r else "?" for r in records]
     statuses = [str(r.get("status")) if r else "missing" for r in records]
@@ -178,7 +158,7 @@ def judge_step(rate: float, records: list[Mapping[str, Any] | None], slo: Search
         sent.append(float(figures.get("achieved_rate_per_s") or math.nan))
         done.append(float(figures.get("throughput_per_s") or math.nan))
         bounds.append(float(figures.get("littles_bound_per_s") or math.inf))
-        value = ((figures.get("latency") or {}).get("e2e_ms") or {}).get(slo.quantile)
+        value = ((figures.get("latency") or {}).get("e2e_ms") or {}).get(slo.name)
         e2e.append(math.nan if value is None else float(value))
     step.sent_rate_per_s = float(pd.Series(sent).mean())
     step.throughput_per_s = float(pd.Series(done).min())
@@ -195,10 +175,10 @@ def judge_step(rate: float, records: list[Mapping[str, Any] | None], slo: Search
         step.reason = f"finished {d:.1f}/s of {s:.1f}/s sent (< {SUSTAINED_RATIO:.0%}): the backlog grew"
     elif not step.e2e_ms <= slo.limit_ms:
         step.verdict = "slo"
-        step.reason = f"end-to-end {slo.quantile} {step.e2e_ms:.0f} ms > {slo.limit_ms:g} ms"
+        step.reason = f"end-to-end {slo.name} {step.e2e_ms:.0f} ms > {slo.limit_ms:g} ms"
     else:
         step.reason = (f"finished {step.throughput_per_s:.1f}/s of {step.sent_rate_per_s:.1f}/s sent; "
-                       f"end-to-end {slo.quantile} {step.e2e_ms:.0f} ms <= {slo.limit_ms:g} ms")
+                       f"end-to-end {slo.name} {step.e2e_ms:.0f} ms <= {slo.limit_ms:g} ms")
     return step
 
 
@@ -242,7 +222,7 @@ def _first_unsustained_index(steps: list[Step]) -> int:
     return len(steps)
 
 
-def run_search(config: Mapping[str, Any], start_rate: float, repeats: int, slo: SearchSlo, out_dir: Path, *,
+def run_search(config: Mapping[str, Any], start_rate: float, repeats: int, slo: Slo, out_dir: Path, *,
                matrix_name: str, factor: float = 1.5, max_steps: int = 8, refine: int = 1, force: bool = False,
                amqp_url: str | None = None, progress: Any = None,
                log: Callable[[str], None] = print) -> Search:
@@ -286,7 +266,7 @@ def write_search(search: Search, out_dir: Path) -> Path:
     return path
 
 
-def run_searches(matrix: Matrix, slo: SearchSlo, out_dir: Path, *, factor: float = 1.5, max_steps: int = 8,
+def run_searches(matrix: Matrix, slo: Slo, out_dir: Path, *, factor: float = 1.5, max_steps: int = 8,
                  refine: int = 1, force: bool = False, amqp_url: str | None = None, progress: Any = None,
                  log: Callable[[str], None] = print) -> list[Search]:
     """Search every configuration of `matrix`, one step at a time, under the measuring lock.

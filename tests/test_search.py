@@ -16,10 +16,11 @@ import pytest
 
 from benchmarks import matrix
 from benchmarks import search as search_mod
-from benchmarks.search import Search, SearchSlo, Step, judge_step, next_rate, step_rate
+from benchmarks.analysis.capacity import Slo
+from benchmarks.search import Search, Step, judge_step, next_rate, step_rate
 
 ROOT = Path(__file__).resolve().parent.parent
-SLO = SearchSlo("p95", 1000.0)
+SLO = Slo("p95", 1.0)
 
 
 def record(run_id: str = "r-rep0", *, status: str = "ok", sent: float = 20.0, done: float = 20.0,
@@ -168,7 +169,7 @@ def test_a_real_search_stores_every_step_as_a_checked_run_and_names_its_evidence
         assert (out / run_id / "tasks.parquet").exists()
     assert found["stopped_because"]
     table = search_mod.search_table(records)
-    assert table.loc[0, "slots"] == 1 and table.loc[0, "slo"] == "p95=2000ms"
+    assert table.loc[0, "slots"] == 1 and table.loc[0, "slo"] == "p95=2s"
 
 
 def test_the_report_lists_each_stored_search_with_its_knee_and_evidence(tmp_path):
@@ -182,7 +183,7 @@ def test_the_report_lists_each_stored_search_with_its_knee_and_evidence(tmp_path
     search_mod.write_search(found, tmp_path)
     blocks = search_blocks(tmp_path)
     table = blocks[-1]
-    assert table.rows == [["rq", "redis", "2", "sleep_ms ms=50", "p95=1000ms", "20", "40", "r20-rep0, r40-rep0", ""]]
+    assert table.rows == [["rq", "redis", "2", "sleep_ms ms=50", "p95=1s", "20", "40", "r20-rep0, r40-rep0", ""]]
 
 
 def test_a_search_record_of_another_schema_version_is_refused(tmp_path):
