@@ -162,8 +162,9 @@ def serve(backend: str, broker: str, broker_url: str | None, amqp_url: str | Non
 @cli.command(name="backends")
 def list_backends() -> None:
     """List each backend with the brokers, serializers and knobs it supports."""
-    from rich.console import Console
     from rich.table import Table
+
+    from benchmarks.progress import table_console
 
     table = Table("backend", "brokers", "serializers", "knobs (--option / matrix table)", "module")
     for name in REGISTRY:
@@ -172,7 +173,7 @@ def list_backends() -> None:
         note = " (harness ceiling)" if name in HARNESS else (" (unit tests only)" if name not in MEASURABLE else "")
         table.add_row(name + note, ", ".join(sorted(cls.brokers)), ", ".join(sorted(cls.serializers)), knobs,
                       REGISTRY[name])
-    Console().print(table)
+    table_console().print(table)
 
 
 @cli.command()
@@ -191,6 +192,7 @@ def smoke(backend_names: tuple[str, ...], broker_names: tuple[str, ...], out: Pa
     from rich.table import Table
 
     from benchmarks import brokers
+    from benchmarks.progress import table_console
     from benchmarks.smoke import KINDS, smoke_one
     from benchmarks.stack import StackConfig
 
@@ -224,7 +226,7 @@ def smoke(backend_names: tuple[str, ...], broker_names: tuple[str, ...], out: Pa
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    Console().print(table)
+    table_console().print(table)
     console.print(f"ledgers and logs: {out}")
     sys.exit(1 if failed else 0)
 
@@ -320,7 +322,7 @@ def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps
     from benchmarks import matrix as matrix_mod
     from benchmarks import search as search_mod
     from benchmarks.analysis.capacity import parse_slo
-    from benchmarks.progress import SweepProgress
+    from benchmarks.progress import SweepProgress, table_console
 
     try:
         slo = parse_slo(slo_text)
@@ -350,7 +352,7 @@ def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps
         knee, above = record["knee_rate_per_s"], record["first_unsustained_rate_per_s"]
         table.add_row(item.search_id, "-" if knee is None else f"{knee:g}", "-" if above is None else f"{above:g}",
                       str(len(item.steps)), item.stopped_because)
-    Console().print(table)
+    table_console().print(table)
     console.print(f"searches: {out / 'searches'}; steps: {out} (summary: {out / 'summary.csv'})")
     bad = any(s.verdict in ("failed", "error") for item in found for s in item.steps)
     sys.exit(1 if bad else 0)
@@ -374,7 +376,7 @@ def overhead(out: Path, force: bool) -> None:
     from benchmarks import matrix as matrix_mod
     from benchmarks import overhead as oh
     from benchmarks import runner
-    from benchmarks.progress import SweepProgress
+    from benchmarks.progress import SweepProgress, table_console
 
     console = Console(stderr=True)
     console.print("ledger micro-benchmark ...")
@@ -394,7 +396,7 @@ def overhead(out: Path, force: bool) -> None:
         table.add_row(row["backend"], f"{row['offered_per_s']:g}", f"{row['achieved_per_s']:.0f}",
                       f"{row['achieved_min']:.0f}-{row['achieved_max']:.0f}",
                       f"{row['cpu_us_per_task']:.0f}" if row["cpu_us_per_task"] else "-", ", ".join(row["verdicts"]))
-    Console().print(table)
+    table_console().print(table)
     for ratio in result["ratios"]:
         click.echo(f"offered {ratio['offered_per_s']:g}/s: baseline/discard = {ratio['baseline_over_discard']:.2f}")
     click.echo(f"ledger: {ledger['ledger_us_per_task']:.1f} us per task (3 rows; {ledger['with_ledger_us_per_task']:.1f} "

@@ -12,6 +12,18 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+#: Width of result tables written to a file or a pipe (rich would fold them to 80 columns).
+PIPED_TABLE_WIDTH = 160
+
+
+def table_console() -> Console:
+    """The console result tables go to (stdout): the terminal's width, or `PIPED_TABLE_WIDTH` columns
+    when stdout is not a terminal, so saved output keeps whole run ids on one line."""
+    import sys
+
+    return Console(width=None if sys.stdout.isatty() else PIPED_TABLE_WIDTH)
+
+
 STATUS_STYLE = {"ok": "green", "generator-limited": "yellow", "skipped": "dim", "failed": "red", "error": "red",
                 "interrupted": "red"}
 

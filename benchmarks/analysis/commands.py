@@ -86,17 +86,17 @@ def compare(a_dir: Path, b_dir: Path, out: Path | None, ignore: tuple[str, ...],
     interval excludes 1 is shown as "within noise". Exits 2 when the sets cannot be compared (different
     schema versions, no cell in common).
     """
-    from rich.console import Console
     from rich.table import Table
 
     from benchmarks.analysis.compare import compare as compare_sets
     from benchmarks.analysis.load import ResultsError
+    from benchmarks.progress import table_console
 
     try:
         result = compare_sets(a_dir, b_dir, ignore=ignore, seed=seed)
     except ResultsError as exc:
         raise Refused(str(exc)) from exc
-    console = Console()
+    console = table_console()
     if result.treatment:
         console.print("B differs from A in: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in result.treatment.items()))
     table = Table("cell", "figure", "A", "B", "B/A", "95 % CI", "over", "change",

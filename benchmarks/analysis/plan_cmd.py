@@ -111,12 +111,12 @@ def plan(results_dir: Path, rate: float, task_text: str, slo_text: str, backends
 
 def _print(answer: capacity.Plan, covering: capacity.CoveringMatrix | None, results_dir: Path) -> None:
     """Rich tables: the answer per backend, then the measured cells each relied on."""
-    from rich.console import Console
     from rich.table import Table
 
     from benchmarks.analysis import capacity
+    from benchmarks.progress import table_console
 
-    console = Console()
+    console = table_console()
     slo = answer.slo
     console.print(f"[bold]queuebench plan[/bold]: {answer.request_text} (results: {results_dir})")
     for warning in answer.warnings:
