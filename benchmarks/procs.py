@@ -70,9 +70,13 @@ class Supervisor:
         fh = open(log, "ab")  # noqa: SIM115 - closed in stop()
         fh.write(f"$ {' '.join(argv)}\n".encode())
         fh.flush()
-        popen = subprocess.Popen(list(argv), env=dict(env) if env is not None else None, cwd=cwd,
-                                 stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        try:
+            popen = subprocess.Popen(list(argv), env=dict(env) if env is not None else None, cwd=cwd,
+                                     stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        except BaseException:
+            fh.close()  # nothing started: no stop() will close it
+            raise
         proc = Proc(name, list(argv), popen, log, fh)
         self.procs.append(proc)
         return proc

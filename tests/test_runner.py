@@ -108,6 +108,7 @@ def test_ctrl_c_mid_sweep_stops_everything_keeps_completed_cells_and_resumes(nee
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.communicate()  # reaps it and closes the pipe
     assert proc.returncode == 130, output
     gone, alive = psutil.wait_procs(started, timeout=10)
     assert not alive, [p.cmdline() for p in alive]
