@@ -309,6 +309,9 @@ def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps
            only: tuple[str, ...], force: bool, repeats: int | None, amqp_url: str | None) -> None:
     """Find each configuration's knee: raise the offered rate until backlog grows or the SLO breaks.
 
+    A step counts as sustained only below Little's bound (slots / mean service time), with every
+    repeat finishing at least 95 % of what it was sent and its end-to-end quantile within --slo.
+
     Every configuration of MATRIX.toml (load mode, scenario latency or throughput; its rate is where
     the search starts) is measured at rising rates (x --factor), each step a full, self-checked run in
     OUT/<run_id>/, then bisected --refine times between the last sustained rate and the first that was
