@@ -498,8 +498,12 @@ def build_blocks(results: Results, out_dir: Path) -> tuple[list[Block], list[cha
     if all_warnings:
         blocks.append(Block("ul", items=[f"{WARNING_MARK} {w}" for w in all_warnings]))
     else:
-        blocks.append(Block("p", "None: every run is ok and every cell's repeats agree within "
-                                 f"{CV_LIMIT:.0%}."))
+        sizes = results.usable.groupby("cell").size()
+        single = int((sizes == 1).sum())
+        spread = (f"every cell's repeats agree within {CV_LIMIT:.0%}" if not single else
+                  f"{single} of {len(sizes)} configurations ran once, so their spread is not measured "
+                  "(`queuebench run ... --repeats 3` measures it)")
+        blocks.append(Block("p", f"None: every run is ok; {spread}."))
 
     for chart in drawn:
         blocks.append(Block("h2", chart.title))
