@@ -231,16 +231,44 @@ def smoke(backend_names: tuple[str, ...], broker_names: tuple[str, ...], out: Pa
     sys.exit(1 if failed else 0)
 
 
+def _sweep_options(what: str):
+    """--only, --force, --repeats and --amqp-url, as `run` and `search` both take them."""
+    options = [
+        click.option("--only", "only", multiple=True, metavar="KEY=VALUE",
+                     help=f"Only the {what} whose spec has this value (repeatable), e.g. --only backend=rq."),
+        click.option("--force", is_flag=True, help="Redo runs already done (default: resume, skipping them)."),
+        click.option("--repeats", type=click.IntRange(1, 100), help="Override the matrix's repeats."),
+        click.option("--amqp-url", metavar="URL", help="RabbitMQ for rabbitmq cells (default: the local one, "
+                                                        "else a private node)."),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
+
+
+def _load_matrix(matrix_file: Path, repeats: int | None, only: tuple[str, ...]) -> Any:
+    """The matrix file with --repeats and --only applied; a bad one is a usage error (exit 2)."""
+    from benchmarks import matrix as matrix_mod
+
+    try:
+        matrix = matrix_mod.load(matrix_file, repeats=repeats)
+        if only:
+            matrix = matrix_mod.apply_only(matrix, list(only))
+    except matrix_mod.MatrixError as exc:
+        raise click.UsageError(f"{matrix_file}: {exc}") from exc
+    if not matrix.cells:
+        raise click.UsageError(f"{matrix_file}: no cell to run" + (" after --only" if only else ""))
+    return matrix
+
+
 @cli.command()
 @click.argument("matrix_file", metavar="MATRIX.toml", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/runs"),
               show_default=True, help="Where run directories (<out>/<run_id>/) and summary.csv go.")
-@click.option("--only", "only", multiple=True, metavar="KEY=VALUE",
-              help="Run only the cells whose spec has this value (repeatable), e.g. --only backend=rq.")
-@click.option("--force", is_flag=True, help="Redo cells already done (default: resume, skipping them).")
-@click.option("--repeats", type=click.IntRange(1, 100), help="Override the matrix's repeats.")
-@click.option("--amqp-url", metavar="URL", help="RabbitMQ for rabbitmq cells (default: the local one, else a "
-                                                 "private node).")
+@_sweep_options("cells")
 @click.option("--dry-run", is_flag=True, help="List the cells (and which are done or skipped); start nothing.")
 def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeats: int | None,
         amqp_url: str | None, dry_run: bool) -> None:
@@ -252,19 +280,11 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
     """
     from rich.console import Console
 
-    from benchmarks import matrix as matrix_mod
     from benchmarks import runner
     from benchmarks.progress import SweepProgress
 
-    try:
-        matrix = matrix_mod.load(matrix_file, repeats=repeats)
-        if only:
-            matrix = matrix_mod.apply_only(matrix, list(only))
-    except matrix_mod.MatrixError as exc:
-        raise click.UsageError(f"{matrix_file}: {exc}") from exc
+    matrix = _load_matrix(matrix_file, repeats, only)
     console = Console(stderr=True)
-    if not matrix.cells:
-        raise click.UsageError(f"{matrix_file}: no cell to run" + (" after --only" if only else ""))
     todo, done = runner.plan(matrix, out, force=force)
     if dry_run:
         for cell in matrix.cells:
@@ -299,12 +319,7 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
               help="Stop rising after this many steps (the knee is then at least the last rate).")
 @click.option("--refine", type=click.IntRange(0, 5), default=1, show_default=True,
               help="Bisections between the last sustained rate and the first that was not.")
-@click.option("--only", "only", multiple=True, metavar="KEY=VALUE",
-              help="Search only the configurations whose spec has this value (repeatable).")
-@click.option("--force", is_flag=True, help="Redo steps already measured (default: reuse them).")
-@click.option("--repeats", type=click.IntRange(1, 100), help="Override the matrix's repeats (per step).")
-@click.option("--amqp-url", metavar="URL", help="RabbitMQ for rabbitmq cells (default: the local one, else a "
-                                                 "private node).")
+@_sweep_options("configurations")
 def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps: int, refine: int,
            only: tuple[str, ...], force: bool, repeats: int | None, amqp_url: str | None) -> None:
     """Find each configuration's knee: raise the offered rate until backlog grows or the SLO breaks.
@@ -322,7 +337,6 @@ def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps
     from rich.console import Console
     from rich.table import Table
 
-    from benchmarks import matrix as matrix_mod
     from benchmarks import search as search_mod
     from benchmarks.analysis.capacity import parse_slo
     from benchmarks.progress import SweepProgress, table_console
@@ -331,15 +345,13 @@ def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps
         slo = parse_slo(slo_text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--slo") from exc
+    matrix = _load_matrix(matrix_file, repeats, only)
     try:
-        matrix = matrix_mod.load(matrix_file, repeats=repeats)
-        if only:
-            matrix = matrix_mod.apply_only(matrix, list(only))
         configs = search_mod.configurations(matrix)
-    except (matrix_mod.MatrixError, ValueError) as exc:
+    except ValueError as exc:
         raise click.UsageError(f"{matrix_file}: {exc}") from exc
-    if not configs:
-        raise click.UsageError(f"{matrix_file}: no configuration to search" + (" after --only" if only else ""))
+    if not configs:  # every cell skipped
+        raise click.UsageError(f"{matrix_file}: no configuration to search")
     console = Console(stderr=True)
     console.print(f"queuebench search {matrix.name}: {len(configs)} configuration(s), SLO {slo.cli}, "
                   f"x{factor:g} per step, results in {out}")

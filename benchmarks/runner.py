@@ -408,6 +408,33 @@ def cell_seconds(cell: Cell) -> float:
     return 3 + LOCUST_TAIL_S + spec["warmup_s"] + spec["duration_s"]  # seen: 8-13 s for 5-7 s of load
 
 
+@contextlib.contextmanager
+def sweep(out_dir: Path) -> Iterator[None]:
+    """What every sweep runs under: the measuring lock, SIGINT/SIGTERM turned into `Interrupted` (the cell
+    in progress stops everything it started), and ``summary.csv`` rewritten however the sweep ends."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with measuring_lock():
+            yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        write_summary(out_dir)
+
+
+def run_cell(cell: Cell, matrix_name: str, out_dir: Path, *, amqp_url: str | None = None, progress: Any = None,
+             log: Callable[[str], None] = print) -> CellResult:
+    """Measure one cell into ``out_dir/<run_id>``, reporting to the progress display if there is one."""
+    if progress is not None:
+        progress.start_cell(cell)
+    result = CellRun(cell, matrix_name, out_dir / cell.run_id, amqp_url=amqp_url,
+                     log=progress.note if progress is not None else log).run()
+    if progress is not None:
+        progress.end_cell(cell, result)
+    return result
+
+
 def run_matrix(matrix: Matrix, out_dir: Path, *, force: bool = False, amqp_url: str | None = None,
                progress: Any = None, log: Callable[[str], None] = print) -> list[CellResult]:
     """Run every cell not already done; write ``summary.csv``; return each cell's result.
@@ -419,23 +446,11 @@ def run_matrix(matrix: Matrix, out_dir: Path, *, force: bool = False, amqp_url: 
     todo, done = plan(matrix, out_dir, force=force)
     results = [CellResult(c.run_id, read_run(out_dir / c.run_id)["status"], "already done", out_dir / c.run_id)
                for c in done]
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with measuring_lock():
-            if progress is not None:
-                progress.start_sweep(todo, len(done))
-            for cell in todo:
-                if progress is not None:
-                    progress.start_cell(cell)
-                result = CellRun(cell, matrix.name, out_dir / cell.run_id, amqp_url=amqp_url,
-                                 log=progress.note if progress is not None else log).run()
-                results.append(result)
-                if progress is not None:
-                    progress.end_cell(cell, result)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        write_summary(out_dir)
+    with sweep(out_dir):
+        if progress is not None:
+            progress.start_sweep(todo, len(done))
+        for cell in todo:
+            results.append(run_cell(cell, matrix.name, out_dir, amqp_url=amqp_url, progress=progress, log=log))
     return results
 
 

@@ -36,13 +36,11 @@ from typing import Any
 
 import pandas as pd
 
-from benchmarks import measure, runner
-from benchmarks.analysis.capacity import Slo
+from benchmarks import runner
+from benchmarks.analysis.capacity import SUSTAINED_RATIO, Slo
 from benchmarks.matrix import Cell, Matrix, spec_digest
 
 SEARCH_SCHEMA_VERSION = 1
-#: A step is sustained when every repeat finished at least this share of what was sent in its window.
-SUSTAINED_RATIO = measure.ACHIEVED_MIN_RATIO
 #: Scenarios a search can step: one task kind at one offered rate.
 SEARCHABLE_SCENARIOS = ("latency", "throughput")
 
@@ -228,8 +226,8 @@ def run_search(config: Mapping[str, Any], start_rate: float, repeats: int, slo: 
                log: Callable[[str], None] = print) -> Search:
     """Step one configuration's rate up from `start_rate` (see the module docstring); write its JSON.
 
-    Steps already measured in `out_dir` are reused (resume) unless `force`. The caller holds the
-    measuring lock and the signal handlers (`run_searches` does).
+    Steps already measured in `out_dir` are reused (resume) unless `force`. The caller runs it inside
+    `runner.sweep` (`run_searches` does).
     """
     config = dict(config)
     search = Search(search_id(config), config, slo, factor)
@@ -243,11 +241,7 @@ def run_search(config: Mapping[str, Any], start_rate: float, repeats: int, slo: 
                 if force or not runner.is_done(run_dir):
                     if progress is not None:
                         progress.expect(cell)
-                        progress.start_cell(cell)
-                    result = runner.CellRun(cell, matrix_name, run_dir, amqp_url=amqp_url,
-                                            log=progress.note if progress is not None else log).run()
-                    if progress is not None:
-                        progress.end_cell(cell, result)
+                    runner.run_cell(cell, matrix_name, out_dir, amqp_url=amqp_url, progress=progress, log=log)
                 records.append(runner.read_run(run_dir))
             step = judge_step(rate, records, slo)
             search.steps.append(step)
@@ -274,22 +268,13 @@ def run_searches(matrix: Matrix, slo: Slo, out_dir: Path, *, factor: float = 1.5
     SIGINT/SIGTERM stop the step in progress (everything it started), write what was found so far and
     raise `runner.Interrupted`; a rerun resumes from the stored steps.
     """
-    import signal
-
     configs = configurations(matrix)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    previous = {sig: signal.signal(sig, runner._raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     searches = []
-    try:
-        with runner.measuring_lock():
-            for config, start, repeats in configs:
-                searches.append(run_search(config, start, repeats, slo, out_dir, matrix_name=matrix.name,
-                                           factor=factor, max_steps=max_steps, refine=refine, force=force,
-                                           amqp_url=amqp_url, progress=progress, log=log))
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        runner.write_summary(out_dir)
+    with runner.sweep(out_dir):
+        for config, start, repeats in configs:
+            searches.append(run_search(config, start, repeats, slo, out_dir, matrix_name=matrix.name,
+                                       factor=factor, max_steps=max_steps, refine=refine, force=force,
+                                       amqp_url=amqp_url, progress=progress, log=log))
     return searches
 
 

@@ -1077,6 +1077,16 @@ def representative_rates(points: pd.DataFrame) -> list[float]:
     return picked
 
 
+def knee_index(bent: Sequence[bool]) -> int | None:
+    """The knee among rates in rising order, given which are bent (saturated, or p95 grown more than
+    `KNEE_LATENCY_GROWTH` x the lowest rate's): the first bent rate after which every rate is bent too
+    (one noisy cell is not a knee); None without one. The chart and the notes both use it."""
+    start = len(bent)
+    while start > 0 and bent[start - 1]:
+        start -= 1
+    return start if start < len(bent) else None
+
+
 def knee(config: pd.DataFrame) -> str:
     """Where a configuration's load cells bend: the lowest offered rate at which throughput fell below
     95 % of the rate sent (the cell saturated) or p95 grew more than `KNEE_LATENCY_GROWTH` x the
@@ -1096,11 +1106,8 @@ def knee(config: pd.DataFrame) -> str:
                            f"{base['offered_rate_per_s']:g}/s cell's")
         else:
             reasons.append("")
-    # The knee: the first bent cell after which every cell is bent too (one noisy cell is not a knee).
-    bent_from = len(reasons)
-    while bent_from > 0 and reasons[bent_from - 1]:
-        bent_from -= 1
-    if bent_from < len(reasons):
+    bent_from = knee_index([bool(r) for r in reasons])
+    if bent_from is not None:
         point = load.iloc[bent_from]
         first = " (already at the lowest rate measured)" if bent_from == 0 else ""
         return f"knee at {point['offered_rate_per_s']:g}/s{first}: {reasons[bent_from]}"

@@ -480,12 +480,8 @@ def knee(rates: Sequence[float], p95_ms: Sequence[float], throughput_per_s: Sequ
     base = p95_a[0]
     bent = [bool((math.isfinite(base) and p95 > KNEE_P95_FACTOR * base) or thr < BACKLOG_RATIO * sent)
             for p95, thr, sent in zip(p95_a, thr_a, sent_a, strict=True)]
-    # The first bent rate after which every rate is bent too (one noisy cell is not a knee), as the
-    # capacity notes define it.
-    bent_from = len(bent)
-    while bent_from > 0 and bent[bent_from - 1]:
-        bent_from -= 1
-    return float(rates_a[bent_from]) if bent_from < len(bent) else None
+    at = capacity.knee_index(bent)
+    return None if at is None else float(rates_a[at])
 
 
 def latency_vs_rate(results: Results, out_dir: Path) -> Chart:
