@@ -434,8 +434,9 @@ def search_blocks(root: Path) -> list[Block]:
                      ", ".join(row.evidence_run_ids) or "-", row.stopped_because])
     return [Block("h3", "Step searches"),
             Block("p", "Each configuration's offered rate was raised step by step (`queuebench search`), every "
-                       "step a full, self-checked run; the knee is the highest rate whose every repeat finished "
-                       "at least 95 % of what it was sent within the latency objective."),
+                       "step a full, self-checked run; the knee is the highest rate below Little's bound whose "
+                       f"every repeat finished at least {search.SUSTAINED_RATIO:.0%} of what it was sent within "
+                       "the latency objective."),
             Block("table", header=["backend", "broker", "slots", "task", "SLO", "knee (tasks/s)",
                                    "first unsustained", "evidence (run ids)", "why the search stopped"],
                   rows=rows)]
