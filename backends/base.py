@@ -21,12 +21,14 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 SETTINGS_ENV = "QUEUEBENCH_SETTINGS"
 
-Broker = Literal["redis", "rabbitmq"]
+Broker = Literal["redis", "rabbitmq", "sqlite"]
 Serializer = Literal["json", "pickle", "msgpack"]
 Routing = Literal["shared", "dedicated"]
 State = Literal["queued", "started", "success", "failure"]
 
-BROKERS: tuple[str, ...] = ("redis", "rabbitmq")
+#: Broker kinds the harness can provide: a private Redis, RabbitMQ, or a SQLite file in the run directory
+#: (for libraries that can queue in SQLite: no server at all).
+BROKERS: tuple[str, ...] = ("redis", "rabbitmq", "sqlite")
 SERIALIZERS: tuple[str, ...] = ("json", "pickle", "msgpack")
 ROUTINGS: tuple[str, ...] = ("shared", "dedicated")
 
@@ -67,7 +69,7 @@ class BackendSettings:
     broker: str = "redis"
     broker_url: str = "redis://127.0.0.1:6379/0"
     #: Redis URL holding task results (and nothing the harness measures). None: the broker's URL when
-    #: the broker is Redis; required for results with RabbitMQ.
+    #: the broker is Redis or SQLite (``sqlite:////abs/path.sqlite3``); required for results with RabbitMQ.
     result_url: str | None = None
     serializer: str = "json"
     results: bool = True
@@ -79,7 +81,7 @@ class BackendSettings:
     def effective_result_url(self) -> str | None:
         if self.result_url:
             return self.result_url
-        return self.broker_url if self.broker == "redis" else None
+        return self.broker_url if self.broker != "rabbitmq" else None
 
     @property
     def queues(self) -> tuple[str, ...]:
@@ -102,21 +104,20 @@ class BackendSettings:
 class WorkerSpec:
     """One group of workers: which queues, how much concurrency, and how they take messages.
 
-    ``slots`` (processes x threads) is the effective concurrency every result records.
-    None means "the library's own default" for that knob.
+    Only what every library has a notion of lives here; a library's own worker options (Celery's pool,
+    RQ's worker class, ...) are knobs it declares (`QueueBackend.knobs`), read from `settings.options`.
+    None means "the library's own default" for that setting.
     """
 
     queues: tuple[str, ...] = (DEFAULT_QUEUE,)
     processes: int = 1
     threads: int = 1
-    pool: str | None = None  # Celery: prefork | threads | gevent | solo
-    worker_class: str | None = None  # RQ: Worker | SimpleWorker | SpawnWorker (or a dotted path)
     prefetch: int | None = None
     acks_late: bool | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def slots(self) -> int:
+        """Processes x threads: the effective concurrency, unless the backend's `slots` says otherwise."""
         return self.processes * self.threads
 
 
@@ -127,6 +128,96 @@ class WorkerCommand:
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One setting of a library that a matrix (``[<backend>]`` table) or ``serve --option`` may set.
+
+    Declared once, on the backend (`QueueBackend.knobs`); the matrix validator, ``serve``, ``queuebench
+    backends`` and the tuning sweep all read this declaration. `default` is the library's own default
+    (what runs when the knob is unset; None when the library derives it, which `help` then explains);
+    `candidates` are the values worth trying when tuning, the default among them.
+    """
+
+    type: type
+    default: Any
+    help: str
+    choices: tuple[Any, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    candidates: tuple[Any, ...] = ()
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is not allowed (a phrase after "must be"), or None when it is."""
+        kind = self.type
+        if kind is bool:
+            ok = isinstance(value, bool)
+            return None if ok else "true or false"
+        if kind in (int, float):
+            numeric = (int,) if kind is int else (int, float)
+            if isinstance(value, bool) or not isinstance(value, numeric):
+                return f"{'an integer' if kind is int else 'a number'}{self._bounds()}"
+            if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+                return f"{'an integer' if kind is int else 'a number'}{self._bounds()}"
+        elif not isinstance(value, kind):
+            return f"a {kind.__name__}"
+        if self.choices and value not in self.choices:
+            return "one of " + ", ".join(str(c) for c in self.choices)
+        return None
+
+    def _bounds(self) -> str:
+        def number(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        if self.low is not None and self.high is not None:
+            return f" from {number(self.low)} to {number(self.high)}"
+        if self.low is not None:
+            return f" >= {number(self.low)}"
+        return f" <= {number(self.high)}" if self.high is not None else ""
+
+    @property
+    def values_text(self) -> str:
+        """The allowed values in a few words (for tables and messages)."""
+        if self.choices:
+            return " | ".join(str(c) for c in self.choices)
+        if self.type is bool:
+            return "true | false"
+        return f"{self.type.__name__}{self._bounds()}"
+
+
+Guarantee = Literal["at-most-once", "at-least-once"]
+
+
+@dataclass(frozen=True)
+class DeliveryContract:
+    """What a library promises about a task when the worker running it dies, in its own docs' terms.
+
+    `guarantee` is the contract for a task whose worker is killed (SIGKILL) while it runs;
+    `in_flight` and `prefetched` say what happens to the task running and to tasks claimed but not yet
+    started; `recovery` names the timer or mechanism that brings them back ("none" when nothing does);
+    `source` is where the library documents it.
+    """
+
+    guarantee: Guarantee
+    in_flight: str
+    prefetched: str
+    recovery: str
+    source: str
+
+
+def parse_knobs(backend_name: str, declared: Mapping[str, Knob], options: Mapping[str, Any]) -> dict[str, Any]:
+    """`options` checked against the backend's declared knobs; raises `UnsupportedOption` naming the knob
+    and what it must be. Returns the options that were given (absent knobs keep the library's default)."""
+    for key, value in options.items():
+        knob = declared.get(key)
+        if knob is None:
+            raise UnsupportedOption(f"[{backend_name}] {key}", value, backend_name,
+                                    f"known knobs: {', '.join(sorted(declared)) or 'none'}")
+        problem = knob.problem(value)
+        if problem:
+            raise UnsupportedOption(f"[{backend_name}] {key}", value, backend_name, f"must be {problem}")
+    return dict(options)
 
 
 @dataclass(frozen=True)
@@ -168,11 +259,23 @@ class TaskStatus:
 
 @runtime_checkable
 class QueueBackend(Protocol):
-    """The contract. Keep it small: anything a library cannot do raises `UnsupportedOption`."""
+    """The contract. Keep it small: anything a library cannot do raises `UnsupportedOption`.
+
+    The class describes itself, so nothing else in the harness needs editing to add a library:
+    `knobs` (its settings, with the library's defaults and values worth tuning), `packages` (the
+    distributions whose versions every run records), `concurrency` (one line: how processes x threads
+    become the library's own workers), `environment` (pip requirements of a private virtual
+    environment when the library cannot share the harness's; empty: the harness's own), `slots` and
+    `delivery_contract` (per worker spec).
+    """
 
     name: ClassVar[str]
     brokers: ClassVar[frozenset[str]]
     serializers: ClassVar[frozenset[str]]
+    knobs: ClassVar[Mapping[str, Knob]]
+    packages: ClassVar[tuple[str, ...]]
+    concurrency: ClassVar[str]
+    environment: ClassVar[tuple[str, ...]]
     settings: BackendSettings
 
     def ping(self) -> None:
@@ -185,7 +288,17 @@ class QueueBackend(Protocol):
         """The library's own state and result; None when the library has no record of the id."""
 
     def worker_commands(self, spec: WorkerSpec) -> list[WorkerCommand]:
-        """The library's own CLI invocations that start `spec` (several for some pools)."""
+        """The library's own CLI invocations that start `spec` (several for some pools).
+
+        A command whose ``argv[0]`` is `sys.executable` runs with the interpreter of the backend's
+        environment (see `environment`)."""
+
+    @classmethod
+    def slots(cls, spec: WorkerSpec) -> int:
+        """Tasks `spec` runs at once (processes x threads for every library here); needs no connection."""
+
+    def delivery_contract(self, spec: WorkerSpec) -> DeliveryContract:
+        """What the library promises for tasks of workers started from `spec` with these settings."""
 
     def queue_depths(self) -> Mapping[str, int]:
         """Messages waiting per queue of `settings.queues`."""
@@ -198,6 +311,19 @@ class QueueBackend(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+class BackendBase:
+    """Defaults a backend may inherit: no knobs, no private environment, slots = processes x threads."""
+
+    knobs: ClassVar[Mapping[str, Knob]] = {}
+    packages: ClassVar[tuple[str, ...]] = ()
+    environment: ClassVar[tuple[str, ...]] = ()
+    concurrency: ClassVar[str] = "processes x threads"
+
+    @classmethod
+    def slots(cls, spec: WorkerSpec) -> int:
+        return spec.slots
 
 
 def check_common(backend_name: str, brokers: frozenset[str], serializers: frozenset[str],
@@ -222,11 +348,3 @@ def check_worker_spec(backend_name: str, spec: WorkerSpec) -> None:
     if spec.processes < 1 or spec.threads < 1:
         raise UnsupportedOption("processes/threads", (spec.processes, spec.threads), backend_name,
                                 "both must be at least 1")
-
-
-def reject_unknown_options(backend_name: str, options: Mapping[str, Any], known: Mapping[str, str]) -> None:
-    """Refuse library knobs this backend does not know; `known` maps each name to what it does."""
-    for key in options:
-        if key not in known:
-            raise UnsupportedOption(f"[{backend_name}] {key}", options[key], backend_name,
-                                    f"known knobs: {', '.join(sorted(known)) or 'none'}")

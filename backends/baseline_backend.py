@@ -30,17 +30,20 @@ import redis
 
 from backends import workload
 from backends.base import (
+    BackendBase,
     BackendSettings,
     BackendUnavailable,
+    DeliveryContract,
     EnqueueReceipt,
     JobRequest,
+    Knob,
     TaskStatus,
     UnsupportedOption,
     WorkerCommand,
     WorkerSpec,
     check_common,
     check_worker_spec,
-    reject_unknown_options,
+    parse_knobs,
 )
 
 QUEUE_PREFIX = "queuebench:baseline:queue:"
@@ -66,22 +69,21 @@ def _redact(url: str) -> str:
     return url
 
 
-class BaselineBackend:
+class BaselineBackend(BackendBase):
     """Bare Redis LPUSH / BRPOP with JSON: the floor every library is compared with."""
 
     name: ClassVar[str] = "baseline"
     brokers: ClassVar[frozenset[str]] = frozenset({"redis"})
     serializers: ClassVar[frozenset[str]] = frozenset({"json"})
-    knobs: ClassVar[dict[str, str]] = {
-        "result_ttl_s": "int, seconds a result is kept when results are on (default 500).",
+    knobs: ClassVar[dict[str, Knob]] = {
+        "result_ttl_s": Knob(int, DEFAULT_RESULT_TTL_S, "seconds a result is kept when results are on.", low=1),
     }
+    packages: ClassVar[tuple[str, ...]] = ("redis", "hiredis")
+    concurrency: ClassVar[str] = "<processes> x `python -m backends.baseline_worker --threads <threads>`"
 
     def __init__(self, settings: BackendSettings) -> None:
         check_common(self.name, self.brokers, self.serializers, settings)
-        reject_unknown_options(self.name, settings.options, self.knobs)
-        ttl = settings.options.get("result_ttl_s", DEFAULT_RESULT_TTL_S)
-        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
-            raise UnsupportedOption("[baseline] result_ttl_s", ttl, self.name, "a positive number of seconds")
+        ttl = parse_knobs(self.name, self.knobs, settings.options).get("result_ttl_s", DEFAULT_RESULT_TTL_S)
         if settings.result_url and settings.result_url != settings.broker_url:
             raise UnsupportedOption("result_url", _redact(settings.result_url), self.name,
                                     "the baseline keeps results in its broker's Redis")
@@ -125,10 +127,7 @@ class BaselineBackend:
 
     def worker_commands(self, spec: WorkerSpec) -> list[WorkerCommand]:
         check_worker_spec(self.name, spec)
-        reject_unknown_options(self.name, spec.options, {})
         for option, value, reason in (
-            ("pool", spec.pool, "the baseline worker is threads in plain processes"),
-            ("worker_class", spec.worker_class, "the baseline has one worker"),
             ("prefetch", spec.prefetch, "each thread pops one message at a time"),
             ("acks_late", spec.acks_late, "a popped message is gone (at-most-once, no acknowledgement)"),
         ):
@@ -138,6 +137,12 @@ class BaselineBackend:
         group = "-".join(spec.queues)
         return [WorkerCommand(name=f"baseline-{group}-{i}", argv=argv, env=self.settings.to_env())
                 for i in range(spec.processes)]
+
+    def delivery_contract(self, spec: WorkerSpec) -> DeliveryContract:
+        """BRPOP removes the message: a worker killed mid-task loses it (by design, no acknowledgement)."""
+        return DeliveryContract("at-most-once", "lost (popped, never acknowledged)",
+                                "none: each thread pops one message at a time", "none",
+                                "backends/baseline_backend.py (BRPOP removes the message)")
 
     def queue_depths(self) -> Mapping[str, int]:
         try:

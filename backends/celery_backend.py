@@ -87,18 +87,21 @@ from kombu.utils.url import maybe_sanitize_url
 
 from backends import workload
 from backends.base import (
+    BackendBase,
     BackendSettings,
     BackendUnavailable,
+    DeliveryContract,
     EnqueueReceipt,
     JobRequest,
+    Knob,
     TaskStatus,
     UnsupportedOption,
     WorkerCommand,
     WorkerSpec,
     check_common,
     check_worker_spec,
-    reject_unknown_options,
 )
+from backends.base import parse_knobs as base_parse_knobs
 
 #: The one registered task, by name (the worker and the producer register the same function).
 TASK_NAME = "queuebench.run"
@@ -113,37 +116,6 @@ _SUBSCRIBE_SETTING = "queuebench_result_subscribe"
 #: Seconds `ping` (and the other short-lived admin connections) wait for the broker.
 PING_TIMEOUT_S = 2.0
 
-#: Knobs of the matrix's ``[celery]`` table (settings.options). Absent means Celery's own default.
-KNOBS: dict[str, str] = {
-    "without_mingle": "bool, worker flag --without-mingle: skip the start-up sync with other workers "
-                      "(Celery default: mingle on).",
-    "without_gossip": "bool, worker flag --without-gossip: ignore other workers' events "
-                      "(Celery default: gossip on).",
-    "without_heartbeat": "bool, worker flag --without-heartbeat: send no worker heartbeat events "
-                         "(default: on).",
-    "task_events": "bool, worker flag -E: send task events (Celery default off).",
-    "loglevel": "str, worker --loglevel: DEBUG | INFO | WARNING | ERROR | CRITICAL. Celery's CLI default "
-                "WARNING (INFO, the tutorials' choice, logs two lines per task).",
-    "optimization": "str, worker -O: default | fair (Celery default: default).",
-    "max_tasks_per_child": "int >= 1, worker --max-tasks-per-child: replace a prefork child after this many "
-                           "tasks (prefork only; Celery default: never).",
-    "disable_prefetch": "bool, worker flag --disable-prefetch (Celery 5.6+, Redis broker only): fetch a task "
-                        "only when a slot is free (Celery default false).",
-    "track_started": "bool, task_track_started: store STARTED when a task starts (Celery default false; "
-                     "without it a running task reads queued).",
-    "reject_on_worker_lost": "bool, task_reject_on_worker_lost: re-queue a task whose child died "
-                             "(with acks_late; Celery default false).",
-    "disable_rate_limits": "bool, worker_disable_rate_limits (Celery default false; no task has a limit).",
-    "broker_pool_limit": "int >= 0, broker_pool_limit: the producer's broker connection pool "
-                         "(0: a connection per publish; Celery default 10).",
-    "visibility_timeout_s": "int > 0, Redis broker only: broker_transport_options visibility_timeout, "
-                            "seconds before an unacknowledged task is redelivered (Celery default 3600).",
-    "result_expires_s": "int >= 0, result_expires: seconds results are kept (0: forever; Celery default "
-                        "86400).",
-    "result_subscribe": "bool, keep Celery's per-task SUBSCRIBE of the producer to the result channel "
-                        "(stock Celery; never drained by the API, see the module docstring). queuebench "
-                        "default false.",
-}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_LOGLEVEL = "WARNING"  # Celery's own CLI default
 OPTIMIZATIONS = ("default", "fair")
@@ -153,8 +125,45 @@ POOLS = ("prefork", "threads", "gevent", "solo")
 #: Pools that run `threads` tasks in one process (one worker command per process).
 THREADED_POOLS = ("threads", "gevent")
 
-_BOOL_KNOBS = ("without_mingle", "without_gossip", "without_heartbeat", "task_events", "disable_prefetch",
-               "track_started", "reject_on_worker_lost", "disable_rate_limits", "result_subscribe")
+#: Knobs of the matrix's ``[celery]`` table (settings.options). Absent means Celery's own default.
+KNOBS: dict[str, Knob] = {
+    "pool": Knob(str, None, "worker -P: the execution pool. Default here: prefork when threads = 1, threads "
+                 "when threads > 1 (Celery's own default is prefork). prefork and solo run one task per "
+                 "process; threads and gevent run `threads` tasks per process.",
+                 choices=POOLS, candidates=("prefork", "threads", "solo")),
+    "without_mingle": Knob(bool, False, "worker flag --without-mingle: skip the start-up sync with other "
+                           "workers (Celery default: mingle on).", candidates=(False, True)),
+    "without_gossip": Knob(bool, False, "worker flag --without-gossip: ignore other workers' events "
+                           "(Celery default: gossip on).", candidates=(False, True)),
+    "without_heartbeat": Knob(bool, False, "worker flag --without-heartbeat: send no worker heartbeat "
+                              "events (default: on).", candidates=(False, True)),
+    "task_events": Knob(bool, False, "worker flag -E: send task events (Celery default off)."),
+    "loglevel": Knob(str, DEFAULT_LOGLEVEL, "worker --loglevel. Celery's CLI default WARNING (INFO, the "
+                     "tutorials' choice, logs two lines per task).", choices=LOG_LEVELS,
+                     candidates=("WARNING", "INFO")),
+    "optimization": Knob(str, "default", "worker -O: how prefork hands tasks to children.",
+                         choices=OPTIMIZATIONS, candidates=OPTIMIZATIONS),
+    "max_tasks_per_child": Knob(int, None, "worker --max-tasks-per-child: replace a prefork child after this "
+                                "many tasks (prefork only; Celery default: never).", low=1),
+    "disable_prefetch": Knob(bool, False, "worker flag --disable-prefetch (Celery 5.6+, Redis broker only): "
+                             "fetch a task only when a slot is free.", candidates=(False, True)),
+    "track_started": Knob(bool, False, "task_track_started: store STARTED when a task starts (without it a "
+                          "running task reads queued)."),
+    "reject_on_worker_lost": Knob(bool, False, "task_reject_on_worker_lost: re-queue a task whose child "
+                                  "died (with acks_late).", candidates=(False, True)),
+    "disable_rate_limits": Knob(bool, False, "worker_disable_rate_limits (no task here has a limit)."),
+    "broker_pool_limit": Knob(int, 10, "broker_pool_limit: the producer's broker connection pool (0: a "
+                              "connection per publish).", low=0),
+    "visibility_timeout_s": Knob(int, 3600, "Redis broker only: broker_transport_options visibility_timeout, "
+                                 "seconds before an unacknowledged task is redelivered.", low=1,
+                                 candidates=(30, 300, 3600)),
+    "result_expires_s": Knob(int, 86400, "result_expires: seconds results are kept (0: forever).", low=0),
+    "result_subscribe": Knob(bool, False, "keep Celery's per-task SUBSCRIBE of the producer to the result "
+                             "channel (stock Celery; never drained by the API, see the module docstring). "
+                             "queuebench default false."),
+}
+#: Knobs that only mean something on the Redis broker.
+_REDIS_ONLY = ("visibility_timeout_s", "disable_prefetch")
 #: Boolean knobs that are worker command-line flags.
 _FLAG_KNOBS = {
     "without_mingle": "--without-mingle",
@@ -259,27 +268,9 @@ def _knob_error(key: str, value: Any, reason: str) -> UnsupportedOption:
 
 def parse_knobs(settings: BackendSettings) -> dict[str, Any]:
     """The ``[celery]`` knobs of `settings`, checked; raises `UnsupportedOption` for a bad one."""
-    options = settings.options
-    reject_unknown_options(CeleryBackend.name, options, KNOBS)
-    knobs: dict[str, Any] = {}
-    for key, value in options.items():
-        if key in _BOOL_KNOBS:
-            if not isinstance(value, bool):
-                raise _knob_error(key, value, "true or false")
-        elif key == "loglevel":
-            if not isinstance(value, str) or value.upper() not in LOG_LEVELS:
-                raise _knob_error(key, value, f"one of {', '.join(LOG_LEVELS)}")
-            value = value.upper()
-        elif key == "optimization":
-            if value not in OPTIMIZATIONS:
-                raise _knob_error(key, value, f"one of {', '.join(OPTIMIZATIONS)}")
-        else:  # the integer knobs
-            low = {"max_tasks_per_child": 1, "visibility_timeout_s": 1}.get(key, 0)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise _knob_error(key, value, f"an integer >= {low}")
-        knobs[key] = value
+    knobs = base_parse_knobs(CeleryBackend.name, KNOBS, settings.options)
     if settings.broker != "redis":
-        for key in ("visibility_timeout_s", "disable_prefetch"):
+        for key in _REDIS_ONLY:
             if key in knobs:
                 raise _knob_error(key, knobs[key], "applies to the Redis broker only")
     return knobs
@@ -355,13 +346,16 @@ def _dist(name: str) -> str | None:
 # --- the backend ---------------------------------------------------------------------------------------
 
 
-class CeleryBackend:
+class CeleryBackend(BackendBase):
     """Celery on Redis or RabbitMQ: one task, Celery's own retry for `flaky`, Celery's own CLI for workers."""
 
     name: ClassVar[str] = "celery"
     brokers: ClassVar[frozenset[str]] = frozenset({"redis", "rabbitmq"})
     serializers: ClassVar[frozenset[str]] = frozenset({"json", "pickle", "msgpack"})
-    knobs: ClassVar[dict[str, str]] = KNOBS
+    knobs: ClassVar[dict[str, Knob]] = KNOBS
+    packages: ClassVar[tuple[str, ...]] = ("celery", "kombu", "billiard", "redis", "hiredis", "amqp", "msgpack")
+    concurrency: ClassVar[str] = ("threads = 1: one `celery worker -P prefork -c <processes>`; threads > 1: "
+                                  "<processes> x `celery worker -P threads -c <threads>`")
 
     def __init__(self, settings: BackendSettings) -> None:
         check_common(self.name, self.brokers, self.serializers, settings)
@@ -464,14 +458,7 @@ class CeleryBackend:
     def worker_commands(self, spec: WorkerSpec) -> list[WorkerCommand]:
         """``celery -A backends.celery_worker worker ...`` invocations giving exactly `spec.slots` slots."""
         check_worker_spec(self.name, spec)
-        reject_unknown_options(self.name, spec.options, {})
-        if spec.worker_class is not None:
-            raise UnsupportedOption("worker_class", spec.worker_class, self.name,
-                                    "Celery has no worker class setting; choose a pool (prefork, threads, "
-                                    "gevent, solo)")
-        pool = spec.pool
-        if pool is not None and pool not in POOLS:
-            raise UnsupportedOption("pool", pool, self.name, f"one of {', '.join(POOLS)}")
+        pool = self.knob_values.get("pool")
         if pool is None:
             pool = "prefork" if spec.threads == 1 else "threads"
         if pool in ("prefork", "solo") and spec.threads > 1:
@@ -515,6 +502,26 @@ class CeleryBackend:
             "acks_late": spec.acks_late if spec.acks_late is not None else self._app.conf.task_acks_late,
         })
         return result
+
+    def delivery_contract(self, spec: WorkerSpec) -> DeliveryContract:
+        """Celery acknowledges a task before running it unless ``acks_late``; a child killed mid-task is
+        acknowledged anyway unless ``reject_on_worker_lost`` too (Celery's FAQ and task docs)."""
+        acks_late = spec.acks_late if spec.acks_late is not None else bool(self._app.conf.task_acks_late)
+        reject = bool(self.knob_values.get("reject_on_worker_lost", False))
+        redis_broker = self.settings.broker == "redis"
+        redelivery = (f"after the visibility timeout ({self.knob_values.get('visibility_timeout_s', 3600)} s)"
+                      if redis_broker else "when the broker sees the connection close")
+        prefetched = f"returned to the queue {redelivery}"
+        source = "https://docs.celeryq.dev/en/stable/userguide/tasks.html#Task.acks_late"
+        if acks_late and reject:
+            return DeliveryContract("at-least-once", "re-queued at once (the child's death rejects it)",
+                                    prefetched, "reject_on_worker_lost; " + redelivery, source)
+        if acks_late:
+            return DeliveryContract("at-most-once", "acknowledged as failed when only the child dies (lost); "
+                                    f"redelivered {redelivery} when the whole worker dies", prefetched,
+                                    redelivery, source)
+        return DeliveryContract("at-most-once", "lost (acknowledged before it ran)", prefetched, redelivery,
+                                source)
 
     def queue_depths(self) -> Mapping[str, int]:
         """Messages waiting per queue of `settings.queues` (a passive declare's message count: the Redis

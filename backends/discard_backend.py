@@ -14,26 +14,27 @@ from typing import Any, ClassVar
 
 from backends import ledger
 from backends.base import (
+    BackendBase,
     BackendSettings,
+    DeliveryContract,
     EnqueueReceipt,
     JobRequest,
     TaskStatus,
     WorkerCommand,
     WorkerSpec,
     check_common,
-    reject_unknown_options,
+    parse_knobs,
 )
 
 
-class DiscardBackend:
+class DiscardBackend(BackendBase):
     name: ClassVar[str] = "discard"
     brokers: ClassVar[frozenset[str]] = frozenset({"redis", "rabbitmq"})
     serializers: ClassVar[frozenset[str]] = frozenset({"json", "pickle", "msgpack"})
-    knobs: ClassVar[dict[str, str]] = {}
 
     def __init__(self, settings: BackendSettings) -> None:
         check_common(self.name, self.brokers, self.serializers, settings)
-        reject_unknown_options(self.name, settings.options, self.knobs)
+        parse_knobs(self.name, self.knobs, settings.options)
         self.settings = settings
 
     def ping(self) -> None:
@@ -50,6 +51,10 @@ class DiscardBackend:
 
     def worker_commands(self, spec: WorkerSpec) -> list[WorkerCommand]:
         return []  # nothing runs tasks: there are none to run
+
+    def delivery_contract(self, spec: WorkerSpec) -> DeliveryContract:
+        return DeliveryContract("at-most-once", "n/a: no task runs (each is recorded as done and dropped)", "none", "none",
+                                "backends/discard_backend.py")
 
     def queue_depths(self) -> Mapping[str, int]:
         return {queue: 0 for queue in self.settings.queues}

@@ -87,17 +87,20 @@ from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from backends import workload
 from backends.base import (
+    BackendBase,
     BackendSettings,
     BackendUnavailable,
+    DeliveryContract,
     EnqueueReceipt,
     JobRequest,
+    Knob,
     TaskStatus,
     UnsupportedOption,
     WorkerCommand,
     WorkerSpec,
     check_common,
     check_worker_spec,
-    reject_unknown_options,
+    parse_knobs,
 )
 
 #: The one actor every message is for (declared only by the workers, in `backends.dramatiq_worker`).
@@ -123,21 +126,24 @@ CONNECT_TIMEOUT_S = 3.0
 PRODUCER_SOCKET_TIMEOUT_S = 10.0
 
 #: Knobs of the matrix's ``[dramatiq]`` table (settings.options). Absent means dramatiq's own default.
-KNOBS: dict[str, str] = {
-    "queue_prefetch": "int, messages each worker process prefetches per queue (env dramatiq_queue_prefetch). "
-                      "Dramatiq default 2 x threads. Same as the worker spec's prefetch; give one or the other.",
-    "delay_queue_prefetch": "int, messages each worker process prefetches per delay queue (env "
-                            "dramatiq_delay_queue_prefetch). Dramatiq default 1000 x threads, at most 65535.",
-    "worker_timeout_ms": "int, cap of an idle consumer's poll back-off and of a worker thread's wait, ms (env "
-                         "dramatiq_worker_timeout). Dramatiq default 1000; a big throughput knob on Redis.",
-    "result_ttl_ms": "int, how long the Results middleware keeps a result, ms. Dramatiq default 600000 "
-                     "(10 min). Ignored when results are off.",
-    "time_limit_ms": "int, TimeLimit middleware: a running actor is interrupted after this long, ms. "
-                     "Dramatiq default 600000 (10 min).",
-    "heartbeat_timeout_ms": "int, Redis only: a worker silent this long is dead and its unacked messages "
-                            "are requeued, ms. Dramatiq default 60000.",
-    "confirm_delivery": "bool, RabbitMQ only: the producer waits for publisher confirms on every enqueue. "
-                        "Dramatiq default false.",
+KNOBS: dict[str, Knob] = {
+    "queue_prefetch": Knob(int, None, "messages each worker process prefetches per queue (env "
+                           "dramatiq_queue_prefetch). Dramatiq default 2 x threads. Same as the worker spec's "
+                           "prefetch; give one or the other.", low=1, high=65535, candidates=(1, 2, 8, 64)),
+    "delay_queue_prefetch": Knob(int, None, "messages each worker process prefetches per delay queue (env "
+                                 "dramatiq_delay_queue_prefetch). Dramatiq default 1000 x threads, at most 65535.",
+                                 low=1, high=65535),
+    "worker_timeout_ms": Knob(int, DEFAULT_WORKER_TIMEOUT_MS, "cap of an idle consumer's poll back-off and of a "
+                              "worker thread's wait, ms (env dramatiq_worker_timeout); a big throughput knob on "
+                              "Redis.", low=1, candidates=(100, 1000)),
+    "result_ttl_ms": Knob(int, 600_000, "how long the Results middleware keeps a result, ms (10 min). Ignored "
+                          "when results are off.", low=1),
+    "time_limit_ms": Knob(int, DEFAULT_TIME_LIMIT_MS, "TimeLimit middleware: a running actor is interrupted after "
+                          "this long, ms (10 min).", low=1),
+    "heartbeat_timeout_ms": Knob(int, 60_000, "Redis only: a worker silent this long is dead and its unacked "
+                                 "messages are requeued, ms.", low=1, candidates=(5_000, 60_000)),
+    "confirm_delivery": Knob(bool, False, "RabbitMQ only: the producer waits for publisher confirms on every "
+                             "enqueue.", candidates=(False, True)),
 }
 
 #: Knobs that apply to one broker only.
@@ -191,41 +197,20 @@ def _dist(name: str) -> str | None:
         return None
 
 
-def _int_knob(options: Mapping[str, Any], key: str, high: int | None = None) -> int | None:
-    if key not in options:
-        return None
-    value = options[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (high is not None and value > high):
-        bounds = f"from 1 to {high}" if high is not None else ">= 1"
-        raise UnsupportedOption(f"[dramatiq] {key}", value, DramatiqBackend.name, f"an integer {bounds}")
-    return value
-
-
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:500] if lines else text
 
 
 def validate_options(settings: BackendSettings) -> dict[str, Any]:
-    """The ``[dramatiq]`` knobs checked and typed; raises `UnsupportedOption` for anything else."""
-    options = settings.options
-    reject_unknown_options(DramatiqBackend.name, options, KNOBS)
+    """The ``[dramatiq]`` knobs checked, every one present (None: dramatiq's default); raises
+    `UnsupportedOption` for anything else."""
+    options = parse_knobs(DramatiqBackend.name, KNOBS, settings.options)
     for key, broker in _BROKER_ONLY.items():
         if key in options and settings.broker != broker:
             raise UnsupportedOption(f"[dramatiq] {key}", options[key], DramatiqBackend.name,
                                     f"applies to the {broker} broker only")
-    if "confirm_delivery" in options and not isinstance(options["confirm_delivery"], bool):
-        raise UnsupportedOption("[dramatiq] confirm_delivery", options["confirm_delivery"], DramatiqBackend.name,
-                                "true or false")
-    return {
-        "queue_prefetch": _int_knob(options, "queue_prefetch", 65535),
-        "delay_queue_prefetch": _int_knob(options, "delay_queue_prefetch", 65535),
-        "worker_timeout_ms": _int_knob(options, "worker_timeout_ms"),
-        "result_ttl_ms": _int_knob(options, "result_ttl_ms"),
-        "time_limit_ms": _int_knob(options, "time_limit_ms"),
-        "heartbeat_timeout_ms": _int_knob(options, "heartbeat_timeout_ms"),
-        "confirm_delivery": options.get("confirm_delivery"),
-    }
+    return {key: options.get(key) for key in KNOBS}
 
 
 def build_result_backend(settings: BackendSettings, encoder: dramatiq.Encoder, *,
@@ -326,13 +311,15 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, dramat
 # --- the backend ---------------------------------------------------------------------------------------
 
 
-class DramatiqBackend:
+class DramatiqBackend(BackendBase):
     """Dramatiq on Redis or RabbitMQ: one actor, dramatiq's own retries and results, its own CLI for workers."""
 
     name: ClassVar[str] = "dramatiq"
     brokers: ClassVar[frozenset[str]] = frozenset({"redis", "rabbitmq"})
     serializers: ClassVar[frozenset[str]] = frozenset({"json", "pickle", "msgpack"})
-    knobs: ClassVar[dict[str, str]] = KNOBS
+    knobs: ClassVar[dict[str, Knob]] = KNOBS
+    packages: ClassVar[tuple[str, ...]] = ("dramatiq", "redis", "hiredis", "pika", "msgpack")
+    concurrency: ClassVar[str] = "one `dramatiq -p <processes> -t <threads>` per queue group"
 
     def __init__(self, settings: BackendSettings) -> None:
         check_common(self.name, self.brokers, self.serializers, settings)
@@ -450,14 +437,6 @@ class DramatiqBackend:
     def worker_commands(self, spec: WorkerSpec) -> list[WorkerCommand]:
         """One ``dramatiq backends.dramatiq_worker -p P -t T -Q <queues>`` (dramatiq's own CLI and processes)."""
         check_worker_spec(self.name, spec)
-        reject_unknown_options(self.name, spec.options, {})
-        if spec.pool is not None:
-            raise UnsupportedOption("pool", spec.pool, self.name,
-                                    "dramatiq runs a fixed pool of threads in each process: set processes "
-                                    "and threads")
-        if spec.worker_class is not None:
-            raise UnsupportedOption("worker_class", spec.worker_class, self.name,
-                                    "dramatiq has one worker class; set processes and threads")
         if spec.acks_late is False:
             raise UnsupportedOption("acks_late", False, self.name,
                                     "dramatiq always acknowledges a message after its actor has run")
@@ -478,6 +457,19 @@ class DramatiqBackend:
             "acks": "after the actor runs (dramatiq always)",
         }
         return [WorkerCommand(name=f"dramatiq-{'-'.join(spec.queues)}", argv=argv, env=env)]
+
+    def delivery_contract(self, spec: WorkerSpec) -> DeliveryContract:
+        """Dramatiq acknowledges a message after its actor has run (at least once). On Redis a dead
+        worker's unacknowledged messages come back once its heartbeat is older than the heartbeat timeout
+        and some process runs the broker's maintenance; on RabbitMQ as soon as the connection closes."""
+        if self.settings.broker == "redis":
+            timeout_ms = self._knobs["heartbeat_timeout_ms"] or 60_000
+            recovery = (f"requeued by broker maintenance once the dead worker's heartbeat is {timeout_ms} ms "
+                        "old (maintenance runs on a fraction of commands; an idle cluster may not run it)")
+        else:
+            recovery = "redelivered by RabbitMQ when the worker's connection closes"
+        return DeliveryContract("at-least-once", "redelivered: " + recovery, "redelivered with it", recovery,
+                                "https://dramatiq.io/guide.html#message-delivery (acks after processing)")
 
     def _prefetch(self, spec_prefetch: int | None) -> int | None:
         knob = self._knobs["queue_prefetch"]

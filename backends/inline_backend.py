@@ -8,7 +8,9 @@ from typing import Any, ClassVar
 
 from backends import workload
 from backends.base import (
+    BackendBase,
     BackendSettings,
+    DeliveryContract,
     EnqueueReceipt,
     JobRequest,
     TaskStatus,
@@ -16,18 +18,18 @@ from backends.base import (
     WorkerCommand,
     WorkerSpec,
     check_common,
-    reject_unknown_options,
+    parse_knobs,
 )
 
 
-class InlineBackend:
+class InlineBackend(BackendBase):
     name: ClassVar[str] = "inline"
     brokers: ClassVar[frozenset[str]] = frozenset({"redis", "rabbitmq"})
     serializers: ClassVar[frozenset[str]] = frozenset({"json", "pickle", "msgpack"})
 
     def __init__(self, settings: BackendSettings) -> None:
         check_common(self.name, self.brokers, self.serializers, settings)
-        reject_unknown_options(self.name, settings.options, {})
+        parse_knobs(self.name, self.knobs, settings.options)
         self.settings = settings
         self._results: dict[str, TaskStatus] = {}
 
@@ -52,6 +54,10 @@ class InlineBackend:
 
     def worker_commands(self, spec: WorkerSpec) -> list[WorkerCommand]:
         raise UnsupportedOption("workers", spec.slots, self.name, "the inline backend runs tasks in the API process")
+
+    def delivery_contract(self, spec: WorkerSpec) -> DeliveryContract:
+        return DeliveryContract("at-most-once", "n/a: tasks run in the API process", "none", "none",
+                                "backends/inline_backend.py")
 
     def queue_depths(self) -> Mapping[str, int]:
         return {queue: 0 for queue in self.settings.queues}

@@ -58,17 +58,20 @@ from rq.serializers import DefaultSerializer, JSONSerializer
 
 from backends import workload
 from backends.base import (
+    BackendBase,
     BackendSettings,
     BackendUnavailable,
+    DeliveryContract,
     EnqueueReceipt,
     JobRequest,
+    Knob,
     TaskStatus,
     UnsupportedOption,
     WorkerCommand,
     WorkerSpec,
     check_common,
     check_worker_spec,
-    reject_unknown_options,
+    parse_knobs,
 )
 
 #: The job function, by dotted path: the producer does not import task code to name it.
@@ -76,16 +79,21 @@ RUN_FUNC = "backends.rq_backend.run"
 #: This module, named to ``rq worker-pool -c`` so the pool process imports the task code before forking.
 PRELOAD_MODULE = "backends.rq_backend"
 
-#: Knobs of the matrix's ``[rq]`` table (settings.options). Absent means RQ's own default.
-KNOBS: dict[str, str] = {
-    "job_timeout_s": "int, seconds before RQ kills a running job (-1: never). RQ default 180.",
-    "result_ttl_s": "int, seconds RQ keeps a success and its result when results are on (-1: forever). "
-                    "RQ default 500. Ignored when results are off (then 0: deleted on success).",
-    "failure_ttl_s": "int, seconds RQ keeps a failed job (-1: forever). RQ default 31536000 (1 year).",
-    "logging_level": "str, worker log level (rq worker-pool -l): DEBUG | INFO | WARNING | ERROR. RQ default "
-                     "INFO, which logs about three lines per job.",
-}
 LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+#: Knobs of the matrix's ``[rq]`` table (settings.options). Absent means RQ's own default.
+KNOBS: dict[str, Knob] = {
+    "worker_class": Knob(str, "Worker", "rq worker-pool -w: Worker (fork a work horse per job, RQ's default), "
+                         "SimpleWorker (run jobs in the worker process), SpawnWorker (posix_spawn per job), or "
+                         "a dotted path to a Worker subclass.", candidates=("Worker", "SimpleWorker", "SpawnWorker")),
+    "job_timeout_s": Knob(int, 180, "seconds before RQ kills a running job (-1: never).", low=-1),
+    "result_ttl_s": Knob(int, 500, "seconds RQ keeps a success and its result when results are on (-1: "
+                         "forever). Ignored when results are off (then 0: deleted on success).", low=-1),
+    "failure_ttl_s": Knob(int, 31_536_000, "seconds RQ keeps a failed job (-1: forever; default 1 year).",
+                          low=-1),
+    "logging_level": Knob(str, "INFO", "worker log level (rq worker-pool -l). RQ's INFO logs about three "
+                          "lines per job.", choices=LOGGING_LEVELS, candidates=("INFO", "WARNING")),
+}
 
 #: Short worker-class names a spec may use; any other value must be a dotted path.
 WORKER_CLASSES: dict[str, str] = {
@@ -221,23 +229,28 @@ _STATES: dict[str, str] = {
     JobStatus.FAILED.value: "failure",
     JobStatus.STOPPED.value: "failure",
     JobStatus.CANCELED.value: "failure",
+    # RQ 3 only: a job held back by a rate limit, or waiting to be enqueued after its dependencies.
+    "rate_limited": "queued",
+    "ready_to_enqueue": "queued",
 }
 
 
 # --- the backend ---------------------------------------------------------------------------------------
 
 
-class RQBackend:
+class RQBackend(BackendBase):
     """RQ on Redis: one job per task, RQ's own retry for `flaky`, RQ's own CLI for workers."""
 
     name: ClassVar[str] = "rq"
     brokers: ClassVar[frozenset[str]] = frozenset({"redis"})
     serializers: ClassVar[frozenset[str]] = frozenset({"json", "pickle", "msgpack"})
-    knobs: ClassVar[dict[str, str]] = KNOBS
+    knobs: ClassVar[dict[str, Knob]] = KNOBS
+    packages: ClassVar[tuple[str, ...]] = ("rq", "redis", "hiredis", "msgpack")
+    concurrency: ClassVar[str] = "one `rq worker-pool -n <processes>` (one job at a time per process; threads must be 1)"
 
     def __init__(self, settings: BackendSettings) -> None:
         check_common(self.name, self.brokers, self.serializers, settings)
-        reject_unknown_options(self.name, settings.options, KNOBS)
+        parse_knobs(self.name, KNOBS, settings.options)
         if settings.result_url and settings.result_url != settings.broker_url:
             raise UnsupportedOption("result_url", redact_url(settings.result_url), self.name,
                                     "RQ keeps results in its broker's Redis, not in a separate store")
@@ -245,12 +258,10 @@ class RQBackend:
         self.job_timeout_s = _int_knob(options, "job_timeout_s")
         self.failure_ttl_s = _int_knob(options, "failure_ttl_s")
         result_ttl_s = _int_knob(options, "result_ttl_s")
+        self.worker_class = self._worker_class(options.get("worker_class"))
         #: What jobs are enqueued with: 0 (RQ deletes a success at once) when results are off.
         self.result_ttl_s: int | None = result_ttl_s if settings.results else 0
-        level = options.get("logging_level")
-        if level is not None and (not isinstance(level, str) or level.upper() not in LOGGING_LEVELS):
-            raise UnsupportedOption("[rq] logging_level", level, self.name, f"one of {', '.join(LOGGING_LEVELS)}")
-        self.logging_level: str | None = level.upper() if level is not None else None
+        self.logging_level: str | None = options.get("logging_level")
         self.settings = settings
         self._serializer, self._serializer_arg = SERIALIZERS[settings.serializer]
         self._redis = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=PING_TIMEOUT_S,
@@ -321,13 +332,9 @@ class RQBackend:
     def worker_commands(self, spec: WorkerSpec) -> list[WorkerCommand]:
         """One ``rq worker-pool -n <processes>`` on the spec's queues (RQ's own CLI and process manager)."""
         check_worker_spec(self.name, spec)
-        reject_unknown_options(self.name, spec.options, {})
         if spec.threads > 1:
             raise UnsupportedOption("threads", spec.threads, self.name,
                                     "RQ runs one job at a time per worker process; raise processes instead")
-        if spec.pool is not None:
-            raise UnsupportedOption("pool", spec.pool, self.name,
-                                    "RQ has no pool setting; choose worker_class (Worker, SimpleWorker, SpawnWorker)")
         if spec.prefetch is not None:
             raise UnsupportedOption("prefetch", spec.prefetch, self.name,
                                     "RQ has no prefetch: an idle worker pops one job at a time")
@@ -338,9 +345,8 @@ class RQBackend:
                                     "to the queue")
         argv = [str(Path(sys.executable).parent / "rq"), "worker-pool", "-n", str(spec.processes),
                 "-u", self.settings.broker_url, "-S", self._serializer_arg, "-c", PRELOAD_MODULE]
-        worker_class = self._worker_class(spec.worker_class)
-        if worker_class is not None:
-            argv += ["-w", worker_class]
+        if self.worker_class is not None:
+            argv += ["-w", self.worker_class]
         if self.logging_level is not None:
             argv += ["-l", self.logging_level]
         argv += list(spec.queues)
@@ -351,15 +357,28 @@ class RQBackend:
             return None
         path = WORKER_CLASSES.get(value, value)
         if "." not in path:
-            raise UnsupportedOption("worker_class", value, self.name,
+            raise UnsupportedOption("[rq] worker_class", value, self.name,
                                     f"one of {', '.join(WORKER_CLASSES)} or a dotted path")
         try:
             from rq.utils import import_worker_class
 
             import_worker_class(path)
         except (ImportError, AttributeError, ValueError) as exc:
-            raise UnsupportedOption("worker_class", value, self.name, f"not an RQ worker class: {exc}") from exc
+            raise UnsupportedOption("[rq] worker_class", value, self.name,
+                                    f"not an RQ worker class: {exc}") from exc
         return path
+
+    def delivery_contract(self, spec: WorkerSpec) -> DeliveryContract:
+        """RQ moves a job to its started registry when a worker takes it; a job whose work horse dies is
+        failed at once, and one whose whole worker dies is found abandoned by the registry clean-up and
+        failed (retried only when it was enqueued with a `Retry`). RQ has no prefetch."""
+        return DeliveryContract(
+            "at-most-once",
+            "failed (moved to the failed registry; re-run only if enqueued with Retry)",
+            "none: an idle worker takes one job at a time",
+            "registry clean-up after the job's started-registry entry expires (job timeout + 60 s), on the "
+            "maintenance interval (600 s)",
+            "https://python-rq.org/docs/exceptions/ (abandoned jobs), https://python-rq.org/docs/jobs/")
 
     def queue_depths(self) -> Mapping[str, int]:
         """Jobs waiting per queue of `settings.queues` (RQ's ``Queue.count``)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sqlite3
 import tempfile
 import time
 from dataclasses import dataclass
@@ -72,6 +73,16 @@ class BrokerHandle:
     url: str
     owned: bool
     version: str = ""
+
+
+def sqlite_file(workdir: Path) -> BrokerHandle:
+    """A SQLite database file in the run directory as the broker: no server, nothing to start or stop.
+
+    The URL is ``sqlite:///`` + the absolute path (``sqlite:////abs/dir/broker.sqlite3``); the library
+    creates the file. The harness owns it, so it may purge it.
+    """
+    path = (workdir / "broker.sqlite3").resolve()
+    return BrokerHandle(kind="sqlite", url=f"sqlite:///{path}", owned=True, version=sqlite3.sqlite_version)
 
 
 def start_private_redis(supervisor: Supervisor, workdir: Path, name: str = "redis") -> BrokerHandle:

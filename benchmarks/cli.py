@@ -16,10 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.table import Table
 
-from backends import HARNESS, MEASURABLE, REGISTRY, backend_class
-from backends.base import BROKERS, ROUTINGS, SERIALIZERS, BackendError, UnsupportedOption
-from benchmarks import __version__
+import backends
+from backends import backend_class
+from backends.base import BROKERS, BackendError, UnsupportedOption
+from benchmarks import __version__, brokers, runner
+from benchmarks import matrix as matrix_mod
+from benchmarks import overhead as oh
+from benchmarks import search as search_mod
+from benchmarks import spec as spec_mod
+from benchmarks.progress import SweepProgress, table_console
+from benchmarks.smoke import KINDS, smoke_one
+from benchmarks.stack import Stack, StackConfig, validate
 
 EXIT_USAGE = 2
 
@@ -52,7 +62,6 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 def _sweep_exits(progress: Any, console: Any, kept: str) -> Iterator[None]:
     """Stop the progress display however a sweep ends; Ctrl-C/SIGTERM exits 130 saying what was kept,
     the measuring lock held by another sweep exits 1."""
-    from benchmarks import runner
 
     try:
         yield
@@ -75,10 +84,55 @@ def cli() -> None:
     """Measure, compare and size Python task queues (Celery, RQ, Dramatiq) behind one Flask API."""
 
 
+class BackendName(click.ParamType):
+    """A registered backend or a dotted path to a backend class (checked by the registry)."""
+
+    name = "backend"
+
+    def __init__(self, allowed: tuple[str, ...]) -> None:
+        self.allowed = allowed
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[" + "|".join(self.allowed) + "|mypkg.mod:Class]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if value in self.allowed or (backends.is_dotted(value) and backends.check_backend_name(value) is None):
+            return value
+        self.fail(f"{value!r}: must be {backends.check_backend_name(value) or 'one of ' + ', '.join(self.allowed)}",
+                  param, ctx)
+
+
+def _spec_option(key: spec_mod.Key):
+    """The ``serve`` option of one declared spec key: its type, range, default and help come from `key`."""
+    flag = "--" + key.name.replace("_", "-")
+    domain = key.domain
+    help_text = key.help[0].upper() + key.help[1:] + "."
+    if key.name == "backend":
+        return click.option(flag, required=True, type=BackendName(backends.measurable()),
+                            help="The queue library (`queuebench backends` lists them; baseline is the floor, a "
+                                 "bare Redis list), or a dotted path mypkg.mod:MyBackend.")
+    if domain.type is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", default=domain.default,
+                            show_default=domain.default is not None, help=help_text)
+    if domain.choices:
+        kind: Any = click.Choice([str(c) for c in domain.choices])
+    elif domain.type is int:
+        kind = click.IntRange(int(domain.low) if domain.low is not None else None,
+                              int(domain.high) if domain.high is not None else None)
+    else:
+        kind = click.FloatRange(domain.low, domain.high)
+    return click.option(flag, type=kind, default=domain.default, show_default=domain.default is not None,
+                        help=help_text)
+
+
+def _serve_options(command):
+    for name in reversed(spec_mod.SERVE_KEYS):
+        command = _spec_option(spec_mod.KEYS[name])(command)
+    return command
+
+
 @cli.command()
-@click.option("--backend", required=True, type=click.Choice(MEASURABLE), help="Queue library to serve.")
-@click.option("--broker", type=click.Choice(BROKERS), default="redis", show_default=True,
-              help="Message broker (RQ and baseline run on Redis only).")
+@_serve_options
 @click.option("--broker-url", metavar="URL",
               help="Use this existing Redis instead of a private one (never flushed; must be empty "
                    "unless --allow-dirty). With --broker rabbitmq it holds the results.")
@@ -86,51 +140,26 @@ def cli() -> None:
               help="RabbitMQ to use. Default: amqp://guest:guest@127.0.0.1:5672/%2F when it answers, "
                    "else a private node if rabbitmq-server is installed.")
 @click.option("--allow-dirty", is_flag=True, help="Accept a non-empty broker database; nothing is purged then.")
-@click.option("--serializer", type=click.Choice(SERIALIZERS), default="json", show_default=True)
-@click.option("--processes", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Worker processes in all (dedicated routing splits them between the queues).")
-@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Threads per worker process (slots = processes x threads).")
-@click.option("--pool", type=click.Choice(["prefork", "threads", "gevent", "solo"]),
-              help="Celery pool (default: prefork, or threads when --threads > 1).")
-@click.option("--worker-class", help="RQ worker class: Worker, SimpleWorker, SpawnWorker or a dotted path.")
-@click.option("--prefetch", type=click.IntRange(1, 100_000), help="Prefetch per worker (library default if unset).")
-@click.option("--acks-late/--acks-early", default=None, help="Acknowledge after running (library default if unset).")
-@click.option("--routing", type=click.Choice(ROUTINGS), default="shared", show_default=True,
-              help="shared: one queue; dedicated: sleep_ms/cpu_ms >= --long-threshold-ms go to queue 'long'.")
-@click.option("--long-threshold-ms", type=click.IntRange(0, 60_000), default=100, show_default=True)
-@click.option("--results/--no-results", default=True, show_default=True,
-              help="Keep task results (GET /tasks/<id> needs them).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Library knob, repeatable (see `queuebench backends`), e.g. without_mingle=true.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="API port on 127.0.0.1 (0: a free one).")
-@click.option("--api-workers", type=click.IntRange(1, 64), default=2, show_default=True, help="gunicorn workers.")
-@click.option("--api-threads", type=click.IntRange(1, 256), default=4, show_default=True,
-              help="gunicorn gthread threads per worker.")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where ledger and logs go (default: a new temporary directory).")
-def serve(backend: str, broker: str, broker_url: str | None, amqp_url: str | None, allow_dirty: bool,
-          serializer: str, processes: int, threads: int, pool: str | None, worker_class: str | None,
-          prefetch: int | None, acks_late: bool | None, routing: str, long_threshold_ms: int, results: bool,
-          options: tuple[str, ...], port: int, api_workers: int, api_threads: int, run_dir: Path | None) -> None:
+def serve(broker_url: str | None, amqp_url: str | None, allow_dirty: bool, options: tuple[str, ...], port: int,
+          run_dir: Path | None, **keys: Any) -> None:
     """Start a broker, workers and the API for one backend; stop it all on Ctrl-C or SIGTERM.
 
     Prints the API URL once the API is healthy and a task has round-tripped through every queue.
     """
-    from benchmarks.stack import Stack, StackConfig, validate
-
-    config = StackConfig(backend=backend, broker=broker, broker_url=broker_url, amqp_url=amqp_url,
-                         allow_dirty=allow_dirty, serializer=serializer, results=results, routing=routing,
-                         long_threshold_ms=long_threshold_ms, processes=processes, threads=threads, pool=pool,
-                         worker_class=worker_class, prefetch=prefetch, acks_late=acks_late,
-                         options=_parse_options(options), api_port=port or None, api_workers=api_workers,
-                         api_threads=api_threads)
+    config = StackConfig.of(broker_url=broker_url, amqp_url=amqp_url, allow_dirty=allow_dirty,
+                            api_port=port or None, options=_parse_options(options), **keys)
+    backend, serializer, routing = config.backend, keys["serializer"], keys["routing"]
     try:
         validate(config)
     except UnsupportedOption as exc:
         raise click.UsageError(str(exc)) from exc
 
-    run_dir = run_dir or Path(tempfile.mkdtemp(prefix=f"queuebench-serve-{backend}-"))
+    run_dir = run_dir or Path(tempfile.mkdtemp(prefix=f"queuebench-serve-{backends.label(backend)}-"))
     stack = Stack(config, run_dir)
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     code = 0
@@ -159,28 +188,49 @@ def serve(backend: str, broker: str, broker_url: str | None, amqp_url: str | Non
     sys.exit(code)
 
 
+def _role(name: str) -> str:
+    if name in backends.FLOORS:
+        return "floor"
+    if name in backends.HARNESS:
+        return "harness ceiling"
+    return "unit tests only" if name in backends.UNIT_TEST_ONLY else "library"
+
+
 @cli.command(name="backends")
-def list_backends() -> None:
-    """List each backend with the brokers, serializers and knobs it supports."""
-    from rich.table import Table
+@click.argument("name", required=False, type=BackendName(tuple(backends.REGISTRY)))
+def list_backends(name: str | None) -> None:
+    """List every backend (brokers, serializers, concurrency, knobs), or one backend's knobs in detail.
 
-    from benchmarks.progress import table_console
+    With NAME: each knob's allowed values, the library's own default, the values worth tuning and what it
+    does (set one with `serve --option KNOB=VALUE` or in the matrix's [NAME] table).
+    """
 
-    table = Table("backend", "brokers", "serializers", "knobs (--option / matrix table)", "module")
-    for name in REGISTRY:
-        cls = backend_class(name)
-        knobs = ", ".join(sorted(getattr(cls, "knobs", {}) or {})) or "-"
-        note = " (harness ceiling)" if name in HARNESS else (" (unit tests only)" if name not in MEASURABLE else "")
-        table.add_row(name + note, ", ".join(sorted(cls.brokers)), ", ".join(sorted(cls.serializers)), knobs,
-                      REGISTRY[name])
+
+    if name is None:
+        table = Table("backend", "role", "brokers", "serializers", "slots (processes x threads) map to",
+                      "knobs (`queuebench backends NAME`)", "environment")
+        for registered in backends.REGISTRY:
+            cls = backend_class(registered)
+            table.add_row(registered, _role(registered), ", ".join(sorted(cls.brokers)),
+                          ", ".join(sorted(cls.serializers)), cls.concurrency, ", ".join(cls.knobs) or "-",
+                          "own: " + " ".join(cls.environment) if cls.environment else "harness's")
+        table_console().print(table)
+        return
+    cls = backend_class(name)
+    table = Table("knob", "values", "library default", "worth trying", "what it does",
+                  title=f"{backends.label(name)} knobs ({cls.concurrency})")
+    for knob_name, knob in cls.knobs.items():
+        table.add_row(knob_name, knob.values_text, "-" if knob.default is None else str(knob.default),
+                      ", ".join(str(c) for c in knob.candidates) or "-", knob.help)
     table_console().print(table)
 
 
 @cli.command()
-@click.option("--backend", "backend_names", multiple=True, type=click.Choice(MEASURABLE),
+@click.option("--backend", "backend_names", multiple=True, type=click.Choice(backends.measurable()),
               help="Backend to check (repeatable; default: all).")
 @click.option("--broker", "broker_names", multiple=True, type=click.Choice(BROKERS),
-              help="Broker to check on (repeatable; default: redis, plus rabbitmq where it can be had).")
+              help="Broker to check on (repeatable; default: redis and sqlite, plus rabbitmq where it can be "
+                   "had), for each backend that runs on it.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/smoke"),
               show_default=True, help="Where each check's ledger and logs go.")
 def smoke(backend_names: tuple[str, ...], broker_names: tuple[str, ...], out: Path) -> None:
@@ -188,19 +238,13 @@ def smoke(backend_names: tuple[str, ...], broker_names: tuple[str, ...], out: Pa
 
     Exits 1 if any check failed. Each check's ledger and process logs stay under --out.
     """
-    from rich.console import Console
-    from rich.table import Table
 
-    from benchmarks import brokers
-    from benchmarks.progress import table_console
-    from benchmarks.smoke import KINDS, smoke_one
-    from benchmarks.stack import StackConfig
 
     console = Console(stderr=True)
     if not broker_names:
         rabbit = brokers.amqp_answers(brokers.DEFAULT_AMQP_URL, 0.5) or bool(shutil.which("rabbitmq-server"))
-        broker_names = ("redis", "rabbitmq") if rabbit else ("redis",)
-    cells = [(b, k) for k in broker_names for b in (backend_names or MEASURABLE)
+        broker_names = ("redis", "rabbitmq", "sqlite") if rabbit else ("redis", "sqlite")
+    cells = [(b, k) for k in broker_names for b in (backend_names or backends.measurable())
              if k in backend_class(b).brokers]
     table = Table("backend", "broker", "ready s", *[f"{k} ms" for k, _, _ in KINDS], "verdict",
                   title="queuebench smoke: end to end (sent -> finished) per task kind, from the ledger")
@@ -209,7 +253,7 @@ def smoke(backend_names: tuple[str, ...], broker_names: tuple[str, ...], out: Pa
     try:
         for i, (backend, broker) in enumerate(cells, 1):
             console.print(f"[{i}/{len(cells)}] {backend} on {broker} ...")
-            config = StackConfig(backend=backend, broker=broker, processes=2)
+            config = StackConfig.of(backend=backend, broker=broker, processes=2)
             try:
                 result = smoke_one(config, out / f"{backend}-{broker}")
             except (BackendError, RuntimeError, TimeoutError, OSError) as exc:
@@ -251,7 +295,6 @@ def _sweep_options(what: str):
 
 def _load_matrix(matrix_file: Path, repeats: int | None, only: tuple[str, ...]) -> Any:
     """The matrix file with --repeats and --only applied; a bad one is a usage error (exit 2)."""
-    from benchmarks import matrix as matrix_mod
 
     try:
         matrix = matrix_mod.load(matrix_file, repeats=repeats)
@@ -278,10 +321,7 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
     run is listed in OUT/summary.csv. Cells already done are skipped, so an interrupted sweep resumes.
     Exits 1 if any cell failed or errored, 130 on Ctrl-C (completed cells are kept), 2 on a bad matrix.
     """
-    from rich.console import Console
 
-    from benchmarks import runner
-    from benchmarks.progress import SweepProgress
 
     matrix = _load_matrix(matrix_file, repeats, only)
     console = Console(stderr=True)
@@ -334,12 +374,8 @@ def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps
     and `queuebench report` read the step runs like any others. Exits 1 if a step failed or errored,
     130 on Ctrl-C (measured steps are kept and reused on the next run), 2 on a bad matrix or SLO.
     """
-    from rich.console import Console
-    from rich.table import Table
 
-    from benchmarks import search as search_mod
     from benchmarks.analysis.capacity import parse_slo
-    from benchmarks.progress import SweepProgress, table_console
 
     try:
         slo = parse_slo(slo_text)
@@ -385,13 +421,7 @@ def overhead(out: Path, force: bool) -> None:
     """
     import json
 
-    from rich.console import Console
-    from rich.table import Table
 
-    from benchmarks import matrix as matrix_mod
-    from benchmarks import overhead as oh
-    from benchmarks import runner
-    from benchmarks.progress import SweepProgress, table_console
 
     console = Console(stderr=True)
     console.print("ledger micro-benchmark ...")

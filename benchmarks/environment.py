@@ -11,8 +11,10 @@ from typing import Any
 
 import psutil
 
-PACKAGES = ("celery", "kombu", "billiard", "rq", "dramatiq", "redis", "hiredis", "pika", "msgpack", "flask",
-            "gunicorn", "locust", "pandas", "numpy", "psutil")
+import backends
+
+#: The harness's own packages; each backend adds the ones it declares (`QueueBackend.packages`).
+PACKAGES = ("flask", "gunicorn", "locust", "pandas", "numpy", "psutil")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -46,7 +48,16 @@ def git_commit() -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
-def describe() -> dict[str, Any]:
+def packages(backend: str | None = None) -> dict[str, str | None]:
+    """Versions of the harness's packages and, for `backend`, the packages that backend declares."""
+    names = list(PACKAGES)
+    if backend is not None:
+        names = [*backends.backend_class(backend).packages, *names]
+    return {name: _version(name) for name in dict.fromkeys(names)}
+
+
+def describe(backend: str | None = None) -> dict[str, Any]:
+    """Where a run ran: machine, Python, package versions (the backend's among them), git commit."""
     load = os.getloadavg()
     return {
         "host": platform.node(),
@@ -58,6 +69,6 @@ def describe() -> dict[str, Any]:
         "loadavg_at_start": [round(x, 2) for x in load],
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
-        "packages": {name: _version(name) for name in PACKAGES},
+        "packages": packages(backend),
         "git": git_commit(),
     }

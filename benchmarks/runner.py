@@ -41,10 +41,10 @@ import pandas as pd
 
 from backends import dispatch, ledger
 from benchmarks import __version__, environment, measure
-from benchmarks.matrix import Cell, Matrix, stack_config
+from benchmarks.matrix import Cell, Matrix
 from benchmarks.procs import wait_until
 from benchmarks.sampler import Sampler
-from benchmarks.stack import PROJECT_ROOT, Stack
+from benchmarks.stack import PROJECT_ROOT, Stack, StackConfig
 
 #: Version of what a run directory holds. Changes:
 #:   1 - first version: run.json, tasks.parquet, requests.parquet, resources.csv, queue_depths.csv.
@@ -168,7 +168,7 @@ class CellRun:
     def __init__(self, cell: Cell, matrix_name: str, run_dir: Path, *, amqp_url: str | None = None,
                  log: Callable[[str], None] = print) -> None:
         self.cell, self.spec, self.run_dir, self.log = cell, dict(cell.spec), run_dir.resolve(), log
-        self.config = stack_config(self.spec, amqp_url=amqp_url)
+        self.config = StackConfig(self.spec, amqp_url=amqp_url)
         self.record: dict[str, Any] = {
             "schema_version": RESULT_SCHEMA_VERSION, "harness_version": __version__, "run_id": cell.run_id,
             "matrix": matrix_name, "repeat": cell.repeat, "spec": self.spec, "slots": self.config.slots,
@@ -180,7 +180,7 @@ class CellRun:
         if self.run_dir.exists():
             shutil.rmtree(self.run_dir)
         self.run_dir.mkdir(parents=True)
-        self.record["environment"] = environment.describe()
+        self.record["environment"] = environment.describe(self.spec["backend"])
         if self.cell.skip_reason:
             return self._finish("skipped", self.cell.skip_reason)
         self.stack = Stack(self.config, self.run_dir)

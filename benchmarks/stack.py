@@ -13,22 +13,16 @@ import secrets
 import time
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import backends
 from api.wsgi import BACKEND_ENV, gunicorn_argv
 from backends import dispatch, ledger
-from backends.base import (
-    LONG_QUEUE,
-    SHORT_QUEUE,
-    BackendSettings,
-    QueueBackend,
-    UnsupportedOption,
-    WorkerSpec,
-)
+from backends.base import BackendSettings, QueueBackend, WorkerSpec
 from benchmarks import brokers
+from benchmarks import spec as spec_mod
 from benchmarks.procs import Supervisor, wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -38,64 +32,60 @@ ROUND_TRIP_TIMEOUT_S = 60.0
 
 @dataclass(frozen=True)
 class StackConfig:
-    """Everything that defines one running configuration. None means the library's own default."""
+    """One running configuration: the spec's system keys (`benchmarks.spec`), and where its brokers are.
 
-    backend: str
-    broker: str = "redis"
-    broker_url: str | None = None  # a user's Redis (never flushed); None: a private redis-server
-    amqp_url: str | None = None  # None: the local default RabbitMQ if it answers, else a private node
+    `spec` may be a whole cell spec (workload keys are ignored here); `broker_url` names a user's Redis
+    (never flushed; None: a private redis-server), `amqp_url` a RabbitMQ (None: the local default if it
+    answers, else a private node), `api_port` the API's port (None: a free loopback port).
+    """
+
+    spec: Mapping[str, Any]
+    broker_url: str | None = None
+    amqp_url: str | None = None
     allow_dirty: bool = False
-    serializer: str = "json"
-    results: bool = True
-    routing: str = "shared"
-    long_threshold_ms: int = 100
-    processes: int = 1
-    threads: int = 1
-    pool: str | None = None
-    worker_class: str | None = None
-    prefetch: int | None = None
-    acks_late: bool | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
-    api_port: int | None = None  # None: a free loopback port
-    api_workers: int = 2
-    api_threads: int = 4
+    api_port: int | None = None
 
-    def settings(self, broker_url: str, result_url: str | None) -> BackendSettings:
-        return BackendSettings(broker=self.broker, broker_url=broker_url, result_url=result_url,
-                               serializer=self.serializer, results=self.results, routing=self.routing,
-                               long_threshold_ms=self.long_threshold_ms, options=dict(self.options))
+    @classmethod
+    def of(cls, *, broker_url: str | None = None, amqp_url: str | None = None, allow_dirty: bool = False,
+           api_port: int | None = None, **keys: Any) -> StackConfig:
+        """A config from spec keys given by name (``StackConfig.of(backend="rq", processes=2)``); the others
+        take their declared defaults."""
+        unknown = set(keys) - set(spec_mod.KEYS) - {"options"}
+        if unknown:
+            raise TypeError(f"not spec keys: {', '.join(sorted(unknown))}")
+        resolved = spec_mod.defaults("system") | {"options": {}} | keys
+        return cls(resolved, broker_url=broker_url, amqp_url=amqp_url, allow_dirty=allow_dirty, api_port=api_port)
 
-    def worker_specs(self) -> list[WorkerSpec]:
-        """Worker groups: one on the shared queue, or the processes split between short and long queues.
+    @property
+    def backend(self) -> str:
+        return self.spec["backend"]
 
-        `processes` is the total either way, so shared and dedicated routing compare at equal slots.
-        """
-        common = dict(threads=self.threads, pool=self.pool, worker_class=self.worker_class,
-                      prefetch=self.prefetch, acks_late=self.acks_late)
-        if self.routing == "shared":
-            return [WorkerSpec(queues=("default",), processes=self.processes, **common)]
-        if self.processes < 2:
-            raise UnsupportedOption("processes", self.processes, self.backend,
-                                    "dedicated routing needs at least 2 processes (one per queue)")
-        long_processes = self.processes // 2
-        return [WorkerSpec(queues=(SHORT_QUEUE,), processes=self.processes - long_processes, **common),
-                WorkerSpec(queues=(LONG_QUEUE,), processes=long_processes, **common)]
+    @property
+    def broker(self) -> str:
+        return self.spec["broker"]
+
+    @property
+    def api_workers(self) -> int:
+        return self.spec.get("api_workers", spec_mod.KEYS["api_workers"].default)
+
+    @property
+    def api_threads(self) -> int:
+        return self.spec.get("api_threads", spec_mod.KEYS["api_threads"].default)
 
     @property
     def slots(self) -> int:
-        return self.processes * self.threads
+        return spec_mod.slots(self.spec)
+
+    def settings(self, broker_url: str, result_url: str | None) -> BackendSettings:
+        return spec_mod.settings_for(self.spec, broker_url, result_url)
+
+    def worker_specs(self) -> list[WorkerSpec]:
+        return spec_mod.worker_specs(self.spec)
 
 
 def validate(config: StackConfig) -> None:
     """Raise `UnsupportedOption` (or KeyError for an unknown backend) before anything starts."""
-    placeholder = "redis://127.0.0.1:6379/0" if config.broker == "redis" else brokers.DEFAULT_AMQP_URL
-    result_url = "redis://127.0.0.1:6379/0"
-    backend = backends.get_backend(config.backend, config.settings(placeholder, result_url))
-    try:
-        for spec in config.worker_specs():
-            backend.worker_commands(spec)
-    finally:
-        backend.close()
+    spec_mod.validate(config.spec)
 
 
 class Stack:
@@ -161,9 +151,11 @@ class Stack:
             else:
                 self.broker = brokers.start_private_redis(self.supervisor, self.run_dir)
             self.result_store = self.broker
+        elif cfg.broker == "sqlite":
+            self.broker = self.result_store = brokers.sqlite_file(self.run_dir)
         else:
             self.broker = brokers.resolve_rabbitmq(self.supervisor, self.run_dir, cfg.amqp_url)
-            if cfg.results:
+            if cfg.spec["results"]:
                 # RabbitMQ holds no results: a Redis does (the user's if given, else a private one).
                 if cfg.broker_url:
                     self.result_store = brokers.borrow_redis(cfg.broker_url, allow_dirty=cfg.allow_dirty)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import backends
 from backends import ledger, workload
 from benchmarks.stack import Stack, StackConfig
 
@@ -32,12 +33,10 @@ KINDS: list[tuple[str, dict[str, int], Any]] = [
     ("add", {"x": 5, "y": 3}, 8),
 ]
 
-COMBOS = [
-    *[("celery", broker, ser) for broker in ("redis", "rabbitmq") for ser in ("json", "pickle", "msgpack")],
-    *[("dramatiq", broker, ser) for broker in ("redis", "rabbitmq") for ser in ("json", "pickle", "msgpack")],
-    *[("rq", "redis", ser) for ser in ("json", "pickle", "msgpack")],
-    ("baseline", "redis", "json"),
-]
+#: Every backend the registry measures x every broker and serializer it declares.
+COMBOS = [(name, broker, serializer) for name in backends.measurable()
+          for broker in sorted(backends.backend_class(name).brokers)
+          for serializer in sorted(backends.backend_class(name).serializers)]
 
 
 def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
@@ -63,13 +62,14 @@ def wait_for_status(api: str, task_id: str, timeout_s: float = 60) -> dict[str, 
 
 
 def _config(backend: str, broker: str, serializer: str, **extra: Any) -> StackConfig:
-    return StackConfig(backend=backend, broker=broker, serializer=serializer, api_workers=1, api_threads=4,
-                       **extra)
+    return StackConfig.of(backend=backend, broker=broker, serializer=serializer, api_workers=1, api_threads=4,
+                          **extra)
 
 
 @pytest.fixture
 def need_broker(request, broker_name):
-    request.getfixturevalue("need_redis")
+    if broker_name in ("redis", "rabbitmq"):
+        request.getfixturevalue("need_redis")  # RabbitMQ cells keep their results in Redis
     if broker_name == "rabbitmq":
         request.getfixturevalue("need_rabbitmq")
 
@@ -118,10 +118,7 @@ def test_every_task_kind_round_trips_through_the_api_and_runs_exactly_once(
         assert len(runs) == len(sent) + 1 + 2, "no execution beyond the expected ones"
 
 
-ROUTED = ["celery", "rq", "dramatiq", "baseline"]
-
-
-@pytest.mark.parametrize("backend", ROUTED)
+@pytest.mark.parametrize("backend", backends.measurable())
 def test_dedicated_routing_runs_long_tasks_on_their_own_queue(backend, need_redis, tmp_path):
     config = _config(backend, "redis", "json", routing="dedicated", processes=2, long_threshold_ms=100)
     with Stack(config, tmp_path) as stack:
@@ -140,7 +137,7 @@ def test_dedicated_routing_runs_long_tasks_on_their_own_queue(backend, need_redi
         assert by_id.loc[short_task["id"], "finished_ns"] < by_id.loc[long_task["id"], "finished_ns"]
 
 
-@pytest.mark.parametrize("backend", ["celery", "rq", "dramatiq", "baseline"])
+@pytest.mark.parametrize("backend", backends.measurable())
 def test_tasks_still_run_with_results_off_and_status_says_results_are_off(backend, need_redis, tmp_path):
     with Stack(_config(backend, "redis", "json", results=False), tmp_path) as stack:
         ids = [http("POST", f"{stack.api_url}/tasks", {"task": "noop"})[1]["id"] for _ in range(5)]

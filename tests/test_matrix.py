@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import backends
 from benchmarks import matrix
 from benchmarks.cli import cli
 
@@ -40,11 +41,37 @@ def test_an_include_with_lists_is_a_sub_matrix_over_the_top_level_keys():
                      ("celery", 4, "json"), ("celery", 4, "pickle")}
 
 
-def test_a_key_that_does_not_apply_to_a_backend_is_dropped_and_identical_cells_run_once():
-    m = parse('backend = ["rq", "celery"]\npool = ["prefork", "solo"]\n')
+def test_a_knob_table_applies_to_its_own_backend_only_and_identical_cells_run_once():
+    m = parse('backend = ["rq", "celery"]\n[celery]\npool = ["prefork", "solo"]\n')
     rq_cells = [c for c in m.cells if c.spec["backend"] == "rq"]
-    assert len(rq_cells) == 1 and "pool" not in rq_cells[0].spec
-    assert len([c for c in m.cells if c.spec["backend"] == "celery"]) == 2
+    assert len(rq_cells) == 1 and rq_cells[0].spec["options"] == {}
+    assert sorted(c.spec["options"]["pool"] for c in m.cells if c.spec["backend"] == "celery") == ["prefork", "solo"]
+
+
+def test_a_key_that_became_a_knob_is_refused_with_where_it_lives_now():
+    with pytest.raises(matrix.MatrixError, match=r"pool is a library knob now: write it as \[celery\] pool"):
+        parse('backend = "celery"\npool = "solo"\n')
+
+
+def test_a_knob_value_is_checked_against_the_backends_declaration_before_anything_runs():
+    with pytest.raises(matrix.MatrixError, match=r"\[celery\] pool = 'forked' is not allowed: must be one of prefork"):
+        parse('backend = "celery"\n[celery]\npool = "forked"\n')
+
+
+def test_backend_all_means_every_library_and_the_floor_in_the_registry():
+    m = parse('backend = "all"\n')
+    assert [c.spec["backend"] for c in m.cells] == list(backends.measurable())
+
+
+def test_a_backend_named_by_dotted_path_runs_in_a_matrix_with_its_own_knob_table():
+    m = parse('backend = "backends.baseline_backend:BaselineBackend"\n[baseline]\nresult_ttl_s = 60\n')
+    (cell,) = m.cells
+    assert cell.spec["options"] == {"result_ttl_s": 60} and cell.run_id.startswith("baseline-redis-")
+
+
+def test_a_dotted_path_that_does_not_import_is_refused_naming_the_import_error():
+    with pytest.raises(matrix.MatrixError, match=r"backend = 'nosuchpkg.mod:X' is not allowed: .*ModuleNotFoundError"):
+        parse('backend = "nosuchpkg.mod:X"\n')
 
 
 def test_repeats_give_each_cell_distinct_deterministic_run_ids():

@@ -17,6 +17,7 @@ import urllib.request
 import psutil
 import pytest
 
+import backends
 from benchmarks.stack import PROJECT_ROOT
 
 READY_TIMEOUT_S = 60
@@ -44,10 +45,10 @@ def read_url(proc: subprocess.Popen, timeout_s: float) -> str:
 
 @pytest.mark.service
 @pytest.mark.parametrize(("backend", "broker"), [
-    ("celery", "redis"), ("rq", "redis"), ("dramatiq", "redis"), ("celery", "rabbitmq"), ("dramatiq", "rabbitmq"),
-])
+    (name, broker) for name in backends.libraries() for broker in sorted(backends.backend_class(name).brokers)])
 def test_serve_is_healthy_serves_tasks_and_leaves_no_process_after_sigterm(backend, broker, request):
-    request.getfixturevalue("need_redis")
+    if broker != "sqlite":
+        request.getfixturevalue("need_redis")
     if broker == "rabbitmq":
         request.getfixturevalue("need_rabbitmq")
     with queuebench("serve", "--backend", backend, "--broker", broker, "--processes", "2") as proc:
@@ -114,5 +115,5 @@ def test_backends_lists_every_backend_with_its_brokers_and_serializers():
     with queuebench("backends") as proc:
         out = proc.stdout.read().decode()
     assert proc.returncode == 0
-    for name in ("celery", "rq", "dramatiq", "baseline"):
+    for name in backends.REGISTRY:
         assert name in out

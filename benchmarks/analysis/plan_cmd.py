@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from backends import MEASURABLE
+import backends
 
 if TYPE_CHECKING:
     from benchmarks.analysis import capacity
@@ -58,7 +58,7 @@ def _ms(value: float | None) -> str:
 @click.option("--slo", "slo_text", required=True, metavar="pNN=LIMIT",
               help="End-to-end latency objective: p50, p90, p95 or p99 = a limit in ms or s "
                    "(p95=1s, p99=250ms).")
-@click.option("--backend", "backends", multiple=True, type=click.Choice(MEASURABLE),
+@click.option("--backend", "backends", multiple=True, type=click.Choice(backends.measurable()),
               help="Plan only for this backend (repeatable; default: every backend in RESULTS).")
 @click.option("--matrix-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the covering matrix when the results do not cover the request "
