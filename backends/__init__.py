@@ -21,6 +21,7 @@ REGISTRY: dict[str, str] = {
     "celery": "backends.celery_backend:CeleryBackend",
     "rq": "backends.rq_backend:RQBackend",
     "dramatiq": "backends.dramatiq_backend:DramatiqBackend",
+    "huey": "backends.huey_backend:HueyBackend",
     "baseline": "backends.baseline_backend:BaselineBackend",
     "discard": "backends.discard_backend:DiscardBackend",
     "inline": "backends.inline_backend:InlineBackend",
