@@ -96,7 +96,7 @@ def gunicorn_argv(port: int, workers: int = DEFAULT_WORKERS, threads: int = DEFA
 
     no_control_socket = ["--no-control-socket"] if tuple(gunicorn.version_info) >= (25, 1) else []
     return [
-        str(Path(sys.executable).parent / "gunicorn"),
+        sys.executable, "-m", "gunicorn",
         "-k", "gthread",
         "-w", str(workers),
         "--threads", str(threads),

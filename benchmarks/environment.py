@@ -49,10 +49,13 @@ def git_commit() -> dict[str, Any]:
 
 
 def packages(backend: str | None = None) -> dict[str, str | None]:
-    """Versions of the harness's packages and, for `backend`, the packages that backend declares."""
+    """Versions of the harness's packages and, for `backend`, the packages that backend declares (when the
+    backend runs in a private environment, its packages' versions are that environment's: run.json
+    records them under ``backend_environment``)."""
     names = list(PACKAGES)
-    if backend is not None:
-        names = [*backends.backend_class(backend).packages, *names]
+    cls = backends.backend_class(backend) if backend is not None else None
+    if cls is not None and not cls.environment:
+        names = [*cls.packages, *names]
     return {name: _version(name) for name in dict.fromkeys(names)}
 
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import pandas as pd
 
-from backends import dispatch, ledger
+from backends import ledger
 from benchmarks import __version__, environment, measure
 from benchmarks.matrix import Cell, Matrix
 from benchmarks.procs import wait_until
@@ -213,6 +213,7 @@ class CellRun:
         assert self.stack is not None and self.stack.backend is not None
         stack = self.stack
         self.record["settings"] = dict(stack.backend.describe())
+        self.record["backend_environment"] = stack.environment_record()
         self.record["brokers"] = {
             "broker": {"kind": stack.broker.kind, "url": _redact(stack.broker.url), "owned": stack.broker.owned,
                        "version": stack.broker.version} if stack.broker else None,
@@ -277,9 +278,7 @@ class CellRun:
         count = int(spec["tasks"])
         self.log(f"preloading {count} tasks")
         preload_started = time.monotonic()
-        with _ledger_env(stack.ledger_dir):
-            for _ in range(count):
-                dispatch.submit(stack.backend, spec["task"], spec["args"])
+        stack.submit([{"task": spec["task"], "args": spec["args"]}] * count)
         self.record["preload_s"] = time.monotonic() - preload_started
         depth = sum(stack.backend.queue_depths().values())
         follower = ledger.Follower(stack.ledger_dir)
@@ -343,19 +342,6 @@ def _redact(text: str) -> str:
     from benchmarks.brokers import redact
 
     return redact(text) if "://" in text else text
-
-
-@contextlib.contextmanager
-def _ledger_env(directory: Path) -> Iterator[None]:
-    before = os.environ.get(ledger.LEDGER_ENV)
-    os.environ[ledger.LEDGER_ENV] = str(directory)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(ledger.LEDGER_ENV, None)
-        else:
-            os.environ[ledger.LEDGER_ENV] = before
 
 
 # --- the sweep ----------------------------------------------------------------------------------------

@@ -8,11 +8,14 @@ starts everything in order, verifies a task round-trips through every queue, and
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
+import subprocess
+import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,13 +24,16 @@ import backends
 from api.wsgi import BACKEND_ENV, gunicorn_argv
 from backends import dispatch, ledger
 from backends.base import BackendSettings, QueueBackend, WorkerSpec
-from benchmarks import brokers
+from benchmarks import brokers, envs
 from benchmarks import spec as spec_mod
 from benchmarks.procs import Supervisor, wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 HEALTHY_TIMEOUT_S = 30.0
 ROUND_TRIP_TIMEOUT_S = 60.0
+#: Seconds ``python -m backends.submit`` may take: a start-up allowance plus this much per task.
+SUBMIT_STARTUP_S = 60.0
+SUBMIT_S_PER_TASK = 0.05
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,33 @@ class Stack:
         self.id_key = secrets.token_hex(16)
         self._purge_allowed = False
         self.worker_procs: list[Any] = []
+        self._python: str | None = None
+
+    # -- interpreter --------------------------------------------------------------------------------
+
+    @property
+    def python(self) -> str:
+        """The interpreter of the backend's API and workers: its private environment's (built on first use)
+        when it declares one (`QueueBackend.environment`), else the harness's own."""
+        if self._python is None:
+            self._python = envs.python_for(backends.backend_class(self.config.backend))
+        return self._python
+
+    @property
+    def external(self) -> bool:
+        """True when the backend's library lives in another environment than the harness's: the harness
+        then enqueues through ``python -m backends.submit`` in that environment."""
+        return self.python != sys.executable
+
+    def environment_record(self) -> dict[str, Any] | None:
+        """Where the backend's library ran, for run.json: None when it shares the harness's environment."""
+        cls = backends.backend_class(self.config.backend)
+        if not envs.requirements_of(cls):
+            return None
+        return {"python": self.python, "requirements": list(envs.requirements_of(cls)),
+                "packages": envs.packages_in(cls),
+                "web": envs.versions_in(cls, ("flask", "werkzeug", "gunicorn", "msgpack")),
+                "build": envs.build_info(cls)}
 
     # -- environment ------------------------------------------------------------------------------
 
@@ -134,6 +167,7 @@ class Stack:
     def start_brokers(self) -> None:
         """Brokers (and result store), the producer-side backend, and the check that queues start empty."""
         self.ledger_dir.mkdir(parents=True, exist_ok=True)
+        _ = self.python  # a private environment is built (once) before anything starts
         self._start_brokers()
         assert self.broker is not None
         result_url = self.result_store.url if self.result_store else None
@@ -184,7 +218,7 @@ class Stack:
         for spec in self.config.worker_specs():
             for command in self.backend.worker_commands(spec):
                 started.append(self.supervisor.start(
-                    command.name, command.argv, env=env | command.env, cwd=self.run_dir,
+                    command.name, envs.argv_for(command.argv, self.python), env=env | command.env, cwd=self.run_dir,
                     log_path=self.logs_dir / f"{command.name}{log_suffix}.log"))
         self.worker_procs = started
         return started
@@ -200,7 +234,8 @@ class Stack:
     def _start_api(self) -> None:
         assert self.settings is not None
         port = self.config.api_port or brokers.free_port()
-        argv = gunicorn_argv(port, workers=self.config.api_workers, threads=self.config.api_threads)
+        argv = envs.argv_for(gunicorn_argv(port, workers=self.config.api_workers, threads=self.config.api_threads),
+                             self.python)
         env = self.base_env() | self.settings.to_env() | {BACKEND_ENV: self.config.backend}
         self.supervisor.start("api", argv, env=env, cwd=PROJECT_ROOT, log_path=self.logs_dir / "api.log")
         self.api_url = f"http://127.0.0.1:{port}"
@@ -223,16 +258,8 @@ class Stack:
         assert self.backend is not None and self.settings is not None
         tasks = tasks or [("noop", {})]
         started = time.monotonic()
-        env_before = os.environ.get(ledger.LEDGER_ENV)
-        os.environ[ledger.LEDGER_ENV] = str(self.ledger_dir)
-        try:
-            ids = {dispatch.submit(self.backend, task, args, queue=q, probe=True).id
-                   for q in self.settings.queues for task, args in tasks}
-        finally:
-            if env_before is None:
-                os.environ.pop(ledger.LEDGER_ENV, None)
-            else:
-                os.environ[ledger.LEDGER_ENV] = env_before
+        ids = set(self.submit([{"task": task, "args": dict(args), "queue": queue, "probe": True}
+                               for queue in self.settings.queues for task, args in tasks]))
 
         def all_done() -> bool:
             done = {r["id"] for r in ledger.iter_rows(self.ledger_dir)
@@ -243,6 +270,27 @@ class Stack:
                    what=f"a probe task to round-trip through {', '.join(self.settings.queues)}",
                    supervisor=self.supervisor)
         return time.monotonic() - started
+
+    def submit(self, requests: list[Mapping[str, Any]]) -> list[str]:
+        """Enqueue each ``{"task", "args", "queue"?, "probe"?}`` through the backend, writing its ``sent``
+        ledger row, the way the API does; return the task ids in order.
+
+        A backend whose library lives in another environment is fed through ``python -m backends.submit``
+        in that environment's interpreter (JSON lines in and out); any other runs in this process.
+        """
+        assert self.backend is not None and self.settings is not None
+        if not self.external:
+            with ledger_env(self.ledger_dir):
+                return [dispatch.submit(self.backend, r["task"], r.get("args", {}), queue=r.get("queue"),
+                                        probe=bool(r.get("probe"))).id for r in requests]
+        env = self.base_env() | self.settings.to_env() | {BACKEND_ENV: self.config.backend}
+        argv = [self.python, "-m", "backends.submit"]
+        done = subprocess.run(argv, input="".join(json.dumps(dict(r)) + "\n" for r in requests),
+                              capture_output=True, text=True, env=env, cwd=PROJECT_ROOT,
+                              timeout=SUBMIT_STARTUP_S + SUBMIT_S_PER_TASK * len(requests))
+        if done.returncode != 0:
+            raise RuntimeError(f"`{' '.join(argv)}` failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        return [json.loads(line)["id"] for line in done.stdout.splitlines() if line.strip()]
 
     def stop(self) -> None:
         """Stop the API and workers, purge what this run created, stop the brokers. Idempotent."""
@@ -268,3 +316,18 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def ledger_env(directory: Path) -> Iterator[None]:
+    """Point this process's ledger at `directory` while enqueuing (the API's children have it from their
+    environment; the harness sets it around its own enqueues)."""
+    before = os.environ.get(ledger.LEDGER_ENV)
+    os.environ[ledger.LEDGER_ENV] = str(directory)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ledger.LEDGER_ENV, None)
+        else:
+            os.environ[ledger.LEDGER_ENV] = before
