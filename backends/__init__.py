@@ -22,6 +22,7 @@ REGISTRY: dict[str, str] = {
     "rq": "backends.rq_backend:RQBackend",
     "dramatiq": "backends.dramatiq_backend:DramatiqBackend",
     "huey": "backends.huey_backend:HueyBackend",
+    "arq": "backends.arq_backend:ArqBackend",
     "baseline": "backends.baseline_backend:BaselineBackend",
     "discard": "backends.discard_backend:DiscardBackend",
     "inline": "backends.inline_backend:InlineBackend",
