@@ -2,8 +2,8 @@
 
 Environment:
 
-- ``QUEUEBENCH_BACKEND`` (required): the backend's short name (celery, rq, dramatiq, baseline; inline
-  for tests) or a dotted path. There is no default: a server that silently ran tasks in-process would
+- ``QUEUEBENCH_BACKEND`` (required): a backend's short name (`backends.REGISTRY`; inline for
+  tests) or a dotted path. There is no default: a server that silently ran tasks in-process would
   measure nothing.
 - ``QUEUEBENCH_SETTINGS``: the configuration as JSON (`BackendSettings.to_env`); absent means defaults.
 
@@ -23,6 +23,7 @@ from typing import Any
 
 from flask import Flask
 
+import backends
 from api.app import create_app
 from backends import get_backend
 from backends.base import SETTINGS_ENV, BackendSettings
@@ -53,7 +54,7 @@ def build_app(environ: Mapping[str, str] | None = None) -> Flask:
     if not name:
         raise ConfigurationError(
             f"{BACKEND_ENV} is not set: name the backend this API serves, e.g. {BACKEND_ENV}=rq "
-            f"(celery, rq, dramatiq, baseline, or a dotted path), with its settings as JSON in "
+            f"(one of {', '.join(backends.measurable())}, or a dotted path), with its settings as JSON in "
             f"{SETTINGS_ENV}. `queuebench serve` sets both.")
     try:
         settings = BackendSettings.from_env(environ)

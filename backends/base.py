@@ -1,6 +1,6 @@
 """The one small interface every queue library sits behind, and the value types it speaks.
 
-A backend adapts one library (Celery, RQ, Dramatiq, the bare-Redis baseline, the inline test double)
+A backend adapts one library (Celery, RQ, Dramatiq, Huey, arq, the bare-Redis baseline, the inline test double)
 to the harness. It knows nothing of the harness: it enqueues a `JobRequest`, reports a task's status
 from the library's own result mechanism, and says which command line starts that library's workers.
 The harness, not the backend, measures (see `backends.ledger`).

@@ -81,7 +81,7 @@ def _sweep_exits(progress: Any, console: Any, kept: str) -> Iterator[None]:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="queuebench")
 def cli() -> None:
-    """Measure, compare and size Python task queues (Celery, RQ, Dramatiq) behind one Flask API."""
+    """Measure, compare and size Python task queues (Celery, RQ, Dramatiq, Huey, arq) behind one Flask API."""
 
 
 class BackendName(click.ParamType):
