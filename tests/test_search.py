@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import matrix
+from benchmarks import matrix, store
 from benchmarks import search as search_mod
 from benchmarks.analysis.capacity import Slo
+from benchmarks.analysis.load import search_table
 from benchmarks.search import Search, Step, judge_step, next_rate, step_rate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,7 +156,7 @@ def test_a_real_search_stores_every_step_as_a_checked_run_and_names_its_evidence
                              "--factor", "2", "--max-steps", "3", "--refine", "0", "--slo", "p95=2s"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    records = search_mod.read_searches(out)
+    records = store.read_searches(out)
     assert len(records) == 1
     found = records[0]
     rates = [s["rate_per_s"] for s in found["steps"]]
@@ -168,7 +169,7 @@ def test_a_real_search_stores_every_step_as_a_checked_run_and_names_its_evidence
     for run_id in found["evidence_run_ids"]:
         assert (out / run_id / "tasks.parquet").exists()
     assert found["stopped_because"]
-    table = search_mod.search_table(records)
+    table = search_table(records)
     assert table.loc[0, "slots"] == 1 and table.loc[0, "slo"] == "p95=2s"
 
 
@@ -190,4 +191,4 @@ def test_a_search_record_of_another_schema_version_is_refused(tmp_path):
     (tmp_path / "searches").mkdir()
     (tmp_path / "searches" / "x.json").write_text(json.dumps({"schema_version": 99}))
     with pytest.raises(ValueError, match="schema version 99"):
-        search_mod.read_searches(tmp_path)
+        store.read_searches(tmp_path)

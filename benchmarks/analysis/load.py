@@ -14,6 +14,9 @@ columns need not mean the same thing.
 Per-kind figures (short vs long tasks of ``routing_mix``, payload sizes of ``payload``) are recomputed
 from the raw rows with `benchmarks.measure`, using the run's own measured window; which task and
 arguments a row stands for comes from its ``digest`` and the run's ``task_kinds``.
+
+Every file is read through `benchmarks.store`, which owns the layout; `search_table` turns the stored
+search records (``queuebench search``) into a frame for the report.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks import measure
+from benchmarks import measure, store
 
 #: Statuses whose figures are used: every check held, or only the load generator fell short.
 USABLE_STATUSES = ("ok", "generator-limited")
@@ -257,8 +260,7 @@ class Results:
     def tasks(self, run_id: str) -> pd.DataFrame:
         """The run's ``tasks.parquet`` (one row per execution); empty when absent."""
         if run_id not in self._tasks:
-            path = self.run_dir(run_id) / "tasks.parquet"
-            tasks = pd.read_parquet(path) if path.exists() else pd.DataFrame()
+            tasks = store.read_tasks_table(self.run_dir(run_id))
             if len(tasks) and "digest" not in tasks.columns:  # ledgers before digests: one kind per task
                 tasks["digest"] = tasks["task"]
             self._tasks[run_id] = tasks
@@ -267,8 +269,7 @@ class Results:
     def requests(self, run_id: str) -> pd.DataFrame | None:
         """The run's ``requests.parquet`` (load mode), else None."""
         if run_id not in self._requests:
-            path = self.run_dir(run_id) / "requests.parquet"
-            self._requests[run_id] = pd.read_parquet(path) if path.exists() else None
+            self._requests[run_id] = store.read_requests_table(self.run_dir(run_id))
         return self._requests[run_id]
 
     def window(self, run_id: str) -> measure.Window | None:
@@ -382,15 +383,15 @@ def load_results(root: Path | str) -> Results:
     records: dict[str, dict[str, Any]] = {}
     dirs: dict[str, Path] = {}
     warnings: list[str] = []
-    for path in sorted(root.glob("*/run.json")):
+    for run_dir in store.run_dirs(root):
         try:
-            record = json.loads(path.read_text())
+            record = store.load_run(run_dir)
         except (OSError, ValueError) as exc:
-            warnings.append(f"{path.parent.name}: run.json unreadable ({exc}); not used")
+            warnings.append(f"{run_dir.name}: {store.RUN_JSON} unreadable ({exc}); not used")
             continue
-        run_id = str(record.get("run_id") or path.parent.name)
+        run_id = str(record.get("run_id") or run_dir.name)
         records[run_id] = record
-        dirs[run_id] = path.parent
+        dirs[run_id] = run_dir
     if not records:
         raise ResultsError(f"{root}: no run directories (no */run.json); give the directory `queuebench run` "
                            "wrote, e.g. results/runs")
@@ -457,4 +458,27 @@ def over_repeats(runs: pd.DataFrame, metrics: Iterable[str], by: str = "cell") -
                     f"{metric}_std": std, f"{metric}_n": int(len(values)),
                     f"{metric}_cv": std / mean if len(values) > 1 and mean else np.nan}
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --- search records -----------------------------------------------------------------------------------
+
+
+def search_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per search record (`store.read_searches`): backend, slots, task, SLO, knee, first
+    unsustained rate, evidence, why it stopped."""
+    rows = []
+    for record in records:
+        config = record["config"]
+        args = config.get("args") or {}
+        rows.append({
+            "search_id": record["search_id"], "backend": config["backend"], "broker": config["broker"],
+            "processes": config["processes"], "threads": config["threads"],
+            "slots": config["processes"] * config["threads"],
+            "task": config.get("task", "") + "".join(f" {k}={v}" for k, v in sorted(args.items())),
+            "slo": record["slo"], "knee_rate_per_s": record.get("knee_rate_per_s"),
+            "first_unsustained_rate_per_s": record.get("first_unsustained_rate_per_s"),
+            "steps": len(record.get("steps", [])), "evidence_run_ids": record.get("evidence_run_ids", []),
+            "stopped_because": record.get("stopped_because", ""),
+        })
     return pd.DataFrame(rows)

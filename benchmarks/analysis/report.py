@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmarks import measure
+from benchmarks import measure, store
 from benchmarks.analysis import charts
 from benchmarks.analysis.load import (
     WORKLOAD_KEYS,
@@ -42,8 +42,8 @@ from benchmarks.analysis.load import (
     labels,
     over_repeats,
     row_key,
+    search_table,
 )
-from benchmarks.runner import summary_rows
 
 #: A cell is unstable when the coefficient of variation of a headline figure over its repeats exceeds this.
 CV_LIMIT = 0.10
@@ -421,10 +421,10 @@ def search_blocks(root: Path) -> list[Block]:
     """The step searches stored beside the runs (``queuebench search``): each knee with its evidence."""
     from benchmarks import search
 
-    records = search.read_searches(root)
+    records = store.read_searches(root)
     if not records:
         return []
-    table = search.search_table(records)
+    table = search_table(records)
     rows = []
     for row in table.itertuples(index=False):
         knee = "-" if row.knee_rate_per_s is None or pd.isna(row.knee_rate_per_s) else f"{row.knee_rate_per_s:g}"
@@ -465,7 +465,7 @@ def check_out_dir(results: Results, out_dir: Path) -> None:
         raise ResultsError(f"{out_dir}: that is the results directory itself (its summary.csv belongs to "
                            "`queuebench run`); choose another --out")
     for parent in (out, *out.parents):
-        if (parent / "run.json").exists():
+        if store.is_run_dir(parent):
             raise ResultsError(f"{out_dir}: inside the run directory {parent}; reports never write into runs")
 
 
@@ -535,6 +535,5 @@ def write_report(results: Results, out_dir: Path) -> Report:
     markdown.write_text(render_markdown(blocks, out_dir))
     page = out_dir / "report.html"
     page.write_text(render_html(blocks, out_dir, f"queuebench report: {results.name}"))
-    summary = out_dir / "summary.csv"
-    pd.DataFrame(summary_rows(results.root)).to_csv(summary, index=False)
+    summary = store.write_summary(results.root, out_dir / store.SUMMARY_CSV)
     return Report(out_dir, markdown, page, summary, drawn, all_warnings)
