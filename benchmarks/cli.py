@@ -338,8 +338,8 @@ def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps
     from rich.table import Table
 
     from benchmarks import search as search_mod
-    from benchmarks.analysis.capacity import parse_slo
     from benchmarks.progress import SweepProgress, table_console
+    from benchmarks.verdicts import parse_slo
 
     try:
         slo = parse_slo(slo_text)

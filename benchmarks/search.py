@@ -36,8 +36,8 @@ from typing import Any
 import pandas as pd
 
 from benchmarks import runner, store
-from benchmarks.analysis.capacity import SUSTAINED_RATIO, Slo
 from benchmarks.matrix import Cell, Matrix, spec_digest
+from benchmarks.verdicts import SUSTAINED_RATIO, Slo, kept_up
 
 #: Scenarios a search can step: one task kind at one offered rate.
 SEARCHABLE_SCENARIOS = ("latency", "throughput")
@@ -159,7 +159,7 @@ def judge_step(rate: float, records: list[Mapping[str, Any] | None], slo: Slo) -
     step.sent_rate_per_s = float(pd.Series(sent).mean())
     step.throughput_per_s = float(pd.Series(done).min())
     step.e2e_ms = float(pd.Series(e2e).max())
-    short = [(d, s) for d, s in zip(done, sent, strict=True) if not d >= SUSTAINED_RATIO * s]
+    short = [(d, s) for d, s in zip(done, sent, strict=True) if not kept_up(d, s)]
     bound = min(bounds)
     if rate >= bound:
         step.verdict = "bound"

@@ -26,10 +26,10 @@ from benchmarks.analysis.capacity import (
     mmc_response_quantile,
     mmc_response_survival,
     mmc_wait_quantile,
-    parse_slo,
     parse_task,
 )
 from benchmarks.analysis.plan_cmd import plan as plan_command
+from benchmarks.verdicts import Slo, parse_slo
 
 SLEEP_50 = parse_task("sleep_ms:50")
 #: The synthetic runs' mean service time (a little under the 50 ms asked: only the model reads it).
@@ -160,7 +160,7 @@ def test_min_servers_is_none_when_the_slo_is_below_the_service_time_tail():
 
 
 def test_slo_syntax_takes_a_quantile_and_a_limit_in_ms_or_s():
-    assert parse_slo("p95=1s") == capacity.Slo("p95", 1.0)
+    assert parse_slo("p95=1s") == Slo("p95", 1.0)
     assert parse_slo("p99=250ms").limit_s == pytest.approx(0.25)
     assert parse_slo(" p50 = 0.5s ").quantile == 0.5
     for bad in ("p95", "p97=1s", "p95=1h", "p95=-1s", "95=1s", "p95=0ms"):

@@ -16,9 +16,9 @@ import pytest
 
 from benchmarks import matrix, store
 from benchmarks import search as search_mod
-from benchmarks.analysis.capacity import Slo
 from benchmarks.analysis.load import search_table
 from benchmarks.search import Search, Step, judge_step, next_rate, step_rate
+from benchmarks.verdicts import Slo
 
 ROOT = Path(__file__).resolve().parent.parent
 SLO = Slo("p95", 1.0)

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,15 +60,16 @@ import numpy as np
 import pandas as pd
 
 from backends import workload
-from benchmarks import measure
+from benchmarks.verdicts import (
+    KNEE_LATENCY_GROWTH,
+    SLO_QUANTILES,
+    SUSTAINED_RATIO,
+    Slo,
+    kept_up,
+    knee_index,
+    latency_grew,
+)
 
-#: Quantiles an SLO may name, and the run.json figure each reads (end to end, from the scheduled time).
-SLO_QUANTILES = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
-#: A cell is sustained when its throughput is at least this share of the rate sent (as the generator check).
-SUSTAINED_RATIO = measure.ACHIEVED_MIN_RATIO
-#: The knee: the lowest offered rate whose p95 exceeds this many times the lowest-rate cell's p95...
-KNEE_LATENCY_GROWTH = 3.0
-#: ...(or whose throughput fell below `SUSTAINED_RATIO` of the offered rate).
 #: A cell offered this share below the requested rate still counts as "at the requested rate".
 RATE_TOLERANCE = 0.05
 #: Load scenarios that send exactly the cell's task: their run figures are that task kind's figures.
@@ -342,60 +342,6 @@ def parse_task(text: str) -> TaskKind:
     return TaskKind.of(name, args)
 
 
-@dataclass(frozen=True)
-class Slo:
-    """An end-to-end latency objective: the `name` quantile (p50/p90/p95/p99) at most `limit_s`."""
-
-    name: str
-    limit_s: float
-
-    @property
-    def quantile(self) -> float:
-        return SLO_QUANTILES[self.name]
-
-    @property
-    def limit_ms(self) -> float:
-        return self.limit_s * 1e3
-
-    @property
-    def column(self) -> str:
-        """The run figure it reads: ``e2e_ms_p95``."""
-        return f"e2e_ms_{self.name}"
-
-    @property
-    def limit_text(self) -> str:
-        return f"{self.limit_s:g} s" if self.limit_s >= 1 else f"{self.limit_ms:g} ms"
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} ≤ {self.limit_text}"
-
-    @property
-    def slug(self) -> str:
-        return f"{self.name}-{self.limit_text.replace(' ', '')}"
-
-    @property
-    def cli(self) -> str:
-        """``p95=1s``: as `parse_slo` reads it."""
-        return f"{self.name}={self.limit_text.replace(' ', '')}"
-
-
-_SLO = re.compile(r"^\s*(p\d+)\s*=\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)\s*$")
-
-
-def parse_slo(text: str) -> Slo:
-    """``p95=1s``, ``p99=250ms``, ``p50=0.5s``: a quantile of p50/p90/p95/p99 and a limit in ms or s."""
-    match = _SLO.match(text)
-    if not match or match.group(1) not in SLO_QUANTILES:
-        raise ValueError("SLO must look like p95=1s or p99=250ms (quantile one of "
-                         f"{', '.join(SLO_QUANTILES)}, "
-                         f"unit ms or s); got {text!r}")
-    value = float(match.group(2)) * (1e-3 if match.group(3) == "ms" else 1.0)
-    if value <= 0:
-        raise ValueError(f"SLO limit must be > 0 (got {text!r})")
-    return Slo(match.group(1), value)
-
-
 # --- measured points ----------------------------------------------------------------------------------
 
 
@@ -513,8 +459,8 @@ def measured_points(runs: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
         has_e2e = e2e["p50"].notna()
         sent = pd.to_numeric(_column(group, "achieved_rate_per_s"), errors="coerce").astype("float64")
         sent = sent.fillna(offered)
-        kept_up = throughput >= SUSTAINED_RATIO * sent if not drain else pd.Series(False, index=group.index)
-        saturated = drain or bool((~kept_up & throughput.notna()).any())
+        kept = kept_up(throughput, sent) if not drain else pd.Series(False, index=group.index)
+        saturated = drain or bool((~kept & throughput.notna()).any())
         slots = int(first["slots"])
         row = {
             "variant": variant, "backend": first["backend"], "mode": first["mode"],
@@ -527,7 +473,7 @@ def measured_points(runs: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
             "mean_service_ms": float(pd.to_numeric(_column(group, "mean_service_ms"),
                                                    errors="coerce").mean()),
             "repeats": int(len(group)), "run_ids": sorted(group["run_id"].astype(str)),
-            "sustained": (not drain) and bool((kept_up & has_e2e).all()),
+            "sustained": (not drain) and bool((kept & has_e2e).all()),
             "saturated": saturated, "capacity_cell": False, "capacity_per_slot_per_s": np.nan,
         }
         rows.append(row)
@@ -1077,16 +1023,6 @@ def representative_rates(points: pd.DataFrame) -> list[float]:
     return picked
 
 
-def knee_index(bent: Sequence[bool]) -> int | None:
-    """The knee among rates in rising order, given which are bent (saturated, or p95 grown more than
-    `KNEE_LATENCY_GROWTH` x the lowest rate's): the first bent rate after which every rate is bent too
-    (one noisy cell is not a knee); None without one. The chart and the notes both use it."""
-    start = len(bent)
-    while start > 0 and bent[start - 1]:
-        start -= 1
-    return start if start < len(bent) else None
-
-
 def knee(config: pd.DataFrame) -> str:
     """Where a configuration's load cells bend: the lowest offered rate at which throughput fell below
     95 % of the rate sent (the cell saturated) or p95 grew more than `KNEE_LATENCY_GROWTH` x the
@@ -1097,8 +1033,7 @@ def knee(config: pd.DataFrame) -> str:
     base = load.iloc[0]
     reasons = []
     for point in load.itertuples(index=False):
-        grew = (np.isfinite(point.e2e_p95_ms) and np.isfinite(base["e2e_p95_ms"]) and
-                point.e2e_p95_ms > KNEE_LATENCY_GROWTH * base["e2e_p95_ms"])
+        grew = latency_grew(point.e2e_p95_ms, base["e2e_p95_ms"])
         if point.saturated:
             reasons.append(f"{point.throughput_per_s:.1f}/s done of {point.sent_rate_per_s:.1f}/s sent")
         elif grew:

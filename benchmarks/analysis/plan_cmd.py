@@ -79,13 +79,14 @@ def plan(results_dir: Path, rate: float, task_text: str, slo_text: str, backends
     """
     from benchmarks.analysis import capacity
     from benchmarks.analysis.load import MixedSchemaError
+    from benchmarks.verdicts import parse_slo
 
     try:
         kind = capacity.parse_task(task_text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--task") from exc
     try:
-        slo = capacity.parse_slo(slo_text)
+        slo = parse_slo(slo_text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--slo") from exc
     try:

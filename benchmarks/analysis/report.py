@@ -44,6 +44,7 @@ from benchmarks.analysis.load import (
     row_key,
     search_table,
 )
+from benchmarks.verdicts import KNEE_LATENCY_GROWTH, SUSTAINED_RATIO
 
 #: A cell is unstable when the coefficient of variation of a headline figure over its repeats exceeds this.
 CV_LIMIT = 0.10
@@ -380,8 +381,8 @@ def methodology(results: Results) -> list[Block]:
         f"A run is generator-limited when Locust sent under {measure.ACHIEVED_MIN_RATIO:.0%} of the offered rate "
         f"or its schedule lag p99 exceeded {measure.LAG_P99_LIMIT_MS:g} ms: its figures are true but not the "
         "queue's limit. Runs with another failed self-check are left out.",
-        f"The knee of a latency curve is the lowest offered rate where p95 exceeds {charts.KNEE_P95_FACTOR:g}x its "
-        f"value at the lowest rate, or where throughput falls under {charts.BACKLOG_RATIO:.0%} of the sent rate, "
+        f"The knee of a latency curve is the lowest offered rate where p95 exceeds {KNEE_LATENCY_GROWTH:g}x its "
+        f"value at the lowest rate, or where throughput falls under {SUSTAINED_RATIO:.0%} of the sent rate, "
         "and every higher rate measured does too (one noisy cell is not a knee).",
         "Short and long tasks of routing_mix, and payload sizes, are told apart by each row's argument digest.",
     ])]
@@ -419,8 +420,6 @@ def capacity_text(runs: pd.DataFrame) -> str:
 
 def search_blocks(root: Path) -> list[Block]:
     """The step searches stored beside the runs (``queuebench search``): each knee with its evidence."""
-    from benchmarks import search
-
     records = store.read_searches(root)
     if not records:
         return []
@@ -435,7 +434,7 @@ def search_blocks(root: Path) -> list[Block]:
     return [Block("h3", "Step searches"),
             Block("p", "Each configuration's offered rate was raised step by step (`queuebench search`), every "
                        "step a full, self-checked run; the knee is the highest rate below Little's bound whose "
-                       f"every repeat finished at least {search.SUSTAINED_RATIO:.0%} of what it was sent within "
+                       f"every repeat finished at least {SUSTAINED_RATIO:.0%} of what it was sent within "
                        "the latency objective."),
             Block("table", header=["backend", "broker", "slots", "task", "SLO", "knee (tasks/s)",
                                    "first unsustained", "evidence (run ids)", "why the search stopped"],
