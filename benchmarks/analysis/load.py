@@ -37,6 +37,12 @@ from benchmarks import measure, store
 
 #: Statuses whose figures are used: every check held, or only the load generator fell short.
 USABLE_STATUSES = ("ok", "generator-limited")
+
+# --- what the matrix spec and the backend registry declare --------------------------------------------
+# TODO(spec): derive from benchmarks.spec (every matrix key declared once, whether it describes the
+# system or the workload) and backends.measurable(); until then every list analysis keeps of matrix keys
+# and backends is here, so the rewiring is one edit.
+
 #: Spec keys that describe the workload (what is sent, how it is measured), not the system under test.
 WORKLOAD_KEYS = ("mode", "scenario", "task", "args", "rate", "arrival", "tasks", "warmup_s", "duration_s",
                  "drain_timeout_s")
@@ -47,6 +53,23 @@ SYSTEM_KEYS = ("backend", "pool", "worker_class", "options", "broker", "serializ
 MODE_KEYS = (*WORKLOAD_KEYS, "api_workers", "api_threads")
 #: Everything a label may show, in the order it shows it.
 LABEL_KEYS = SYSTEM_KEYS + WORKLOAD_KEYS
+#: System keys (besides processes and threads) that tell two configurations of one backend apart (plan).
+VARIANT_KEYS = ("backend", "pool", "worker_class", "options", "broker", "serializer", "prefetch", "acks_late",
+                "routing", "long_threshold_ms", "results")
+#: Matrix keys copied from a configuration's runs into its covering cells (besides backend and options).
+MATRIX_SYSTEM_KEYS = ("broker", "serializer", "pool", "worker_class", "prefetch", "acks_late", "routing",
+                      "long_threshold_ms", "results")
+#: Largest processes value a matrix accepts (`benchmarks.matrix.KEYS`).
+MAX_PROCESSES = 256
+#: Backends planned for when the results hold none (the three libraries).
+DEFAULT_BACKENDS = ("celery", "rq", "dramatiq")
+#: Backends never planned for: `discard` runs no queue at all (the harness's own ceiling).
+NOT_PLANNED = ("discard",)
+#: Reference points rather than candidates in the report: the bare-broker floor and the harness's ceiling.
+FLOORS = ("baseline", "discard")
+
+# ------------------------------------------------------------------------------------------------------
+
 #: Figures every runs frame has (NaN where a run did not record them), so analyses need not check.
 FIGURE_COLUMNS = ("finished_ok", "throughput_per_s", "littles_bound_per_s", "mean_service_ms", "offered_rate_per_s",
                   "achieved_rate_per_s", "tasks_per_cpu_s", "tasks_per_worker_cpu_s", "total_cpu_s",

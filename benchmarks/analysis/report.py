@@ -9,8 +9,7 @@ recomputed from a run's raw rows. It never writes into a run directory. Its part
    cells (coefficient of variation over repeats above `CV_LIMIT`);
 3. one section per chart (`charts.CHARTS`), each with two sentences computed from its data, or a note
    saying why it was not drawn;
-4. "Capacity notes", filled by ``benchmarks.analysis.capacity.capacity_notes(runs)`` when that module
-   exists (``runs``: the usable runs, one row per run as `load.Results.usable`);
+4. "Capacity notes" (`notes.capacity_notes` of the usable runs) and the stored step searches;
 5. methodology and caveats, from the runs' own metadata (slots, prefetch, acks, retries, results,
    windows, versions).
 
@@ -22,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import html
-import importlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,6 +33,7 @@ import pandas as pd
 from benchmarks import measure, store
 from benchmarks.analysis import charts
 from benchmarks.analysis.load import (
+    FLOORS,
     WORKLOAD_KEYS,
     Results,
     ResultsError,
@@ -44,6 +43,7 @@ from benchmarks.analysis.load import (
     row_key,
     search_table,
 )
+from benchmarks.analysis.notes import capacity_notes
 from benchmarks.verdicts import KNEE_LATENCY_GROWTH, SUSTAINED_RATIO
 
 #: A cell is unstable when the coefficient of variation of a headline figure over its repeats exceeds this.
@@ -58,12 +58,9 @@ CHART_METRICS: dict[str, tuple[str, ...]] = {
     "routing": ("short_e2e_ms_p95",), "latency_vs_rate": ("throughput_per_s", "e2e_ms_p95"),
     "latency_decomposition": (), "resource_cost": (),
 }
-#: Reference points rather than candidates: the bare-broker floor and the harness's own ceiling.
-FLOORS = ("baseline", "discard")
 #: Settings (from each backend's describe()) shown in the methodology: keys containing one of these.
 SETTING_WORDS = ("prefetch", "acks", "retr", "result", "worker_command", "worker_class", "pool", "time_limit",
                  "timeout", "ttl", "concurrency", "serializer")
-CAPACITY_UNAVAILABLE = "Capacity notes: not available yet"
 WARNING_MARK = "⚠"
 
 
@@ -407,17 +404,6 @@ def methodology(results: Results) -> list[Block]:
 # --- capacity notes -----------------------------------------------------------------------------------
 
 
-def capacity_text(runs: pd.DataFrame) -> str:
-    """``benchmarks.analysis.capacity.capacity_notes(runs)`` if that module exists, else a placeholder."""
-    try:
-        capacity = importlib.import_module("benchmarks.analysis.capacity")
-    except ModuleNotFoundError as exc:
-        if exc.name != "benchmarks.analysis.capacity":
-            raise
-        return CAPACITY_UNAVAILABLE
-    return str(capacity.capacity_notes(runs))
-
-
 def search_blocks(root: Path) -> list[Block]:
     """The step searches stored beside the runs (``queuebench search``): each knee with its evidence."""
     records = store.read_searches(root)
@@ -519,7 +505,7 @@ def build_blocks(results: Results, out_dir: Path) -> tuple[list[Block], list[cha
             blocks.append(Block("warn", note))
 
     blocks.append(Block("h2", "Capacity notes"))
-    blocks += _text_blocks(capacity_text(results.usable))
+    blocks += _text_blocks(capacity_notes(results.usable))
     blocks += search_blocks(results.root)
     blocks += methodology(results)
     return blocks, drawn, all_warnings
