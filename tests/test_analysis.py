@@ -252,6 +252,16 @@ def test_every_image_of_the_html_report_loads_when_opened_from_disk(written):
         assert (written.markdown.parent / target).is_file(), target
 
 
+def test_text_in_the_html_report_is_escaped_so_a_label_cannot_break_the_page(tmp_path):
+    blocks = [report.Block("h2", "A <b> & B"), report.Block("p", "<script>alert('x')</script>"),
+              report.Block("table", header=["<th>"], rows=[["a & b"]])]
+    page = report.render_html(blocks, tmp_path, "<title>")
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "<title>&lt;title&gt;</title>" in page
+    assert '<h2 id="a--b----b">A &lt;b&gt; &amp; B</h2>' in page
+    assert "<th>&lt;th&gt;</th>" in page and "<td>a &amp; b</td>" in page
+
+
 def test_the_report_opens_with_a_headline_table_of_the_best_configurations(written):
     text = written.markdown.read_text()
     headline = text.split("## Headline", 1)[1].split("\n## ", 1)[0]

@@ -14,13 +14,13 @@ recomputed from a run's raw rows. It never writes into a run directory. Its part
    windows, versions).
 
 The report is kept as a list of blocks rendered twice: to Markdown (figures referenced beside it) and to
-HTML (figures embedded as ``data:`` URIs, so the page opens anywhere, and also linked as SVG files).
+HTML through a Jinja2 template (``templates/report.html.j2``, autoescaped; figures embedded as ``data:``
+URIs, so the page opens anywhere, and also linked as SVG files).
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import pandas as pd
 
 from benchmarks import measure, store
@@ -110,47 +111,41 @@ def render_markdown(blocks: Sequence[Block], out_dir: Path) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-HTML_STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 72rem; margin: 2rem auto;
-       padding: 0 1rem; color: #222; line-height: 1.45; }
-h1 { font-size: 1.6rem; } h2 { font-size: 1.3rem; margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
-h3 { font-size: 1.05rem; }
-table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.85rem; }
-th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; }
-figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { font-size: 0.8rem; color: #555; }
-.warn { background: #fff6e0; border-left: 4px solid #e0a000; padding: 0.4rem 0.8rem; margin: 0.6rem 0; }
-"""
+#: The HTML page's template (Jinja2, autoescaped): the blocks in order, figures embedded.
+HTML_TEMPLATE = "report.html.j2"
+_TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("benchmarks.analysis", "templates"),
+                                autoescape=True, trim_blocks=True, lstrip_blocks=True,
+                                keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+
+
+@dataclass(frozen=True)
+class HtmlBlock:
+    """One block as the template shows it: the block, plus what HTML needs beyond the Markdown (a heading's
+    anchor, a figure's PNG as base64 and its other files as relative links)."""
+
+    block: Block
+    anchor: str = ""
+    png_base64: str = ""
+    links: list[tuple[str, str]] = field(default_factory=list)  # (href, label)
+
+
+def _html_block(block: Block, out_dir: Path) -> HtmlBlock | None:
+    """The block ready for the template; None for a figure without an image (nothing to show)."""
+    if block.kind in ("h1", "h2", "h3"):
+        return HtmlBlock(block, anchor="".join(c if c.isalnum() else "-" for c in block.text.lower()).strip("-"))
+    if block.kind == "figure":
+        if block.image is None:
+            return None
+        return HtmlBlock(block, png_base64=base64.b64encode(block.image.read_bytes()).decode("ascii"),
+                         links=[(p.relative_to(out_dir).as_posix(), p.suffix[1:].upper()) for p in block.also])
+    return HtmlBlock(block)
 
 
 def render_html(blocks: Sequence[Block], out_dir: Path, title: str) -> str:
-    """The blocks as one HTML page: figures embedded as PNG data URIs, SVGs linked relatively."""
-    esc = html.escape
-    body: list[str] = []
-    for block in blocks:
-        if block.kind in ("h1", "h2", "h3"):
-            anchor = "".join(c if c.isalnum() else "-" for c in block.text.lower()).strip("-")
-            body.append(f'<{block.kind} id="{esc(anchor)}">{esc(block.text)}</{block.kind}>')
-        elif block.kind == "p":
-            body.append(f"<p>{esc(block.text)}</p>")
-        elif block.kind == "warn":
-            body.append(f'<p class="warn">{WARNING_MARK} {esc(block.text)}</p>')
-        elif block.kind == "ul":
-            body.append("<ul>" + "".join(f"<li>{esc(item)}</li>" for item in block.items) + "</ul>")
-        elif block.kind == "table":
-            head = "".join(f"<th>{esc(h)}</th>" for h in block.header)
-            rows = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in block.rows)
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif block.kind == "figure" and block.image is not None:
-            data = base64.b64encode(block.image.read_bytes()).decode("ascii")
-            also = " · ".join(f'<a href="{esc(p.relative_to(out_dir).as_posix())}">{p.suffix[1:].upper()}</a>'
-                              for p in block.also)
-            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(block.alt)}">'
-                        f"<figcaption>{esc(block.text)}{' (' + also + ')' if also else ''}</figcaption></figure>")
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{esc(title)}</title>\n'
-            f"<style>{HTML_STYLE}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
+    """The blocks as one HTML page (`HTML_TEMPLATE`): figures embedded as PNG data URIs, SVGs linked
+    relatively."""
+    views = [view for view in (_html_block(block, out_dir) for block in blocks) if view is not None]
+    return _TEMPLATES.get_template(HTML_TEMPLATE).render(title=title, views=views, warning_mark=WARNING_MARK)
 
 
 def _text_blocks(text: str) -> list[Block]:
