@@ -17,6 +17,7 @@ import pytest
 from benchmarks import matrix, store
 from benchmarks import search as search_mod
 from benchmarks.analysis.load import search_table
+from benchmarks.analysis.report import search_blocks
 from benchmarks.search import Search, Step, judge_step, next_rate, step_rate
 from benchmarks.verdicts import Slo
 
@@ -174,8 +175,6 @@ def test_a_real_search_stores_every_step_as_a_checked_run_and_names_its_evidence
 
 
 def test_the_report_lists_each_stored_search_with_its_knee_and_evidence(tmp_path):
-    from benchmarks.analysis.report import search_blocks
-
     assert search_blocks(tmp_path) == []
     config = {"backend": "rq", "broker": "redis", "serializer": "json", "processes": 2, "threads": 1,
               "routing": "shared", "task": "sleep_ms", "args": {"ms": 50}}

@@ -117,11 +117,10 @@ def plan(results_dir: Path, rate: float, task_text: str, slo_text: str, backends
 
 def _print(answer: Plan, covering: CoveringMatrix | None, results_dir: Path) -> None:
     """Rich tables: the answer per backend, then the measured cells each relied on."""
-    # rich is imported when a table is printed (not at CLI start-up), and with it the progress module
-    # that configures its console; the planner is loaded already by the command.
+    # rich, and the progress module that configures its console, load when a table is printed (not at
+    # CLI start-up).
     from rich.table import Table
 
-    from benchmarks.analysis.planner import slots_text
     from benchmarks.progress import table_console
 
     console = table_console()
@@ -134,7 +133,7 @@ def _print(answer: Plan, covering: CoveringMatrix | None, results_dir: Path) -> 
     for backend in answer.backends:
         colour = "green" if backend.covered else "yellow"
         answer_text = f"[{colour}]{backend.answer}[/{colour}]"
-        model = "none meets it" if backend.model_slots is None else slots_text(backend.model_slots)
+        model = backend.model_answer
         assumed = backend.model_service_source != "measured"
         service = _ms(backend.model_service_ms) + (" (assumed)" if assumed else "")
         error = "-"

@@ -354,6 +354,11 @@ class BackendPlan:
         return self.verdict == "measured"
 
     @property
+    def model_answer(self) -> str:
+        """M/M/c's fewest slots as a phrase: ``3 slots``, or ``none meets it``."""
+        return "none meets it" if self.model_slots is None else slots_text(self.model_slots)
+
+    @property
     def answer(self) -> str:
         """One line: the measured answer, or why there is none and the labelled extrapolation."""
         if self.covered:
