@@ -45,6 +45,8 @@ SEARCHABLE_SCENARIOS = ("latency", "throughput")
 
 @dataclass
 class Step:
+    """One offered rate of a search: its repeats' run ids and statuses, and the verdict on them."""
+
     rate_per_s: float
     run_ids: list[str]
     statuses: list[str]
@@ -56,6 +58,7 @@ class Step:
 
     @property
     def sustained(self) -> bool:
+        """Whether every repeat kept up within the SLO, below Little's bound."""
         return self.verdict == "sustained"
 
     @property
@@ -66,6 +69,8 @@ class Step:
 
 @dataclass
 class Search:
+    """One configuration's search: its steps so far and why it stopped."""
+
     search_id: str
     config: dict[str, Any]
     slo: Slo
@@ -75,17 +80,20 @@ class Search:
 
     @property
     def knee(self) -> Step | None:
+        """The highest sustained step, if any."""
         good = [s for s in self.steps if s.sustained]
         return max(good, key=lambda s: s.rate_per_s) if good else None
 
     @property
     def first_unsustained(self) -> Step | None:
+        """The lowest step above the knee that was not sustained because of the queue, if any."""
         knee = self.knee
         above = [s for s in self.steps if s.conclusive and not s.sustained
                  and (knee is None or s.rate_per_s > knee.rate_per_s)]
         return min(above, key=lambda s: s.rate_per_s) if above else None
 
     def record(self) -> dict[str, Any]:
+        """The search as `store.write_search` stores it (``searches/<search_id>.json``)."""
         knee, above = self.knee, self.first_unsustained
         evidence = (knee.run_ids if knee else []) + (above.run_ids if above else [])
         return {

@@ -44,10 +44,12 @@ class Slo:
 
     @property
     def quantile(self) -> float:
+        """0.95 for p95."""
         return SLO_QUANTILES[self.name]
 
     @property
     def limit_ms(self) -> float:
+        """The limit in milliseconds, as run figures give latencies."""
         return self.limit_s * 1e3
 
     @property
@@ -57,14 +59,17 @@ class Slo:
 
     @property
     def limit_text(self) -> str:
+        """``1 s``, ``250 ms``: for sentences."""
         return f"{self.limit_s:g} s" if self.limit_s >= 1 else f"{self.limit_ms:g} ms"
 
     @property
     def label(self) -> str:
+        """``p95 ≤ 1 s``: for headings."""
         return f"{self.name} ≤ {self.limit_text}"
 
     @property
     def slug(self) -> str:
+        """``p95-1s``: for file names."""
         return f"{self.name}-{self.limit_text.replace(' ', '')}"
 
     @property

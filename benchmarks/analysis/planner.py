@@ -83,6 +83,7 @@ class TaskKind:
 
     @property
     def args(self) -> dict[str, int]:
+        """The arguments as a matrix cell's ``args`` holds them."""
         return dict(self.args_items)
 
     @property
@@ -116,6 +117,7 @@ class TaskKind:
 
     @classmethod
     def of(cls, task: str, args: Mapping[str, Any] | None) -> TaskKind:
+        """The kind a run's task and args stand for (argument order does not matter)."""
         return cls(str(task), tuple(sorted((str(k), int(v)) for k, v in (args or {}).items())))
 
 
@@ -312,6 +314,7 @@ class ConfigVerdict:
 
     @property
     def shape(self) -> str:
+        """``p2t1``: processes and threads, as run ids spell them."""
         return f"p{self.processes}t{self.threads}"
 
 
@@ -351,6 +354,7 @@ class BackendPlan:
 
     @property
     def covered(self) -> bool:
+        """Whether a measured configuration meets the request (the answer is a measurement)."""
         return self.verdict == "measured"
 
     @property
@@ -373,6 +377,7 @@ class BackendPlan:
         return f"{self.verdict}: {self.reason}{extra}"
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (``queuebench plan --json``): the answer, the model, the capacity, the cells used."""
         return store.plain({
             "variant": self.variant, "backend": self.backend, "verdict": self.verdict,
             "covered": self.covered,
@@ -405,14 +410,17 @@ class Plan:
 
     @property
     def covered(self) -> bool:
+        """Whether every backend's answer is a measurement."""
         return bool(self.backends) and all(b.covered for b in self.backends)
 
     @property
     def request_text(self) -> str:
+        """``200 tasks/s of sleep_ms 50 with p95 under 1 s``: the request in words."""
         slo = self.slo
         return f"{self.rate_per_s:g} tasks/s of {self.kind.spoken} with {slo.name} under {slo.limit_text}"
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (``queuebench plan --json``): the request and one entry per backend."""
         return store.plain({
             "request": {"rate_per_s": self.rate_per_s, "task": self.kind.task, "args": self.kind.args,
                         "kind": self.kind.label,
