@@ -30,6 +30,7 @@ from benchmarks import spec as spec_mod
 from benchmarks.progress import SweepProgress, table_console
 from benchmarks.smoke import KINDS, smoke_one
 from benchmarks.stack import Stack, StackConfig, validate
+from benchmarks.verdicts import parse_slo
 
 EXIT_USAGE = 2
 
@@ -375,7 +376,6 @@ def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps
     130 on Ctrl-C (measured steps are kept and reused on the next run), 2 on a bad matrix or SLO.
     """
 
-    from benchmarks.analysis.capacity import parse_slo
 
     try:
         slo = parse_slo(slo_text)

@@ -6,6 +6,7 @@ the finished cells took against their own plan.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -19,8 +20,6 @@ PIPED_TABLE_WIDTH = 160
 def table_console() -> Console:
     """The console result tables go to (stdout): the terminal's width, or `PIPED_TABLE_WIDTH` columns
     when stdout is not a terminal, so saved output keeps whole run ids on one line."""
-    import sys
-
     return Console(width=None if sys.stdout.isatty() else PIPED_TABLE_WIDTH)
 
 
@@ -30,6 +29,8 @@ STATUS_STYLE = {"ok": "green", "generator-limited": "yellow", "skipped": "dim", 
 
 class SweepProgress:
     def __init__(self, console: Console | None = None) -> None:
+        # The runner loads here, not at the top: the analysis commands print through `table_console` and
+        # must not load the measuring harness with it (tests/test_layering.py checks what they load).
         from benchmarks.runner import cell_seconds
 
         self.cell_seconds = cell_seconds

@@ -12,8 +12,9 @@ start the workers again and time until the ledger shows every task finished.
 
 Each run leaves ``results/runs/<run_id>/`` (see results/README.md): ``run.json``, ``tasks.parquet``,
 ``requests.parquet`` and Locust's CSV/HTML/JSON (load mode), ``resources.csv``, ``queue_depths.csv``,
-``logs/`` and the raw ``ledger/``. ``run.json`` is written last; a run without one, or whose status is
-``interrupted`` or ``error``, is redone on the next invocation.
+``logs/`` and the raw ``ledger/``, written through `benchmarks.store` (which owns that layout and which
+analysis reads through; the runner never imports analysis). ``run.json`` is written last; a run without
+one, or whose status is ``interrupted`` or ``error``, is redone on the next invocation.
 
 Run ids are a pure function of the spec (`benchmarks.matrix.run_id`), so a sweep resumes where it
 stopped. Only one sweep measures at a time on a machine (a lock file), so two never share the cores.
@@ -40,15 +41,13 @@ from typing import Any
 import pandas as pd
 
 from backends import ledger
-from benchmarks import __version__, environment, measure
+from benchmarks import __version__, environment, measure, store
+from benchmarks.brokers import redact
 from benchmarks.matrix import Cell, Matrix
 from benchmarks.procs import wait_until
 from benchmarks.sampler import Sampler
 from benchmarks.stack import PROJECT_ROOT, Stack, StackConfig
-
-#: Version of what a run directory holds. Changes:
-#:   1 - first version: run.json, tasks.parquet, requests.parquet, resources.csv, queue_depths.csv.
-RESULT_SCHEMA_VERSION = 1
+from benchmarks.store import RESULT_SCHEMA_VERSION, is_done, read_run
 
 #: What `routing_mix` sends: mostly short tasks and a few long ones (weight, task, args).
 ROUTING_MIX: list[list[Any]] = [[90, "sleep_ms", {"ms": 10}], [10, "sleep_ms", {"ms": 1000}]]
@@ -58,8 +57,6 @@ PAYLOAD_SIZES = (100, 10_000, 100_000)
 LOCUST_STOP_TIMEOUT_S = 30
 #: Seconds Locust keeps sending after the measured window ends (not measured).
 LOCUST_TAIL_S = 2
-#: Statuses after which a cell is done (not redone without --force).
-DONE = ("ok", "generator-limited", "failed", "skipped")
 LOCK_PATH = Path(tempfile.gettempdir()) / "queuebench-measure.lock"
 
 
@@ -95,68 +92,16 @@ def locust_argv(spec: Mapping[str, Any], api_url: str, run_dir: Path) -> list[st
                                                                        f"{spec['scenario']}.py"),
             "--host", api_url, "--headless", "-u", "1", "-r", "1", "-t", f"{run_time_s}s",
             "--stop-timeout", str(LOCUST_STOP_TIMEOUT_S), "--only-summary", "--loglevel", "WARNING",
-            "--csv", str(run_dir / "locust"), "--csv-full-history", "--html", str(run_dir / "locust.html"),
-            "--json-file", str(run_dir / "locust"),
+            "--csv", str(run_dir / store.LOCUST_PREFIX), "--csv-full-history",
+            "--html", str(run_dir / f"{store.LOCUST_PREFIX}.html"), "--json-file", str(run_dir / store.LOCUST_PREFIX),
             "--qb-rate", f"{spec['rate']:g}", "--qb-arrival", spec.get("arrival", "constant"),
             "--qb-task", spec.get("task", "noop"), "--qb-args", json.dumps(spec.get("args", {})),
-            "--qb-log-dir", str(run_dir / "requests")]
+            "--qb-log-dir", str(run_dir / store.REQUEST_LOGS_DIR)]
     if spec["scenario"] == "routing_mix":
         argv += ["--qb-mix", json.dumps(ROUTING_MIX)]
     if spec["scenario"] == "payload":
         argv += ["--qb-sizes", ",".join(str(s) for s in PAYLOAD_SIZES)]
     return argv
-
-
-# --- reading what a run stored -----------------------------------------------------------------------
-
-
-def read_requests(directory: Path) -> pd.DataFrame:
-    """The scenario's raw request rows (one CSV per Locust process) as one frame, ns as int64."""
-    frames = [pd.read_csv(p, dtype={"task_id": "string", "task": "string"}) for p in sorted(directory.glob("*.csv"))]
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return pd.DataFrame({c: pd.Series(dtype="int64") for c in ("scheduled_ns", "sent_ns", "done_ns", "status")})
-    frame = pd.concat(frames, ignore_index=True)
-    for column in ("scheduled_ns", "sent_ns", "done_ns", "status"):
-        frame[column] = frame[column].astype("int64")
-    return frame.sort_values("scheduled_ns").reset_index(drop=True)
-
-
-def locust_post_counts(run_dir: Path) -> tuple[int, int] | None:
-    """Locust's own final (requests, failures) of ``POST /tasks`` (its --json-file), or None if absent."""
-    path = run_dir / "locust.json"
-    if not path.exists():
-        return None
-    entries = [e for e in json.loads(path.read_text()) if e.get("name") == "POST /tasks"]
-    return (sum(int(e.get("num_requests", 0)) for e in entries),
-            sum(int(e.get("num_failures", 0)) for e in entries))
-
-
-def read_run(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe: NaN and infinities become null (strict JSON has neither), numpy scalars plain numbers."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write atomically (a reader never sees half a run.json)."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_plain(data), indent=2, default=str, allow_nan=False) + "\n")
-    os.replace(tmp, path)
 
 
 # --- one cell -----------------------------------------------------------------------------------------
@@ -206,7 +151,7 @@ class CellRun:
         with contextlib.suppress(Exception):
             if self.stack is not None:
                 self.stack.stop()
-        write_json(self.run_dir / "run.json", self.record)
+        store.write_run(self.run_dir, self.record)
         return CellResult(self.cell.run_id, status, detail, self.run_dir)
 
     def _describe(self) -> None:
@@ -256,12 +201,12 @@ class CellRun:
             leftovers = dict(stack.backend.queue_depths())
         self.record["sampler_errors"] = sampler.errors
         tasks = self._store_tasks()
-        requests = read_requests(self.run_dir / "requests")
-        requests.to_parquet(self.run_dir / "requests.parquet", index=False)
+        requests = store.read_requests(self.run_dir / store.REQUEST_LOGS_DIR)
+        store.write_requests_table(self.run_dir, requests)
         window = measure.load_window(tasks, requests, spec["warmup_s"], spec["duration_s"])
         summary = measure.summarise(tasks, requests, window, slots=self.config.slots,
                                     offered_rate_per_s=float(spec["rate"]), arrival=spec.get("arrival", "constant"),
-                                    locust_post_counts=locust_post_counts(self.run_dir), queue_leftovers=leftovers)
+                                    locust_post_counts=store.locust_post_counts(self.run_dir), queue_leftovers=leftovers)
         self._add_resources(summary)
         self.record["summary"] = summary
 
@@ -322,14 +267,11 @@ class CellRun:
 
     def _store_tasks(self) -> pd.DataFrame:
         assert self.stack is not None
-        tasks = ledger.executions(self.stack.ledger_dir)
-        tasks.to_parquet(self.run_dir / "tasks.parquet", index=False)
-        return pd.read_parquet(self.run_dir / "tasks.parquet")  # figures come from what was stored
+        store.write_tasks_table(self.run_dir, ledger.executions(self.stack.ledger_dir))
+        return store.read_tasks_table(self.run_dir)  # figures come from what was stored
 
     def _add_resources(self, summary: dict[str, Any]) -> None:
-        path = self.run_dir / "resources.csv"
-        resources = pd.read_csv(path) if path.exists() else pd.DataFrame()
-        use = measure.resource_use(resources)
+        use = measure.resource_use(store.read_resources(self.run_dir))
         figures = summary["figures"]
         figures["resources"] = use
         worker_cpu = use.get("workers", {}).get("cpu_s")
@@ -339,8 +281,6 @@ class CellRun:
 
 
 def _redact(text: str) -> str:
-    from benchmarks.brokers import redact
-
     return redact(text) if "://" in text else text
 
 
@@ -369,11 +309,6 @@ def measuring_lock(path: Path = LOCK_PATH) -> Iterator[None]:
 
 def _raise_interrupted(signum: int, _frame: Any) -> None:
     raise Interrupted(signal.Signals(signum).name)
-
-
-def is_done(run_dir: Path) -> bool:
-    record = read_run(run_dir)
-    return record is not None and record.get("status") in DONE
 
 
 def plan(matrix: Matrix, out_dir: Path, *, force: bool) -> tuple[list[Cell], list[Cell]]:
@@ -406,7 +341,7 @@ def sweep(out_dir: Path) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        write_summary(out_dir)
+        store.write_summary(out_dir)
 
 
 def run_cell(cell: Cell, matrix_name: str, out_dir: Path, *, amqp_url: str | None = None, progress: Any = None,
@@ -438,36 +373,3 @@ def run_matrix(matrix: Matrix, out_dir: Path, *, force: bool = False, amqp_url: 
         for cell in todo:
             results.append(run_cell(cell, matrix.name, out_dir, amqp_url=amqp_url, progress=progress, log=log))
     return results
-
-
-def summary_rows(out_dir: Path) -> list[dict[str, Any]]:
-    rows = []
-    for run_json in sorted(out_dir.glob("*/run.json")):
-        record = read_run(run_json.parent)
-        if record is None:
-            continue
-        row: dict[str, Any] = {"run_id": record["run_id"], "matrix": record.get("matrix"),
-                               "repeat": record.get("repeat"), "status": record.get("status"),
-                               "detail": record.get("detail"), "schema_version": record.get("schema_version"),
-                               "slots": record.get("slots")}
-        spec = dict(record.get("spec", {}))
-        options = spec.pop("options", {}) or {}
-        args = spec.pop("args", {}) or {}
-        row |= spec
-        row["args"] = json.dumps(args, sort_keys=True)
-        row |= {f"{spec.get('backend')}.{k}": v for k, v in options.items()}
-        summary = record.get("summary") or {}
-        row |= measure.flatten({k: v for k, v in (summary.get("figures") or {}).items() if k != "resources"})
-        for component, use in ((summary.get("figures") or {}).get("resources") or {}).items():
-            row[f"{component}_cpu_s"] = use.get("cpu_s")
-            row[f"{component}_peak_rss_mib"] = use.get("peak_rss_mib")
-        row["failed_checks"] = ",".join(summary.get("failed_checks", []))
-        rows.append(row)
-    return rows
-
-
-def write_summary(out_dir: Path) -> Path:
-    """``summary.csv``: one tidy row per run directory under `out_dir` (a pure function of run.json files)."""
-    path = out_dir / "summary.csv"
-    pd.DataFrame(summary_rows(out_dir)).to_csv(path, index=False)
-    return path

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks import store
 from benchmarks.procs import Supervisor
 
 RESOURCE_COLUMNS = ("t_ns", "component", "name", "n_procs", "cpu_s", "rss_bytes")
@@ -67,8 +68,8 @@ class Sampler:
         self.supervisor = supervisor
         self.interval_s = interval_s
         self.depths = depths
-        self.resources_path = out_dir / "resources.csv"
-        self.depths_path = out_dir / "queue_depths.csv"
+        self.resources_path = out_dir / store.RESOURCES_CSV
+        self.depths_path = out_dir / store.QUEUE_DEPTHS_CSV
         self.errors = 0
         self.last_depths: dict[str, int] = {}
         self._stop = threading.Event()

@@ -20,33 +20,33 @@ the search starts):
    unsustained step's. A step that is ``generator-limited`` (the load generator, not the queue, fell
    behind), failed or errored ends the search without a conclusion beyond it, and says so.
 
-Every search writes ``<out>/searches/<search_id>.json`` (schema `SEARCH_SCHEMA_VERSION`): the
-configuration, the SLO, every step with its run ids and figures, the knee and the reason the search
-stopped. `search_table` reads them back for the report.
+Every search writes ``<out>/searches/<search_id>.json`` through `benchmarks.store` (schema
+`store.SEARCH_SCHEMA_VERSION`): the configuration, the SLO, every step with its run ids and figures, the
+knee and the reason the search stopped. The report reads them back through the store too.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from benchmarks import runner
-from benchmarks.analysis.capacity import SUSTAINED_RATIO, Slo
+from benchmarks import runner, store
 from benchmarks.matrix import Cell, Matrix, spec_digest
+from benchmarks.verdicts import SUSTAINED_RATIO, Slo, kept_up
 
-SEARCH_SCHEMA_VERSION = 1
 #: Scenarios a search can step: one task kind at one offered rate.
 SEARCHABLE_SCENARIOS = ("latency", "throughput")
 
 
 @dataclass
 class Step:
+    """One offered rate of a search: its repeats' run ids and statuses, and the verdict on them."""
+
     rate_per_s: float
     run_ids: list[str]
     statuses: list[str]
@@ -58,6 +58,7 @@ class Step:
 
     @property
     def sustained(self) -> bool:
+        """Whether every repeat kept up within the SLO, below Little's bound."""
         return self.verdict == "sustained"
 
     @property
@@ -68,6 +69,8 @@ class Step:
 
 @dataclass
 class Search:
+    """One configuration's search: its steps so far and why it stopped."""
+
     search_id: str
     config: dict[str, Any]
     slo: Slo
@@ -77,21 +80,24 @@ class Search:
 
     @property
     def knee(self) -> Step | None:
+        """The highest sustained step, if any."""
         good = [s for s in self.steps if s.sustained]
         return max(good, key=lambda s: s.rate_per_s) if good else None
 
     @property
     def first_unsustained(self) -> Step | None:
+        """The lowest step above the knee that was not sustained because of the queue, if any."""
         knee = self.knee
         above = [s for s in self.steps if s.conclusive and not s.sustained
                  and (knee is None or s.rate_per_s > knee.rate_per_s)]
         return min(above, key=lambda s: s.rate_per_s) if above else None
 
     def record(self) -> dict[str, Any]:
+        """The search as `store.write_search` stores it (``searches/<search_id>.json``)."""
         knee, above = self.knee, self.first_unsustained
         evidence = (knee.run_ids if knee else []) + (above.run_ids if above else [])
         return {
-            "schema_version": SEARCH_SCHEMA_VERSION, "search_id": self.search_id, "config": self.config,
+            "schema_version": store.SEARCH_SCHEMA_VERSION, "search_id": self.search_id, "config": self.config,
             "slo": self.slo.cli, "factor": self.factor,
             "steps": [vars(s) for s in sorted(self.steps, key=lambda s: s.rate_per_s)],
             "knee_rate_per_s": knee.rate_per_s if knee else None,
@@ -161,7 +167,7 @@ def judge_step(rate: float, records: list[Mapping[str, Any] | None], slo: Slo) -
     step.sent_rate_per_s = float(pd.Series(sent).mean())
     step.throughput_per_s = float(pd.Series(done).min())
     step.e2e_ms = float(pd.Series(e2e).max())
-    short = [(d, s) for d, s in zip(done, sent, strict=True) if not d >= SUSTAINED_RATIO * s]
+    short = [(d, s) for d, s in zip(done, sent, strict=True) if not kept_up(d, s)]
     bound = min(bounds)
     if rate >= bound:
         step.verdict = "bound"
@@ -238,11 +244,11 @@ def run_search(config: Mapping[str, Any], start_rate: float, repeats: int, slo: 
             for repeat in range(repeats):
                 cell = Cell({**config, "rate": rate}, repeat)
                 run_dir = out_dir / cell.run_id
-                if force or not runner.is_done(run_dir):
+                if force or not store.is_done(run_dir):
                     if progress is not None:
                         progress.expect(cell)
                     runner.run_cell(cell, matrix_name, out_dir, amqp_url=amqp_url, progress=progress, log=log)
-                records.append(runner.read_run(run_dir))
+                records.append(store.read_run(run_dir))
             step = judge_step(rate, records, slo)
             search.steps.append(step)
             log(f"{search.search_id}: {rate:g}/s {step.verdict} ({step.reason})")
@@ -254,10 +260,8 @@ def run_search(config: Mapping[str, Any], start_rate: float, repeats: int, slo: 
 
 
 def write_search(search: Search, out_dir: Path) -> Path:
-    path = out_dir / "searches" / f"{search.search_id}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    runner.write_json(path, search.record())
-    return path
+    """Store the search's record as ``<out_dir>/searches/<search_id>.json``."""
+    return store.write_search(out_dir, search.record())
 
 
 def run_searches(matrix: Matrix, slo: Slo, out_dir: Path, *, factor: float = 1.5, max_steps: int = 8,
@@ -276,34 +280,3 @@ def run_searches(matrix: Matrix, slo: Slo, out_dir: Path, *, factor: float = 1.5
                                        factor=factor, max_steps=max_steps, refine=refine, force=force,
                                        amqp_url=amqp_url, progress=progress, log=log))
     return searches
-
-
-def read_searches(results_dir: Path | str) -> list[dict[str, Any]]:
-    """Every search record under ``<results_dir>/searches/``, refusing other schema versions."""
-    records = []
-    for path in sorted(Path(results_dir).glob("searches/*.json")):
-        record = json.loads(path.read_text())
-        if record.get("schema_version") != SEARCH_SCHEMA_VERSION:
-            raise ValueError(f"{path}: search schema version {record.get('schema_version')!r}, this queuebench "
-                             f"reads {SEARCH_SCHEMA_VERSION}")
-        records.append(record)
-    return records
-
-
-def search_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per search: backend, slots, task, SLO, knee, first unsustained rate, evidence, why it stopped."""
-    rows = []
-    for record in records:
-        config = record["config"]
-        args = config.get("args") or {}
-        rows.append({
-            "search_id": record["search_id"], "backend": config["backend"], "broker": config["broker"],
-            "processes": config["processes"], "threads": config["threads"],
-            "slots": config["processes"] * config["threads"],
-            "task": config.get("task", "") + "".join(f" {k}={v}" for k, v in sorted(args.items())),
-            "slo": record["slo"], "knee_rate_per_s": record.get("knee_rate_per_s"),
-            "first_unsustained_rate_per_s": record.get("first_unsustained_rate_per_s"),
-            "steps": len(record.get("steps", [])), "evidence_run_ids": record.get("evidence_run_ids", []),
-            "stopped_because": record.get("stopped_because", ""),
-        })
-    return pd.DataFrame(rows)

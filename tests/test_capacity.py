@@ -1,4 +1,4 @@
-"""Capacity planning: the M/M/c model against independent computations, and the planner on synthetic runs.
+"""Capacity planning on synthetic runs: the planner, the covering matrix it writes, the capacity notes.
 
 The synthetic runs are run.json files shaped like real ones (the keys `queuebench run` writes and the
 loader reads), with figures chosen by each test: no test asserts a measured timing.
@@ -6,161 +6,33 @@ loader reads), with figures chosen by each test: no test asserts a measured timi
 
 from __future__ import annotations
 
-import heapq
 import json
 import math
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from benchmarks import matrix
-from benchmarks.analysis import capacity
-from benchmarks.analysis.capacity import (
-    erlang_c,
-    min_servers,
-    mmc_response_quantile,
-    mmc_response_survival,
-    mmc_wait_quantile,
-    parse_slo,
-    parse_task,
-)
+from benchmarks import matrix, runner
+from benchmarks.analysis.cover import covering_cells, covering_matrix_text, write_covering_matrix
+from benchmarks.analysis.load import DEFAULT_BACKENDS, load_results
+from benchmarks.analysis.notes import capacity_notes
 from benchmarks.analysis.plan_cmd import plan as plan_command
+from benchmarks.analysis.planner import TaskKind, parse_task, plan_capacity
+from benchmarks.analysis.queueing import min_servers, mmc_response_quantile
+from benchmarks.verdicts import Slo, parse_slo
 
 SLEEP_50 = parse_task("sleep_ms:50")
 #: The synthetic runs' mean service time (a little under the 50 ms asked: only the model reads it).
 SERVICE_MS = 40.0
 
-# --- the model ----------------------------------------------------------------------------------------
-
-
-def erlang_c_by_summation(c: int, load: Fraction) -> Fraction:
-    """Erlang C from its textbook definition, in exact rational arithmetic."""
-    tail = load**c / math.factorial(c) * Fraction(c) / (c - load)
-    return tail / (sum(load**k / math.factorial(k) for k in range(c)) + tail)
-
-
-def erlang_c_in_logs(c: int, load: float) -> float:
-    """Erlang C from the same definition, summed in log space (for counts whose factorials overflow)."""
-    logs = np.array([k * math.log(load) - math.lgamma(k + 1) for k in range(c)])
-    log_tail = c * math.log(load) - math.lgamma(c + 1) + math.log(c / (c - load))
-    top = max(logs.max(), log_tail)
-    head = np.exp(logs - top).sum()
-    tail = math.exp(log_tail - top)
-    return tail / (head + tail)
-
-
-def simulated_response_times(rate_per_s: float, service_s: float, c: int, n: int, seed: int) -> np.ndarray:
-    """A first-come-first-served M/M/c queue, simulated: each arrival takes the earliest free server."""
-    rng = np.random.default_rng(seed)
-    arrivals = np.cumsum(rng.exponential(1 / rate_per_s, n))
-    services = rng.exponential(service_s, n)
-    free_at = [0.0] * c
-    out = np.empty(n)
-    for i, (arrival, service) in enumerate(zip(arrivals, services, strict=True)):
-        start = max(arrival, heapq.heappop(free_at))
-        heapq.heappush(free_at, start + service)
-        out[i] = start + service - arrival
-    return out[n // 10:]  # drop the start, when the queue was still empty
-
-
-def test_erlang_c_gives_the_textbook_values():
-    assert erlang_c(2, 1.0) == pytest.approx(1 / 3, rel=1e-12)
-    for rho in (0.1, 0.5, 0.9, 0.99):
-        assert erlang_c(1, rho) == pytest.approx(rho, rel=1e-12)  # one server: the probability it is busy
-
-
-def test_erlang_c_equals_the_exact_sum_for_small_server_counts():
-    for c in (1, 2, 3, 5, 8, 13, 30):
-        for share in (Fraction(1, 10), Fraction(1, 2), Fraction(9, 10), Fraction(99, 100)):
-            load = share * c
-            assert erlang_c(c, float(load)) == pytest.approx(float(erlang_c_by_summation(c, load)), rel=1e-9)
-
-
-def test_erlang_c_stays_exact_and_finite_for_a_thousand_servers():
-    for load in (500.0, 950.0, 999.0):
-        value = erlang_c(1000, load)
-        assert 0.0 <= value <= 1.0
-        assert value == pytest.approx(erlang_c_in_logs(1000, load), rel=1e-8)
-
-
-def test_erlang_c_is_one_when_the_servers_cannot_keep_up_and_zero_without_load():
-    assert erlang_c(4, 4.0) == 1.0
-    assert erlang_c(4, 9.0) == 1.0
-    assert erlang_c(4, 0.0) == 0.0
-
-
-def test_the_model_refuses_impossible_arguments():
-    with pytest.raises(ValueError, match="c must be"):
-        erlang_c(0, 1.0)
-    with pytest.raises(ValueError, match="offered load"):
-        erlang_c(2, -1.0)
-    with pytest.raises(ValueError, match="quantile"):
-        mmc_response_quantile(10, 0.05, 2, 1.5)
-    with pytest.raises(ValueError, match="rate"):
-        min_servers(0, 0.05, 1.0, 0.95)
-
-
-def test_one_server_response_time_is_exponential_with_rate_mu_minus_lambda():
-    for rate, service_s, q in ((10.0, 0.05, 0.95), (30.0, 0.02, 0.99), (1.0, 0.5, 0.5)):
-        expected = -math.log(1 - q) / (1 / service_s - rate)
-        assert mmc_response_quantile(rate, service_s, 1, q) == pytest.approx(expected, rel=1e-9)
-
-
-def test_response_time_survival_at_the_quantile_is_one_minus_q_even_when_the_two_rates_coincide():
-    # c = 2, service 1 s, rate 1/s: theta = 2 - 1 = 1 = mu, the repeated-root case of the formula.
-    for rate, service_s, c in ((1.0, 1.0, 2), (1.0 + 1e-9, 1.0, 2), (35.0, 0.05, 2), (300.0, 0.05, 20)):
-        for q in (0.5, 0.9, 0.95, 0.99):
-            t = mmc_response_quantile(rate, service_s, c, q)
-            assert mmc_response_survival(t, rate, service_s, c) == pytest.approx(1 - q, rel=1e-9)
-
-
-def test_response_time_quantiles_agree_with_a_simulated_queue():
-    for rate, service_s, c in ((15.0, 0.05, 1), (60.0, 0.05, 4), (150.0, 0.05, 9)):
-        simulated = simulated_response_times(rate, service_s, c, 200_000, seed=c)
-        for q in (0.5, 0.95):
-            expected = np.quantile(simulated, q)
-            assert mmc_response_quantile(rate, service_s, c, q) == pytest.approx(expected, rel=0.05)
-
-
-def test_wait_quantile_is_zero_when_few_wait_and_follows_the_exponential_tail_otherwise():
-    assert mmc_wait_quantile(1.0, 0.05, 4, 0.95) == 0.0  # almost nobody waits at 5 % load
-    rate, service_s, c, q = 70.0, 0.05, 4, 0.95
-    waits = erlang_c(c, rate * service_s)
-    t = mmc_wait_quantile(rate, service_s, c, q)
-    assert waits * math.exp(-(c / service_s - rate) * t) == pytest.approx(1 - q, rel=1e-12)
-    assert mmc_wait_quantile(80.0, 0.05, 4, q) == math.inf  # 4 erlangs on 4 servers: unstable
-
-
-def test_min_servers_is_the_fewest_that_meet_the_slo():
-    for rate in (5.0, 40.0, 400.0, 5000.0):
-        c = min_servers(rate, 0.05, 1.0, 0.95)
-        assert c is not None and c > rate * 0.05
-        assert mmc_response_quantile(rate, 0.05, c, 0.95) <= 1.0
-        if c > rate * 0.05 + 1:
-            assert mmc_response_quantile(rate, 0.05, c - 1, 0.95) > 1.0
-
-
-def test_min_servers_never_falls_as_the_rate_grows():
-    rates = np.linspace(1, 2000, 60)
-    counts = [min_servers(float(r), 0.05, 0.5, 0.99) for r in rates]
-    assert all(a <= b for a, b in zip(counts, counts[1:], strict=False))
-
-
-def test_min_servers_is_none_when_the_slo_is_below_the_service_time_tail():
-    # An exponential 50 ms service alone has p95 = 3 x 50 ms: no number of servers brings it under 100 ms.
-    assert min_servers(10.0, 0.05, 0.1, 0.95) is None
-
-
 # --- the request syntax -------------------------------------------------------------------------------
 
 
 def test_slo_syntax_takes_a_quantile_and_a_limit_in_ms_or_s():
-    assert parse_slo("p95=1s") == capacity.Slo("p95", 1.0)
+    assert parse_slo("p95=1s") == Slo("p95", 1.0)
     assert parse_slo("p99=250ms").limit_s == pytest.approx(0.25)
     assert parse_slo(" p50 = 0.5s ").quantile == 0.5
     for bad in ("p95", "p97=1s", "p95=1h", "p95=-1s", "95=1s", "p95=0ms"):
@@ -169,9 +41,9 @@ def test_slo_syntax_takes_a_quantile_and_a_limit_in_ms_or_s():
 
 
 def test_task_syntax_names_the_task_and_its_arguments():
-    assert parse_task("sleep_ms:50") == capacity.TaskKind("sleep_ms", (("ms", 50),))
+    assert parse_task("sleep_ms:50") == TaskKind("sleep_ms", (("ms", 50),))
     assert parse_task("sleep_ms:ms=50") == SLEEP_50
-    assert parse_task("noop") == capacity.TaskKind("noop")
+    assert parse_task("noop") == TaskKind("noop")
     assert parse_task("add:x=1,y=2").args == {"x": 1, "y": 2}
     for bad in ("nap:1", "sleep_ms", "sleep_ms:fast", "sleep_ms:999999", "noop:1", "add:1"):
         with pytest.raises(ValueError):
@@ -183,13 +55,14 @@ def test_task_syntax_names_the_task_and_its_arguments():
 
 def write_run(root: Path, backend: str, processes: int, rate: float, *, throughput: float, p95_ms: float,
               service_ms: float = 50.0, status: str = "ok", repeat: int = 0, task: str = "sleep_ms",
-              args: dict[str, Any] | None = None, mode: str = "load", scenario: str = "latency") -> str:
+              args: dict[str, Any] | None = None, mode: str = "load", scenario: str = "latency",
+              options: dict[str, Any] | None = None) -> str:
     """One run directory with a run.json shaped like the runner's (the figures are the caller's)."""
     args = {"ms": 50} if args is None and task == "sleep_ms" else (args or {})
     spec: dict[str, Any] = {
         "backend": backend, "broker": "redis", "serializer": "json", "processes": processes, "threads": 1,
         "prefetch": None, "acks_late": None, "routing": "shared", "long_threshold_ms": 100, "results": True,
-        "mode": mode, "task": task, "args": args, "drain_timeout_s": 60, "options": {}}
+        "mode": mode, "task": task, "args": args, "drain_timeout_s": 60, "options": options or {}}
     if mode == "load":
         spec |= {"scenario": scenario, "rate": rate, "arrival": "constant", "warmup_s": 1, "duration_s": 5,
                  "api_workers": 2, "api_threads": 4}
@@ -253,8 +126,8 @@ def runs_dir(tmp_path: Path) -> Path:
 
 
 def test_plan_recommends_the_fewest_measured_slots_that_meet_the_slo(runs_dir):
-    tight = capacity.plan_capacity(runs_dir, 40, SLEEP_50, parse_slo("p95=200ms"))
-    loose = capacity.plan_capacity(runs_dir, 40, SLEEP_50, parse_slo("p95=1s"))
+    tight = plan_capacity(runs_dir, 40, SLEEP_50, parse_slo("p95=200ms"))
+    loose = plan_capacity(runs_dir, 40, SLEEP_50, parse_slo("p95=1s"))
     assert [b.backend for b in tight.backends] == ["celery", "rq"]
     assert tight.covered and loose.covered
     for backend in tight.backends:
@@ -265,7 +138,7 @@ def test_plan_recommends_the_fewest_measured_slots_that_meet_the_slo(runs_dir):
 
 
 def test_plan_shows_the_measured_cells_it_relied_on_with_the_model_beside_them(runs_dir):
-    answer = capacity.plan_capacity(runs_dir, 40, SLEEP_50, parse_slo("p95=200ms"))
+    answer = plan_capacity(runs_dir, 40, SLEEP_50, parse_slo("p95=200ms"))
     celery = answer.backends[0]
     run_ids = {r for ids in celery.points["run_ids"] for r in ids}
     assert all(r.startswith("celery-") and "sleep_ms-ms50" in r for r in run_ids)
@@ -284,7 +157,7 @@ def test_plan_shows_the_measured_cells_it_relied_on_with_the_model_beside_them(r
 
 
 def test_plan_refuses_a_rate_beyond_the_measured_ones_and_labels_its_extrapolation(runs_dir):
-    answer = capacity.plan_capacity(runs_dir, 200, SLEEP_50, parse_slo("p95=1s"))
+    answer = plan_capacity(runs_dir, 200, SLEEP_50, parse_slo("p95=1s"))
     assert not answer.covered
     for backend in answer.backends:
         assert backend.verdict == "not covered" and backend.measured_slots is None
@@ -294,7 +167,7 @@ def test_plan_refuses_a_rate_beyond_the_measured_ones_and_labels_its_extrapolati
 
 
 def test_plan_says_so_when_the_results_hold_no_run_of_the_task(runs_dir):
-    answer = capacity.plan_capacity(runs_dir, 40, parse_task("cpu_ms:20"), parse_slo("p95=1s"))
+    answer = plan_capacity(runs_dir, 40, parse_task("cpu_ms:20"), parse_slo("p95=1s"))
     assert not answer.covered
     assert [(b.backend, b.verdict) for b in answer.backends] == [("celery", "no runs"), ("rq", "no runs")]
     assert any("no run of cpu_ms(ms=20)" in w for w in answer.warnings)
@@ -302,8 +175,8 @@ def test_plan_says_so_when_the_results_hold_no_run_of_the_task(runs_dir):
 
 
 def test_the_covering_matrix_parses_and_measures_the_request(runs_dir, tmp_path):
-    answer = capacity.plan_capacity(runs_dir, 200, SLEEP_50, parse_slo("p95=1s"))
-    written = capacity.write_covering_matrix(answer, tmp_path / "cover.toml", results_dir=runs_dir)
+    answer = plan_capacity(runs_dir, 200, SLEEP_50, parse_slo("p95=1s"))
+    written = write_covering_matrix(answer, tmp_path / "cover.toml", results_dir=runs_dir)
     loaded = matrix.load(written.path)
     assert written.cells == len(loaded.cells) > 0
     assert {c.spec["backend"] for c in loaded.cells} == {"celery", "rq"}
@@ -319,10 +192,53 @@ def test_the_covering_matrix_parses_and_measures_the_request(runs_dir, tmp_path)
     assert written.command == f"queuebench run {written.path} --out {runs_dir}"
 
 
+def expanded(text: str) -> set[tuple[str, int, int, str]]:
+    """(backend, processes, threads, options) of every cell the matrix parser makes of `text`."""
+    return {(c.spec["backend"], c.spec["processes"], c.spec["threads"], json.dumps(c.spec.get("options", {})))
+            for c in matrix.parse(text).cells}
+
+
+def intended(answer) -> set[tuple[str, int, int, str]]:
+    return {(e["spec"]["backend"], p, e["threads"], json.dumps(e["spec"].get("options", {})))
+            for e in covering_cells(answer) for p in e["processes"]}
+
+
+def test_a_covering_matrix_expands_to_exactly_the_intended_cells_with_the_runners_duration(runs_dir, tmp_path):
+    # Analysis may not import the matrix parser or the runner, so this test is where a covering matrix is
+    # checked against both: the cells it expands to, their count, and the runner's own duration estimate.
+    requests = [(runs_dir, 200, "p95=1s"), (runs_dir, 40, "p95=50ms"), (tmp_path / "nothing", 100, "p99=500ms")]
+    for results, rate, slo in requests:
+        answer = plan_capacity(results, rate, SLEEP_50, parse_slo(slo))
+        written = write_covering_matrix(answer, tmp_path / f"cover-{rate}.toml", results_dir=results)
+        cells = matrix.parse(written.text).cells
+        assert expanded(written.text) == intended(answer) != set()
+        assert written.cells == len(cells)
+        assert written.minutes == pytest.approx(sum(runner.cell_seconds(c) for c in cells) / 60)
+        assert {c.spec["rate"] for c in cells} == {rate} and all(c.skip_reason is None for c in cells)
+
+
+def test_a_covering_matrix_keeps_each_configurations_library_knobs_and_says_what_it_is_for(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "celery", 1, 40, throughput=18.0, p95_ms=4000, service_ms=SERVICE_MS,
+              options={"without_gossip": True})
+    write_run(root, "rq", 1, 40, throughput=18.0, p95_ms=4000, service_ms=SERVICE_MS)
+    answer = plan_capacity(root, 200, SLEEP_50, parse_slo("p95=1s"))
+    text = covering_matrix_text(answer)
+    header = text.split("\n\n", 1)[0].splitlines()
+    assert all(line.startswith("# ") for line in header)
+    assert header[0].startswith("# capacity-sleep_ms-ms50-r200-p95-1s: written by `queuebench plan`")
+    assert "# 200 tasks/s of sleep_ms 50 with p95 under 1 s." in header
+    assert any(line.startswith("# Configurations: celery") and "rq (one [[include]] each)" in line
+               for line in header)
+    cells = matrix.parse(text).cells
+    assert {c.spec["options"]["without_gossip"] for c in cells if c.spec["backend"] == "celery"} == {True}
+    assert expanded(text) == intended(answer)
+
+
 def test_the_covering_matrix_is_refused_when_everything_is_covered(runs_dir):
-    answer = capacity.plan_capacity(runs_dir, 40, SLEEP_50, parse_slo("p95=1s"))
+    answer = plan_capacity(runs_dir, 40, SLEEP_50, parse_slo("p95=1s"))
     with pytest.raises(ValueError, match="covered"):
-        capacity.covering_matrix_text(answer)
+        covering_matrix_text(answer)
 
 
 def test_plan_command_prints_json_and_writes_the_covering_matrix_where_told(runs_dir, tmp_path):
@@ -363,18 +279,18 @@ def test_plan_command_refuses_a_bad_slo_or_task_with_exit_code_2(runs_dir):
 
 
 def test_plan_on_a_missing_results_directory_covers_the_three_libraries(tmp_path):
-    answer = capacity.plan_capacity(tmp_path / "nothing", 100, SLEEP_50, parse_slo("p99=500ms"))
-    assert [b.backend for b in answer.backends] == list(capacity.DEFAULT_BACKENDS)
+    answer = plan_capacity(tmp_path / "nothing", 100, SLEEP_50, parse_slo("p99=500ms"))
+    assert [b.backend for b in answer.backends] == list(DEFAULT_BACKENDS)
     assert all(b.verdict == "no runs" and b.extrapolated_slots for b in answer.backends)
-    loaded = matrix.parse(capacity.covering_matrix_text(answer))
-    assert {c.spec["backend"] for c in loaded.cells} == set(capacity.DEFAULT_BACKENDS)
+    loaded = matrix.parse(covering_matrix_text(answer))
+    assert {c.spec["backend"] for c in loaded.cells} == set(DEFAULT_BACKENDS)
 
 
 # --- capacity notes -----------------------------------------------------------------------------------
 
 
 def test_capacity_notes_mention_each_backend_its_knee_and_a_planning_sentence(runs_dir):
-    notes = capacity.capacity_notes(runs_dir)
+    notes = capacity_notes(runs_dir)
     assert "sleep_ms(ms=50)" in notes
     for backend in ("celery", "rq"):
         assert f"- {backend}:" in notes
@@ -386,14 +302,12 @@ def test_capacity_notes_mention_each_backend_its_knee_and_a_planning_sentence(ru
 
 
 def test_capacity_notes_take_the_frame_the_report_passes(runs_dir):
-    from benchmarks.analysis.load import load_results
-
-    assert capacity.capacity_notes(load_results(runs_dir).usable) == capacity.capacity_notes(runs_dir)
+    assert capacity_notes(load_results(runs_dir).usable) == capacity_notes(runs_dir)
 
 
 def test_capacity_notes_say_when_there_is_nothing_to_plan_from(tmp_path):
     for source in (pd.DataFrame(), tmp_path):
-        assert "no capacity can be stated" in capacity.capacity_notes(source)
+        assert "no capacity can be stated" in capacity_notes(source)
     write_run(tmp_path / "runs", "rq", 2, 40, throughput=40.0, p95_ms=50, scenario="payload", task="echo",
               args={"size": 100})
-    assert "no capacity can be stated" in capacity.capacity_notes(tmp_path / "runs")
+    assert "no capacity can be stated" in capacity_notes(tmp_path / "runs")

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import matrix
+from benchmarks import matrix, store
 from benchmarks import search as search_mod
-from benchmarks.analysis.capacity import Slo
+from benchmarks.analysis.load import search_table
+from benchmarks.analysis.report import search_blocks
 from benchmarks.search import Search, Step, judge_step, next_rate, step_rate
+from benchmarks.verdicts import Slo
 
 ROOT = Path(__file__).resolve().parent.parent
 SLO = Slo("p95", 1.0)
@@ -155,7 +157,7 @@ def test_a_real_search_stores_every_step_as_a_checked_run_and_names_its_evidence
                              "--factor", "2", "--max-steps", "3", "--refine", "0", "--slo", "p95=2s"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    records = search_mod.read_searches(out)
+    records = store.read_searches(out)
     assert len(records) == 1
     found = records[0]
     rates = [s["rate_per_s"] for s in found["steps"]]
@@ -168,13 +170,11 @@ def test_a_real_search_stores_every_step_as_a_checked_run_and_names_its_evidence
     for run_id in found["evidence_run_ids"]:
         assert (out / run_id / "tasks.parquet").exists()
     assert found["stopped_because"]
-    table = search_mod.search_table(records)
+    table = search_table(records)
     assert table.loc[0, "slots"] == 1 and table.loc[0, "slo"] == "p95=2s"
 
 
 def test_the_report_lists_each_stored_search_with_its_knee_and_evidence(tmp_path):
-    from benchmarks.analysis.report import search_blocks
-
     assert search_blocks(tmp_path) == []
     config = {"backend": "rq", "broker": "redis", "serializer": "json", "processes": 2, "threads": 1,
               "routing": "shared", "task": "sleep_ms", "args": {"ms": 50}}
@@ -190,4 +190,4 @@ def test_a_search_record_of_another_schema_version_is_refused(tmp_path):
     (tmp_path / "searches").mkdir()
     (tmp_path / "searches" / "x.json").write_text(json.dumps({"schema_version": 99}))
     with pytest.raises(ValueError, match="schema version 99"):
-        search_mod.read_searches(tmp_path)
+        store.read_searches(tmp_path)

@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmarks.analysis import capacity  # noqa: E402
+import backends  # noqa: E402
 from benchmarks.analysis.load import (  # noqa: E402
     COMPONENTS,
     SYSTEM_KEYS,
@@ -43,17 +43,15 @@ from benchmarks.analysis.load import (  # noqa: E402
     over_repeats,
     row_key,
 )
+from benchmarks.verdicts import KNEE_LATENCY_GROWTH, SUSTAINED_RATIO, kept_up, knee_index, latency_grew  # noqa: E402
 
-#: A knee: the first offered rate where p95 exceeds this multiple of its value at the lowest rate
-#: (the capacity notes' own factor, so the chart and the notes name the same knee)...
-KNEE_P95_FACTOR = capacity.KNEE_LATENCY_GROWTH
-#: ...or where the queue completes less than this share of what was sent (the backlog grows).
-BACKLOG_RATIO = 0.95
 #: Fewest distinct offered rates that make a latency-against-rate curve.
 MIN_RATES = 3
-#: Backends' colours, fixed so a backend looks the same in every chart.
-BACKEND_COLOURS = {"celery": "#1f77b4", "rq": "#d62728", "dramatiq": "#2ca02c", "baseline": "#7f7f7f",
-                   "discard": "#bcbd22"}
+#: Backends' colours, fixed so a backend looks the same in every chart: the registry's order picks from a
+#: palette (a backend named by dotted path gets the next free one), the floor and the ceiling are grey.
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#e377c2", "#8c564b")
+BACKEND_COLOURS = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(backends.libraries())} | {
+    **{name: "#7f7f7f" for name in backends.FLOORS}, **{name: "#bcbd22" for name in backends.HARNESS}}
 COMPONENT_COLOURS = {"broker": "#8c564b", "workers": "#1f77b4", "api": "#ff7f0e", "locust": "#9467bd"}
 LATENCY_PARTS = (("http_enqueue_ms_mean", "HTTP enqueue", "#ff7f0e"), ("queue_wait_ms_mean", "queue wait", "#9467bd"),
                  ("service_ms_mean", "service", "#1f77b4"))
@@ -103,19 +101,28 @@ def _unique(values: Iterable[Any]) -> list[str]:
     return sorted({str(v) for v in values if not is_missing(v)})
 
 
+def _library_package(backend: str) -> str | None:
+    """The distribution a backend's caption names: the first package it declares (the library itself;
+    redis-py for the bare-Redis floor)."""
+    try:
+        packages = backends.backend_class(backend).packages
+    except (KeyError, ImportError, AttributeError):
+        return None
+    return packages[0] if packages else None
+
+
 def caption(results: Results, run_ids: Sequence[str]) -> str:
     """Library versions, broker, machine (CPU model, cores) and repeats of the runs drawn."""
     runs = results.runs[results.runs["run_id"].isin(run_ids)]
     if runs.empty:
         return ""
     parts = []
-    libraries = {"celery": "celery", "rq": "rq", "dramatiq": "dramatiq", "baseline": "redis"}
     for backend in _unique(runs["backend"]):
-        package = libraries.get(backend)
+        package = _library_package(backend)
         column = f"pkg.{package}"
         if package and column in runs.columns:
             versions = _unique(runs.loc[runs["backend"] == backend, column])
-            name = "redis-py (baseline)" if backend == "baseline" else backend
+            name = backend if package == backend else f"{package} ({backend})"
             parts.append(f"{name} {'/'.join(versions) or '?'}")
     brokers = _unique(f"{k} {v}" for k, v in zip(runs["broker_kind"], runs["broker_version"], strict=True)
                       if not is_missing(k))
@@ -468,9 +475,9 @@ def _routing_sentences(cells: pd.DataFrame, groups: list[str]) -> list[str]:
 
 def knee(rates: Sequence[float], p95_ms: Sequence[float], throughput_per_s: Sequence[float],
          sent_per_s: Sequence[float] | None = None) -> float | None:
-    """The lowest offered rate where p95 exceeds `KNEE_P95_FACTOR` x its value at the lowest rate, or where
-    the queue completes less than `BACKLOG_RATIO` of what was sent (backlog grows), and every higher rate
-    does too; None if there is no such rate."""
+    """The lowest offered rate where p95 exceeds `verdicts.KNEE_LATENCY_GROWTH` x its value at the lowest
+    rate, or where the queue did not keep up with what was sent (`verdicts.kept_up`: the backlog grew), and
+    every higher rate does too (`verdicts.knee_index`); None if there is no such rate."""
     order = np.argsort(rates)
     rates_a = np.asarray(rates, dtype="float64")[order]
     p95_a = np.asarray(p95_ms, dtype="float64")[order]
@@ -478,9 +485,10 @@ def knee(rates: Sequence[float], p95_ms: Sequence[float], throughput_per_s: Sequ
     sent_a = np.asarray(sent_per_s if sent_per_s is not None else rates, dtype="float64")[order]
     sent_a = np.where(np.isnan(sent_a), rates_a, sent_a)
     base = p95_a[0]
-    bent = [bool((math.isfinite(base) and p95 > KNEE_P95_FACTOR * base) or thr < BACKLOG_RATIO * sent)
+    # A missing throughput proves no backlog: only two figures present can fail the sustained rule.
+    bent = [latency_grew(p95, base) or bool(math.isfinite(thr) and math.isfinite(sent) and not kept_up(thr, sent))
             for p95, thr, sent in zip(p95_a, thr_a, sent_a, strict=True)]
-    at = capacity.knee_index(bent)
+    at = knee_index(bent)
     return None if at is None else float(rates_a[at])
 
 
@@ -527,8 +535,8 @@ def latency_vs_rate(results: Results, out_dir: Path) -> Chart:
         ax.set_xlabel("offered rate (tasks/s)")
         ax.legend(fontsize=6)
     run_ids = _run_ids(drawn)
-    text = (caption(results, run_ids) + f" · knee: p95 > {KNEE_P95_FACTOR:g}x its lowest-rate value or throughput "
-            f"< {BACKLOG_RATIO:.0%} of the achieved send rate, from there up")
+    text = (caption(results, run_ids) + f" · knee: p95 > {KNEE_LATENCY_GROWTH:g}x its lowest-rate value or throughput "
+            f"< {SUSTAINED_RATIO:.0%} of the achieved send rate, from there up")
     files = _save(fig, out_dir, name, text)
     drawn["knee_rate_per_s"] = drawn["curve_label"].map(knees)
     return Chart(name, title, files, _rate_sentences(drawn, knees), run_ids, caption=text,
@@ -542,7 +550,7 @@ def _rate_sentences(drawn: pd.DataFrame, knees: dict[str, float | None]) -> list
     low, high = curve.iloc[0], curve.iloc[-1]
     found = knees[label]
     if found is None:
-        first = (f"For {label}, p95 stays within x{KNEE_P95_FACTOR:g} of its {num(low['e2e_ms_p95'], 'ms')} at "
+        first = (f"For {label}, p95 stays within x{KNEE_LATENCY_GROWTH:g} of its {num(low['e2e_ms_p95'], 'ms')} at "
                  f"{low['rate']:g}/s up to the highest rate measured ({high['rate']:g}/s): no knee.")
     else:
         at = curve[curve["rate"] == found].iloc[0]

@@ -41,6 +41,8 @@ def report(results_dir: Path, out: Path | None) -> None:
     skipped or interrupted are listed as warnings and left out of the figures. Nothing is written into
     RESULTS. Exits 2 when RESULTS holds no runs or mixes result schema versions.
     """
+    # Imported when the command runs, not when the CLI starts: the report draws with matplotlib and reads
+    # with pandas, and the console is rich's; `queuebench --help` and every other command pay for none.
     from rich.console import Console
 
     from benchmarks.analysis.load import ResultsError, load_results
@@ -86,6 +88,7 @@ def compare(a_dir: Path, b_dir: Path, out: Path | None, ignore: tuple[str, ...],
     interval excludes 1 is shown as "within noise". Exits 2 when the sets cannot be compared (different
     schema versions, no cell in common).
     """
+    # Imported when the command runs (pandas, numpy, rich), as in `report`.
     from rich.table import Table
 
     from benchmarks.analysis.compare import compare as compare_sets

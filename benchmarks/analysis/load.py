@@ -14,6 +14,9 @@ columns need not mean the same thing.
 Per-kind figures (short vs long tasks of ``routing_mix``, payload sizes of ``payload``) are recomputed
 from the raw rows with `benchmarks.measure`, using the run's own measured window; which task and
 arguments a row stands for comes from its ``digest`` and the run's ``task_kinds``.
+
+Every file is read through `benchmarks.store`, which owns the layout; `search_table` turns the stored
+search records (``queuebench search``) into a frame for the report.
 """
 
 from __future__ import annotations
@@ -30,20 +33,39 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks import measure
+import backends
+from benchmarks import measure, spec, store
 
 #: Statuses whose figures are used: every check held, or only the load generator fell short.
 USABLE_STATUSES = ("ok", "generator-limited")
+
+# --- what the matrix spec and the backend registry declare --------------------------------------------
+# Every list analysis keeps of spec keys and backends comes from the one declaration (`benchmarks.spec`)
+# and the registry (`backends`).
+
 #: Spec keys that describe the workload (what is sent, how it is measured), not the system under test.
-WORKLOAD_KEYS = ("mode", "scenario", "task", "args", "rate", "arrival", "tasks", "warmup_s", "duration_s",
-                 "drain_timeout_s")
+WORKLOAD_KEYS = spec.WORKLOAD_KEYS
 #: Spec keys that name the system under test: these tell two configurations apart in a label.
-SYSTEM_KEYS = ("backend", "pool", "worker_class", "options", "broker", "serializer", "processes", "threads",
-               "prefetch", "acks_late", "routing", "long_threshold_ms", "results", "api_workers", "api_threads")
+SYSTEM_KEYS = spec.SYSTEM_KEYS
 #: Keys that only one mode has (load: rate, API; drain: tasks): their absence is no difference.
-MODE_KEYS = (*WORKLOAD_KEYS, "api_workers", "api_threads")
+MODE_KEYS = (*spec.MODE_ONLY_KEYS, *(k for k in WORKLOAD_KEYS if k not in spec.MODE_ONLY_KEYS))
 #: Everything a label may show, in the order it shows it.
 LABEL_KEYS = SYSTEM_KEYS + WORKLOAD_KEYS
+#: System keys (besides processes and threads) that tell two configurations of one backend apart (plan).
+VARIANT_KEYS = spec.VARIANT_KEYS
+#: Matrix keys copied from a configuration's runs into its covering cells (besides backend and options).
+MATRIX_SYSTEM_KEYS = tuple(k for k in spec.VARIANT_KEYS if k not in ("backend", "options"))
+#: Largest processes value a matrix accepts.
+MAX_PROCESSES = int(spec.KEYS["processes"].domain.high)
+#: Backends planned for when the results hold none: every library in the registry.
+DEFAULT_BACKENDS = backends.libraries()
+#: Backends never planned for: the harness's own ceiling runs no queue at all.
+NOT_PLANNED = backends.HARNESS
+#: Reference points rather than candidates in the report: the bare-broker floor and the harness's ceiling.
+FLOORS = (*backends.FLOORS, *backends.HARNESS)
+
+# ------------------------------------------------------------------------------------------------------
+
 #: Figures every runs frame has (NaN where a run did not record them), so analyses need not check.
 FIGURE_COLUMNS = ("finished_ok", "throughput_per_s", "littles_bound_per_s", "mean_service_ms", "offered_rate_per_s",
                   "achieved_rate_per_s", "tasks_per_cpu_s", "tasks_per_worker_cpu_s", "total_cpu_s",
@@ -187,6 +209,9 @@ def run_row(record: Mapping[str, Any]) -> dict[str, Any]:
             "git_commit": (env.get("git") or {}).get("commit"), "git_dirty": (env.get("git") or {}).get("dirty")}
     for name, version in (env.get("packages") or {}).items():
         row[f"pkg.{name}"] = version
+    # A backend with a private environment records its library's versions there (they win).
+    for name, version in ((record.get("backend_environment") or {}).get("packages") or {}).items():
+        row[f"pkg.{name}"] = version
     broker = (record.get("brokers") or {}).get("broker") or {}
     row |= {"broker_kind": broker.get("kind"), "broker_version": broker.get("version")}
 
@@ -257,8 +282,7 @@ class Results:
     def tasks(self, run_id: str) -> pd.DataFrame:
         """The run's ``tasks.parquet`` (one row per execution); empty when absent."""
         if run_id not in self._tasks:
-            path = self.run_dir(run_id) / "tasks.parquet"
-            tasks = pd.read_parquet(path) if path.exists() else pd.DataFrame()
+            tasks = store.read_tasks_table(self.run_dir(run_id))
             if len(tasks) and "digest" not in tasks.columns:  # ledgers before digests: one kind per task
                 tasks["digest"] = tasks["task"]
             self._tasks[run_id] = tasks
@@ -267,8 +291,7 @@ class Results:
     def requests(self, run_id: str) -> pd.DataFrame | None:
         """The run's ``requests.parquet`` (load mode), else None."""
         if run_id not in self._requests:
-            path = self.run_dir(run_id) / "requests.parquet"
-            self._requests[run_id] = pd.read_parquet(path) if path.exists() else None
+            self._requests[run_id] = store.read_requests_table(self.run_dir(run_id))
         return self._requests[run_id]
 
     def window(self, run_id: str) -> measure.Window | None:
@@ -382,15 +405,15 @@ def load_results(root: Path | str) -> Results:
     records: dict[str, dict[str, Any]] = {}
     dirs: dict[str, Path] = {}
     warnings: list[str] = []
-    for path in sorted(root.glob("*/run.json")):
+    for run_dir in store.run_dirs(root):
         try:
-            record = json.loads(path.read_text())
+            record = store.load_run(run_dir)
         except (OSError, ValueError) as exc:
-            warnings.append(f"{path.parent.name}: run.json unreadable ({exc}); not used")
+            warnings.append(f"{run_dir.name}: {store.RUN_JSON} unreadable ({exc}); not used")
             continue
-        run_id = str(record.get("run_id") or path.parent.name)
+        run_id = str(record.get("run_id") or run_dir.name)
         records[run_id] = record
-        dirs[run_id] = path.parent
+        dirs[run_id] = run_dir
     if not records:
         raise ResultsError(f"{root}: no run directories (no */run.json); give the directory `queuebench run` "
                            "wrote, e.g. results/runs")
@@ -457,4 +480,27 @@ def over_repeats(runs: pd.DataFrame, metrics: Iterable[str], by: str = "cell") -
                     f"{metric}_std": std, f"{metric}_n": int(len(values)),
                     f"{metric}_cv": std / mean if len(values) > 1 and mean else np.nan}
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --- search records -----------------------------------------------------------------------------------
+
+
+def search_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per search record (`store.read_searches`): backend, slots, task, SLO, knee, first
+    unsustained rate, evidence, why it stopped."""
+    rows = []
+    for record in records:
+        config = record["config"]
+        args = config.get("args") or {}
+        rows.append({
+            "search_id": record["search_id"], "backend": config["backend"], "broker": config["broker"],
+            "processes": config["processes"], "threads": config["threads"],
+            "slots": config["processes"] * config["threads"],
+            "task": config.get("task", "") + "".join(f" {k}={v}" for k, v in sorted(args.items())),
+            "slo": record["slo"], "knee_rate_per_s": record.get("knee_rate_per_s"),
+            "first_unsustained_rate_per_s": record.get("first_unsustained_rate_per_s"),
+            "steps": len(record.get("steps", [])), "evidence_run_ids": record.get("evidence_run_ids", []),
+            "stopped_because": record.get("stopped_because", ""),
+        })
     return pd.DataFrame(rows)

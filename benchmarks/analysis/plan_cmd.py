@@ -5,8 +5,9 @@ Registered on the ``queuebench`` group by the CLI:
     from benchmarks.analysis.plan_cmd import plan
     cli.add_command(plan)
 
-The answers come from `benchmarks.analysis.capacity.plan_capacity` (see its module docstring for what
-counts as measured); this module only parses the request, prints and writes the covering matrix.
+The answers come from `benchmarks.analysis.planner.plan_capacity` (see its module docstring for what
+counts as measured) and the matrix that would cover the rest from `benchmarks.analysis.cover`; this
+module only parses the request, prints and writes that matrix.
 Exit codes: 0 answered (covered or not: the output says which), 2 a bad request or unusable results.
 """
 
@@ -22,7 +23,8 @@ import click
 import backends
 
 if TYPE_CHECKING:
-    from benchmarks.analysis import capacity
+    from benchmarks.analysis.cover import CoveringMatrix
+    from benchmarks.analysis.planner import Plan
 
 EXIT_REFUSED = 2
 
@@ -77,19 +79,23 @@ def plan(results_dir: Path, rate: float, task_text: str, slo_text: str, backends
     measured cells. When the runs do not cover the request it says so, labels any extrapolation as such,
     and writes a matrix that measures it, with the command to run.
     """
-    from benchmarks.analysis import capacity
+    # Imported when the command runs, not when the CLI starts: they load pandas, which `queuebench --help`
+    # and every other command should not pay for.
+    from benchmarks.analysis.cover import write_covering_matrix
     from benchmarks.analysis.load import MixedSchemaError
+    from benchmarks.analysis.planner import parse_task, plan_capacity
+    from benchmarks.verdicts import parse_slo
 
     try:
-        kind = capacity.parse_task(task_text)
+        kind = parse_task(task_text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--task") from exc
     try:
-        slo = capacity.parse_slo(slo_text)
+        slo = parse_slo(slo_text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--slo") from exc
     try:
-        answer = capacity.plan_capacity(results_dir, rate, kind, slo, backends=backends or None)
+        answer = plan_capacity(results_dir, rate, kind, slo, backends=backends or None)
     except MixedSchemaError as exc:
         raise Refused(str(exc)) from exc
     if not results_dir.is_dir():
@@ -97,7 +103,7 @@ def plan(results_dir: Path, rate: float, task_text: str, slo_text: str, backends
 
     covering = None
     if not answer.covered and write_matrix:
-        covering = capacity.write_covering_matrix(answer, matrix_out, results_dir=results_dir)
+        covering = write_covering_matrix(answer, matrix_out, results_dir=results_dir)
 
     if as_json:
         out = answer.to_dict() | {"results_dir": str(results_dir)}
@@ -109,11 +115,12 @@ def plan(results_dir: Path, rate: float, task_text: str, slo_text: str, backends
     _print(answer, covering, results_dir)
 
 
-def _print(answer: capacity.Plan, covering: capacity.CoveringMatrix | None, results_dir: Path) -> None:
+def _print(answer: Plan, covering: CoveringMatrix | None, results_dir: Path) -> None:
     """Rich tables: the answer per backend, then the measured cells each relied on."""
+    # rich, and the progress module that configures its console, load when a table is printed (not at
+    # CLI start-up).
     from rich.table import Table
 
-    from benchmarks.analysis import capacity
     from benchmarks.progress import table_console
 
     console = table_console()
@@ -126,7 +133,7 @@ def _print(answer: capacity.Plan, covering: capacity.CoveringMatrix | None, resu
     for backend in answer.backends:
         colour = "green" if backend.covered else "yellow"
         answer_text = f"[{colour}]{backend.answer}[/{colour}]"
-        model = "none meets it" if backend.model_slots is None else capacity.slots_text(backend.model_slots)
+        model = backend.model_answer
         assumed = backend.model_service_source != "measured"
         service = _ms(backend.model_service_ms) + (" (assumed)" if assumed else "")
         error = "-"

@@ -9,20 +9,18 @@ recomputed from a run's raw rows. It never writes into a run directory. Its part
    cells (coefficient of variation over repeats above `CV_LIMIT`);
 3. one section per chart (`charts.CHARTS`), each with two sentences computed from its data, or a note
    saying why it was not drawn;
-4. "Capacity notes", filled by ``benchmarks.analysis.capacity.capacity_notes(runs)`` when that module
-   exists (``runs``: the usable runs, one row per run as `load.Results.usable`);
+4. "Capacity notes" (`notes.capacity_notes` of the usable runs) and the stored step searches;
 5. methodology and caveats, from the runs' own metadata (slots, prefetch, acks, retries, results,
    windows, versions).
 
 The report is kept as a list of blocks rendered twice: to Markdown (figures referenced beside it) and to
-HTML (figures embedded as ``data:`` URIs, so the page opens anywhere, and also linked as SVG files).
+HTML through a Jinja2 template (``templates/report.html.j2``, autoescaped; figures embedded as ``data:``
+URIs, so the page opens anywhere, and also linked as SVG files).
 """
 
 from __future__ import annotations
 
 import base64
-import html
-import importlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,11 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import pandas as pd
 
-from benchmarks import measure
+from benchmarks import measure, store
 from benchmarks.analysis import charts
 from benchmarks.analysis.load import (
+    FLOORS,
     WORKLOAD_KEYS,
     Results,
     ResultsError,
@@ -42,8 +42,10 @@ from benchmarks.analysis.load import (
     labels,
     over_repeats,
     row_key,
+    search_table,
 )
-from benchmarks.runner import summary_rows
+from benchmarks.analysis.notes import capacity_notes
+from benchmarks.verdicts import KNEE_LATENCY_GROWTH, SUSTAINED_RATIO
 
 #: A cell is unstable when the coefficient of variation of a headline figure over its repeats exceeds this.
 CV_LIMIT = 0.10
@@ -57,12 +59,9 @@ CHART_METRICS: dict[str, tuple[str, ...]] = {
     "routing": ("short_e2e_ms_p95",), "latency_vs_rate": ("throughput_per_s", "e2e_ms_p95"),
     "latency_decomposition": (), "resource_cost": (),
 }
-#: Reference points rather than candidates: the bare-broker floor and the harness's own ceiling.
-FLOORS = ("baseline", "discard")
 #: Settings (from each backend's describe()) shown in the methodology: keys containing one of these.
 SETTING_WORDS = ("prefetch", "acks", "retr", "result", "worker_command", "worker_class", "pool", "time_limit",
                  "timeout", "ttl", "concurrency", "serializer")
-CAPACITY_UNAVAILABLE = "Capacity notes: not available yet"
 WARNING_MARK = "⚠"
 
 
@@ -112,47 +111,41 @@ def render_markdown(blocks: Sequence[Block], out_dir: Path) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-HTML_STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 72rem; margin: 2rem auto;
-       padding: 0 1rem; color: #222; line-height: 1.45; }
-h1 { font-size: 1.6rem; } h2 { font-size: 1.3rem; margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
-h3 { font-size: 1.05rem; }
-table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.85rem; }
-th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; }
-figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { font-size: 0.8rem; color: #555; }
-.warn { background: #fff6e0; border-left: 4px solid #e0a000; padding: 0.4rem 0.8rem; margin: 0.6rem 0; }
-"""
+#: The HTML page's template (Jinja2, autoescaped): the blocks in order, figures embedded.
+HTML_TEMPLATE = "report.html.j2"
+_TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("benchmarks.analysis", "templates"),
+                                autoescape=True, trim_blocks=True, lstrip_blocks=True,
+                                keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+
+
+@dataclass(frozen=True)
+class HtmlBlock:
+    """One block as the template shows it: the block, plus what HTML needs beyond the Markdown (a heading's
+    anchor, a figure's PNG as base64 and its other files as relative links)."""
+
+    block: Block
+    anchor: str = ""
+    png_base64: str = ""
+    links: list[tuple[str, str]] = field(default_factory=list)  # (href, label)
+
+
+def _html_block(block: Block, out_dir: Path) -> HtmlBlock | None:
+    """The block ready for the template; None for a figure without an image (nothing to show)."""
+    if block.kind in ("h1", "h2", "h3"):
+        return HtmlBlock(block, anchor="".join(c if c.isalnum() else "-" for c in block.text.lower()).strip("-"))
+    if block.kind == "figure":
+        if block.image is None:
+            return None
+        return HtmlBlock(block, png_base64=base64.b64encode(block.image.read_bytes()).decode("ascii"),
+                         links=[(p.relative_to(out_dir).as_posix(), p.suffix[1:].upper()) for p in block.also])
+    return HtmlBlock(block)
 
 
 def render_html(blocks: Sequence[Block], out_dir: Path, title: str) -> str:
-    """The blocks as one HTML page: figures embedded as PNG data URIs, SVGs linked relatively."""
-    esc = html.escape
-    body: list[str] = []
-    for block in blocks:
-        if block.kind in ("h1", "h2", "h3"):
-            anchor = "".join(c if c.isalnum() else "-" for c in block.text.lower()).strip("-")
-            body.append(f'<{block.kind} id="{esc(anchor)}">{esc(block.text)}</{block.kind}>')
-        elif block.kind == "p":
-            body.append(f"<p>{esc(block.text)}</p>")
-        elif block.kind == "warn":
-            body.append(f'<p class="warn">{WARNING_MARK} {esc(block.text)}</p>')
-        elif block.kind == "ul":
-            body.append("<ul>" + "".join(f"<li>{esc(item)}</li>" for item in block.items) + "</ul>")
-        elif block.kind == "table":
-            head = "".join(f"<th>{esc(h)}</th>" for h in block.header)
-            rows = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in block.rows)
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif block.kind == "figure" and block.image is not None:
-            data = base64.b64encode(block.image.read_bytes()).decode("ascii")
-            also = " · ".join(f'<a href="{esc(p.relative_to(out_dir).as_posix())}">{p.suffix[1:].upper()}</a>'
-                              for p in block.also)
-            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(block.alt)}">'
-                        f"<figcaption>{esc(block.text)}{' (' + also + ')' if also else ''}</figcaption></figure>")
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{esc(title)}</title>\n'
-            f"<style>{HTML_STYLE}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
+    """The blocks as one HTML page (`HTML_TEMPLATE`): figures embedded as PNG data URIs, SVGs linked
+    relatively."""
+    views = [view for view in (_html_block(block, out_dir) for block in blocks) if view is not None]
+    return _TEMPLATES.get_template(HTML_TEMPLATE).render(title=title, views=views, warning_mark=WARNING_MARK)
 
 
 def _text_blocks(text: str) -> list[Block]:
@@ -380,8 +373,8 @@ def methodology(results: Results) -> list[Block]:
         f"A run is generator-limited when Locust sent under {measure.ACHIEVED_MIN_RATIO:.0%} of the offered rate "
         f"or its schedule lag p99 exceeded {measure.LAG_P99_LIMIT_MS:g} ms: its figures are true but not the "
         "queue's limit. Runs with another failed self-check are left out.",
-        f"The knee of a latency curve is the lowest offered rate where p95 exceeds {charts.KNEE_P95_FACTOR:g}x its "
-        f"value at the lowest rate, or where throughput falls under {charts.BACKLOG_RATIO:.0%} of the sent rate, "
+        f"The knee of a latency curve is the lowest offered rate where p95 exceeds {KNEE_LATENCY_GROWTH:g}x its "
+        f"value at the lowest rate, or where throughput falls under {SUSTAINED_RATIO:.0%} of the sent rate, "
         "and every higher rate measured does too (one noisy cell is not a knee).",
         "Short and long tasks of routing_mix, and payload sizes, are told apart by each row's argument digest.",
     ])]
@@ -406,25 +399,12 @@ def methodology(results: Results) -> list[Block]:
 # --- capacity notes -----------------------------------------------------------------------------------
 
 
-def capacity_text(runs: pd.DataFrame) -> str:
-    """``benchmarks.analysis.capacity.capacity_notes(runs)`` if that module exists, else a placeholder."""
-    try:
-        capacity = importlib.import_module("benchmarks.analysis.capacity")
-    except ModuleNotFoundError as exc:
-        if exc.name != "benchmarks.analysis.capacity":
-            raise
-        return CAPACITY_UNAVAILABLE
-    return str(capacity.capacity_notes(runs))
-
-
 def search_blocks(root: Path) -> list[Block]:
     """The step searches stored beside the runs (``queuebench search``): each knee with its evidence."""
-    from benchmarks import search
-
-    records = search.read_searches(root)
+    records = store.read_searches(root)
     if not records:
         return []
-    table = search.search_table(records)
+    table = search_table(records)
     rows = []
     for row in table.itertuples(index=False):
         knee = "-" if row.knee_rate_per_s is None or pd.isna(row.knee_rate_per_s) else f"{row.knee_rate_per_s:g}"
@@ -435,7 +415,7 @@ def search_blocks(root: Path) -> list[Block]:
     return [Block("h3", "Step searches"),
             Block("p", "Each configuration's offered rate was raised step by step (`queuebench search`), every "
                        "step a full, self-checked run; the knee is the highest rate below Little's bound whose "
-                       f"every repeat finished at least {search.SUSTAINED_RATIO:.0%} of what it was sent within "
+                       f"every repeat finished at least {SUSTAINED_RATIO:.0%} of what it was sent within "
                        "the latency objective."),
             Block("table", header=["backend", "broker", "slots", "task", "SLO", "knee (tasks/s)",
                                    "first unsustained", "evidence (run ids)", "why the search stopped"],
@@ -465,7 +445,7 @@ def check_out_dir(results: Results, out_dir: Path) -> None:
         raise ResultsError(f"{out_dir}: that is the results directory itself (its summary.csv belongs to "
                            "`queuebench run`); choose another --out")
     for parent in (out, *out.parents):
-        if (parent / "run.json").exists():
+        if store.is_run_dir(parent):
             raise ResultsError(f"{out_dir}: inside the run directory {parent}; reports never write into runs")
 
 
@@ -520,7 +500,7 @@ def build_blocks(results: Results, out_dir: Path) -> tuple[list[Block], list[cha
             blocks.append(Block("warn", note))
 
     blocks.append(Block("h2", "Capacity notes"))
-    blocks += _text_blocks(capacity_text(results.usable))
+    blocks += _text_blocks(capacity_notes(results.usable))
     blocks += search_blocks(results.root)
     blocks += methodology(results)
     return blocks, drawn, all_warnings
@@ -535,6 +515,5 @@ def write_report(results: Results, out_dir: Path) -> Report:
     markdown.write_text(render_markdown(blocks, out_dir))
     page = out_dir / "report.html"
     page.write_text(render_html(blocks, out_dir, f"queuebench report: {results.name}"))
-    summary = out_dir / "summary.csv"
-    pd.DataFrame(summary_rows(results.root)).to_csv(summary, index=False)
+    summary = store.write_summary(results.root, out_dir / store.SUMMARY_CSV)
     return Report(out_dir, markdown, page, summary, drawn, all_warnings)

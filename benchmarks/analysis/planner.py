@@ -1,38 +1,21 @@
-"""Capacity planning from measured runs, with the M/M/c queueing model beside the measurements.
+"""Capacity planning from measured runs: how many slots of which backend serve a rate within an SLO.
 
 The question: "R tasks/s of this kind with end-to-end pXX under L: how many slots (processes x threads)
 of which backend?" The answer comes from stored runs first (`plan_capacity`, ``queuebench plan``) and
-the model second, so the two can be compared at the points that were measured (`capacity_notes` gives
-the same answers as the report's "Capacity notes").
-
-The queueing model (`erlang_c`, `mmc_wait_quantile`, `mmc_response_quantile`, `min_servers`) is M/M/c:
-Poisson arrivals at ``rate_per_s``, ``c`` servers (slots), exponential service of mean ``service_s``,
-first come first served. With offered load A = rate x service (erlangs), mu = 1 / service and
-theta = c mu - rate > 0, the probability of waiting is Erlang C, C(c, A), and the waiting time W has
-P(W > t) = C exp(-theta t). A task's own service S is exponential (rate mu) and independent of its wait,
-so the response time R = W + S has the exact distribution
-
-    P(R > t) = (1 - C) exp(-mu t) + C P(E_theta + E_mu > t),
-    P(E_theta + E_mu > t) = (theta exp(-mu t) - mu exp(-theta t)) / (theta - mu)
-                          [= (1 + mu t) exp(-mu t) when theta = mu]
-
-and `mmc_response_quantile` inverts it numerically (bisection; no approximation beyond float precision).
-Caveat, visible in every comparison: `sleep_ms` and `cpu_ms` have nearly constant service, so the
-exponential service assumption overstates both the wait and the service tail (the p95 of an exponential
-is 3x its mean); the model is pessimistic for them, and the reported model error says by how much. The
-model also leaves out what the harness measures on top of queue wait + service: the HTTP enqueue and
-the broker's delivery delay.
+the M/M/c model second (`benchmarks.analysis.queueing`), so the two can be compared at the points that
+were measured. What the runs cannot answer, `benchmarks.analysis.cover` writes a matrix to measure; the
+report's "Capacity notes" (`benchmarks.analysis.notes`) state the same answers in prose.
 
 What counts as measured (`measured_points`): runs of the task kind (task and args equal) with status
 ``ok``; load-mode runs of the single-kind scenarios (``latency``, ``throughput``) are latency points;
 drain-mode runs of the kind only tell capacity. A cell (all repeats of one spec) is *sustained* when
-every repeat finished >= 95 % of the rate that arrived in the window and has an end-to-end figure; its
-latency is the worst repeat's (conservative). "Arrived" is the achieved rate (what the generator sent
-in the window), not the offered one: Poisson arrivals put 10 % more or fewer tasks in a 5 s window
-than the offered rate says, and the queue can only finish what it was sent. A cell whose throughput
-fell below 95 % of that saturated its slots; when it is also the configuration's highest throughput, that
-throughput is the configuration's measured capacity (a single noisy cell at a low rate is not). Without
-one, the capacity per slot is Little's bound 1 / mean service time, an upper bound, labelled so.
+every repeat kept up (`verdicts.kept_up`: finished >= 95 % of the rate that arrived in the window) and
+has an end-to-end figure; its latency is the worst repeat's (conservative). "Arrived" is the achieved
+rate (what the generator sent in the window), not the offered one: Poisson arrivals put 10 % more or
+fewer tasks in a 5 s window than the offered rate says, and the queue can only finish what it was sent.
+A cell that did not keep up saturated its slots; when it is also the configuration's highest throughput,
+that throughput is the configuration's measured capacity (a single noisy cell at a low rate is not).
+Without one, the capacity per slot is Little's bound 1 / mean service time, an upper bound, labelled so.
 
 How a slot configuration is judged at the requested rate R (`plan_capacity`), assuming latency never
 improves when the rate grows nor when slots shrink:
@@ -43,15 +26,13 @@ improves when the rate grows nor when slots shrink:
 - *meets*: otherwise, when the cell offered at least R (5 % below counts: `RATE_TOLERANCE`) closest to R
   was sustained within the SLO;
 - *unknown* otherwise. The answer is the fewest slots that meet (measured); anything else is either
-  refused or labelled *extrapolated* (never passed off as measured), and a matrix covering the request
-  is written (`write_covering_matrix`).
+  refused or labelled *extrapolated* (never passed off as measured).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,49 +42,28 @@ import numpy as np
 import pandas as pd
 
 from backends import workload
-from benchmarks import measure
+from benchmarks import store
+from benchmarks.analysis.load import (
+    DEFAULT_BACKENDS,
+    MATRIX_SYSTEM_KEYS,
+    NOT_PLANNED,
+    VARIANT_KEYS,
+    MixedSchemaError,
+    ResultsError,
+    labels,
+    load_results,
+)
+from benchmarks.analysis.queueing import min_servers, mmc_response_quantile
+from benchmarks.verdicts import SLO_QUANTILES, Slo, kept_up
 
-#: Quantiles an SLO may name, and the run.json figure each reads (end to end, from the scheduled time).
-SLO_QUANTILES = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
-#: A cell is sustained when its throughput is at least this share of the rate sent (as the generator check).
-SUSTAINED_RATIO = measure.ACHIEVED_MIN_RATIO
-#: The knee: the lowest offered rate whose p95 exceeds this many times the lowest-rate cell's p95...
-KNEE_LATENCY_GROWTH = 3.0
-#: ...(or whose throughput fell below `SUSTAINED_RATIO` of the offered rate).
 #: A cell offered this share below the requested rate still counts as "at the requested rate".
 RATE_TOLERANCE = 0.05
 #: Load scenarios that send exactly the cell's task: their run figures are that task kind's figures.
 SINGLE_KIND_SCENARIOS = ("latency", "throughput")
-#: Backends planned for when the results hold none (the three libraries).
-DEFAULT_BACKENDS = ("celery", "rq", "dramatiq")
-#: Backends never planned for: `discard` runs no queue at all (the harness's own ceiling).
-NOT_PLANNED = ("discard",)
-#: System keys (besides processes and threads) that tell two configurations of one backend apart.
-VARIANT_KEYS = ("backend", "pool", "worker_class", "options", "broker", "serializer", "prefetch", "acks_late",
-                "routing", "long_threshold_ms", "results")
 #: Service time assumed, in ms, for a task without a duration argument when nothing was measured.
 ASSUMED_SERVICE_MS = 1.0
 #: Utilisation assumed for an extrapolated slot count when the model cannot meet the SLO at any count.
 FALLBACK_UTILISATION = 0.8
-#: Slot counts a covering matrix tries, as multiples of the estimate...
-CANDIDATE_FACTORS = (0.5, 0.75, 1.0, 1.5)
-#: ...and, when nothing of the kind was measured on that backend, skewed upwards: that estimate knows the
-#: task's own duration at most, and a library only adds overhead to it.
-NO_DATA_FACTORS = (0.75, 1.0, 1.5, 2.0)
-#: Largest processes value a matrix accepts (`benchmarks.matrix.KEYS`).
-MAX_PROCESSES = 256
-#: Tasks beyond the quantile a covering cell should see, so its tail figure rests on a few samples.
-TAIL_SAMPLES = 20
-#: Measured window of a covering cell, in seconds (at least, at most).
-COVER_DURATION_S = (10, 120)
-#: Matrix keys copied from a configuration's runs into its covering cells (besides backend and options).
-MATRIX_SYSTEM_KEYS = ("broker", "serializer", "pool", "worker_class", "prefetch", "acks_late", "routing",
-                      "long_threshold_ms", "results")
-#: Where `queuebench plan` writes covering matrices by default (relative to the working directory).
-PLANS_DIR = Path("results/plans")
-
-
-# --- the queueing model -------------------------------------------------------------------------------
 
 
 def slots_text(count: int | None) -> str:
@@ -111,155 +71,7 @@ def slots_text(count: int | None) -> str:
     return "no slot count" if count is None else f"{count} slot{'' if count == 1 else 's'}"
 
 
-def _check_servers(c: int) -> None:
-    if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1:
-        raise ValueError(f"c must be an integer >= 1 (got {c!r})")
-
-
-def erlang_b(c: int, offered_load_erlangs: float) -> float:
-    """Erlang B: the blocking probability of c servers offered A erlangs (no waiting room).
-
-    The recursion B(0) = 1, B(k) = A B(k-1) / (k + A B(k-1)) is stable for any c (no factorials, no
-    powers), so c in the thousands is fine.
-    """
-    _check_servers(c)
-    load = float(offered_load_erlangs)
-    if not load >= 0 or math.isinf(load):
-        raise ValueError(f"offered load must be a finite number >= 0 erlangs (got {offered_load_erlangs!r})")
-    blocking = 1.0
-    for k in range(1, int(c) + 1):
-        blocking = load * blocking / (k + load * blocking)
-    return blocking
-
-
-def erlang_c(c: int, offered_load_erlangs: float) -> float:
-    """Erlang C: the probability that an arrival waits in M/M/c offered A = rate x service erlangs.
-
-    C = c B / (c - A (1 - B)) with B = `erlang_b`; 1 when A >= c (the queue grows without bound).
-    """
-    blocking = erlang_b(c, offered_load_erlangs)
-    load = float(offered_load_erlangs)
-    if load >= c:
-        return 1.0
-    return c * blocking / (c - load * (1.0 - blocking))
-
-
-def _check_rates(rate_per_s: float, service_s: float, q: float | None = None) -> None:
-    if not rate_per_s > 0 or math.isinf(rate_per_s):
-        raise ValueError(f"rate must be a finite number > 0 per second (got {rate_per_s!r})")
-    if not service_s > 0 or math.isinf(service_s):
-        raise ValueError(f"service time must be a finite number > 0 seconds (got {service_s!r})")
-    if q is not None and not 0 < q < 1:
-        raise ValueError(f"quantile must be between 0 and 1, exclusive (got {q!r})")
-
-
-def mmc_wait_survival(t_s: float, rate_per_s: float, service_s: float, c: int) -> float:
-    """P(W > t) in M/M/c: C(c, A) exp(-(c mu - rate) t); 1 when the queue is unstable."""
-    _check_rates(rate_per_s, service_s)
-    theta = c / service_s - rate_per_s
-    if theta <= 0:
-        return 1.0
-    return erlang_c(c, rate_per_s * service_s) * math.exp(-theta * max(t_s, 0.0))
-
-
-def _sum_of_exponentials_survival(t_s: float, rate_a: float, rate_b: float) -> float:
-    """P(E_a + E_b > t) for independent exponentials, written to stay exact when the rates are close."""
-    low, high = sorted((rate_a, rate_b))
-    gap = high - low
-    if gap <= 1e-12 * high:
-        return (1.0 + low * t_s) * math.exp(-low * t_s)
-    # (high e^{-low t} - low e^{-high t}) / gap = e^{-low t} (1 + low (1 - e^{-gap t}) / gap)
-    return math.exp(-low * t_s) * (1.0 + low * -math.expm1(-gap * t_s) / gap)
-
-
-def mmc_response_survival(t_s: float, rate_per_s: float, service_s: float, c: int) -> float:
-    """P(R > t) for the response time R = wait + own (exponential) service in M/M/c; exact."""
-    _check_rates(rate_per_s, service_s)
-    _check_servers(c)
-    mu = 1.0 / service_s
-    theta = c * mu - rate_per_s
-    if theta <= 0:
-        return 1.0
-    t_s = max(float(t_s), 0.0)
-    waits = erlang_c(c, rate_per_s * service_s)
-    return (1.0 - waits) * math.exp(-mu * t_s) + waits * _sum_of_exponentials_survival(t_s, theta, mu)
-
-
-def mmc_wait_quantile(rate_per_s: float, service_s: float, c: int, q: float) -> float:
-    """The q-quantile of the wait in M/M/c, in seconds: 0 when C <= 1 - q, else ln(C / (1 - q)) / theta.
-
-    Infinite when the queue is unstable (rate x service >= c).
-    """
-    _check_rates(rate_per_s, service_s, q)
-    _check_servers(c)
-    theta = c / service_s - rate_per_s
-    if theta <= 0:
-        return math.inf
-    waits = erlang_c(c, rate_per_s * service_s)
-    return 0.0 if waits <= 1.0 - q else math.log(waits / (1.0 - q)) / theta
-
-
-def mmc_response_quantile(rate_per_s: float, service_s: float, c: int, q: float) -> float:
-    """The q-quantile of the response time (wait + exponential service) in M/M/c, in seconds.
-
-    Exact up to the bisection's tolerance (relative 1e-12): `mmc_response_survival` is continuous and
-    decreasing from 1, so the root of P(R > t) = 1 - q is bracketed and found. Infinite when unstable.
-    """
-    _check_rates(rate_per_s, service_s, q)
-    _check_servers(c)
-    if c / service_s - rate_per_s <= 0:
-        return math.inf
-    target = 1.0 - q
-    low, high = 0.0, -math.log(target) * service_s  # the service alone reaches this point
-    while mmc_response_survival(high, rate_per_s, service_s, c) > target:
-        low, high = high, high * 2.0
-    for _ in range(200):
-        middle = (low + high) / 2.0
-        if mmc_response_survival(middle, rate_per_s, service_s, c) > target:
-            low = middle
-        else:
-            high = middle
-        if high - low <= 1e-12 * high:
-            break
-    return (low + high) / 2.0
-
-
-def min_servers(rate_per_s: float, service_s: float, slo_s: float, q: float, *,
-                max_servers: int = 100_000) -> int | None:
-    """The fewest M/M/c servers whose response-time q-quantile is at most `slo_s`.
-
-    None when no number of servers can: with infinitely many nobody waits, and the exponential service
-    alone has the q-quantile -ln(1 - q) x service, so an SLO at or below it is out of reach. The quantile
-    falls as servers are added, so the answer is found by doubling, then bisection.
-    """
-    _check_rates(rate_per_s, service_s, q)
-    if not slo_s > 0:
-        raise ValueError(f"SLO must be > 0 seconds (got {slo_s!r})")
-    if slo_s <= -math.log(1.0 - q) * service_s:
-        return None
-    load = rate_per_s * service_s
-    if load >= max_servers:
-        raise ValueError(f"{load:.0f} erlangs need more than max_servers = {max_servers} servers")
-
-    def meets(c: int) -> bool:
-        return mmc_response_quantile(rate_per_s, service_s, c, q) <= slo_s
-
-    fails = max(int(math.floor(load)), 0)  # c <= A is unstable: it fails (0 is a sentinel, never tried)
-    good = fails + 1
-    while not meets(good):
-        fails, good = good, min(good * 2, max_servers)
-        if fails == max_servers:
-            raise ValueError(f"more than max_servers = {max_servers} servers would be needed")
-    while good - fails > 1:
-        middle = (good + fails) // 2
-        if meets(middle):
-            good = middle
-        else:
-            fails = middle
-    return good
-
-
-# --- requests: task kinds and SLOs --------------------------------------------------------------------
+# --- requests: task kinds -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -271,6 +83,7 @@ class TaskKind:
 
     @property
     def args(self) -> dict[str, int]:
+        """The arguments as a matrix cell's ``args`` holds them."""
         return dict(self.args_items)
 
     @property
@@ -304,6 +117,7 @@ class TaskKind:
 
     @classmethod
     def of(cls, task: str, args: Mapping[str, Any] | None) -> TaskKind:
+        """The kind a run's task and args stand for (argument order does not matter)."""
         return cls(str(task), tuple(sorted((str(k), int(v)) for k, v in (args or {}).items())))
 
 
@@ -342,60 +156,6 @@ def parse_task(text: str) -> TaskKind:
     return TaskKind.of(name, args)
 
 
-@dataclass(frozen=True)
-class Slo:
-    """An end-to-end latency objective: the `name` quantile (p50/p90/p95/p99) at most `limit_s`."""
-
-    name: str
-    limit_s: float
-
-    @property
-    def quantile(self) -> float:
-        return SLO_QUANTILES[self.name]
-
-    @property
-    def limit_ms(self) -> float:
-        return self.limit_s * 1e3
-
-    @property
-    def column(self) -> str:
-        """The run figure it reads: ``e2e_ms_p95``."""
-        return f"e2e_ms_{self.name}"
-
-    @property
-    def limit_text(self) -> str:
-        return f"{self.limit_s:g} s" if self.limit_s >= 1 else f"{self.limit_ms:g} ms"
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} ≤ {self.limit_text}"
-
-    @property
-    def slug(self) -> str:
-        return f"{self.name}-{self.limit_text.replace(' ', '')}"
-
-    @property
-    def cli(self) -> str:
-        """``p95=1s``: as `parse_slo` reads it."""
-        return f"{self.name}={self.limit_text.replace(' ', '')}"
-
-
-_SLO = re.compile(r"^\s*(p\d+)\s*=\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)\s*$")
-
-
-def parse_slo(text: str) -> Slo:
-    """``p95=1s``, ``p99=250ms``, ``p50=0.5s``: a quantile of p50/p90/p95/p99 and a limit in ms or s."""
-    match = _SLO.match(text)
-    if not match or match.group(1) not in SLO_QUANTILES:
-        raise ValueError("SLO must look like p95=1s or p99=250ms (quantile one of "
-                         f"{', '.join(SLO_QUANTILES)}, "
-                         f"unit ms or s); got {text!r}")
-    value = float(match.group(2)) * (1e-3 if match.group(3) == "ms" else 1.0)
-    if value <= 0:
-        raise ValueError(f"SLO limit must be > 0 (got {text!r})")
-    return Slo(match.group(1), value)
-
-
 # --- measured points ----------------------------------------------------------------------------------
 
 
@@ -405,8 +165,6 @@ def runs_frame(source: pd.DataFrame | Path | str) -> pd.DataFrame:
     a directory mixing result schema versions raises `load.MixedSchemaError`."""
     if isinstance(source, pd.DataFrame):
         return source
-    from benchmarks.analysis.load import MixedSchemaError, ResultsError, load_results
-
     path = Path(source)
     if not path.is_dir():
         return pd.DataFrame()
@@ -434,8 +192,6 @@ def _variants(frame: pd.DataFrame) -> pd.Series:
     """The backend, plus whatever else tells this row's configuration apart (`load.labels`)."""
     if frame.empty:
         return pd.Series([], dtype="object")
-    from benchmarks.analysis.load import labels
-
     keys = [k for k in VARIANT_KEYS if k in frame.columns]
     return labels(frame, keys=keys, always=("backend",)).astype("object")
 
@@ -513,8 +269,8 @@ def measured_points(runs: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
         has_e2e = e2e["p50"].notna()
         sent = pd.to_numeric(_column(group, "achieved_rate_per_s"), errors="coerce").astype("float64")
         sent = sent.fillna(offered)
-        kept_up = throughput >= SUSTAINED_RATIO * sent if not drain else pd.Series(False, index=group.index)
-        saturated = drain or bool((~kept_up & throughput.notna()).any())
+        kept = kept_up(throughput, sent) if not drain else pd.Series(False, index=group.index)
+        saturated = drain or bool((~kept & throughput.notna()).any())
         slots = int(first["slots"])
         row = {
             "variant": variant, "backend": first["backend"], "mode": first["mode"],
@@ -527,7 +283,7 @@ def measured_points(runs: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
             "mean_service_ms": float(pd.to_numeric(_column(group, "mean_service_ms"),
                                                    errors="coerce").mean()),
             "repeats": int(len(group)), "run_ids": sorted(group["run_id"].astype(str)),
-            "sustained": (not drain) and bool((kept_up & has_e2e).all()),
+            "sustained": (not drain) and bool((kept & has_e2e).all()),
             "saturated": saturated, "capacity_cell": False, "capacity_per_slot_per_s": np.nan,
         }
         rows.append(row)
@@ -558,6 +314,7 @@ class ConfigVerdict:
 
     @property
     def shape(self) -> str:
+        """``p2t1``: processes and threads, as run ids spell them."""
         return f"p{self.processes}t{self.threads}"
 
 
@@ -597,7 +354,13 @@ class BackendPlan:
 
     @property
     def covered(self) -> bool:
+        """Whether a measured configuration meets the request (the answer is a measurement)."""
         return self.verdict == "measured"
+
+    @property
+    def model_answer(self) -> str:
+        """M/M/c's fewest slots as a phrase: ``3 slots``, or ``none meets it``."""
+        return "none meets it" if self.model_slots is None else slots_text(self.model_slots)
 
     @property
     def answer(self) -> str:
@@ -614,7 +377,8 @@ class BackendPlan:
         return f"{self.verdict}: {self.reason}{extra}"
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain({
+        """JSON-ready (``queuebench plan --json``): the answer, the model, the capacity, the cells used."""
+        return store.plain({
             "variant": self.variant, "backend": self.backend, "verdict": self.verdict,
             "covered": self.covered,
             "answer": self.answer, "reason": self.reason,
@@ -646,15 +410,18 @@ class Plan:
 
     @property
     def covered(self) -> bool:
+        """Whether every backend's answer is a measurement."""
         return bool(self.backends) and all(b.covered for b in self.backends)
 
     @property
     def request_text(self) -> str:
+        """``200 tasks/s of sleep_ms 50 with p95 under 1 s``: the request in words."""
         slo = self.slo
         return f"{self.rate_per_s:g} tasks/s of {self.kind.spoken} with {slo.name} under {slo.limit_text}"
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain({
+        """JSON-ready (``queuebench plan --json``): the request and one entry per backend."""
+        return store.plain({
             "request": {"rate_per_s": self.rate_per_s, "task": self.kind.task, "args": self.kind.args,
                         "kind": self.kind.label,
                         "slo": {"quantile": self.slo.name, "limit_ms": self.slo.limit_ms}},
@@ -662,22 +429,6 @@ class Plan:
             "backends": [b.to_dict() for b in self.backends],
             "warnings": self.warnings,
         })
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready: numpy scalars as Python numbers, NaN and infinities as None."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
 
 def _judge(config: pd.DataFrame, rate_per_s: float, slo: Slo, capacity_per_s: float | None,
            littles_bound_per_s: float | None) -> ConfigVerdict:
@@ -893,47 +644,6 @@ def plan_capacity(source: pd.DataFrame | Path | str, rate_per_s: float, kind: Ta
     return Plan(rate_per_s=float(rate_per_s), kind=kind, slo=slo, backends=plans, warnings=warnings)
 
 
-# --- the covering matrix ------------------------------------------------------------------------------
-
-
-@dataclass
-class CoveringMatrix:
-    """A matrix file that measures what a plan could not answer, and how to run it."""
-
-    path: Path
-    text: str
-    cells: int
-    minutes: float
-    command: str
-
-
-def candidate_slots(estimate: int, lower_bound: int = 1, threads: int = 1,
-                    factors: Sequence[float] = CANDIDATE_FACTORS) -> list[int]:
-    """Slot counts around `estimate` (`factors`), none below `lower_bound`, multiples of `threads`."""
-    counts = set()
-    for factor in factors:
-        slots = max(lower_bound, math.ceil(estimate * factor - 1e-9), 1)
-        processes = min(MAX_PROCESSES, math.ceil(slots / threads))
-        counts.add(processes * threads)
-    return sorted(counts)
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {value!r} to TOML")
-
-
 def _system_keys(backend: str, runs: pd.DataFrame) -> dict[str, Any]:
     """The system keys of a configuration's first run (so covering cells measure that configuration)."""
     spec: dict[str, Any] = {"backend": backend}
@@ -950,276 +660,3 @@ def _system_keys(backend: str, runs: pd.DataFrame) -> dict[str, Any]:
     if options:
         spec["options"] = options
     return spec
-
-
-def covering_cells(plan: Plan) -> list[dict[str, Any]]:
-    """One entry per uncovered backend configuration: its system keys, threads and candidate processes."""
-    out = []
-    for backend in plan.backends:
-        if backend.covered or backend.extrapolated_slots is None:
-            continue
-        threads = backend.threads if backend.backend != "rq" else 1
-        factors = NO_DATA_FACTORS if backend.verdict == "no runs" else CANDIDATE_FACTORS
-        slots = candidate_slots(backend.extrapolated_slots, backend.lower_bound_slots, threads, factors)
-        out.append({"variant": backend.variant, "spec": dict(backend.system or {"backend": backend.backend}),
-                    "threads": threads, "processes": sorted({s // threads for s in slots})})
-    return out
-
-
-def cover_duration_s(rate_per_s: float, slo: Slo) -> int:
-    """A measured window long enough for `TAIL_SAMPLES` tasks beyond the SLO's quantile (within limits)."""
-    low, high = COVER_DURATION_S
-    return int(min(high, max(low, math.ceil(TAIL_SAMPLES / ((1 - slo.quantile) * rate_per_s)))))
-
-
-def covering_matrix_text(plan: Plan) -> str:
-    """The TOML of a matrix that measures every uncovered backend at the requested rate (latency scenario)."""
-    entries = covering_cells(plan)
-    if not entries:
-        raise ValueError("every backend is covered by measurements: nothing to measure")
-    rate = plan.rate_per_s
-    name = f"capacity-{plan.kind.slug}-r{rate:g}-{plan.slo.slug}"
-    lines = [
-        f"# {name}: written by `queuebench plan` to cover a request the results could not answer:",
-        f"# {plan.request_text}.",
-        "# Each uncovered backend runs at slot counts around its estimate (0.5x to 1.5x; 0.75x to 2x when",
-        "# nothing was measured; the smaller ones may saturate, which measures the capacity per slot), at",
-        "# the requested rate, in the latency scenario. Run it, then ask `queuebench plan` again with the",
-        "# same results directory.",
-        f"name = {_toml(name)}",
-        f"description = {_toml('Capacity check: ' + plan.request_text)}",
-        "mode = \"load\"",
-        "scenario = \"latency\"",
-        f"task = {_toml(plan.kind.task)}",
-        f"args = {_toml(plan.kind.args)}",
-        f"rate = {_toml(float(rate))}",
-        "arrival = \"poisson\"   # as M/M/c assumes, and closer to real traffic than a metronome",
-        "warmup_s = 2",
-        f"duration_s = {cover_duration_s(rate, plan.slo)}   # >= {TAIL_SAMPLES} tasks beyond the "
-        f"{plan.slo.name}, within {COVER_DURATION_S[0]}..{COVER_DURATION_S[1]} s",
-        "drain_timeout_s = 120   # saturated cells drain their backlog and still count (status ok)",
-        "repeats = 2             # the plan uses the worse repeat",
-    ]
-
-    def block(entry: Mapping[str, Any], prefix: str) -> list[str]:
-        spec = dict(entry["spec"])
-        options = spec.pop("options", {})
-        out = [f"# {entry['variant']}"]
-        out += [f"{key} = {_toml(value)}" for key, value in spec.items()]
-        out += [f"threads = {entry['threads']}", f"processes = {_toml(entry['processes'])}"]
-        if options:
-            out += ["", f"[{prefix}{spec['backend']}]"] + [f"{k} = {_toml(v)}" for k, v in options.items()]
-        return out
-
-    lines += [""] + block(entries[0], "")
-    for entry in entries[1:]:
-        lines += ["", "[[include]]"] + block(entry, "include.")
-    return "\n".join(lines) + "\n"
-
-
-def default_matrix_path(plan: Plan) -> Path:
-    return PLANS_DIR / f"capacity-{plan.kind.slug}-r{plan.rate_per_s:g}-{plan.slo.slug}.toml"
-
-
-def write_covering_matrix(plan: Plan, path: Path | None = None,
-                          results_dir: Path | None = None) -> CoveringMatrix:
-    """Write the covering matrix, check it expands to the intended cells, and say how to run it."""
-    from benchmarks import matrix as matrix_mod
-    from benchmarks import runner
-
-    path = Path(path) if path is not None else default_matrix_path(plan)
-    text = covering_matrix_text(plan)
-    expanded = matrix_mod.parse(text, name=path.stem)
-    wanted = {(e["spec"]["backend"], p, e["threads"]) for e in covering_cells(plan) for p in e["processes"]}
-    got = {(c.spec["backend"], c.spec["processes"], c.spec["threads"]) for c in expanded.cells}
-    if got != wanted:  # a bug here would measure the wrong thing for minutes: refuse instead
-        raise RuntimeError(f"covering matrix expands to {sorted(got)}, not the intended {sorted(wanted)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    minutes = sum(runner.cell_seconds(c) for c in expanded.cells) / 60
-    command = f"queuebench run {path}"
-    if results_dir is not None and Path(results_dir) != Path("results/runs"):
-        command += f" --out {results_dir}"
-    return CoveringMatrix(path, text, len(expanded.cells), minutes, command)
-
-
-# --- capacity notes (the report's section) ------------------------------------------------------------
-
-
-def _nice_ceil_ms(value_ms: float) -> float:
-    """The next value of the 1-2-5 series (ms) at or above `value_ms`."""
-    exponent = math.floor(math.log10(max(value_ms, 1e-3)))
-    for base in (1, 2, 5, 10):
-        candidate = base * 10.0**exponent
-        if candidate >= value_ms - 1e-9:
-            return candidate
-    return 10.0 ** (exponent + 1)
-
-
-def notes_slo(points: pd.DataFrame) -> Slo:
-    """The SLO the notes plan for, derived from the data: p95 under 5x the kind's mean service time,
-    rounded up to the 1-2-5 series, and at least 50 ms (below that the HTTP path dominates)."""
-    service = points["mean_service_ms"].dropna()
-    base_ms = 5 * float(service.median()) if len(service) else 1000.0
-    return Slo("p95", _nice_ceil_ms(max(base_ms, 50.0)) / 1e3)
-
-
-def representative_rates(points: pd.DataFrame) -> list[float]:
-    """Rates the notes plan for: the highest offered rate measured for the kind and, if more than one was,
-    the median of the distinct rates below it (both from the data)."""
-    rates = sorted(points.loc[points["mode"] == "load", "offered_rate_per_s"].dropna().unique())
-    if not rates:
-        return []
-    picked = [float(rates[-1])]
-    lower = rates[:-1]
-    if lower:
-        picked.insert(0, float(lower[len(lower) // 2]))
-    return picked
-
-
-def knee_index(bent: Sequence[bool]) -> int | None:
-    """The knee among rates in rising order, given which are bent (saturated, or p95 grown more than
-    `KNEE_LATENCY_GROWTH` x the lowest rate's): the first bent rate after which every rate is bent too
-    (one noisy cell is not a knee); None without one. The chart and the notes both use it."""
-    start = len(bent)
-    while start > 0 and bent[start - 1]:
-        start -= 1
-    return start if start < len(bent) else None
-
-
-def knee(config: pd.DataFrame) -> str:
-    """Where a configuration's load cells bend: the lowest offered rate at which throughput fell below
-    95 % of the rate sent (the cell saturated) or p95 grew more than `KNEE_LATENCY_GROWTH` x the
-    lowest-rate cell's p95, and stayed so at every higher rate measured."""
-    load = config[config["mode"] == "load"].sort_values("offered_rate_per_s")
-    if load.empty:
-        return "no load cells"
-    base = load.iloc[0]
-    reasons = []
-    for point in load.itertuples(index=False):
-        grew = (np.isfinite(point.e2e_p95_ms) and np.isfinite(base["e2e_p95_ms"]) and
-                point.e2e_p95_ms > KNEE_LATENCY_GROWTH * base["e2e_p95_ms"])
-        if point.saturated:
-            reasons.append(f"{point.throughput_per_s:.1f}/s done of {point.sent_rate_per_s:.1f}/s sent")
-        elif grew:
-            reasons.append(f"p95 {point.e2e_p95_ms:.0f} ms, {point.e2e_p95_ms / base['e2e_p95_ms']:.1f}x the "
-                           f"{base['offered_rate_per_s']:g}/s cell's")
-        else:
-            reasons.append("")
-    bent_from = knee_index([bool(r) for r in reasons])
-    if bent_from is not None:
-        point = load.iloc[bent_from]
-        first = " (already at the lowest rate measured)" if bent_from == 0 else ""
-        return f"knee at {point['offered_rate_per_s']:g}/s{first}: {reasons[bent_from]}"
-    if len(load) == 1:
-        return f"knee not visible: one rate measured ({base['offered_rate_per_s']:g}/s)"
-    return f"no knee up to {load['offered_rate_per_s'].max():g}/s"
-
-
-def _slots_text(config: pd.DataFrame) -> str:
-    first = config.iloc[0]
-    slots = int(first["slots"])
-    return f"{slots} slot{'s' if slots != 1 else ''} (p{int(first['processes'])}t{int(first['threads'])})"
-
-
-def _variant_line(variant: str, points: pd.DataFrame) -> str:
-    parts = []
-    for _, config in points.groupby(["slots", "processes", "threads"], sort=True):
-        load = config[config["mode"] == "load"]
-        sustained = load[load["sustained"] & load["e2e_p95_ms"].notna()]
-        if len(sustained):
-            best = sustained.sort_values("offered_rate_per_s").iloc[-1]
-            highest = f"sustained up to {best['offered_rate_per_s']:g}/s (p95 {best['e2e_p95_ms']:.0f} ms)"
-        elif len(load):
-            highest = "no rate sustained"
-        else:
-            highest = "drain only"
-        drains = config[config["mode"] == "drain"]
-        drain = f"; drained at {drains['throughput_per_s'].mean():.1f}/s" if len(drains) else ""
-        parts.append(f"{_slots_text(config)}: {highest}; {knee(config)}{drain}")
-    return f"{variant}: " + "; ".join(parts) + "."
-
-
-def _plan_sentence(backend: BackendPlan, rate: float, kind: TaskKind, slo: Slo) -> str:
-    model = slots_text(backend.model_slots) if backend.model_slots is not None else "no slot count meets it"
-    head = (f"To serve {rate:g} tasks/s of {kind.spoken} with {slo.name} under {slo.limit_text} on "
-            f"{backend.variant}")
-    if backend.covered:
-        untested = range(backend.lower_bound_slots, backend.measured_slots or 0)
-        fewer = f"; fewer than {backend.measured_slots} not measured at this rate" if len(untested) else ""
-        return (f"{head} you need {slots_text(backend.measured_slots)} (measured, "
-                f"{backend.measured_shape}{fewer}) / "
-                f"{model} (M/M/c).")
-    extra = f"; extrapolated ~{slots_text(backend.extrapolated_slots)}" if backend.extrapolated_slots else ""
-    return (f"{head}: not covered by these results, {backend.reason}{extra} (not measured); "
-            f"M/M/c says {model}.")
-
-
-def capacity_notes(source: pd.DataFrame | Path | str) -> str:
-    """The report's "Capacity notes" (Markdown: paragraphs and bullet lists only, as the report renders).
-
-    Per task kind with single-kind load runs (status ok), per backend configuration: the highest rate
-    sustained per slot count, the knee where visible, the capacity per slot, and planning sentences for
-    rates and an SLO derived from the data (`representative_rates`, `notes_slo`), measured beside M/M/c.
-    """
-    runs = runs_frame(source)
-    kinds = kinds_in(runs)
-    if not kinds:
-        return ("Capacity notes need load-mode runs of a single task kind (scenario latency or throughput) "
-                "with status ok; these results have none, so no capacity can be stated. Run "
-                "benchmarks/matrices/capacity.toml for a first set, or queuebench plan for a request.")
-    paragraphs = [
-        "How these are computed: a rate is sustained when every repeat of the cell had status ok, finished "
-        f"≥ {SUSTAINED_RATIO:.0%} of the tasks sent in its window and has an end-to-end p95. The knee is the "
-        f"lowest offered rate where throughput fell below {SUSTAINED_RATIO:.0%} of the rate sent or p95 grew "
-        f"more than {KNEE_LATENCY_GROWTH:g}x from the lowest-rate cell, and stayed so above it. A rate at or "
-        "above slots / mean service (Little's bound) is never planned for, however a short window looked. "
-        "M/M/c uses each backend's measured mean service time with exponential service, so it overstates the "
-        "tail of near-constant tasks (sleep_ms, cpu_ms); the model error is model / measured - 1 at the "
-        "measured cells."]
-    for kind in kinds:
-        points = measured_points(runs, kind)
-        load = points[points["mode"] == "load"]
-        rates = sorted(load["offered_rate_per_s"].unique())
-        slo = notes_slo(points)
-        paragraphs.append(
-            f"{kind.label}: {int(load['repeats'].sum())} load runs over {len(load)} cells, offered "
-            f"{', '.join(f'{r:g}' for r in rates)} tasks/s, "
-            f"{', '.join(str(s) for s in sorted(load['slots'].unique()))} "
-            f"slots. Planning SLO for this kind: {slo.label} (5x the median mean service time, rounded up).")
-        bullets = []
-        for variant, own in points.groupby("variant", sort=True):
-            line = _variant_line(str(variant), own)
-            saturated = own[own["capacity_cell"]]
-            service = own["mean_service_ms"].dropna()
-            if len(saturated) and len(service):
-                per_slot = float(saturated["capacity_per_slot_per_s"].median())
-                line += (f" Capacity per slot {per_slot:.1f}/s when saturated, "
-                         f"{per_slot * service.mean() / 1e3:.0%} "
-                         f"of 1 / mean service ({1e3 / service.mean():.1f}/s).")
-            else:
-                line += (f" No cell saturated: capacity per slot is at most 1 / mean service "
-                         f"({1e3 / service.mean():.1f}/s)." if len(service) else "")
-            bullets.append(line)
-        sentences, errors = [], []
-        picked = representative_rates(points)
-        for rate in picked:
-            plan = plan_capacity(runs, rate, kind, slo, backends=None)
-            for backend in plan.backends:
-                if backend.variant not in set(points["variant"]):
-                    continue
-                sentences.append(_plan_sentence(backend, rate, kind, slo))
-                if backend.model_error_range is not None and rate == picked[-1]:
-                    low, high = backend.model_error_range
-                    errors.append(f"{backend.variant} {backend.model_error_median_abs:.0%} "
-                                  f"({low:+.0%} to {high:+.0%})")
-        if len(rates) < 2:
-            bullets.append("Data insufficient for a knee: each configuration was measured at one rate only; "
-                           "run a rate sweep (benchmarks/matrices/capacity.toml) to see where it bends.")
-        paragraphs.append("\n".join(f"- {b}" for b in bullets))
-        if sentences:
-            paragraphs.append("\n".join(f"- {s}" for s in sentences))
-        if errors:
-            paragraphs.append(f"M/M/c error in the {slo.name} at the measured cells (model / measured - 1), "
-                              "median of its size and range: " + ", ".join(errors) + ".")
-    return "\n\n".join(paragraphs) + "\n"

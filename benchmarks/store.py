@@ -1,0 +1,240 @@
+"""The results store: what a results directory holds, and every read and write of it.
+
+The runner writes through this module and analysis reads through it; neither imports the other (as
+ann-benchmarks' ``results.py`` sits between its runner and its plots). Layout (results/README.md says
+what each file holds):
+
+    <results>/
+      summary.csv                 one tidy row per run directory (`write_summary`, from run.json files)
+      <run_id>/                   one directory per measured point (cell x repeat)
+        run.json                  the run's record, written last and atomically (`write_run`)
+        tasks.parquet             one row per execution (`write_tasks_table`, `read_tasks_table`)
+        requests.parquet          load mode: one row per HTTP request (`write_requests_table`, ...)
+        requests/*.csv            the scenario's raw request logs, one per Locust process (`read_requests`)
+        locust*                   Locust's own CSV, HTML and JSON output (`locust_post_counts` reads it)
+        resources.csv             the sampler's CPU and memory rows (`read_resources`)
+        queue_depths.csv          the sampler's queue depths
+        ledger/ logs/             the stack's raw ledger and process logs (`benchmarks.stack` names them)
+      searches/<search_id>.json   `queuebench search` records (`write_search`, `read_searches`)
+
+Pure file handling: nothing here starts a process or computes a verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import measure
+
+#: Version of what a run directory holds. Changes:
+#:   1 - first version: run.json, tasks.parquet, requests.parquet, resources.csv, queue_depths.csv.
+RESULT_SCHEMA_VERSION = 1
+#: Version of a search record (``searches/<search_id>.json``). Changes:
+#:   1 - first version: config, slo, factor, steps, knee_rate_per_s, first_unsustained_rate_per_s,
+#:       evidence_run_ids, stopped_because.
+SEARCH_SCHEMA_VERSION = 1
+
+RUN_JSON = "run.json"
+TASKS_TABLE = "tasks.parquet"
+REQUESTS_TABLE = "requests.parquet"
+#: The scenario's raw request logs (a directory of CSV files, one per Locust process).
+REQUEST_LOGS_DIR = "requests"
+#: Prefix of Locust's own output files (``locust_stats.csv``..., ``locust.html``, ``locust.json``).
+LOCUST_PREFIX = "locust"
+RESOURCES_CSV = "resources.csv"
+QUEUE_DEPTHS_CSV = "queue_depths.csv"
+SUMMARY_CSV = "summary.csv"
+SEARCHES_DIR = "searches"
+#: Statuses after which a cell is done (not redone without --force); any other status, or no run.json
+#: at all, means the cell is measured again on the next invocation.
+DONE = ("ok", "generator-limited", "failed", "skipped")
+
+
+# --- run.json -----------------------------------------------------------------------------------------
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Every run directory directly under `root` (one holding a run.json), in name order."""
+    return [path.parent for path in sorted(Path(root).glob(f"*/{RUN_JSON}"))]
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether `path` is a run directory (holds a run.json)."""
+    return (Path(path) / RUN_JSON).exists()
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    """The run's record; raises OSError or ValueError when run.json is missing or unreadable."""
+    return json.loads((Path(run_dir) / RUN_JSON).read_text())
+
+
+def read_run(run_dir: Path) -> dict[str, Any] | None:
+    """The run's record, or None when run.json is missing or unreadable (the run is not done)."""
+    try:
+        return load_run(run_dir)
+    except (OSError, ValueError):
+        return None
+
+
+def is_done(run_dir: Path) -> bool:
+    """Whether the run needs no measuring again: its run.json exists with a status in `DONE`."""
+    record = read_run(run_dir)
+    return record is not None and record.get("status") in DONE
+
+
+def plain(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null (strict JSON has neither), numpy scalars and arrays
+    plain numbers and lists, mappings plain dicts with string keys."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [plain(v) for v in value.tolist()]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write `data` as strict JSON, atomically (a reader never sees half a file)."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(plain(data), indent=2, default=str, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_run(run_dir: Path, record: Mapping[str, Any]) -> Path:
+    """Write the run's record; the runner writes it last, so a run.json means the run ended."""
+    path = Path(run_dir) / RUN_JSON
+    write_json(path, record)
+    return path
+
+
+# --- raw tables ---------------------------------------------------------------------------------------
+
+
+def write_tasks_table(run_dir: Path, tasks: pd.DataFrame) -> Path:
+    """Store one row per execution as ``tasks.parquet``."""
+    path = Path(run_dir) / TASKS_TABLE
+    tasks.to_parquet(path, index=False)
+    return path
+
+
+def read_tasks_table(run_dir: Path) -> pd.DataFrame:
+    """The run's ``tasks.parquet`` (one row per execution); an empty frame when the run has none."""
+    path = Path(run_dir) / TASKS_TABLE
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+
+
+def write_requests_table(run_dir: Path, requests: pd.DataFrame) -> Path:
+    """Store one row per HTTP request as ``requests.parquet``."""
+    path = Path(run_dir) / REQUESTS_TABLE
+    requests.to_parquet(path, index=False)
+    return path
+
+
+def read_requests_table(run_dir: Path) -> pd.DataFrame | None:
+    """The run's ``requests.parquet`` (load mode), else None (drain mode sends no request)."""
+    path = Path(run_dir) / REQUESTS_TABLE
+    return pd.read_parquet(path) if path.exists() else None
+
+
+def read_requests(directory: Path) -> pd.DataFrame:
+    """The scenario's raw request rows (one CSV per Locust process) as one frame, ns as int64."""
+    frames = [pd.read_csv(p, dtype={"task_id": "string", "task": "string"}) for p in sorted(directory.glob("*.csv"))]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype="int64") for c in ("scheduled_ns", "sent_ns", "done_ns", "status")})
+    frame = pd.concat(frames, ignore_index=True)
+    for column in ("scheduled_ns", "sent_ns", "done_ns", "status"):
+        frame[column] = frame[column].astype("int64")
+    return frame.sort_values("scheduled_ns").reset_index(drop=True)
+
+
+def locust_post_counts(run_dir: Path) -> tuple[int, int] | None:
+    """Locust's own final (requests, failures) of ``POST /tasks`` (its --json-file), or None if absent."""
+    path = Path(run_dir) / f"{LOCUST_PREFIX}.json"
+    if not path.exists():
+        return None
+    entries = [e for e in json.loads(path.read_text()) if e.get("name") == "POST /tasks"]
+    return (sum(int(e.get("num_requests", 0)) for e in entries),
+            sum(int(e.get("num_failures", 0)) for e in entries))
+
+
+def read_resources(run_dir: Path) -> pd.DataFrame:
+    """The sampler's ``resources.csv``; an empty frame when the run has none."""
+    path = Path(run_dir) / RESOURCES_CSV
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+# --- summary.csv --------------------------------------------------------------------------------------
+
+
+def summary_rows(out_dir: Path) -> list[dict[str, Any]]:
+    """One flat row per run directory under `out_dir`: spec, status, figures, resources, failed checks."""
+    rows = []
+    for run_dir in run_dirs(out_dir):
+        record = read_run(run_dir)
+        if record is None:
+            continue
+        row: dict[str, Any] = {"run_id": record["run_id"], "matrix": record.get("matrix"),
+                               "repeat": record.get("repeat"), "status": record.get("status"),
+                               "detail": record.get("detail"), "schema_version": record.get("schema_version"),
+                               "slots": record.get("slots")}
+        spec = dict(record.get("spec", {}))
+        options = spec.pop("options", {}) or {}
+        args = spec.pop("args", {}) or {}
+        row |= spec
+        row["args"] = json.dumps(args, sort_keys=True)
+        row |= {f"{spec.get('backend')}.{k}": v for k, v in options.items()}
+        summary = record.get("summary") or {}
+        row |= measure.flatten({k: v for k, v in (summary.get("figures") or {}).items() if k != "resources"})
+        for component, use in ((summary.get("figures") or {}).get("resources") or {}).items():
+            row[f"{component}_cpu_s"] = use.get("cpu_s")
+            row[f"{component}_peak_rss_mib"] = use.get("peak_rss_mib")
+        row["failed_checks"] = ",".join(summary.get("failed_checks", []))
+        rows.append(row)
+    return rows
+
+
+def write_summary(out_dir: Path, path: Path | None = None) -> Path:
+    """``summary.csv``: one tidy row per run directory under `out_dir` (a pure function of run.json files).
+
+    Written into `out_dir` unless `path` says where (a report keeps its own copy beside it).
+    """
+    path = Path(out_dir) / SUMMARY_CSV if path is None else Path(path)
+    pd.DataFrame(summary_rows(out_dir)).to_csv(path, index=False)
+    return path
+
+
+# --- search records -----------------------------------------------------------------------------------
+
+
+def write_search(out_dir: Path, record: Mapping[str, Any]) -> Path:
+    """Store a search record as ``<out_dir>/searches/<search_id>.json``."""
+    path = Path(out_dir) / SEARCHES_DIR / f"{record['search_id']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, record)
+    return path
+
+
+def read_searches(results_dir: Path | str) -> list[dict[str, Any]]:
+    """Every search record under ``<results_dir>/searches/``, refusing other schema versions."""
+    records = []
+    for path in sorted(Path(results_dir).glob(f"{SEARCHES_DIR}/*.json")):
+        record = json.loads(path.read_text())
+        if record.get("schema_version") != SEARCH_SCHEMA_VERSION:
+            raise ValueError(f"{path}: search schema version {record.get('schema_version')!r}, this queuebench "
+                             f"reads {SEARCH_SCHEMA_VERSION}")
+        records.append(record)
+    return records
