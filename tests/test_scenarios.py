@@ -1,0 +1,29 @@
+"""Scenario pieces that decide what is sent, checked without running Locust."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _mix_module():
+    # scenarios/ is Locust's folder, not a package: load the file itself (it imports no Locust).
+    spec = importlib.util.spec_from_file_location("mix", ROOT / "scenarios" / "mix.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_routing_mix_sends_exactly_one_long_task_in_ten_evenly_spread():
+    order = list(itertools.islice(_mix_module().smooth_weighted_order([90.0, 10.0]), 1000))
+    assert order.count(1) == 100
+    positions = [i for i, kind in enumerate(order) if kind == 1]
+    assert {b - a for a, b in itertools.pairwise(positions)} == {10}
+
+
+def test_every_share_of_an_uneven_mix_is_exact_over_a_full_cycle():
+    order = list(itertools.islice(_mix_module().smooth_weighted_order([5.0, 3.0, 2.0]), 100))
+    assert [order.count(k) for k in range(3)] == [50, 30, 20]
