@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -58,3 +59,88 @@ def test_an_slo_reads_as_it_is_written_on_the_command_line():
     assert (slo.name, slo.limit_s, slo.quantile, slo.column) == ("p99", 0.25, 0.99, "e2e_ms_p99")
     assert (slo.cli, slo.label, slo.slug) == ("p99=250ms", "p99 ≤ 250 ms", "p99-250ms")
     assert verdicts.parse_slo(slo.cli) == slo
+
+
+# --- the quantile rule --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("quantile", [0.5, 0.9, 0.95, 0.99])
+def test_a_quantile_is_bounded_from_the_smallest_sample_whose_scipy_interval_has_both_ends(quantile):
+    from scipy import stats
+
+    rng = np.random.default_rng(7)
+    smallest = verdicts.min_samples(quantile)
+    for n, bounded in ((smallest - 1, False), (smallest, True), (smallest + 1, True), (4 * smallest, True)):
+        sample = rng.exponential(10.0, size=n)
+        low, high = stats.quantile_test(sample, q=1.0, p=quantile).confidence_interval(0.95)
+        assert bool(np.isfinite(low) and np.isfinite(high)) is bounded, n
+        assert verdicts.bounds(n, quantile) is bounded
+        assert bool(all(np.isfinite(verdicts.quantile_interval(sample, quantile)))) is bounded
+
+
+def test_a_bounded_quantiles_interval_holds_the_point_figure_and_two_sample_values():
+    values = np.random.default_rng(3).lognormal(3.0, 0.5, size=500)
+    low, high = verdicts.quantile_interval(values, 0.95)
+    assert low <= np.percentile(values, 95) <= high
+    assert low in values and high in values
+
+
+def test_a_quantile_from_too_few_samples_reads_as_such_with_its_n():
+    assert verdicts.too_few_samples(3) == "too few samples (n=3)"
+    assert not verdicts.bounds(3, 0.95) and not verdicts.bounds(None, 0.5)
+
+
+# --- the winner rule ----------------------------------------------------------------------------------
+
+
+def noisy(centre: float, count: int = 3, spread: float = 0.03) -> list[float]:
+    """`count` repeats around `centre`, `spread` apart in relative terms."""
+    return [centre * (1 + spread * (i - (count - 1) / 2)) for i in range(count)]
+
+
+def test_a_three_times_larger_latency_over_three_repeats_is_clearly_worse_with_its_interval():
+    found = verdicts.difference(noisy(10.0), noisy(30.0), "e2e_ms_p95")
+    assert found.outcome == "worse" and found.clear
+    assert found.ratio == pytest.approx(3.0, rel=0.01)
+    assert found.ci_low < found.ratio < found.ci_high and found.ci_low > 1 + verdicts.NOISE_FLOOR
+    assert found.p_value < verdicts.ALPHA
+    assert "95 % CI" in found.text and "clearly worse" in found.text
+    assert found.inverse().outcome == "better"
+
+
+def test_the_same_ratio_is_better_for_throughput_and_worse_for_latency():
+    assert verdicts.difference(noisy(10.0), noisy(30.0), "throughput_per_s").outcome == "better"
+    assert verdicts.difference(noisy(10.0), noisy(30.0), "e2e_ms_p95").outcome == "worse"
+    with pytest.raises(KeyError, match="no declared direction"):
+        verdicts.higher_is_better("colour")
+
+
+def test_a_few_percent_over_three_repeats_is_within_noise():
+    found = verdicts.difference(noisy(10.0), noisy(10.4), "e2e_ms_p95")
+    assert found.outcome == "within noise" and not found.clear and found.judged
+    assert found.ci_low < 1.04 < found.ci_high or found.p_value < verdicts.ALPHA
+
+
+def test_a_significant_change_inside_the_noise_floor_is_still_within_noise():
+    found = verdicts.difference(noisy(10.0, spread=0.001), noisy(10.5, spread=0.001), "e2e_ms_p95")
+    assert found.p_value < verdicts.ALPHA  # the test alone would call it
+    assert found.change < verdicts.NOISE_FLOOR and found.outcome == "within noise"
+
+
+@pytest.mark.parametrize(("a_repeats", "b_repeats"), [(1, 1), (2, 3), (3, 2)])
+def test_fewer_than_three_repeats_on_a_side_judge_nothing(a_repeats, b_repeats):
+    found = verdicts.difference(noisy(10.0, a_repeats), noisy(30.0, b_repeats), "e2e_ms_p95")
+    assert not found.judged and found.outcome == "too few repeats"
+    assert math.isnan(found.ci_low) and math.isnan(found.p_value)
+    assert verdicts.SINGLE_RUNS in found.text
+
+
+def test_a_best_configuration_is_named_only_when_it_beats_every_other_beyond_noise():
+    clear = verdicts.pick_best({"fast": noisy(10.0), "slow": noisy(30.0), "slower": noisy(40.0)}, "e2e_ms_p95")
+    assert clear.winner == clear.leader == "fast" and clear.runner_up == "slow"
+    close = verdicts.pick_best({"a": noisy(10.0), "b": noisy(10.3), "c": noisy(30.0)}, "e2e_ms_p95")
+    assert close.winner is None and close.leader == "a" and close.within_noise == ["b"]
+    single = verdicts.pick_best({"a": [10.0], "b": [30.0]}, "e2e_ms_p95")
+    assert single.winner is None and single.reason == verdicts.SINGLE_RUNS
+    alone = verdicts.pick_best({"a": noisy(10.0)}, "e2e_ms_p95")
+    assert alone.winner is None and "one configuration" in alone.reason
