@@ -334,7 +334,9 @@ def headline(results: Results, per_run: Mapping[str, list[str]], per_cell: Mappi
         leader = by_config[pick.leader]
         leader_text = f"{pick.leader}: {_figure_text(results, leader, metric, unit)}"
         if pick.winner is not None:
-            best = pick.winner
+            runner = pick.others[pick.runner_up]
+            best = (f"{pick.winner}: beats every other configuration; runner-up {pick.runner_up} at "
+                    f"{runner.interval_text} of it (p={runner.p_value:.2g})")
         elif not pick.others:
             best = f"no clear winner: only {pick.leader} measured"
         elif pick.reason == verdicts.SINGLE_RUNS:
@@ -386,7 +388,7 @@ def _setting_text(value: Any) -> str:
 
 def quantile_rule_text() -> str:
     """The quantile rule as the methodology states it, with the smallest sample for each percentile."""
-    smallest = ", ".join(f"{name} {verdicts.min_samples(q)}" for name, q in verdicts.SLO_QUANTILES.items())
+    smallest = ", ".join(f"{verdicts.min_samples(q)} for {name}" for name, q in verdicts.SLO_QUANTILES.items())
     return (f"The quantile rule: a percentile is shown as a number only when its tasks bound it, i.e. its "
             f"{verdicts.CONFIDENCE_TEXT} distribution-free interval (scipy.stats.quantile_test: two order "
             "statistics with binomial ranks, nothing assumed about the distribution) has both ends inside the "
