@@ -278,3 +278,27 @@ def test_a_synthetic_run_is_shaped_like_a_real_one(tmp_path):
     record = json.loads((tmp_path / run_id / "run.json").read_text())
     assert record["status"] == "ok" and record["summary"]["figures"]["latency"]["e2e_ms"]["count"] == 90
     assert load_results(tmp_path).usable["run_id"].tolist() == [run_id]
+
+
+# --- plan ---------------------------------------------------------------------------------------------
+
+
+def test_plan_shows_each_cells_percentile_with_its_n_and_never_decides_on_one_its_tasks_cannot_bound(tmp_path):
+    from benchmarks.analysis.plan_cmd import plan as plan_command
+
+    write_configuration(tmp_path, 3, backend="rq", median_e2e_ms=40.0, tasks=150)
+    args = ["--rate", "30", "--task", "sleep_ms:20", "--no-write-matrix", str(tmp_path)]
+    # 150 tasks a run bound p95 (72 needed) but not p99 (368 needed).
+    bounded = CliRunner().invoke(plan_command, [*args, "--slo", "p95=1s"], terminal_width=250)
+    assert bounded.exit_code == 0, bounded.output
+    assert re.search(r"\d ms \(n=150\)", bounded.output) and "Covered" in bounded.output
+    unbounded = CliRunner().invoke(plan_command, [*args, "--slo", "p99=1s", "--json"])
+    answer = json.loads(unbounded.output)
+    (backend,) = answer["backends"]
+    assert not answer["covered"] and backend["verdict"] == "not covered"
+    assert "too few samples (n=150)" in backend["reason"] and "n ≥ 368" in backend["reason"]
+    (point,) = backend["points"]
+    assert point["e2e_p99_ms"] is None and point["e2e_tasks"] == 150 and point["repeats"] == 3
+    assert answer["request"]["slo"]["min_tasks_per_run"] == 368
+    table = CliRunner().invoke(plan_command, [*args, "--slo", "p99=1s"], terminal_width=250)
+    assert "too few samples (n=150)" in table.output

@@ -21,14 +21,14 @@ def planned_cell(done_per_s: float, sent_per_s: float) -> pd.Series:
         "run_id": "rq-sleep_ms-ms50-r20-rep0", "status": "ok", "backend": "rq", "mode": "load",
         "scenario": "latency", "task": "sleep_ms", "args": '{"ms": 50}', "rate": 20.0, "processes": 2,
         "threads": 1, "slots": 2, "throughput_per_s": done_per_s, "achieved_rate_per_s": sent_per_s,
-        "mean_service_ms": 50.0, **{f"e2e_ms_{q}": 100.0 for q in verdicts.SLO_QUANTILES}}])
+        "mean_service_ms": 50.0, "e2e_ms_count": 200, **{f"e2e_ms_{q}": 100.0 for q in verdicts.SLO_QUANTILES}}])
     return measured_points(runs, parse_task("sleep_ms:50")).iloc[0]
 
 
 def step_record(done_per_s: float, sent_per_s: float) -> dict:
     return {"run_id": "r-rep0", "status": "ok", "summary": {"figures": {
         "achieved_rate_per_s": sent_per_s, "throughput_per_s": done_per_s, "littles_bound_per_s": 40.0,
-        "latency": {"e2e_ms": {"p95": 100.0}}}}}
+        "latency": {"e2e_ms": {"count": 200, "p95": 100.0}}}}}
 
 
 @pytest.mark.parametrize(("done_per_s", "sustained"), [(20.0, True), (19.0, True), (18.99, False), (10.0, False)])

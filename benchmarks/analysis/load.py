@@ -560,18 +560,24 @@ def over_repeats(runs: pd.DataFrame, metrics: Iterable[str], by: str = "cell") -
 
 
 def search_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per search record (`store.read_searches`): backend, slots, task, SLO, knee, first
-    unsustained rate, evidence, why it stopped."""
+    """One row per search record (`store.read_searches`): backend, slots, task, SLO, knee and the repeats
+    its step ran, first unsustained rate, evidence, why it stopped, and the record's schema version."""
     rows = []
     for record in records:
         config = record["config"]
         args = config.get("args") or {}
+        knee = next((s for s in record.get("steps", []) if s.get("rate_per_s") == record.get("knee_rate_per_s")),
+                    None)
         rows.append({
             "search_id": record["search_id"], "backend": config["backend"], "broker": config["broker"],
             "processes": config["processes"], "threads": config["threads"],
             "slots": config["processes"] * config["threads"],
             "task": config.get("task", "") + "".join(f" {k}={v}" for k, v in sorted(args.items())),
             "slo": record["slo"], "knee_rate_per_s": record.get("knee_rate_per_s"),
+            "knee_repeats": len(knee.get("run_ids", [])) if knee else 0,
+            "knee_e2e_ms": knee.get("e2e_ms") if knee else None,
+            "knee_e2e_tasks": knee.get("e2e_tasks") if knee else None,
+            "schema_version": record.get("schema_version"),
             "first_unsustained_rate_per_s": record.get("first_unsustained_rate_per_s"),
             "steps": len(record.get("steps", [])), "evidence_run_ids": record.get("evidence_run_ids", []),
             "stopped_because": record.get("stopped_because", ""),

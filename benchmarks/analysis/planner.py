@@ -432,7 +432,10 @@ class Plan:
         return store.plain({
             "request": {"rate_per_s": self.rate_per_s, "task": self.kind.task, "args": self.kind.args,
                         "kind": self.kind.label,
-                        "slo": {"quantile": self.slo.name, "limit_ms": self.slo.limit_ms}},
+                        "slo": {"quantile": self.slo.name, "limit_ms": self.slo.limit_ms,
+                                # The quantile rule: a cell whose runs had fewer tasks (e2e_tasks) has no
+                                # figure for this quantile (null) and neither meets nor misses the SLO.
+                                "min_tasks_per_run": min_samples(self.slo.quantile)}},
             "covered": self.covered,
             "backends": [b.to_dict() for b in self.backends],
             "warnings": self.warnings,

@@ -518,11 +518,19 @@ def search_blocks(root: Path) -> list[Block]:
     table = search_table(records)
     rows = []
     for row in table.itertuples(index=False):
-        knee = "-" if row.knee_rate_per_s is None or pd.isna(row.knee_rate_per_s) else f"{row.knee_rate_per_s:g}"
+        knee = "-"
+        if row.knee_rate_per_s is not None and not pd.isna(row.knee_rate_per_s):
+            slo = verdicts.parse_slo(row.slo)
+            latency = ("" if is_missing(row.knee_e2e_tasks) else
+                       f"; {slo.name} {uncertainty.quantile_text(row.knee_e2e_ms, row.knee_e2e_tasks, slo.quantile)}")
+            knee = f"{row.knee_rate_per_s:g} ({uncertainty.runs_text(row.knee_repeats)}{latency})"
         above = ("-" if row.first_unsustained_rate_per_s is None or pd.isna(row.first_unsustained_rate_per_s)
                  else f"{row.first_unsustained_rate_per_s:g}")
+        stopped = row.stopped_because
+        if row.schema_version == 1:
+            stopped += " (search schema 1: its steps were judged before the quantile rule)"
         rows.append([row.backend, row.broker, str(row.slots), row.task, row.slo, knee, above,
-                     ", ".join(row.evidence_run_ids) or "-", row.stopped_because])
+                     ", ".join(row.evidence_run_ids) or "-", stopped])
     return [Block("h3", "Step searches"),
             Block("p", "Each configuration's offered rate was raised step by step (`queuebench search`), every "
                        "step a full, self-checked run; the knee is the highest rate below Little's bound whose "
