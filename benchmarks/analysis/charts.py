@@ -41,6 +41,7 @@ from benchmarks.analysis.load import (  # noqa: E402
     kind_label,
     labels,
     over_repeats,
+    percentile_of,
     row_key,
 )
 from benchmarks.analysis.uncertainty import (  # noqa: E402
@@ -175,6 +176,22 @@ def workload_title(row: pd.Series | dict[str, Any]) -> str:
 
 def _skipped(name: str, title: str, note: str) -> Chart:
     return Chart(name=name, title=title, note=note)
+
+
+def _note_too_few(ax: plt.Axes, cells: pd.DataFrame, metrics: Sequence[str], what: str = "points") -> None:
+    """Say on the panel which percentiles are left out because their tasks cannot bound them (the
+    quantile rule): a missing bar or point is not a zero, nor a measurement that failed."""
+    notes = []
+    for metric in metrics:
+        found = percentile_of(metric)
+        if found is None or metric not in cells or f"{metric}_tasks" not in cells or not cells[metric].isna().any():
+            continue
+        fewest = int(pd.to_numeric(cells.loc[cells[metric].isna(), f"{metric}_tasks"]).min())
+        notes.append(f"p{round(found[1] * 100)} needs n ≥ {min_samples(found[1])} tasks a run (as few as {fewest})")
+    if notes:
+        ax.text(0.02, 0.03, "\n".join([f"missing {what}: too few samples", *notes]), transform=ax.transAxes,
+                ha="left", va="bottom", fontsize=6.5, color="#a05000",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5})
 
 
 def _errors(frame: pd.DataFrame, metric: str) -> np.ndarray:
@@ -354,7 +371,8 @@ def serializers(results: Results, out_dir: Path) -> Chart:
         for ax, (metric, _) in zip(axes, panels, strict=True):
             ax.errorbar(group["payload_bytes"], group[metric], yerr=_errors(group, metric), marker="o", capsize=3,
                         color=colour, linestyle=style, label=line)
-    for ax, (_, ylabel) in zip(axes, panels, strict=True):
+    for ax, (metric, ylabel) in zip(axes, panels, strict=True):
+        _note_too_few(ax, points, (metric,))
         ax.set_xscale("log")
         ax.set_xlabel("payload (bytes)")
         ax.set_title(ylabel)
@@ -475,12 +493,7 @@ def routing(results: Results, out_dir: Path) -> Chart:
     for ax, metric in zip(axes, ("short_e2e_ms_p95", "long_e2e_ms_p95"), strict=True):
         ax.set_xticks(x, groups, rotation=15, ha="right")
         ax.set_ylabel("ms")
-        if metric in cells and cells[metric].isna().any():
-            # A bar left out is a p95 its samples cannot bound (the quantile rule), not a zero: say so.
-            fewest = int(cells[f"{metric}_tasks"].min()) if f"{metric}_tasks" in cells else 0
-            ax.text(0.5, 0.95, f"missing bars: p95 from too few samples (n ≥ {min_samples(0.95)} needed, "
-                    f"{fewest} in the smallest)", transform=ax.transAxes, ha="center", va="top", fontsize=7,
-                    color="#a05000")
+        _note_too_few(ax, cells, (metric,), "bars")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     run_ids = _run_ids(cells)
@@ -577,6 +590,7 @@ def latency_vs_rate(results: Results, out_dir: Path) -> Chart:
     top = float(drawn["rate"].max())
     ax_thr.plot([0, top], [0, top], color="#999999", linewidth=0.8, label="throughput = offered")
     ax_lat.set_yscale("log")
+    _note_too_few(ax_lat, drawn, ("e2e_ms_p50", "e2e_ms_p95", "e2e_ms_p99"))
     ax_lat.set_title("end-to-end latency: p50 dotted, p95 solid, p99 dashed")
     ax_lat.set_ylabel("ms")
     ax_thr.set_title("throughput against offered rate (below the diagonal: backlog grows)")
