@@ -221,8 +221,16 @@ ALPHA = 0.05
 #: throughput and end-to-end p95 on 2 shared cores (benchmarks/NOTES.md); a t-test on three repeats can
 #: call a smaller change significant by luck.
 NOISE_FLOOR = 0.10
-#: What a comparison with fewer than `MIN_REPEATS` repeats on a side says instead of a verdict.
+#: What a comparison of single runs says instead of a verdict...
 SINGLE_RUNS = f"single runs: spread not measured; rerun with --repeats {MIN_REPEATS}"
+#: ...and one with two repeats somewhere, but fewer than `MIN_REPEATS` on a side.
+FEW_REPEATS = f"fewer than {MIN_REPEATS} repeats: spread not measured well enough; rerun with --repeats {MIN_REPEATS}"
+
+
+def repeats_notice(*repeats: int) -> str:
+    """Why nothing is called with these repeat counts: `SINGLE_RUNS` when every side ran once, else
+    `FEW_REPEATS`."""
+    return SINGLE_RUNS if max(repeats, default=0) <= 1 else FEW_REPEATS
 
 #: Figures where more is better; every other figure a verdict is asked about must be in `LOWER_IS_BETTER`.
 HIGHER_IS_BETTER = ("throughput_per_s", "executions_per_s", "tasks_per_cpu_s", "tasks_per_worker_cpu_s",
@@ -306,7 +314,7 @@ class Difference:
         """The ratio, its interval and what the rule makes of it, for a table cell or a sentence."""
         repeats = f"{self.a_repeats} vs {self.b_repeats} repeats"
         if not self.judged:
-            return f"{self.interval_text}; {SINGLE_RUNS} ({repeats})"
+            return f"{self.interval_text}; {repeats_notice(self.a_repeats, self.b_repeats)} ({repeats})"
         p = f"p={self.p_value:.2g}" if math.isfinite(self.p_value) else "identical repeats, no spread"
         meaning = {"better": "clearly better", "worse": "clearly worse"}.get(self.outcome, "within noise")
         return f"{self.interval_text}, {p}, {repeats}: {meaning}"
@@ -371,6 +379,12 @@ class Pick:
     reason: str = ""
 
     @property
+    def judged(self) -> bool:
+        """Whether every configuration had the repeats the winner rule needs (False also with nothing to
+        compare)."""
+        return bool(self.others) and all(diff.judged for diff in self.others.values())
+
+    @property
     def runner_up(self) -> str | None:
         """The configuration with the second-best geometric mean."""
         return next(iter(self.others), None)
@@ -386,7 +400,7 @@ def pick_best(candidates: Mapping[str, Sequence[float]], figure: str) -> Pick:
 
     The leader has the best geometric mean; it is the winner only when every other configuration is
     clearly worse than it by `difference` (so in particular the runner-up). A single configuration is
-    nobody's winner; with fewer than `MIN_REPEATS` repeats anywhere the reason is `SINGLE_RUNS`.
+    nobody's winner; with fewer than `MIN_REPEATS` repeats anywhere the reason is `repeats_notice`'s.
     Configurations without a positive value are left out.
     """
     higher = higher_is_better(figure)
@@ -400,7 +414,8 @@ def pick_best(candidates: Mapping[str, Sequence[float]], figure: str) -> Pick:
     if not others:
         return Pick(figure, leader, None, reason="one configuration measured: nothing to beat")
     if not all(diff.judged for diff in others.values()):
-        return Pick(figure, leader, None, others, SINGLE_RUNS)
+        counts = [d.a_repeats for d in others.values()] + [d.b_repeats for d in others.values()]
+        return Pick(figure, leader, None, others, repeats_notice(*counts))
     if all(diff.outcome == "worse" for diff in others.values()):
         return Pick(figure, leader, leader, others)
     return Pick(figure, leader, None, others, "no clear winner: the leader does not beat every other "

@@ -132,7 +132,8 @@ def test_fewer_than_three_repeats_on_a_side_judge_nothing(a_repeats, b_repeats):
     found = verdicts.difference(noisy(10.0, a_repeats), noisy(30.0, b_repeats), "e2e_ms_p95")
     assert not found.judged and found.outcome == "too few repeats"
     assert math.isnan(found.ci_low) and math.isnan(found.p_value)
-    assert verdicts.SINGLE_RUNS in found.text
+    notice = verdicts.SINGLE_RUNS if a_repeats == b_repeats == 1 else verdicts.FEW_REPEATS
+    assert notice in found.text and "rerun with --repeats 3" in notice
 
 
 def test_a_best_configuration_is_named_only_when_it_beats_every_other_beyond_noise():
@@ -141,6 +142,8 @@ def test_a_best_configuration_is_named_only_when_it_beats_every_other_beyond_noi
     close = verdicts.pick_best({"a": noisy(10.0), "b": noisy(10.3), "c": noisy(30.0)}, "e2e_ms_p95")
     assert close.winner is None and close.leader == "a" and close.within_noise == ["b"]
     single = verdicts.pick_best({"a": [10.0], "b": [30.0]}, "e2e_ms_p95")
-    assert single.winner is None and single.reason == verdicts.SINGLE_RUNS
+    assert single.winner is None and single.reason == verdicts.SINGLE_RUNS and not single.judged
+    two = verdicts.pick_best({"a": noisy(10.0, 2), "b": noisy(30.0, 2)}, "e2e_ms_p95")
+    assert two.winner is None and two.reason == verdicts.FEW_REPEATS
     alone = verdicts.pick_best({"a": noisy(10.0)}, "e2e_ms_p95")
     assert alone.winner is None and "one configuration" in alone.reason

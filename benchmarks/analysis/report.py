@@ -339,8 +339,8 @@ def headline(results: Results, per_run: Mapping[str, list[str]], per_cell: Mappi
                     f"{runner.interval_text} of it (p={runner.p_value:.2g})")
         elif not pick.others:
             best = f"no clear winner: only {pick.leader} measured"
-        elif pick.reason == verdicts.SINGLE_RUNS:
-            best = f"no clear winner ({verdicts.SINGLE_RUNS})"
+        elif not pick.judged:
+            best = f"no clear winner ({pick.reason})"
         else:
             best = "no clear winner"
         runner_up = "-"
@@ -352,7 +352,7 @@ def headline(results: Results, per_run: Mapping[str, list[str]], per_cell: Mappi
                          f"runner-up / leader {judged}")
         within = "-"
         if pick.winner is None and pick.others:
-            single = pick.reason == verdicts.SINGLE_RUNS
+            single = not pick.judged
             close = list(pick.others) if single else pick.within_noise
             within = ("not judged, every configuration: " if single else "") + "; ".join(
                 [f"{pick.leader} (leader)"] + [f"{label} {pick.others[label].interval_text}" for label in close])
@@ -407,7 +407,7 @@ def winner_rule_text() -> str:
             f"{verdicts.NOISE_FLOOR:.0%} (the run-to-run noise floor on this kind of machine); the ratio's "
             f"{verdicts.CONFIDENCE_TEXT} interval comes from the same t distribution on logs. Throughput and tasks "
             "per CPU-second are better higher, latencies and CPU costs lower. With fewer repeats nothing is "
-            f"called ({verdicts.SINGLE_RUNS}). The headline, the chart sentences and `queuebench compare` "
+            f"called (\"{verdicts.SINGLE_RUNS}\"). The headline, the chart sentences and `queuebench compare` "
             "(where both sides have the repeats) all use it.")
 
 

@@ -104,7 +104,7 @@ def verdict_phrase(diff: verdicts.Difference) -> str:
     """What the winner rule makes of a difference, for a sentence: ``clearly better, x0.71 (95 % CI 0.60
     to 0.85)``, ``within noise, x1.03 (95 % CI 0.95 to 1.12)``, or the single-runs notice with the ratio."""
     if not diff.judged:
-        return f"{diff.interval_text}; {verdicts.SINGLE_RUNS}"
+        return f"{diff.interval_text}; {verdicts.repeats_notice(diff.a_repeats, diff.b_repeats)}"
     word = {"better": "clearly better", "worse": "clearly worse"}.get(diff.outcome, "within noise")
     return f"{word}, {diff.interval_text}"
 
@@ -136,8 +136,8 @@ def leader_phrase(pick: verdicts.Pick) -> str:
     if pick.winner is not None:
         return (f"clearly ahead of every other configuration (runner-up {runner} at "
                 f"{ratio_phrase(pick.others[runner])})")
-    if pick.reason == verdicts.SINGLE_RUNS:
-        return f"not separable from the rest ({verdicts.SINGLE_RUNS})"
+    if not pick.judged:
+        return f"not separable from the rest ({pick.reason})"
     close = pick.within_noise
     return ("no clear winner: within noise of " + ", ".join(f"{label} ({ratio_phrase(pick.others[label])})"
                                                           for label in close))
