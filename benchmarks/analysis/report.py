@@ -3,15 +3,17 @@
 The report is a pure function of the stored runs: every number in it is read from a ``run.json`` or
 recomputed from a run's raw rows. It never writes into a run directory. Its parts:
 
-1. a headline table: per workload (what was sent), the best configuration for that question, with the
-   spread over repeats and warnings about the numbers beside them;
+1. a headline table: per workload (what was sent), the best configuration for that question, named only
+   when the winner rule (`verdicts.pick_best`) says it beats every other one, else ``no clear winner``
+   with the configurations within noise of the leader; every figure with its sample size, and
+   warnings about the numbers beside them;
 2. warnings: runs left out (failed, error, skipped, interrupted), generator-limited runs and unstable
    cells (coefficient of variation over repeats above `CV_LIMIT`);
 3. one section per chart (`charts.CHARTS`), each with two sentences computed from its data, or a note
    saying why it was not drawn;
 4. "Capacity notes" (`notes.capacity_notes` of the usable runs) and the stored step searches;
 5. methodology and caveats, from the runs' own metadata (slots, prefetch, acks, retries, results,
-   windows, versions).
+   windows, versions), and the quantile and winner rules stated once.
 
 The report is kept as a list of blocks rendered twice: to Markdown (figures referenced beside it) and to
 HTML through a Jinja2 template (``templates/report.html.j2``, autoescaped; figures embedded as ``data:``
