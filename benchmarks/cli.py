@@ -396,13 +396,15 @@ def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps
     with _sweep_exits(progress, console, f"measured steps are kept in {out}"):
         found = search_mod.run_searches(matrix, slo, out, factor=factor, max_steps=max_steps, refine=refine,
                                         force=force, amqp_url=amqp_url, progress=progress, log=console.print)
-    table = Table("search", "knee (tasks/s)", "first unsustained", "steps", "why it stopped",
-                  title=f"Highest sustained rate within {slo.label}")
+    table = Table("search", "knee (tasks/s)", f"{slo.name} at the knee", "first unsustained", "steps",
+                  "why it stopped", title=f"Highest sustained rate within {slo.label}")
     for item in found:
         record = item.record()
-        knee, above = record["knee_rate_per_s"], record["first_unsustained_rate_per_s"]
-        table.add_row(item.search_id, "-" if knee is None else f"{knee:g}", "-" if above is None else f"{above:g}",
-                      str(len(item.steps)), item.stopped_because)
+        knee, above = item.knee, record["first_unsustained_rate_per_s"]
+        repeats = f" ({len(knee.run_ids)} repeat{'s' if len(knee.run_ids) != 1 else ''})" if knee else ""
+        latency = f"{knee.e2e_ms:.0f} ms (n={knee.e2e_tasks})" if knee and knee.e2e_ms is not None else "-"
+        table.add_row(item.search_id, "-" if knee is None else f"{knee.rate_per_s:g}{repeats}", latency,
+                      "-" if above is None else f"{above:g}", str(len(item.steps)), item.stopped_because)
     table_console().print(table)
     console.print(f"searches: {out / 'searches'}; steps: {out} (summary: {out / 'summary.csv'})")
     bad = any(s.verdict in ("failed", "error") for item in found for s in item.steps)

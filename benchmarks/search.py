@@ -13,8 +13,11 @@ the search starts):
    every repeat is ``ok``, r is below Little's bound, slots / mean service time (else ``bound``: a short
    Poisson window can send less than r and hide the backlog), every repeat finished at least 95 % of
    what the generator sent in the window (else the backlog grew: ``backlog``) and kept the SLO's
-   end-to-end quantile within its limit (else ``slo``);
-2. while sustained, r = r x ``factor`` (at most ``max_steps`` steps);
+   end-to-end quantile within its limit (else ``slo``). A quantile the step's tasks cannot bound
+   (`verdicts.bounds`: p95 needs 72 tasks in each repeat's window) judges nothing: the step is
+   ``too-few-samples``, neither sustained nor a miss;
+2. while sustained (or too few samples to judge: a higher rate brings more tasks), r = r x ``factor``
+   (at most ``max_steps`` steps);
 3. once a step is not sustained, bisect between the last sustained rate and it ``refine`` times;
 4. the knee is the highest sustained rate; its evidence is that step's run ids and the first
    unsustained step's. A step that is ``generator-limited`` (the load generator, not the queue, fell
@@ -37,10 +40,12 @@ import pandas as pd
 
 from benchmarks import runner, store
 from benchmarks.matrix import Cell, Matrix, spec_digest
-from benchmarks.verdicts import SUSTAINED_RATIO, Slo, kept_up
+from benchmarks.verdicts import SUSTAINED_RATIO, Slo, bounds, kept_up, min_samples, too_few_samples
 
 #: Scenarios a search can step: one task kind at one offered rate.
 SEARCHABLE_SCENARIOS = ("latency", "throughput")
+#: The verdict of a step that kept up but whose tasks cannot bound the SLO's quantile.
+TOO_FEW_SAMPLES = "too-few-samples"
 
 
 @dataclass
@@ -50,11 +55,15 @@ class Step:
     rate_per_s: float
     run_ids: list[str]
     statuses: list[str]
-    verdict: str  # sustained | backlog | slo | bound | generator-limited | failed | error | interrupted
+    #: sustained | backlog | slo | bound | too-few-samples | generator-limited | failed | error | interrupted
+    verdict: str
     reason: str
     sent_rate_per_s: float | None = None
     throughput_per_s: float | None = None
+    #: The SLO's end-to-end quantile, worst repeat's; None when a repeat's tasks could not bound it.
     e2e_ms: float | None = None
+    #: The fewest end-to-end latencies any repeat's quantile rests on (its n).
+    e2e_tasks: int | None = None
 
     @property
     def sustained(self) -> bool:
@@ -65,6 +74,11 @@ class Step:
     def conclusive(self) -> bool:
         """Sustained or not because of the queue (backlog, SLO): a fact about the configuration."""
         return self.verdict in ("sustained", "backlog", "slo", "bound")
+
+    @property
+    def unjudged(self) -> bool:
+        """The queue kept up, but too few tasks to judge the SLO's quantile: the search may rise past it."""
+        return self.verdict == TOO_FEW_SAMPLES
 
 
 @dataclass
@@ -155,20 +169,28 @@ def judge_step(rate: float, records: list[Mapping[str, Any] | None], slo: Slo) -
     if "missing" in statuses or any(s != "ok" for s in statuses):
         step.verdict, step.reason = "error", f"unexpected statuses {statuses}"
         return step
-    sent, done, e2e, bounds = [], [], [], []
+    sent, done, e2e, littles, tasks = [], [], [], [], []
     for record in records:
         assert record is not None
         figures = (record.get("summary") or {}).get("figures") or {}
         sent.append(float(figures.get("achieved_rate_per_s") or math.nan))
         done.append(float(figures.get("throughput_per_s") or math.nan))
-        bounds.append(float(figures.get("littles_bound_per_s") or math.inf))
-        value = ((figures.get("latency") or {}).get("e2e_ms") or {}).get(slo.name)
+        littles.append(float(figures.get("littles_bound_per_s") or math.inf))
+        family = (figures.get("latency") or {}).get("e2e_ms") or {}
+        value = family.get(slo.name)
         e2e.append(math.nan if value is None else float(value))
+        tasks.append(int(family.get("count") or 0))
     step.sent_rate_per_s = float(pd.Series(sent).mean())
     step.throughput_per_s = float(pd.Series(done).min())
-    step.e2e_ms = float(pd.Series(e2e).max())
+    step.e2e_tasks = min(tasks)
+    # The quantile rule: a repeat whose tasks cannot bound the quantile leaves the step without one.
+    judged = all(bounds(n, slo.quantile) for n in tasks)
+    step.e2e_ms = float(pd.Series(e2e).max()) if judged else None
+    repeats = f"{len(records)} repeat{'s' if len(records) != 1 else ''}"
+    latency = (f"end-to-end {slo.name} {step.e2e_ms:.0f} ms (n={step.e2e_tasks}, worst of {repeats})"
+               if step.e2e_ms is not None and math.isfinite(step.e2e_ms) else "")
     short = [(d, s) for d, s in zip(done, sent, strict=True) if not kept_up(d, s)]
-    bound = min(bounds)
+    bound = min(littles)
     if rate >= bound:
         step.verdict = "bound"
         step.reason = (f"{rate:g}/s offered is at or above Little's bound (slots / mean service = {bound:.1f}/s): "
@@ -176,13 +198,19 @@ def judge_step(rate: float, records: list[Mapping[str, Any] | None], slo: Slo) -
     elif short:
         d, s = short[0]
         step.verdict = "backlog"
-        step.reason = f"finished {d:.1f}/s of {s:.1f}/s sent (< {SUSTAINED_RATIO:.0%}): the backlog grew"
+        step.reason = (f"finished {d:.1f}/s of {s:.1f}/s sent (< {SUSTAINED_RATIO:.0%}, in one of {repeats}): "
+                       "the backlog grew")
+    elif not judged:
+        step.verdict = TOO_FEW_SAMPLES
+        step.reason = (f"kept up, but end-to-end {slo.name} is {too_few_samples(step.e2e_tasks)} in a repeat "
+                       f"(needs n ≥ {min_samples(slo.quantile)} tasks in the window): not judged; a longer "
+                       "duration_s lets this rate be judged")
     elif not step.e2e_ms <= slo.limit_ms:
         step.verdict = "slo"
-        step.reason = f"end-to-end {slo.name} {step.e2e_ms:.0f} ms > {slo.limit_ms:g} ms"
+        step.reason = f"{latency} > {slo.limit_ms:g} ms"
     else:
-        step.reason = (f"finished {step.throughput_per_s:.1f}/s of {step.sent_rate_per_s:.1f}/s sent; "
-                       f"end-to-end {slo.name} {step.e2e_ms:.0f} ms <= {slo.limit_ms:g} ms")
+        step.reason = (f"finished {step.throughput_per_s:.1f}/s of {step.sent_rate_per_s:.1f}/s sent (worst of "
+                       f"{repeats}); {latency} <= {slo.limit_ms:g} ms")
     return step
 
 
@@ -192,24 +220,29 @@ def next_rate(search: Search, *, max_steps: int, refine: int) -> float | None:
     if not steps:
         raise ValueError("next_rate needs a first step")
     last = steps[-1]
-    if not last.conclusive:
+    if not last.conclusive and not last.unjudged:
         search.stopped_because = f"step at {last.rate_per_s:g}/s is {last.verdict}: {last.reason}"
         return None
     knee, above = search.knee, search.first_unsustained
+    unjudged = sorted(s.rate_per_s for s in steps if s.unjudged)
+    too_few = (f"; too few tasks to judge {search.slo.name} at {', '.join(f'{r:g}' for r in unjudged)}/s "
+               "(a longer duration_s judges them)" if unjudged else "")
     if above is None:
         if len(steps) >= max_steps:
-            search.stopped_because = (f"every step up to {last.rate_per_s:g}/s was sustained and the step "
-                                      f"limit ({max_steps}) was reached: the knee is at least that")
+            search.stopped_because = (f"every step up to {last.rate_per_s:g}/s kept up and the step limit "
+                                      f"({max_steps}) was reached: the knee is at least "
+                                      f"{knee.rate_per_s if knee else last.rate_per_s:g}/s{too_few}")
             return None
         return step_rate(last.rate_per_s * search.factor)
     if knee is None:
-        search.stopped_because = (f"the first step ({above.rate_per_s:g}/s) was not sustained: start lower "
-                                  "(a smaller rate in the matrix)")
+        below = ("every step below it had too few tasks to judge its SLO: lengthen duration_s" if unjudged
+                 else "start lower (a smaller rate in the matrix)")
+        search.stopped_because = f"no step was sustained up to the first miss ({above.rate_per_s:g}/s): {below}"
         return None
     bisections = len(steps) - 1 - _first_unsustained_index(steps)  # every step after the first miss
     if bisections >= refine:
         search.stopped_because = (f"sustained at {knee.rate_per_s:g}/s, not at {above.rate_per_s:g}/s "
-                                  f"({above.verdict}: {above.reason})")
+                                  f"({above.verdict}: {above.reason}){too_few}")
         return None
     middle = step_rate(math.sqrt(knee.rate_per_s * above.rate_per_s))
     if middle in (knee.rate_per_s, above.rate_per_s):

@@ -40,7 +40,13 @@ RESULT_SCHEMA_VERSION = 1
 #: Version of a search record (``searches/<search_id>.json``). Changes:
 #:   1 - first version: config, slo, factor, steps, knee_rate_per_s, first_unsustained_rate_per_s,
 #:       evidence_run_ids, stopped_because.
-SEARCH_SCHEMA_VERSION = 1
+#:   2 - steps carry e2e_tasks (the fewest end-to-end latencies a repeat's quantile rests on); a step whose
+#:       tasks cannot bound the SLO's quantile has verdict "too-few-samples" and e2e_ms null (the quantile
+#:       rule, `verdicts.bounds`), where version 1 judged it on the raw figure.
+SEARCH_SCHEMA_VERSION = 2
+#: Search record versions this code reads: version 2 only adds to version 1 (its knees were judged
+#: without the quantile rule, and the report says so beside them).
+READABLE_SEARCH_VERSIONS = (1, 2)
 
 RUN_JSON = "run.json"
 TASKS_TABLE = "tasks.parquet"
@@ -229,12 +235,13 @@ def write_search(out_dir: Path, record: Mapping[str, Any]) -> Path:
 
 
 def read_searches(results_dir: Path | str) -> list[dict[str, Any]]:
-    """Every search record under ``<results_dir>/searches/``, refusing other schema versions."""
+    """Every search record under ``<results_dir>/searches/``, refusing versions not in
+    `READABLE_SEARCH_VERSIONS`."""
     records = []
     for path in sorted(Path(results_dir).glob(f"{SEARCHES_DIR}/*.json")):
         record = json.loads(path.read_text())
-        if record.get("schema_version") != SEARCH_SCHEMA_VERSION:
+        if record.get("schema_version") not in READABLE_SEARCH_VERSIONS:
             raise ValueError(f"{path}: search schema version {record.get('schema_version')!r}, this queuebench "
-                             f"reads {SEARCH_SCHEMA_VERSION}")
+                             f"reads {', '.join(map(str, READABLE_SEARCH_VERSIONS))}")
         records.append(record)
     return records

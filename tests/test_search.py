@@ -26,10 +26,11 @@ SLO = Slo("p95", 1.0)
 
 
 def record(run_id: str = "r-rep0", *, status: str = "ok", sent: float = 20.0, done: float = 20.0,
-           p95_ms: float = 100.0, detail: str = "", bound: float = 100.0) -> dict:
+           p95_ms: float = 100.0, detail: str = "", bound: float = 100.0, tasks: int = 200) -> dict:
     return {"run_id": run_id, "status": status, "detail": detail,
             "summary": {"figures": {"achieved_rate_per_s": sent, "throughput_per_s": done,
-                                    "littles_bound_per_s": bound, "latency": {"e2e_ms": {"p95": p95_ms}}}}}
+                                    "littles_bound_per_s": bound,
+                                    "latency": {"e2e_ms": {"count": tasks, "p95": p95_ms}}}}}
 
 
 def step(rate: float, verdict: str) -> Step:
@@ -58,6 +59,27 @@ def test_a_step_past_the_slo_limit_is_not_sustained_even_when_it_kept_up():
     judged = judge_step(40, [record(sent=40, done=40, p95_ms=1500)], SLO)
     assert judged.verdict == "slo"
     assert "1500" in judged.reason
+
+
+def test_a_step_whose_tasks_cannot_bound_the_slo_quantile_is_not_judged_but_the_search_rises_past_it():
+    judged = judge_step(10, [record(sent=10, done=10, p95_ms=90, tasks=50), record(sent=10, done=10, tasks=200)],
+                        SLO)
+    assert judged.verdict == "too-few-samples" and not judged.sustained and not judged.conclusive
+    assert judged.e2e_ms is None and judged.e2e_tasks == 50
+    assert "too few samples (n=50)" in judged.reason and "90" not in judged.reason
+    found = searched(judged)
+    assert next_rate(found, max_steps=8, refine=1) == 20  # a higher rate brings more tasks
+    found.steps.append(step(20, "backlog"))
+    assert next_rate(found, max_steps=8, refine=1) is None
+    assert found.knee is None and "too few tasks to judge" in found.stopped_because
+
+
+def test_a_backlog_is_a_verdict_even_when_its_tasks_cannot_bound_the_quantile():
+    assert judge_step(40, [record(sent=40, done=30, tasks=20)], SLO).verdict == "backlog"
+
+
+def test_a_step_reason_gives_the_quantile_with_its_n():
+    assert "end-to-end p95 900 ms (n=200, worst of 1 repeat)" in judge_step(20, [record(p95_ms=900)], SLO).reason
 
 
 def test_a_step_at_or_above_littles_bound_is_not_sustained_however_well_its_window_went():
@@ -149,8 +171,9 @@ def test_the_search_command_refuses_a_bad_slo_before_starting_anything(tmp_path)
 @pytest.mark.service
 def test_a_real_search_stores_every_step_as_a_checked_run_and_names_its_evidence(need_redis, tmp_path):
     path = tmp_path / "search.toml"
+    # 4 s at 20/s: 80 tasks in the first step's window, enough for its p95 to be judged (72).
     path.write_text('name = "search-test"\nbackend = "baseline"\nscenario = "latency"\ntask = "sleep_ms"\n'
-                    'args = {ms = 20}\nprocesses = 1\nrate = 20\nwarmup_s = 1\nduration_s = 3\n'
+                    'args = {ms = 20}\nprocesses = 1\nrate = 20\nwarmup_s = 1\nduration_s = 4\n'
                     'drain_timeout_s = 30\n')
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "benchmarks", "search", str(path), "--out", str(out),
@@ -179,11 +202,16 @@ def test_the_report_lists_each_stored_search_with_its_knee_and_evidence(tmp_path
     config = {"backend": "rq", "broker": "redis", "serializer": "json", "processes": 2, "threads": 1,
               "routing": "shared", "task": "sleep_ms", "args": {"ms": 50}}
     found = searched(step(20, "sustained"), step(40, "backlog"))
+    found.steps[0].e2e_ms, found.steps[0].e2e_tasks = 300.0, 200
     found.config, found.search_id = config, search_mod.search_id(config)
-    search_mod.write_search(found, tmp_path)
+    path = search_mod.write_search(found, tmp_path)
     blocks = search_blocks(tmp_path)
     table = blocks[-1]
-    assert table.rows == [["rq", "redis", "2", "sleep_ms ms=50", "p95=1s", "20", "40", "r20-rep0, r40-rep0", ""]]
+    assert table.rows == [["rq", "redis", "2", "sleep_ms ms=50", "p95=1s", "20 (1 run; p95 300 ms (n=200))", "40",
+                           "r20-rep0, r40-rep0", ""]]
+    # A record from before the quantile rule is still read, and says how its steps were judged.
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"schema_version": 1}))
+    assert "before the quantile rule" in search_blocks(tmp_path)[-1].rows[0][-1]
 
 
 def test_a_search_record_of_another_schema_version_is_refused(tmp_path):

@@ -41,9 +41,26 @@ from benchmarks.analysis.load import (  # noqa: E402
     kind_label,
     labels,
     over_repeats,
+    percentile_of,
     row_key,
 )
-from benchmarks.verdicts import KNEE_LATENCY_GROWTH, SUSTAINED_RATIO, kept_up, knee_index, latency_grew  # noqa: E402
+from benchmarks.analysis.uncertainty import (  # noqa: E402
+    leader_phrase,
+    num,
+    pick_cells,
+    ratio_phrase,
+    repeats_text,
+    values_of,
+)
+from benchmarks.verdicts import (  # noqa: E402
+    KNEE_LATENCY_GROWTH,
+    SUSTAINED_RATIO,
+    difference,
+    kept_up,
+    knee_index,
+    latency_grew,
+    min_samples,
+)
 
 #: Fewest distinct offered rates that make a latency-against-rate curve.
 MIN_RATES = 3
@@ -84,17 +101,6 @@ class Chart:
 
 
 # --- shared pieces ------------------------------------------------------------------------------------
-
-
-def num(value: float | None, unit: str = "") -> str:
-    """A figure with sensible precision: 1234/s, 38.2 ms, 0.42 ms."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    magnitude = abs(value)
-    text = f"{value:.0f}" if magnitude >= 100 else f"{value:.1f}" if magnitude >= 10 else f"{value:.2f}"
-    if unit in ("/s",):
-        return text + unit
-    return f"{text} {unit}".rstrip()
 
 
 def _unique(values: Iterable[Any]) -> list[str]:
@@ -170,6 +176,22 @@ def workload_title(row: pd.Series | dict[str, Any]) -> str:
 
 def _skipped(name: str, title: str, note: str) -> Chart:
     return Chart(name=name, title=title, note=note)
+
+
+def _note_too_few(ax: plt.Axes, cells: pd.DataFrame, metrics: Sequence[str], what: str = "points") -> None:
+    """Say on the panel which percentiles are left out because their tasks cannot bound them (the
+    quantile rule): a missing bar or point is not a zero, nor a measurement that failed."""
+    notes = []
+    for metric in metrics:
+        found = percentile_of(metric)
+        if found is None or metric not in cells or f"{metric}_tasks" not in cells or not cells[metric].isna().any():
+            continue
+        fewest = int(pd.to_numeric(cells.loc[cells[metric].isna(), f"{metric}_tasks"]).min())
+        notes.append(f"p{round(found[1] * 100)} needs n ≥ {min_samples(found[1])} tasks a run (as few as {fewest})")
+    if notes:
+        ax.text(0.02, 0.03, "\n".join([f"missing {what}: too few samples", *notes]), transform=ax.transAxes,
+                ha="left", va="bottom", fontsize=6.5, color="#a05000",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5})
 
 
 def _errors(frame: pd.DataFrame, metric: str) -> np.ndarray:
@@ -280,28 +302,33 @@ def _worker_sentences(drawn: pd.DataFrame, families: list[str]) -> list[str]:
     group = drawn[drawn["family"] == families[0]]
     # Only lines measured at several slot counts say something about worker count.
     group = group[group.groupby("line_label")["slots"].transform("nunique") >= 2]
-    best = group.loc[group["throughput_per_s"].idxmax()]
+    points = group.assign(point=group["line_label"] + " at " + group["slots"].map(_slots)).to_dict("records")
+    pick = pick_cells(points, "throughput_per_s", "point")
+    best = next(p for p in points if p["point"] == pick.leader) if pick.leader else \
+        max(points, key=lambda p: p["throughput_per_s"])
     bound = best.get("littles_bound_per_s")
-    share = f", {_pct(best['throughput_per_s'], bound)} of its Little's-law bound ({num(bound, '/s')})" \
-        if not is_missing(bound) and bound else ""
-    first = (f"In {workload_title(best)}, {best['line_label']} reaches {num(best['throughput_per_s'], '/s')} at "
-             f"{_slots(best['slots'])}{share}.")
+    share = f", {_pct(best['throughput_per_s'], bound)} of its Little's-law bound " \
+            f"({repeats_text(best, 'littles_bound_per_s', '/s')})" if not is_missing(bound) and bound else ""
+    lead = leader_phrase(pick)
+    first = (f"In {workload_title(best)}, {best['line_label']} reaches {repeats_text(best, 'throughput_per_s', '/s')} "
+             f"at {_slots(best['slots'])}{share}" + (f"; {lead}" if lead else "") + ".")
     scaling = []
-    for line, points in group.sort_values("slots").groupby("line_label", sort=True):
-        low, high = points.iloc[0], points.iloc[-1]
-        if low["throughput_per_s"]:
-            scaling.append(f"x{high['throughput_per_s'] / low['throughput_per_s']:.2f} for {line}")
+    for line, own in group.sort_values("slots").groupby("line_label", sort=True):
+        low, high = own.iloc[0], own.iloc[-1]
+        found = difference(values_of(low, "throughput_per_s"), values_of(high, "throughput_per_s"),
+                           "throughput_per_s")
+        scaling.append(f"{ratio_phrase(found)} for {line}")
     low_slots, high_slots = int(group["slots"].min()), int(group["slots"].max())
     second = f"From {low_slots} to {_slots(high_slots)} throughput changes {', '.join(scaling)} " \
              f"(x{high_slots / low_slots:g} would be linear)"
     if best.get("mode") == "load" and not is_missing(best.get("rate")):
         second += f", capped by the {best['rate']:g}/s offered"
-    efficient = group.loc[group["tasks_per_cpu_s"].idxmax()] if group["tasks_per_cpu_s"].notna().any() else None
-    if efficient is not None:
-        second += (f"; the most tasks per CPU-second is {num(efficient['tasks_per_cpu_s'])} "
-                   f"({efficient['line_label']} at {_slots(efficient['slots'])})")
+    efficient = [p for p in points if not is_missing(p.get("tasks_per_cpu_s"))]
+    if efficient:
+        most = max(efficient, key=lambda p: p["tasks_per_cpu_s"])
+        second += (f"; the most tasks per CPU-second: {most['line_label']} at {_slots(most['slots'])}, "
+                   f"{repeats_text(most, 'tasks_per_cpu_s')}")
     return [first, second + "."]
-
 
 # --- serializers --------------------------------------------------------------------------------------
 
@@ -344,7 +371,8 @@ def serializers(results: Results, out_dir: Path) -> Chart:
         for ax, (metric, _) in zip(axes, panels, strict=True):
             ax.errorbar(group["payload_bytes"], group[metric], yerr=_errors(group, metric), marker="o", capsize=3,
                         color=colour, linestyle=style, label=line)
-    for ax, (_, ylabel) in zip(axes, panels, strict=True):
+    for ax, (metric, ylabel) in zip(axes, panels, strict=True):
+        _note_too_few(ax, points, (metric,))
         ax.set_xscale("log")
         ax.set_xlabel("payload (bytes)")
         ax.set_title(ylabel)
@@ -359,27 +387,47 @@ def serializers(results: Results, out_dir: Path) -> Chart:
 def _serializer_sentences(points: pd.DataFrame) -> list[str]:
     largest = points[points["payload_bytes"] == points["payload_bytes"].max()]
     size = f"{largest['payload_bytes'].iloc[0]:,.0f} B"
-    cheap = largest.loc[largest["http_enqueue_ms_p50"].idxmin()]
-    dear = largest.loc[largest["http_enqueue_ms_p50"].idxmax()]
-    first = (f"At the largest payload ({size}) the cheapest enqueue is {cheap['line_label']} "
-             f"({num(cheap['http_enqueue_ms_p50'], 'ms')} median HTTP enqueue) and the dearest "
-             f"{dear['line_label']} ({num(dear['http_enqueue_ms_p50'], 'ms')}).")
-    fast = largest.loc[largest["e2e_ms_p95"].idxmin()]
-    slow = largest.loc[largest["e2e_ms_p95"].idxmax()]
-    smallest = points[points["payload_bytes"] == points["payload_bytes"].min()]
-    same = smallest[smallest["line_label"] == slow["line_label"]]
-    at_small = (f"; {num(same['e2e_ms_p95'].iloc[0], 'ms')} at {smallest['payload_bytes'].iloc[0]:,.0f} B"
-                if len(same) else "")
-    second = (f"End-to-end p95 at that size ranges from {num(fast['e2e_ms_p95'], 'ms')} ({fast['line_label']}) "
-              f"to {num(slow['e2e_ms_p95'], 'ms')} ({slow['line_label']}{at_small}).")
-    return [first, second]
-
+    rows = largest.to_dict("records")
+    enqueue = pick_cells(rows, "http_enqueue_ms_p50", "line_label")
+    if enqueue.leader is None:
+        each = "; ".join(f"{r['line_label']} " + repeats_text(r, "http_enqueue_ms_p50", "ms") for r in rows)
+        first = f"At the largest payload ({size}) no configuration's median HTTP enqueue rests on enough samples: {each}."
+    else:
+        cheap = next(r for r in rows if r["line_label"] == enqueue.leader)
+        dear_label = next(reversed(enqueue.others), None)
+        first = (f"At the largest payload ({size}) the cheapest enqueue is {cheap['line_label']} "
+                 f"({repeats_text(cheap, 'http_enqueue_ms_p50', 'ms')} median HTTP enqueue)")
+        if dear_label is not None:
+            dear = next(r for r in rows if r["line_label"] == dear_label)
+            first += (f" and the dearest {dear_label} ({repeats_text(dear, 'http_enqueue_ms_p50', 'ms')}), "
+                      f"{ratio_phrase(enqueue.others[dear_label])}")
+        first += "."
+    e2e = pick_cells(rows, "e2e_ms_p95", "line_label")
+    if e2e.leader is None:
+        smallest = min((r.get("e2e_ms_p95_tasks") or 0 for r in rows), default=0)
+        second = (f"End-to-end p95 at that size rests on too few samples in every configuration (n={smallest} or "
+                  f"fewer tasks per run; p95 needs n ≥ {min_samples(0.95)}).")
+        return [first, second]
+    fast = next(r for r in rows if r["line_label"] == e2e.leader)
+    slow_label = next(reversed(e2e.others), None)
+    second = f"End-to-end p95 at that size is lowest for {fast['line_label']} ({repeats_text(fast, 'e2e_ms_p95', 'ms')})"
+    if slow_label is not None:
+        slow = next(r for r in rows if r["line_label"] == slow_label)
+        smallest = points[(points["payload_bytes"] == points["payload_bytes"].min())
+                          & (points["line_label"] == slow_label)]
+        at_small = (f"; {repeats_text(smallest.iloc[0], 'e2e_ms_p95', 'ms')} at "
+                    f"{smallest['payload_bytes'].iloc[0]:,.0f} B" if len(smallest) else "")
+        second += (f" and highest for {slow_label} ({repeats_text(slow, 'e2e_ms_p95', 'ms')}{at_small}), "
+                   f"{ratio_phrase(e2e.others[slow_label])}")
+    return [first, second + "."]
 
 # --- routing ------------------------------------------------------------------------------------------
 
 
 def routing_figures(results: Results, runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per routing_mix run: end-to-end p50/p95/p99 of its short tasks and p95 of its long tasks (ms).
+    """Per routing_mix run: end-to-end p50/p95/p99 of its short tasks and p95 of its long tasks (ms),
+    each with its sample size (``short_e2e_ms_count``, ``long_e2e_ms_count``: the kind's tasks in the
+    window with an end-to-end figure) and the quantile rule applied; ``short_digest`` names the kind.
 
     Short and long are told apart by digest (``task_kinds``): a kind whose ``ms`` is below the run's
     ``long_threshold_ms`` is short. Runs without task kinds are left out.
@@ -396,11 +444,13 @@ def routing_figures(results: Results, runs: pd.DataFrame | None = None) -> pd.Da
         short, long_ = group[group["short"]], group[~group["short"]]
         if short.empty:
             continue
-        row = {"run_id": run_id, "short_kind": short["kind"].iloc[0],
+        row = {"run_id": run_id, "short_kind": short["kind"].iloc[0], "short_digest": short["digest"].iloc[0],
                "short_e2e_ms_p50": short["e2e_ms_p50"].iloc[0], "short_e2e_ms_p95": short["e2e_ms_p95"].iloc[0],
-               "short_e2e_ms_p99": short["e2e_ms_p99"].iloc[0], "short_tasks": int(short["window_tasks"].iloc[0])}
+               "short_e2e_ms_p99": short["e2e_ms_p99"].iloc[0], "short_e2e_ms_count": short["e2e_ms_count"].iloc[0],
+               "short_tasks": int(short["window_tasks"].iloc[0])}
         if len(long_):
-            row |= {"long_kind": long_["kind"].iloc[0], "long_e2e_ms_p95": long_["e2e_ms_p95"].iloc[0],
+            row |= {"long_kind": long_["kind"].iloc[0], "long_digest": long_["digest"].iloc[0],
+                    "long_e2e_ms_p95": long_["e2e_ms_p95"].iloc[0], "long_e2e_ms_count": long_["e2e_ms_count"].iloc[0],
                     "long_tasks": int(long_["window_tasks"].iloc[0])}
         rows.append(row)
     if not rows:
@@ -440,10 +490,12 @@ def routing(results: Results, out_dir: Path) -> Chart:
         else "long"
     axes[0].set_title(f"short tasks ({short_kind}): end-to-end p95 (bar), p50 (tick)")
     axes[1].set_title(f"long tasks ({long_kind}): end-to-end p95")
-    for ax in axes:
+    for ax, metric in zip(axes, ("short_e2e_ms_p95", "long_e2e_ms_p95"), strict=True):
         ax.set_xticks(x, groups, rotation=15, ha="right")
         ax.set_ylabel("ms")
-        ax.legend(fontsize=7)
+        _note_too_few(ax, cells, (metric,), "bars")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     run_ids = _run_ids(cells)
     text = caption(results, run_ids) + " · plain: shared queue, hatched: dedicated queues · bars: min-max over repeats"
     files = _save(fig, out_dir, name, text)
@@ -456,19 +508,26 @@ def _routing_sentences(cells: pd.DataFrame, groups: list[str]) -> list[str]:
         part = cells[cells["group_label"] == group].set_index("routing")
         if {"shared", "dedicated"} <= set(part.index):
             shared, dedicated = part.loc["shared"], part.loc["dedicated"]
-            ratio = dedicated["short_e2e_ms_p95"] / shared["short_e2e_ms_p95"] if shared["short_e2e_ms_p95"] else math.nan
-            shorts.append(f"{num(dedicated['short_e2e_ms_p95'], 'ms')} dedicated vs "
-                          f"{num(shared['short_e2e_ms_p95'], 'ms')} shared for {group} (x{ratio:.2f})")
-            longs.append(f"{num(dedicated['long_e2e_ms_p95'], 'ms')} vs {num(shared['long_e2e_ms_p95'], 'ms')} "
-                         f"for {group}")
+            found = difference(values_of(shared, "short_e2e_ms_p95"), values_of(dedicated, "short_e2e_ms_p95"),
+                               "short_e2e_ms_p95")
+            ratio = f" ({ratio_phrase(found)})" if np.isfinite(found.ratio) else ""
+            shorts.append(f"{repeats_text(dedicated, 'short_e2e_ms_p95', 'ms')} vs "
+                          f"{repeats_text(shared, 'short_e2e_ms_p95', 'ms')} for {group}{ratio}")
+            longs.append(f"{repeats_text(dedicated, 'long_e2e_ms_p95', 'ms')} vs "
+                         f"{repeats_text(shared, 'long_e2e_ms_p95', 'ms')} for {group}")
     if not shorts:
-        best = cells.loc[cells["short_e2e_ms_p95"].idxmin()]
-        return [f"Only {', '.join(sorted(set(cells['routing'])))} routing was measured; the lowest short-task p95 "
-                f"is {num(best['short_e2e_ms_p95'], 'ms')} ({best['group_label']}).",
+        pick = pick_cells(cells.to_dict("records"), "short_e2e_ms_p95", "group_label")
+        measured = ", ".join(sorted(set(cells["routing"])))
+        if pick.leader is None:
+            return [f"Only {measured} routing was measured, and no short-task p95 rests on enough samples "
+                    f"(p95 needs n ≥ {min_samples(0.95)}).",
+                    "Measure both routings of one configuration, longer, to see what dedicated queues change."]
+        best = cells[cells["group_label"] == pick.leader].iloc[0]
+        return [f"Only {measured} routing was measured; the lowest short-task p95 is "
+                f"{repeats_text(best, 'short_e2e_ms_p95', 'ms')} ({best['group_label']}).",
                 "Measure both routings of one configuration to see what dedicated queues change."]
-    return [f"Short tasks' end-to-end p95 is {'; '.join(shorts)}.",
-            f"Long tasks' p95 (dedicated vs shared) is {'; '.join(longs)}."]
-
+    return [f"Short tasks' end-to-end p95, dedicated vs shared: {'; '.join(shorts)}.",
+            f"Long tasks' p95, dedicated vs shared: {'; '.join(longs)}."]
 
 # --- latency against offered rate ---------------------------------------------------------------------
 
@@ -522,11 +581,16 @@ def latency_vs_rate(results: Results, out_dir: Path) -> Chart:
         if found is not None:
             for ax in (ax_lat, ax_thr):
                 ax.axvline(found, color=colour, linestyle="-.", linewidth=1)
-            ax_lat.annotate(f"knee {found:g}/s", (found, curve["e2e_ms_p95"].max()), color=colour, fontsize=7,
-                            xytext=(4, 0), textcoords="offset points")
+            # Label the knee at the curve's highest p95; a curve without one bounded by its samples is
+            # labelled on the throughput panel instead.
+            top_p95 = curve["e2e_ms_p95"].max()
+            ax, y = (ax_lat, top_p95) if np.isfinite(top_p95) else (ax_thr, curve["throughput_per_s"].max())
+            ax.annotate(f"knee {found:g}/s", (found, y), color=colour, fontsize=7, xytext=(4, 0),
+                        textcoords="offset points")
     top = float(drawn["rate"].max())
     ax_thr.plot([0, top], [0, top], color="#999999", linewidth=0.8, label="throughput = offered")
     ax_lat.set_yscale("log")
+    _note_too_few(ax_lat, drawn, ("e2e_ms_p50", "e2e_ms_p95", "e2e_ms_p99"))
     ax_lat.set_title("end-to-end latency: p50 dotted, p95 solid, p99 dashed")
     ax_lat.set_ylabel("ms")
     ax_thr.set_title("throughput against offered rate (below the diagonal: backlog grows)")
@@ -550,19 +614,27 @@ def _rate_sentences(drawn: pd.DataFrame, knees: dict[str, float | None]) -> list
     low, high = curve.iloc[0], curve.iloc[-1]
     found = knees[label]
     if found is None:
-        first = (f"For {label}, p95 stays within x{KNEE_LATENCY_GROWTH:g} of its {num(low['e2e_ms_p95'], 'ms')} at "
-                 f"{low['rate']:g}/s up to the highest rate measured ({high['rate']:g}/s): no knee.")
+        first = (f"For {label}, no knee up to the highest rate measured ({high['rate']:g}/s): p95 at "
+                 f"{low['rate']:g}/s: {repeats_text(low, 'e2e_ms_p95', 'ms')}, at {high['rate']:g}/s: "
+                 f"{repeats_text(high, 'e2e_ms_p95', 'ms')}.")
     else:
         at = curve[curve["rate"] == found].iloc[0]
-        first = (f"For {label}, p95 is {num(low['e2e_ms_p95'], 'ms')} at {low['rate']:g}/s and the knee is at "
-                 f"{found:g}/s, where p95 reaches {num(at['e2e_ms_p95'], 'ms')}.")
+        first = (f"For {label}, the knee is at {found:g}/s, where p95 reaches {repeats_text(at, 'e2e_ms_p95', 'ms')} "
+                 f"and {repeats_text(at, 'throughput_per_s', '/s')} were done of {at['rate']:g}/s offered; p95 at "
+                 f"{low['rate']:g}/s: {repeats_text(low, 'e2e_ms_p95', 'ms')}.")
     others = [f"{other} at {knees[other]:g}/s" if knees[other] is not None else f"none for {other}"
               for other in sorted(knees) if other != label]
-    second = (f"At {high['rate']:g}/s offered it completes {num(high['throughput_per_s'], '/s')} with p99 "
-              f"{num(high['e2e_ms_p99'], 'ms')}")
-    second += f"; other knees: {', '.join(others)}." if others else "."
-    return [first, second]
-
+    # Growth is measured from the lowest rate's p95: where its tasks could not bound it, only saturation
+    # could show a knee, and the sentence says so rather than let "none" read as "flat".
+    lowest = drawn.sort_values("rate").groupby("curve_label", sort=True).head(1)
+    untested = sorted(lowest.loc[lowest["e2e_ms_p95"].isna(), "curve_label"])
+    second = (f"At {high['rate']:g}/s offered it completes {repeats_text(high, 'throughput_per_s', '/s')}, p99: "
+              f"{repeats_text(high, 'e2e_ms_p99', 'ms')}")
+    second += f"; other knees: {', '.join(others)}" if others else ""
+    if untested:
+        second += (f"; p95 growth not tested for {', '.join(untested)} (the lowest rate's p95 rests on too few "
+                   f"tasks; n ≥ {min_samples(0.95)} needed), only saturation")
+    return [first, second + "."]
 
 # --- latency decomposition ----------------------------------------------------------------------------
 
@@ -608,20 +680,25 @@ def _decomposition_sentences(cells: pd.DataFrame) -> list[str]:
     parts = {m: label for m, label, _ in LATENCY_PARTS}
     dominant = cells[list(parts)].fillna(0).idxmax(axis=1)
     counts = dominant.map(parts).value_counts()
+    records = cells.to_dict("records")
+    pick = pick_cells(records, "e2e_ms_mean", "cell_label")
     worst = cells.loc[cells["e2e_ms_mean"].idxmax()]
     worst_part = dominant.loc[cells["e2e_ms_mean"].idxmax()]
     first = (f"{counts.index[0].capitalize()} is the largest part for {counts.iloc[0]} of {len(cells)} "
              f"configurations; in the slowest, {worst['cell_label']}, {parts[worst_part]} is "
-             f"{num(worst[worst_part], 'ms')} of {num(worst['e2e_ms_mean'], 'ms')} mean end to end.")
-    best = cells.loc[cells["e2e_ms_mean"].idxmin()]
-    enqueue = cells["http_enqueue_ms_mean"].dropna()
-    second = (f"The fastest, {best['cell_label']}, takes {num(best['e2e_ms_mean'], 'ms')} mean end to end, of "
-              f"which {num(best['service_ms_mean'], 'ms')} is service")
+             f"{repeats_text(worst, worst_part, 'ms')} of {repeats_text(worst, 'e2e_ms_mean', 'ms')} mean end to end.")
+    best = next(r for r in records if r["cell_label"] == pick.leader) if pick.leader else \
+        cells.loc[cells["e2e_ms_mean"].idxmin()]
+    lead = leader_phrase(pick)
+    second = (f"The fastest, {best['cell_label']}, takes {repeats_text(best, 'e2e_ms_mean', 'ms')} mean end to end, of "
+              f"which {repeats_text(best, 'service_ms_mean', 'ms')} is service" + (f" ({lead})" if lead else ""))
+    enqueue = cells.dropna(subset=["http_enqueue_ms_mean"])
     if len(enqueue):
-        second += (f"; HTTP enqueue costs {num(enqueue.min(), 'ms')} to {num(enqueue.max(), 'ms')} mean across "
-                   "configurations")
+        cheap = enqueue.loc[enqueue["http_enqueue_ms_mean"].idxmin()]
+        dear = enqueue.loc[enqueue["http_enqueue_ms_mean"].idxmax()]
+        second += (f"; HTTP enqueue costs {repeats_text(cheap, 'http_enqueue_ms_mean', 'ms')} to "
+                   f"{repeats_text(dear, 'http_enqueue_ms_mean', 'ms')} mean across configurations")
     return [first, second + "."]
-
 
 # --- resource cost ------------------------------------------------------------------------------------
 
@@ -662,17 +739,21 @@ def resource_cost(results: Results, out_dir: Path) -> Chart:
 
 
 def _resource_sentences(cells: pd.DataFrame, per_1000: list[str]) -> list[str]:
-    cheap = cells.loc[cells["total_cpu_s_per_1000"].idxmin()]
+    records = cells.to_dict("records")
+    pick = pick_cells(records, "total_cpu_s_per_1000", "cell_label")
+    cheap = next(r for r in records if r["cell_label"] == pick.leader) if pick.leader else \
+        cells.loc[cells["total_cpu_s_per_1000"].idxmin()]
     dear = cells.loc[cells["total_cpu_s_per_1000"].idxmax()]
     workers = "workers_cpu_s_per_1000"
-    first = (f"{cheap['cell_label']} is the cheapest: {num(cheap['total_cpu_s_per_1000'])} CPU-s per 1000 tasks in "
-             f"all" + (f", {num(cheap[workers])} of it in the workers." if workers in cheap else "."))
+    lead = leader_phrase(pick)
+    first = (f"{cheap['cell_label']} is the cheapest: {repeats_text(cheap, 'total_cpu_s_per_1000')} CPU-s per 1000 "
+             f"tasks in all" + (f", {num(cheap[workers])} of it in the workers" if workers in cheap else "")
+             + (f"; {lead}." if lead else "."))
     shares = {m.removesuffix("_cpu_s_per_1000"): dear[m] for m in per_1000 if not is_missing(dear[m])}
     top = max(shares, key=lambda k: shares[k])
-    second = (f"{dear['cell_label']} is the dearest: {num(dear['total_cpu_s_per_1000'])} CPU-s per 1000 tasks, "
-              f"{100 * shares[top] / dear['total_cpu_s_per_1000']:.0f} % of it in the {top}.")
+    second = (f"{dear['cell_label']} is the dearest: {repeats_text(dear, 'total_cpu_s_per_1000')} CPU-s per 1000 "
+              f"tasks, {100 * shares[top] / dear['total_cpu_s_per_1000']:.0f} % of it in the {top}.")
     return [first, second]
-
 
 #: Every chart, in the order the report shows them.
 CHARTS: tuple[Callable[[Results, Path], Chart], ...] = (worker_count, serializers, routing, latency_vs_rate,

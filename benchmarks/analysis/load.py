@@ -15,6 +15,11 @@ Per-kind figures (short vs long tasks of ``routing_mix``, payload sizes of ``pay
 from the raw rows with `benchmarks.measure`, using the run's own measured window; which task and
 arguments a row stands for comes from its ``digest`` and the run's ``task_kinds``.
 
+The quantile rule (`verdicts.bounds`) is applied here, once, for every reader: a latency percentile whose
+sample cannot bound it (``e2e_ms_p99`` of a run with 90 tasks in its window) is NaN in every frame this
+module returns, beside its sample size (``e2e_ms_count``), so no chart, headline or plan can rank, judge
+or draw it; the outputs print it as ``too few samples (n=90)``. run.json keeps the raw figure.
+
 Every file is read through `benchmarks.store`, which owns the layout; `search_table` turns the stored
 search records (``queuebench search``) into a frame for the report.
 """
@@ -34,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 import backends
-from benchmarks import measure, spec, store
+from benchmarks import measure, spec, store, verdicts
 
 #: Statuses whose figures are used: every check held, or only the load generator fell short.
 USABLE_STATUSES = ("ok", "generator-limited")
@@ -70,8 +75,10 @@ FLOORS = (*backends.FLOORS, *backends.HARNESS)
 FIGURE_COLUMNS = ("finished_ok", "throughput_per_s", "littles_bound_per_s", "mean_service_ms", "offered_rate_per_s",
                   "achieved_rate_per_s", "tasks_per_cpu_s", "tasks_per_worker_cpu_s", "total_cpu_s",
                   *[f"{family}_{stat}" for family in measure.LATENCY_NAMES
-                    for stat in ("mean", "p50", "p90", "p95", "p99", "max")],
+                    for stat in ("count", "mean", "p50", "p90", "p95", "p99", "max")],
                   "broker_cpu_s", "workers_cpu_s", "api_cpu_s", "locust_cpu_s")
+#: A percentile column: ``<family>_p<NN>``, whose sample size is ``<family>_count``.
+_PERCENTILE = re.compile(r"^(?P<family>.+)_p(?P<percent>\d+)$")
 #: Components whose CPU seconds and peak RSS every run records.
 COMPONENTS = ("broker", "workers", "api", "locust")
 
@@ -96,6 +103,37 @@ def is_missing(value: Any) -> bool:
     if value is None or value is pd.NA:
         return True
     return isinstance(value, float) and math.isnan(value)
+
+
+def percentile_of(column: str) -> tuple[str, float] | None:
+    """``e2e_ms_p95`` -> (``e2e_ms``, 0.95); None for a column that is not a percentile of
+    `measure.PERCENTILES`."""
+    match = _PERCENTILE.match(column)
+    if not match or int(match.group("percent")) not in measure.PERCENTILES:
+        return None
+    return match.group("family"), int(match.group("percent")) / 100
+
+
+def count_column(column: str) -> str | None:
+    """The sample-size column of a percentile or mean latency column (``e2e_ms_p95``, ``e2e_ms_mean`` ->
+    ``e2e_ms_count``), else None."""
+    found = percentile_of(column)
+    if found:
+        return f"{found[0]}_count"
+    return column.removesuffix("_mean") + "_count" if column.endswith("_ms_mean") else None
+
+
+def apply_quantile_rule(row: dict[str, Any]) -> dict[str, Any]:
+    """Blank (NaN) every percentile of `row` whose family's sample cannot bound it (`verdicts.bounds`);
+    a family without a recorded count bounds nothing. Returns `row`, changed in place."""
+    for column in list(row):
+        found = percentile_of(column)
+        if found is None or is_missing(row[column]):
+            continue
+        family, quantile = found
+        if not verdicts.bounds(row.get(f"{family}_count"), quantile):
+            row[column] = np.nan
+    return row
 
 
 def kind_label(task: str, args: Mapping[str, Any] | None) -> str:
@@ -218,7 +256,7 @@ def run_row(record: Mapping[str, Any]) -> dict[str, Any]:
     summary = record.get("summary") or {}
     figures = dict(summary.get("figures") or {})
     resources = figures.pop("resources", None) or {}
-    row |= measure.flatten(figures)
+    row |= apply_quantile_rule(measure.flatten(figures))
     for component, use in resources.items():
         row[f"{component}_cpu_s"] = use.get("cpu_s")
         row[f"{component}_peak_rss_mib"] = use.get("peak_rss_mib")
@@ -346,11 +384,34 @@ class Results:
             each["http_enqueue_ms"] = each["id"].astype(str).map(enqueue).astype("float64")
         return each
 
+    def latency_values(self, run_id: str, family: str, digests: Iterable[str] | None = None) -> np.ndarray:
+        """The raw values (ms) a run's `family` figures are computed from: one per task scheduled in the
+        measured window that has the figure (`task_latencies`), of the kinds `digests` (None: all)."""
+        each = self.task_latencies(run_id)
+        if each.empty or family not in each.columns:
+            return np.array([])
+        inside = each[each["in_window"]]
+        if digests is not None:
+            inside = inside[inside["digest"].isin(list(digests))]
+        return inside[family].dropna().to_numpy(dtype="float64")
+
+    def quantile_interval(self, run_id: str, column: str,
+                          digests: Iterable[str] | None = None) -> tuple[float, float, int]:
+        """(low, high, n): the distribution-free interval (`verdicts.quantile_interval`) of a percentile
+        column (``e2e_ms_p95``) from the run's raw rows, and the number of values it rests on."""
+        found = percentile_of(column)
+        if found is None:
+            raise ValueError(f"{column}: not a percentile column")
+        values = self.latency_values(run_id, found[0], digests)
+        low, high = verdicts.quantile_interval(values, found[1])
+        return low, high, int(values.size)
+
     def kind_figures(self, run_id: str) -> pd.DataFrame:
         """Per task kind of one run: tasks in the window, throughput and latency percentiles (ms).
 
         Throughput of a kind = its successful executions finished in the measured window / the window's
-        length; latencies are over the kind's tasks scheduled in the window (`task_latencies`).
+        length; latencies are over the kind's tasks scheduled in the window (`task_latencies`), each family
+        with its sample size (``e2e_ms_count``) and the quantile rule applied (`apply_quantile_rule`).
         """
         if run_id in self._kind_figures:
             return self._kind_figures[run_id]
@@ -370,8 +431,8 @@ class Results:
             for family in ("http_enqueue_ms", "queue_wait_ms", "service_ms", "e2e_ms"):
                 if family in inside.columns:
                     figures = measure.stats(inside[family].astype("float64"))
-                    row |= {f"{family}_{k}": v for k, v in figures.items() if k != "count"}
-            rows.append(row)
+                    row |= {f"{family}_{k}": v for k, v in figures.items()}
+            rows.append(apply_quantile_rule(row))
         self._kind_figures[run_id] = pd.DataFrame(rows)
         return self._kind_figures[run_id]
 
@@ -462,8 +523,12 @@ def row_key(frame: pd.DataFrame, keys: Iterable[str]) -> pd.Series:
 def over_repeats(runs: pd.DataFrame, metrics: Iterable[str], by: str = "cell") -> pd.DataFrame:
     """Per cell: mean, min, max, std, coefficient of variation and count over repeats of each metric.
 
-    Columns ``<metric>`` (the mean), ``<metric>_min``, ``<metric>_max``, ``<metric>_cv``, ``<metric>_n``,
-    plus the cell's first row for its spec columns and ``run_ids`` (comma-separated).
+    Columns ``<metric>`` (the mean), ``<metric>_min``, ``<metric>_max``, ``<metric>_cv``, ``<metric>_n``
+    (repeats with the figure), ``<metric>_values`` (the per-repeat figures, for `verdicts.difference`),
+    plus the cell's first row for its spec columns and ``run_ids`` (comma-separated). A percentile with a
+    sample-size column also gets ``<metric>_tasks`` and ``<metric>_tasks_max`` (the fewest and most
+    values a repeat's figure rests on), and is NaN for the whole cell when any repeat's sample could not
+    bound it (the quantile rule): a mean over the other repeats would hide that repeat.
     """
     metrics = [m for m in metrics if m in runs.columns]
     rows = []
@@ -472,7 +537,15 @@ def over_repeats(runs: pd.DataFrame, metrics: Iterable[str], by: str = "cell") -
         row["run_ids"] = ",".join(group["run_id"])
         row["repeats"] = int(len(group))
         for metric in metrics:
-            values = pd.to_numeric(group[metric], errors="coerce").dropna().astype("float64")
+            values = pd.to_numeric(group[metric], errors="coerce").astype("float64")
+            counts = count_column(metric)
+            if counts is not None and counts in group.columns:
+                tasks = pd.to_numeric(group[counts], errors="coerce").fillna(0)
+                row |= {f"{metric}_tasks": int(tasks.min()), f"{metric}_tasks_max": int(tasks.max())}
+                if values.isna().any():  # a repeat's sample could not bound it (or had none)
+                    values = values.iloc[0:0]
+            values = values.dropna()
+            row[f"{metric}_values"] = values.tolist()
             mean = float(values.mean()) if len(values) else np.nan
             std = float(values.std(ddof=1)) if len(values) > 1 else np.nan
             row |= {metric: mean, f"{metric}_min": float(values.min()) if len(values) else np.nan,
@@ -487,18 +560,24 @@ def over_repeats(runs: pd.DataFrame, metrics: Iterable[str], by: str = "cell") -
 
 
 def search_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per search record (`store.read_searches`): backend, slots, task, SLO, knee, first
-    unsustained rate, evidence, why it stopped."""
+    """One row per search record (`store.read_searches`): backend, slots, task, SLO, knee and the repeats
+    its step ran, first unsustained rate, evidence, why it stopped, and the record's schema version."""
     rows = []
     for record in records:
         config = record["config"]
         args = config.get("args") or {}
+        knee = next((s for s in record.get("steps", []) if s.get("rate_per_s") == record.get("knee_rate_per_s")),
+                    None)
         rows.append({
             "search_id": record["search_id"], "backend": config["backend"], "broker": config["broker"],
             "processes": config["processes"], "threads": config["threads"],
             "slots": config["processes"] * config["threads"],
             "task": config.get("task", "") + "".join(f" {k}={v}" for k, v in sorted(args.items())),
             "slo": record["slo"], "knee_rate_per_s": record.get("knee_rate_per_s"),
+            "knee_repeats": len(knee.get("run_ids", [])) if knee else 0,
+            "knee_e2e_ms": knee.get("e2e_ms") if knee else None,
+            "knee_e2e_tasks": knee.get("e2e_tasks") if knee else None,
+            "schema_version": record.get("schema_version"),
             "first_unsustained_rate_per_s": record.get("first_unsustained_rate_per_s"),
             "steps": len(record.get("steps", [])), "evidence_run_ids": record.get("evidence_run_ids", []),
             "stopped_because": record.get("stopped_because", ""),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from benchmarks.analysis.planner import (
@@ -23,7 +24,15 @@ from benchmarks.analysis.planner import (
     runs_frame,
     slots_text,
 )
-from benchmarks.verdicts import KNEE_LATENCY_GROWTH, SUSTAINED_RATIO, Slo, knee_index, latency_grew
+from benchmarks.analysis.uncertainty import quantile_text, runs_text
+from benchmarks.verdicts import (
+    KNEE_LATENCY_GROWTH,
+    SUSTAINED_RATIO,
+    Slo,
+    knee_index,
+    latency_grew,
+    min_samples,
+)
 
 
 def _nice_ceil_ms(value_ms: float) -> float:
@@ -67,12 +76,14 @@ def knee(config: pd.DataFrame) -> str:
     base = load.iloc[0]
     reasons = []
     for point in load.itertuples(index=False):
+        # A p95 its tasks cannot bound is NaN (the quantile rule), so it never shows growth.
         grew = latency_grew(point.e2e_p95_ms, base["e2e_p95_ms"])
         if point.saturated:
-            reasons.append(f"{point.throughput_per_s:.1f}/s done of {point.sent_rate_per_s:.1f}/s sent")
+            reasons.append(f"{point.throughput_per_s:.1f}/s done of {point.sent_rate_per_s:.1f}/s sent "
+                           f"({_over(point.repeats)})")
         elif grew:
-            reasons.append(f"p95 {point.e2e_p95_ms:.0f} ms, {point.e2e_p95_ms / base['e2e_p95_ms']:.1f}x the "
-                           f"{base['offered_rate_per_s']:g}/s cell's")
+            reasons.append(f"p95 {quantile_text(point.e2e_p95_ms, point.e2e_tasks, 0.95)}, "
+                           f"{point.e2e_p95_ms / base['e2e_p95_ms']:.1f}x the {base['offered_rate_per_s']:g}/s cell's")
         else:
             reasons.append("")
     bent_from = knee_index([bool(r) for r in reasons])
@@ -82,7 +93,16 @@ def knee(config: pd.DataFrame) -> str:
         return f"knee at {point['offered_rate_per_s']:g}/s{first}: {reasons[bent_from]}"
     if len(load) == 1:
         return f"knee not visible: one rate measured ({base['offered_rate_per_s']:g}/s)"
-    return f"no knee up to {load['offered_rate_per_s'].max():g}/s"
+    untestable = ""
+    if not np.isfinite(base["e2e_p95_ms"]):  # growth from a p95 its tasks could not bound is not tested
+        untestable = (f" (only saturation tested: p95 at {base['offered_rate_per_s']:g}/s is "
+                      f"{quantile_text(base['e2e_p95_ms'], base['e2e_tasks'], 0.95)})")
+    return f"no knee up to {load['offered_rate_per_s'].max():g}/s{untestable}"
+
+
+def _over(repeats: int) -> str:
+    """``1 run``, ``mean of 2 repeats``: what a figure over a cell's repeats rests on."""
+    return "1 run" if repeats == 1 else f"mean of {repeats} repeats"
 
 
 def _slots_text(config: pd.DataFrame) -> str:
@@ -95,16 +115,19 @@ def _variant_line(variant: str, points: pd.DataFrame) -> str:
     parts = []
     for _, config in points.groupby(["slots", "processes", "threads"], sort=True):
         load = config[config["mode"] == "load"]
-        sustained = load[load["sustained"] & load["e2e_p95_ms"].notna()]
+        sustained = load[load["sustained"]]
         if len(sustained):
             best = sustained.sort_values("offered_rate_per_s").iloc[-1]
-            highest = f"sustained up to {best['offered_rate_per_s']:g}/s (p95 {best['e2e_p95_ms']:.0f} ms)"
+            highest = (f"sustained up to {best['offered_rate_per_s']:g}/s (p95 "
+                       f"{quantile_text(best['e2e_p95_ms'], best['e2e_tasks'], 0.95)}, worst of "
+                       f"{runs_text(int(best['repeats']))})")
         elif len(load):
             highest = "no rate sustained"
         else:
             highest = "drain only"
         drains = config[config["mode"] == "drain"]
-        drain = f"; drained at {drains['throughput_per_s'].mean():.1f}/s" if len(drains) else ""
+        drain = (f"; drained at {drains['throughput_per_s'].mean():.1f}/s ({_over(int(drains['repeats'].sum()))})"
+                 if len(drains) else "")
         parts.append(f"{_slots_text(config)}: {highest}; {knee(config)}{drain}")
     return f"{variant}: " + "; ".join(parts) + "."
 
@@ -139,9 +162,11 @@ def capacity_notes(source: pd.DataFrame | Path | str) -> str:
                 "benchmarks/matrices/capacity.toml for a first set, or queuebench plan for a request.")
     paragraphs = [
         "How these are computed: a rate is sustained when every repeat of the cell had status ok, finished "
-        f"≥ {SUSTAINED_RATIO:.0%} of the tasks sent in its window and has an end-to-end p95. The knee is the "
-        f"lowest offered rate where throughput fell below {SUSTAINED_RATIO:.0%} of the rate sent or p95 grew "
-        f"more than {KNEE_LATENCY_GROWTH:g}x from the lowest-rate cell, and stayed so above it. A rate at or "
+        f"≥ {SUSTAINED_RATIO:.0%} of the tasks sent in its window and finished tasks end to end. A cell's "
+        "percentile is its worst repeat's, with n the fewest tasks a repeat had; one its tasks cannot bound "
+        f"(p95 needs n ≥ {min_samples(0.95)}) reads too few samples and neither meets nor misses an SLO. The knee "
+        f"is the lowest offered rate where throughput fell below {SUSTAINED_RATIO:.0%} of the rate sent or p95 "
+        f"grew more than {KNEE_LATENCY_GROWTH:g}x from the lowest-rate cell, and stayed so above it. A rate at or "
         "above slots / mean service (Little's bound) is never planned for, however a short window looked. "
         "M/M/c uses each backend's measured mean service time with exponential service, so it overstates the "
         "tail of near-constant tasks (sleep_ms, cpu_ms); the model error is model / measured - 1 at the "
@@ -163,7 +188,8 @@ def capacity_notes(source: pd.DataFrame | Path | str) -> str:
             service = own["mean_service_ms"].dropna()
             if len(saturated) and len(service):
                 per_slot = float(saturated["capacity_per_slot_per_s"].median())
-                line += (f" Capacity per slot {per_slot:.1f}/s when saturated, "
+                line += (f" Capacity per slot {per_slot:.1f}/s when saturated (median of {len(saturated)} "
+                         f"saturated cell{'s' if len(saturated) != 1 else ''}), "
                          f"{per_slot * service.mean() / 1e3:.0%} "
                          f"of 1 / mean service ({1e3 / service.mean():.1f}/s).")
             else:

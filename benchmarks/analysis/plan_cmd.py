@@ -121,6 +121,7 @@ def _print(answer: Plan, covering: CoveringMatrix | None, results_dir: Path) -> 
     # CLI start-up).
     from rich.table import Table
 
+    from benchmarks.analysis.uncertainty import quantile_text
     from benchmarks.progress import table_console
 
     console = table_console()
@@ -152,17 +153,17 @@ def _print(answer: Plan, covering: CoveringMatrix | None, results_dir: Path) -> 
             continue
         table = Table(title=f"{backend.variant}: measured cells of {answer.kind.label}")
         table.add_column("run ids", overflow="fold")  # whole ids: they name the directories to open
-        for header in ("pxt", "slots", "offered/s", "sent/s", "done/s", f"e2e {slo.name} ms",
-                       f"M/M/c {slo.name} ms", "model error", "used for"):
+        for header in ("pxt", "slots", "offered/s", "repeats", "sent/s (mean)", "done/s (mean)",
+                       f"e2e {slo.name} (worst repeat; n tasks)", f"M/M/c {slo.name} ms", "model error", "used for"):
             table.add_column(header)
         for point in points.itertuples(index=False):
             drain = point.mode == "drain"
             measured = getattr(point, f"e2e_{slo.name}_ms")
             model = getattr(point, f"model_{slo.name}_ms")
             table.add_row("\n".join(point.run_ids), f"p{point.processes}t{point.threads}", str(point.slots),
-                          "drain" if drain else f"{point.offered_rate_per_s:g}",
+                          "drain" if drain else f"{point.offered_rate_per_s:g}", str(point.repeats),
                           "-" if drain else _fmt(point.sent_rate_per_s), _fmt(point.throughput_per_s),
-                          "-" if drain else _fmt(measured),
+                          "-" if drain else quantile_text(measured, point.e2e_tasks, slo.quantile),
                           "-" if drain else ("overloaded" if not math.isfinite(model) else _fmt(model)),
                           _error(point.model_error), point.role)
         console.print(table)

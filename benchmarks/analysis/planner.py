@@ -54,7 +54,8 @@ from benchmarks.analysis.load import (
     load_results,
 )
 from benchmarks.analysis.queueing import min_servers, mmc_response_quantile
-from benchmarks.verdicts import SLO_QUANTILES, Slo, kept_up
+from benchmarks.analysis.uncertainty import quantile_text, runs_text
+from benchmarks.verdicts import SLO_QUANTILES, Slo, kept_up, min_samples
 
 #: A cell offered this share below the requested rate still counts as "at the requested rate".
 RATE_TOLERANCE = 0.05
@@ -237,14 +238,16 @@ def measured_points(runs: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
 
     Columns: variant, backend, mode, processes, threads, slots, offered_rate_per_s and sent_rate_per_s
     (load: the achieved rate, mean over repeats), throughput_per_s (mean) and throughput_min_per_s,
-    e2e_p50_ms .. e2e_p99_ms (the worst repeat), mean_service_ms (mean), repeats, run_ids (list),
+    e2e_p50_ms .. e2e_p99_ms (the worst repeat; NaN when any repeat's tasks could not bound it, the
+    quantile rule `load` applies), e2e_tasks (the fewest end-to-end latencies a repeat had: the n those
+    figures rest on), mean_service_ms (mean), repeats, run_ids (list),
     sustained (every repeat finished >= 95 % of what it was sent and has an end-to-end figure),
     saturated (a repeat did not, or a drain), capacity_cell (saturated and the highest throughput of its
     configuration: the configuration's measured capacity) and capacity_per_slot_per_s (capacity cells).
     """
     columns = ["variant", "backend", "mode", "processes", "threads", "slots", "offered_rate_per_s",
                "sent_rate_per_s", "throughput_per_s", "throughput_min_per_s",
-               *[f"e2e_{p}_ms" for p in SLO_QUANTILES],
+               *[f"e2e_{p}_ms" for p in SLO_QUANTILES], "e2e_tasks",
                "mean_service_ms", "repeats", "run_ids", "sustained", "saturated", "capacity_cell",
                "capacity_per_slot_per_s"]
     runs = _of_kind(runs, kind)
@@ -266,7 +269,9 @@ def measured_points(runs: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
         throughput = pd.to_numeric(group["throughput_per_s"], errors="coerce").astype("float64")
         e2e = {p: pd.to_numeric(_column(group, f"e2e_ms_{p}"), errors="coerce").astype("float64")
                for p in SLO_QUANTILES}
-        has_e2e = e2e["p50"].notna()
+        tasks = pd.to_numeric(_column(group, "e2e_ms_count"), errors="coerce")
+        # Some task finished end to end: its count says so even when too few to bound a percentile.
+        has_e2e = tasks > 0 if tasks.notna().all() else e2e["p50"].notna()
         sent = pd.to_numeric(_column(group, "achieved_rate_per_s"), errors="coerce").astype("float64")
         sent = sent.fillna(offered)
         kept = kept_up(throughput, sent) if not drain else pd.Series(False, index=group.index)
@@ -278,8 +283,11 @@ def measured_points(runs: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
             "offered_rate_per_s": offered, "sent_rate_per_s": float(sent.mean()) if not drain else np.nan,
             "throughput_per_s": float(throughput.mean()),
             "throughput_min_per_s": float(throughput.min()),
-            **{f"e2e_{p}_ms": float(values.max()) if values.notna().any() else np.nan
+            # The worst repeat's figure; a repeat without one (its tasks could not bound it) leaves the
+            # cell without one too, rather than letting the other repeats speak for it.
+            **{f"e2e_{p}_ms": float(values.max()) if values.notna().all() else np.nan
                for p, values in e2e.items()},
+            "e2e_tasks": int(tasks.min()) if tasks.notna().any() else None,
             "mean_service_ms": float(pd.to_numeric(_column(group, "mean_service_ms"),
                                                    errors="coerce").mean()),
             "repeats": int(len(group)), "run_ids": sorted(group["run_id"].astype(str)),
@@ -424,7 +432,10 @@ class Plan:
         return store.plain({
             "request": {"rate_per_s": self.rate_per_s, "task": self.kind.task, "args": self.kind.args,
                         "kind": self.kind.label,
-                        "slo": {"quantile": self.slo.name, "limit_ms": self.slo.limit_ms}},
+                        "slo": {"quantile": self.slo.name, "limit_ms": self.slo.limit_ms,
+                                # The quantile rule: a cell whose runs had fewer tasks (e2e_tasks) has no
+                                # figure for this quantile (null) and neither meets nor misses the SLO.
+                                "min_tasks_per_run": min_samples(self.slo.quantile)}},
             "covered": self.covered,
             "backends": [b.to_dict() for b in self.backends],
             "warnings": self.warnings,
@@ -438,14 +449,21 @@ def _judge(config: pd.DataFrame, rate_per_s: float, slo: Slo, capacity_per_s: fl
                             "")
     column = f"e2e_{slo.name}_ms"
 
+    def bounded(point: pd.Series) -> bool:  # the quantile rule: a figure its tasks cannot bound is NaN
+        return bool(np.isfinite(point[column]))
+
     def within(point: pd.Series) -> bool:
-        return bool(point["sustained"]) and float(point[column]) <= slo.limit_ms
+        return bool(point["sustained"]) and bounded(point) and float(point[column]) <= slo.limit_ms
+
+    def missed(point: pd.Series) -> bool:
+        """Saturated, or a bounded figure over the limit: a cell whose figure rests on too few tasks
+        neither meets nor misses the SLO."""
+        return not point["sustained"] or (bounded(point) and float(point[column]) > slo.limit_ms)
 
     def describe(point: pd.Series) -> str:
-        figure = point[column]
-        latency = f"{slo.name} {figure:.0f} ms" if np.isfinite(figure) else f"no {slo.name}"
+        latency = f"{slo.name} {quantile_text(point[column], point['e2e_tasks'], slo.quantile)}"
         return (f"at {point['offered_rate_per_s']:g}/s: {point['throughput_per_s']:.1f}/s done of "
-                f"{point['sent_rate_per_s']:.1f}/s sent, {latency}"
+                f"{point['sent_rate_per_s']:.1f}/s sent ({runs_text(int(point['repeats']))}), {latency}"
                 + ("" if point["sustained"] else ", saturated"))
 
     if littles_bound_per_s is not None and littles_bound_per_s <= rate_per_s:
@@ -466,13 +484,17 @@ def _judge(config: pd.DataFrame, rate_per_s: float, slo: Slo, capacity_per_s: fl
         if within(closest):
             verdict.state, verdict.reason, verdict.evidence = "meets", describe(closest), closest["run_ids"]
             return verdict
-    failing = near_or_below[[not within(p) for _, p in near_or_below.iterrows()]]
+    failing = near_or_below[[missed(p) for _, p in near_or_below.iterrows()]]
     if len(failing):
         worst = failing.sort_values("offered_rate_per_s").iloc[0]  # the lowest rate that already fails
         verdict.state, verdict.reason, verdict.evidence = "fails", describe(worst), worst["run_ids"]
         return verdict
     rates = ", ".join(f"{r:g}" for r in sorted(load["offered_rate_per_s"].unique()))
     verdict.reason = f"measured only at {rates}/s" if rates else "only drained, never loaded at a rate"
+    if len(above) and not bounded(above.sort_values("offered_rate_per_s").iloc[0]):
+        closest = above.sort_values("offered_rate_per_s").iloc[0]
+        verdict.reason = (f"{describe(closest)}: its {slo.name} needs n ≥ {min_samples(slo.quantile)} tasks per "
+                          "run (a longer measured window, duration_s)")
     if len(load):  # the cell closest to the request: what a covering run would extend
         closest = load.iloc[(load["offered_rate_per_s"] - rate_per_s).abs().argsort()[:1]].iloc[0]
         verdict.evidence = closest["run_ids"]

@@ -3,15 +3,17 @@
 The report is a pure function of the stored runs: every number in it is read from a ``run.json`` or
 recomputed from a run's raw rows. It never writes into a run directory. Its parts:
 
-1. a headline table: per workload (what was sent), the best configuration for that question, with the
-   spread over repeats and warnings about the numbers beside them;
+1. a headline table: per workload (what was sent), the best configuration for that question, named only
+   when the winner rule (`verdicts.pick_best`) says it beats every other one, else ``no clear winner``
+   with the configurations within noise of the leader; every figure with its sample size, and
+   warnings about the numbers beside them;
 2. warnings: runs left out (failed, error, skipped, interrupted), generator-limited runs and unstable
    cells (coefficient of variation over repeats above `CV_LIMIT`);
 3. one section per chart (`charts.CHARTS`), each with two sentences computed from its data, or a note
    saying why it was not drawn;
 4. "Capacity notes" (`notes.capacity_notes` of the usable runs) and the stored step searches;
 5. methodology and caveats, from the runs' own metadata (slots, prefetch, acks, retries, results,
-   windows, versions).
+   windows, versions), and the quantile and winner rules stated once.
 
 The report is kept as a list of blocks rendered twice: to Markdown (figures referenced beside it) and to
 HTML through a Jinja2 template (``templates/report.html.j2``, autoescaped; figures embedded as ``data:``
@@ -31,16 +33,18 @@ from typing import Any
 import jinja2
 import pandas as pd
 
-from benchmarks import measure, store
-from benchmarks.analysis import charts
+from benchmarks import measure, store, verdicts
+from benchmarks.analysis import charts, uncertainty
 from benchmarks.analysis.load import (
     FLOORS,
     WORKLOAD_KEYS,
     Results,
     ResultsError,
+    count_column,
     is_missing,
     labels,
     over_repeats,
+    percentile_of,
     row_key,
     search_table,
 )
@@ -49,10 +53,10 @@ from benchmarks.verdicts import KNEE_LATENCY_GROWTH, SUSTAINED_RATIO
 
 #: A cell is unstable when the coefficient of variation of a headline figure over its repeats exceeds this.
 CV_LIMIT = 0.10
-#: Figures whose stability over repeats is checked: (column, readable name).
-STABILITY_METRICS = (("throughput_per_s", "throughput"), ("e2e_ms_p95", "end-to-end p95"))
+#: Figures whose stability over repeats is checked: (column, readable name, unit).
+STABILITY_METRICS = (("throughput_per_s", "throughput", "/s"), ("e2e_ms_p95", "end-to-end p95", "ms"))
 #: Figures recomputed from raw rows whose stability is checked too.
-EXTRA_STABILITY_METRICS = (("short_e2e_ms_p95", "short-task end-to-end p95"),)
+EXTRA_STABILITY_METRICS = (("short_e2e_ms_p95", "short-task end-to-end p95", "ms"),)
 #: Which figures each chart shows, so only instability in those is warned about beside it.
 CHART_METRICS: dict[str, tuple[str, ...]] = {
     "worker_count": ("throughput_per_s",), "serializers": ("throughput_per_s", "e2e_ms_p95"),
@@ -172,9 +176,15 @@ def run_warnings(results: Results) -> dict[str, list[str]]:
         record = results.records[run.run_id]
         checks = (record.get("summary") or {}).get("checks") or {}
         if run.status == "generator-limited":
-            detail = (checks.get("generator_kept_up") or {}).get("detail", "")
-            notes.append("generator-limited: the load generator fell short, so these figures are not the "
-                         "queue's limit" + (f" ({detail})" if detail else ""))
+            # Said again from the run's figures rather than the check's stored sentence, so the schedule
+            # lag's percentile carries its sample size like every other percentile here.
+            row = run._asdict()
+            detail = (f"achieved {uncertainty.num(row.get('achieved_rate_per_s'), '/s')} of "
+                      f"{uncertainty.num(row.get('offered_rate_per_s'), '/s')} offered, needs ≥ "
+                      f"{measure.ACHIEVED_MIN_RATIO:.0%} of it; schedule lag p99 "
+                      f"{uncertainty.column_text(row, 'schedule_lag_ms_p99')}, limit {measure.LAG_P99_LIMIT_MS:g} ms")
+            notes.append(f"generator-limited: the load generator fell short, so these figures are not the "
+                         f"queue's limit ({detail})")
         elif not run.usable:
             notes.append(f"{run.status}" + (f": {run.detail}" if run.detail else "") + "; left out of the figures")
         for name, check in checks.items():
@@ -193,18 +203,24 @@ def unstable_cells(results: Results, extra: pd.DataFrame | None = None) -> dict[
     metrics = list(STABILITY_METRICS)
     runs = results.usable
     if extra is not None and len(extra):
-        added = [c for c in extra.columns if c in dict(EXTRA_STABILITY_METRICS)]
-        runs = runs.merge(extra[["run_id", *added]], on="run_id", how="left")
+        added = [m for m, _, _ in EXTRA_STABILITY_METRICS if m in extra.columns]
+        counts = [c for c in (count_column(m) for m in added) if c in extra.columns]
+        runs = runs.merge(extra[["run_id", *added, *counts]], on="run_id", how="left")
         metrics += [m for m in EXTRA_STABILITY_METRICS if m[0] in added]
-    cells = over_repeats(runs, [m for m, _ in metrics])
+    cells = over_repeats(runs, [m for m, _, _ in metrics])
     out: dict[str, dict[str, str]] = {}
     for _, cell in cells.iterrows():
-        for metric, name in metrics:
+        for metric, name, unit in metrics:
             cv = cell.get(f"{metric}_cv")
             if not is_missing(cv) and cv > CV_LIMIT:
+                tasks = ""
+                if not is_missing(cell.get(f"{metric}_tasks")):
+                    low, high = int(cell[f"{metric}_tasks"]), int(cell[f"{metric}_tasks_max"])
+                    tasks = f", n={low} tasks each" if low == high else f", n={low} to {high} tasks each"
                 out.setdefault(cell["cell_id"], {})[metric] = (
                     f"unstable {name}: CV {100 * cv:.0f} % over {int(cell[f'{metric}_n'])} repeats "
-                    f"({charts.num(cell[f'{metric}_min'])} to {charts.num(cell[f'{metric}_max'])})")
+                    f"({uncertainty.num(cell[f'{metric}_min'], unit)} to {uncertainty.num(cell[f'{metric}_max'], unit)}"
+                    f"{tasks})")
     return out
 
 
@@ -227,34 +243,61 @@ def warnings_for(results: Results, run_ids: Iterable[str], per_run: Mapping[str,
 QUESTIONS = ("Throughput", "Latency", "Serializer", "Routing")
 
 
-def _question(row: pd.Series) -> tuple[str, str, str, bool]:
-    """(question, metric column, metric name, higher is better) for one workload."""
+def _question(row: pd.Series) -> tuple[str, str, str, str]:
+    """(question, metric column, metric name, unit) for one workload; which way is better is the
+    metric's own (`verdicts.higher_is_better`)."""
     if row.get("mode") == "drain" or row.get("scenario") == "throughput":
-        return "Throughput", "throughput_per_s", "throughput (tasks/s)", True
+        return "Throughput", "throughput_per_s", "throughput (tasks/s)", "/s"
     if row.get("scenario") == "routing_mix":
-        return "Routing", "short_e2e_ms_p95", "short-task end-to-end p95 (ms)", False
+        return "Routing", "short_e2e_ms_p95", "short-task end-to-end p95 (ms)", "ms"
     if row.get("scenario") == "payload":
-        return "Serializer", "e2e_ms_p95", "end-to-end p95 (ms)", False
-    return "Latency", "e2e_ms_p95", "end-to-end p95 (ms)", False
+        return "Serializer", "e2e_ms_p95", "end-to-end p95 (ms)", "ms"
+    return "Latency", "e2e_ms_p95", "end-to-end p95 (ms)", "ms"
+
+
+#: Headline metrics recomputed from a subset of a run's raw rows: (percentile column over those rows, the
+#: routing frame's column naming the kind whose rows they are).
+RAW_ROWS_OF = {"short_e2e_ms_p95": ("e2e_ms_p95", "short_digest")}
+
+
+def _figure_text(results: Results, cell: Mapping[str, Any], metric: str, unit: str) -> str:
+    """The headline's figure for one configuration: over repeats, the geometric mean (the centre the winner
+    rule compares) with the spread and the tasks each repeat's percentile rests on; from a single run, a
+    percentile with its distribution-free interval from the raw rows."""
+    values = uncertainty.values_of(cell, metric)
+    shown = dict(cell) | {metric: verdicts.geometric_mean(values) if values else cell.get(metric)}
+    found = percentile_of(metric)
+    if found is None or len(values) != 1 or int(cell.get("repeats", 1)) != 1:
+        return uncertainty.repeats_text(shown, metric, unit, centre="geometric mean")
+    run_id = str(cell["run_ids"]).split(",")[0]
+    column, digest_column = RAW_ROWS_OF.get(metric, (metric, None))
+    digests = [cell[digest_column]] if digest_column and not is_missing(cell.get(digest_column)) else None
+    low, high, n = results.quantile_interval(run_id, column, digests)
+    return uncertainty.quantile_text(values[0], n, found[1], unit, (low, high)) + " · 1 run"
 
 
 def headline(results: Results, per_run: Mapping[str, list[str]], per_cell: Mapping[str, Mapping[str, str]],
              routing_runs: pd.DataFrame | None = None) -> tuple[list[str], list[list[str]]]:
-    """Per workload, the best configuration for its question with the spread over its repeats.
+    """Per workload, the best configuration for its question, named only when the winner rule
+    (`verdicts.pick_best`) says it beats every other; else ``no clear winner`` and the configurations the
+    rule cannot tell from the leader, each with its ratio to the leader and that ratio's interval.
 
     The floor backends (`FLOORS`) are not candidates when a library was measured: their figure is shown
-    beside the best as the reference.
+    beside as the reference. A configuration whose percentile rests on too few samples is not ranked.
     """
     runs = results.usable.copy()
     if runs.empty:
         return [], []
     if routing_runs is not None and len(routing_runs):
-        runs = runs.merge(routing_runs[["run_id", "short_e2e_ms_p95"]], on="run_id", how="left")
+        runs = runs.merge(routing_runs[["run_id", "short_e2e_ms_p95", "short_e2e_ms_count", "short_digest"]],
+                          on="run_id", how="left")
     runs["workload"] = runs.apply(charts.workload_title, axis=1)
     runs["workload_key"] = row_key(runs, [k for k in WORKLOAD_KEYS if k in runs.columns])
-    header = ["Question", "Workload", "Best configuration", "Figure", "Mean", "Spread over repeats", "Runner-up",
-              "Floor (baseline)", "Tasks per CPU-s", "Notes"]
+    header = ["Question", "Workload", "Best configuration", "Figure", "Best (or leading) configuration's figure",
+              "Runner-up against the leader", "Within noise of the leader", "Floor (baseline)",
+              "Tasks per CPU-s", "Notes"]
     rows = []
+
     def order(item: tuple[Any, pd.DataFrame]) -> tuple[Any, ...]:
         first = item[1].iloc[0]
         size = first.get("rate") if first.get("mode") == "load" else first.get("tasks")
@@ -262,29 +305,72 @@ def headline(results: Results, per_run: Mapping[str, list[str]], per_cell: Mappi
                 str(first.get("task")), str(first.get("args")), float(size) if not is_missing(size) else 0.0, item[0])
 
     for _, family in sorted(runs.groupby("workload_key", sort=True), key=order):
-        question, metric, metric_name, higher = _question(family.iloc[0])
-        if metric not in family.columns or family[metric].isna().all():
-            continue
-        cells = over_repeats(family, [metric, "tasks_per_cpu_s"])
-        cells = cells[cells[metric].notna()].copy()
+        question, metric, metric_name, unit = _question(family.iloc[0])
+        counts = count_column(metric)
+        if metric not in family.columns or (counts is not None and
+                                            (counts not in family.columns or family[counts].isna().all())):
+            continue  # this figure was never computed for these runs (routing runs without task kinds)
+        cells = over_repeats(family, [metric, "tasks_per_cpu_s"]).copy()
         cells["config"] = labels(cells)
-        ranked = cells.sort_values(metric, ascending=not higher).reset_index(drop=True)
-        candidates = ranked[~ranked["backend"].isin(FLOORS)]
-        floors = ranked[ranked["backend"].isin(FLOORS)]
+        floors = cells[cells["backend"].isin(FLOORS)]
+        candidates = cells[~cells["backend"].isin(FLOORS)]
         if candidates.empty:
-            candidates, floors = ranked, ranked.iloc[0:0]
-        best = candidates.iloc[0]
-        n = int(best[f"{metric}_n"])
-        spread = (f"{charts.num(best[f'{metric}_min'])} to {charts.num(best[f'{metric}_max'])} over {n} repeats, "
-                  f"CV {100 * best[f'{metric}_cv']:.0f} %" if n > 1 else "1 run: no spread")
-        runner_up = (f"{candidates.iloc[1]['config']} ({charts.num(candidates.iloc[1][metric])})"
-                     if len(candidates) > 1 else "-")
-        floor = f"{floors.iloc[0]['config']} ({charts.num(floors.iloc[0][metric])})" if len(floors) else "-"
-        notes = warnings_for(results, str(best["run_ids"]).split(","), per_run, per_cell, (metric,))
-        rows.append([question, family["workload"].iloc[0], best["config"], metric_name, charts.num(best[metric]),
-                     spread, runner_up, floor, charts.num(best.get("tasks_per_cpu_s")),
+            candidates, floors = cells, cells.iloc[0:0]
+        by_config = {str(c["config"]): c for c in candidates.to_dict("records")}
+        pick = verdicts.pick_best({label: uncertainty.values_of(c, metric) for label, c in by_config.items()}, metric)
+        unranked = [f"{label}: {uncertainty.repeats_text(c, metric, unit)}" for label, c in by_config.items()
+                    if not uncertainty.values_of(c, metric)]
+        figure = f"{metric_name}, {verdicts.direction_text(metric)}"
+        notes: list[str] = []
+        if unranked:
+            notes.append("not ranked: " + "; ".join(unranked))
+        if pick.leader is None:
+            need = ""
+            found = percentile_of(metric)
+            if found is not None:
+                need = f" ({metric_name.removesuffix(' (ms)')} needs n ≥ {verdicts.min_samples(found[1])})"
+            rows.append([question, family["workload"].iloc[0], "no clear winner: no configuration has a figure the "
+                         f"data bounds{need}", figure, "-", "-", "-", _floor_text(results, floors, metric, unit),
+                         "-", " ".join(f"{WARNING_MARK} {note}" for note in notes) or "-"])
+            continue
+        leader = by_config[pick.leader]
+        leader_text = f"{pick.leader}: {_figure_text(results, leader, metric, unit)}"
+        if pick.winner is not None:
+            runner = pick.others[pick.runner_up]
+            best = (f"{pick.winner}: beats every other configuration; runner-up {pick.runner_up} at "
+                    f"{runner.interval_text} of it (p={runner.p_value:.2g})")
+        elif not pick.others:
+            best = f"no clear winner: only {pick.leader} measured"
+        elif not pick.judged:
+            best = f"no clear winner ({pick.reason})"
+        else:
+            best = "no clear winner"
+        runner_up = "-"
+        if pick.runner_up is not None:
+            diff = pick.others[pick.runner_up]
+            # With too few repeats the Best column already says why nothing is judged: the ratio suffices.
+            judged = diff.text if diff.judged else diff.interval_text
+            runner_up = (f"{pick.runner_up}: {_figure_text(results, by_config[pick.runner_up], metric, unit)}; "
+                         f"runner-up / leader {judged}")
+        within = "-"
+        if pick.winner is None and pick.others:
+            single = not pick.judged
+            close = list(pick.others) if single else pick.within_noise
+            within = ("not judged, every configuration: " if single else "") + "; ".join(
+                [f"{pick.leader} (leader)"] + [f"{label} {pick.others[label].interval_text}" for label in close])
+        notes += warnings_for(results, str(leader["run_ids"]).split(","), per_run, per_cell, (metric,))
+        rows.append([question, family["workload"].iloc[0], best, figure, leader_text, runner_up, within,
+                     _floor_text(results, floors, metric, unit),
+                     uncertainty.repeats_text(leader, "tasks_per_cpu_s"),
                      " ".join(f"{WARNING_MARK} {note}" for note in notes) or "-"])
     return header, rows
+
+
+def _floor_text(results: Results, floors: pd.DataFrame, metric: str, unit: str) -> str:
+    if floors.empty:
+        return "-"
+    floor = floors.iloc[0].to_dict()
+    return f"{floor['config']}: {_figure_text(results, floor, metric, unit)}"
 
 
 # --- methodology --------------------------------------------------------------------------------------
@@ -300,6 +386,31 @@ def _setting_text(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     text = re.sub(r"\b[a-z]+://\S+?(?=[,\s]|$)", "<url>", text)  # per-run ports: not a setting
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def quantile_rule_text() -> str:
+    """The quantile rule as the methodology states it, with the smallest sample for each percentile."""
+    smallest = ", ".join(f"{verdicts.min_samples(q)} for {name}" for name, q in verdicts.SLO_QUANTILES.items())
+    return (f"The quantile rule: a percentile is shown as a number only when its tasks bound it, i.e. its "
+            f"{verdicts.CONFIDENCE_TEXT} distribution-free interval (scipy.stats.quantile_test: two order "
+            "statistics with binomial ranks, nothing assumed about the distribution) has both ends inside the "
+            f"sample; otherwise it reads `{verdicts.too_few_samples(3)}` and is not ranked, judged or drawn. "
+            f"Smallest n: {smallest}. Every percentile states its n (tasks in the window with that figure); a "
+            "single run's percentile in the headline has that interval beside it. Intervals of quantiles are "
+            "not bootstrapped: resampling a small sample never goes past its largest value, so a bootstrap "
+            "interval of p95 or p99 looks narrow exactly when the sample is too small.")
+
+
+def winner_rule_text() -> str:
+    """The winner rule as the methodology states it."""
+    return (f"The winner rule: configuration A beats B on a figure when both have at least "
+            f"{verdicts.MIN_REPEATS} repeats, Welch's t-test on the logs of the per-repeat figures gives "
+            f"p < {verdicts.ALPHA:g}, and the ratio of geometric means differs from 1 by more than "
+            f"{verdicts.NOISE_FLOOR:.0%} (the run-to-run noise floor on this kind of machine); the ratio's "
+            f"{verdicts.CONFIDENCE_TEXT} interval comes from the same t distribution on logs. Throughput and tasks "
+            "per CPU-second are better higher, latencies and CPU costs lower. With fewer repeats nothing is "
+            f"called (\"{verdicts.SINGLE_RUNS}\"). The headline, the chart sentences and `queuebench compare` "
+            "(where both sides have the repeats) all use it.")
 
 
 def methodology(results: Results) -> list[Block]:
@@ -370,6 +481,8 @@ def methodology(results: Results) -> list[Block]:
         "Latencies are exact percentiles (numpy, linear interpolation) over the raw rows of the tasks scheduled in "
         "the window: HTTP enqueue (Locust's side), queue wait (first start - enqueued), service (finish - start of "
         "the successful attempt), end to end (finish - scheduled time, so a stalled generator cannot hide latency).",
+        quantile_rule_text(),
+        winner_rule_text(),
         f"A run is generator-limited when Locust sent under {measure.ACHIEVED_MIN_RATIO:.0%} of the offered rate "
         f"or its schedule lag p99 exceeded {measure.LAG_P99_LIMIT_MS:g} ms: its figures are true but not the "
         "queue's limit. Runs with another failed self-check are left out.",
@@ -407,11 +520,19 @@ def search_blocks(root: Path) -> list[Block]:
     table = search_table(records)
     rows = []
     for row in table.itertuples(index=False):
-        knee = "-" if row.knee_rate_per_s is None or pd.isna(row.knee_rate_per_s) else f"{row.knee_rate_per_s:g}"
+        knee = "-"
+        if row.knee_rate_per_s is not None and not pd.isna(row.knee_rate_per_s):
+            slo = verdicts.parse_slo(row.slo)
+            latency = ("" if is_missing(row.knee_e2e_tasks) else
+                       f"; {slo.name} {uncertainty.quantile_text(row.knee_e2e_ms, row.knee_e2e_tasks, slo.quantile)}")
+            knee = f"{row.knee_rate_per_s:g} ({uncertainty.runs_text(row.knee_repeats)}{latency})"
         above = ("-" if row.first_unsustained_rate_per_s is None or pd.isna(row.first_unsustained_rate_per_s)
                  else f"{row.first_unsustained_rate_per_s:g}")
+        stopped = row.stopped_because
+        if row.schema_version == 1:
+            stopped += " (search schema 1: its steps were judged before the quantile rule)"
         rows.append([row.backend, row.broker, str(row.slots), row.task, row.slo, knee, above,
-                     ", ".join(row.evidence_run_ids) or "-", row.stopped_because])
+                     ", ".join(row.evidence_run_ids) or "-", stopped])
     return [Block("h3", "Step searches"),
             Block("p", "Each configuration's offered rate was raised step by step (`queuebench search`), every "
                        "step a full, self-checked run; the knee is the highest rate below Little's bound whose "
@@ -465,8 +586,15 @@ def build_blocks(results: Results, out_dir: Path) -> tuple[list[Block], list[cha
     header, rows = headline(results, per_run, per_cell, routing_runs)
     blocks.append(Block("h2", "Headline"))
     if rows:
-        blocks += [Block("p", "Per workload, the best configuration for its question (the mean over repeats, with "
-                              "their spread); warnings about that configuration's numbers are in the last column."),
+        blocks += [Block("p", "Per workload, the best configuration for its question, named only when it beats "
+                              "every other one by the winner rule (see Methodology: at least "
+                              f"{verdicts.MIN_REPEATS} repeats each, Welch's t-test on logs, beyond the "
+                              f"{verdicts.NOISE_FLOOR:.0%} noise floor); otherwise `no clear winner`, with the "
+                              "configurations the rule cannot tell from the leader and their ratio to it. Figures "
+                              "over repeats are geometric means with their spread; a single run's percentile has "
+                              "its distribution-free interval; every percentile states the tasks it rests on "
+                              "(n), and one its tasks cannot bound reads `too few samples`. Warnings about the "
+                              "leader's numbers are in the last column."),
                    Block("table", header=header, rows=rows)]
     else:
         blocks.append(Block("warn", "No usable run: there is nothing to rank."))

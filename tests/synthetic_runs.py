@@ -1,0 +1,96 @@
+"""Synthetic stored runs: run directories shaped like the runner's, whose raw rows a test chooses.
+
+Like tests/fixtures/results (copies of real runs), each run directory holds ``run.json``,
+``tasks.parquet`` and ``requests.parquet``; unlike them, the rows are drawn from a seeded distribution,
+so a test can ask for a 3x effect, a few percent, single runs or too few tasks. ``run.json``'s figures
+and checks are computed from those rows by `benchmarks.measure.summarise`, the runner's own code, so
+the stored figures and the raw rows agree exactly as in a real run. No test asserts the numbers drawn:
+only what the outputs must say about them (a winner, no clear winner, too few samples).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import matrix, measure, store
+
+#: Every synthetic run's warm-up (discarded, as in a real load run).
+WARMUP_S = 1.0
+#: The task every synthetic run sends, and the service time it takes (ms).
+TASK, ARGS, SERVICE_MS = "sleep_ms", {"ms": 20}, 20.0
+#: Spread of the end-to-end latencies within a run (sigma of their log): a right-skewed tail.
+WITHIN_RUN_SIGMA = 0.3
+#: Spread of a run's latency scale from repeat to repeat (sigma of its log): run-to-run noise.
+BETWEEN_RUNS_SIGMA = 0.02
+
+
+def _digest(task: str, args: dict[str, Any]) -> str:
+    return hashlib.sha256(f"{task}{sorted(args.items())}".encode()).hexdigest()[:16]
+
+
+def write_run(root: Path, *, backend: str = "rq", serializer: str = "json", processes: int = 2, rate: float = 30.0,
+              tasks: int = 150, median_e2e_ms: float = 40.0, repeat: int = 0, seed: int = 0) -> str:
+    """One load run of `backend` (latency scenario, `TASK` at `rate`/s) whose `tasks` tasks scheduled in
+    the measured window have end-to-end latencies around `median_e2e_ms` (log-normal); returns its run id.
+
+    `seed` and `repeat` pick the draw: the same arguments always write the same run.
+    """
+    spec: dict[str, Any] = {
+        "backend": backend, "broker": "redis", "serializer": serializer, "processes": processes, "threads": 1,
+        "prefetch": None, "acks_late": None, "routing": "shared", "long_threshold_ms": 100, "results": True,
+        "scenario": "latency", "mode": "load", "task": TASK, "args": ARGS, "rate": rate, "arrival": "constant",
+        "warmup_s": WARMUP_S, "duration_s": tasks / rate, "drain_timeout_s": 60, "api_workers": 2,
+        "api_threads": 4, "options": {}}
+    run_id = matrix.run_id(spec, repeat)
+    rng = np.random.default_rng([seed, repeat, int(median_e2e_ms * 1000), tasks, processes])
+    scale_ms = median_e2e_ms * float(np.exp(rng.normal(0.0, BETWEEN_RUNS_SIGMA)))
+    start_ns = 1_000_000_000_000
+    count = int(round((WARMUP_S + spec["duration_s"]) * rate))
+    scheduled = start_ns + (np.arange(count) * 1e9 / rate).astype("int64")
+    e2e_ms = np.maximum(scale_ms * np.exp(rng.normal(0.0, WITHIN_RUN_SIGMA, size=count)), SERVICE_MS + 2.0)
+    sent = scheduled + 100_000  # 0.1 ms of schedule lag
+    enqueued = sent + 1_000_000  # 1 ms through the API
+    finished = scheduled + (e2e_ms * 1e6).astype("int64")
+    started = finished - int(SERVICE_MS * 1e6)
+    ids = [f"{run_id}-{i}" for i in range(count)]
+    digest = _digest(TASK, ARGS)
+    table = pd.DataFrame({
+        "id": ids, "task": TASK, "digest": digest, "queue": "default",
+        "scheduled_ns": pd.array(scheduled, dtype="Int64"), "sent_ns": pd.array(sent, dtype="Int64"),
+        "enqueued_ns": pd.array(enqueued, dtype="Int64"), "attempt": 1,
+        "started_ns": pd.array(started, dtype="Int64"), "n_started": 1, "worker_pid": pd.array([1] * count, dtype="Int64"),
+        "worker_host": "synthetic", "finished_ns": pd.array(finished, dtype="Int64"), "n_finished": 1,
+        "outcome": "ok", "error": None})
+    requests = pd.DataFrame({"scheduled_ns": scheduled, "sent_ns": sent, "done_ns": enqueued,
+                             "status": np.full(count, 202, dtype="int64"), "task": pd.array([TASK] * count, dtype="string"),
+                             "task_id": pd.array(ids, dtype="string")})
+    window = measure.load_window(table, requests, WARMUP_S, spec["duration_s"])
+    summary = measure.summarise(table, requests, window, slots=processes, offered_rate_per_s=rate)
+    # One CPU-second per run, all in the workers: tasks per CPU-second is then the tasks that finished.
+    summary["figures"]["resources"] = {"workers": {"cpu_s": 1.0, "peak_rss_mib": 50.0}}
+    summary["figures"]["tasks_per_cpu_s"] = summary["figures"]["finished_ok"] / 1.0
+    record = {
+        "schema_version": store.RESULT_SCHEMA_VERSION, "harness_version": "0.1.0", "run_id": run_id,
+        "matrix": "synthetic", "repeat": repeat, "spec": spec, "slots": processes, "status": summary["verdict"],
+        "detail": "", "started_at": "2026-01-01T00:00:00+00:00",
+        "environment": {"host": "synthetic", "cpu_model": "synthetic CPU", "cpu_count_logical": 2,
+                        "python": "3.11", "packages": {}},
+        "task_kinds": [{"task": TASK, "args": ARGS, "digest": digest}],
+        "summary": summary,
+    }
+    run_dir = Path(root) / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    store.write_tasks_table(run_dir, table)
+    store.write_requests_table(run_dir, requests)
+    store.write_run(run_dir, record)
+    return run_id
+
+
+def write_configuration(root: Path, repeats: int, **kwargs: Any) -> list[str]:
+    """`repeats` runs of one configuration (repeat 0, 1, ...): its run ids."""
+    return [write_run(root, repeat=repeat, **kwargs) for repeat in range(repeats)]
