@@ -36,6 +36,13 @@ Design, in the order a task meets it:
 - Delivery. At least once: a job stays in its queue until it finishes, and a job whose worker died runs
   again once its in-progress key expires (job_timeout + 10 s). See `delivery_contract`.
 
+Codec (`codec`, timed by the serializer benchmark; arq 0.28.0 line numbers): ``arq.jobs.serialize_job``
+with `enqueue`'s function, arguments and this configuration's ``job_serializer`` (None: arq's pickle), as
+``ArqRedis.enqueue_job`` does (arq/connections.py:172; arq/jobs.py:211-226 builds the dict ``{t, f, a,
+k, et}``): the value it PSETEXes at ``arq:job:<id>``. Decode: ``arq.jobs.deserialize_job_raw`` with the
+``job_deserializer`` (jobs.py:292-301), as the worker does before running a job (arq/worker.py:519). It
+needs arq, so it runs in arq's environment (``python -m backends.submit --codec``).
+
 Nothing but this module and `backends.arq_worker` imports arq.
 """
 
@@ -64,6 +71,7 @@ from backends.base import (
     BackendError,
     BackendSettings,
     BackendUnavailable,
+    Codec,
     DeliveryContract,
     EnqueueReceipt,
     JobRequest,
@@ -374,6 +382,27 @@ class ArqBackend(BackendBase):
         if self._call(enqueue) is None:
             raise BackendError(f"arq refused job {job.id}: a job or a result with that id already exists")
         return EnqueueReceipt(job.id, job.queue, time.time_ns())
+
+    def codec(self, job: JobRequest) -> Codec:
+        """Encode: ``arq.jobs.serialize_job`` of `enqueue`'s call (function, ``(task, args, meta)``, no
+        kwargs, try None, the enqueue time in ms) with this configuration's ``job_serializer``, as
+        ``ArqRedis.enqueue_job`` does. Decode: ``arq.jobs.deserialize_job_raw`` with the
+        ``job_deserializer``, as the worker does before running the job.
+
+        Line references in the module docstring. Needs arq: in the harness process (which has none) it
+        raises ImportError; the harness runs it in arq's environment. The Redis transaction is not timed."""
+        from arq.jobs import deserialize_job_raw, serialize_job  # arq's environment only (module docstring)
+
+        loads = self._loads
+        data = serialize_job(FUNCTION, (job.task, dict(job.args), job.meta()), {}, None, time.time_ns() // 1_000_000,
+                             serializer=self._dumps)
+
+        def decode() -> tuple[str, Any, Any]:
+            _function, args, _kwargs, _job_try, _enqueue_time_ms = deserialize_job_raw(data, deserializer=loads)
+            task, task_args, meta = args
+            return task, task_args, meta
+
+        return data, decode
 
     def status(self, task_id: str) -> TaskStatus | None:
         """arq's status and result for `task_id`; None when arq has no record (unknown, expired, purged,

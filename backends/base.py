@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -257,6 +257,11 @@ class TaskStatus:
     error: str | None = None
 
 
+#: What `QueueBackend.codec` returns: the bytes the library hands its broker client for one message, and a
+#: function that decodes them as the library's worker does, returning ``(task, args, meta)``.
+Codec = tuple[bytes, Callable[[], tuple[str, Mapping[str, Any], Mapping[str, Any]]]]
+
+
 @runtime_checkable
 class QueueBackend(Protocol):
     """The contract. Keep it small: anything a library cannot do raises `UnsupportedOption`.
@@ -300,6 +305,17 @@ class QueueBackend(Protocol):
     def delivery_contract(self, spec: WorkerSpec) -> DeliveryContract:
         """What the library promises for tasks of workers started from `spec` with these settings."""
 
+    def codec(self, job: JobRequest) -> Codec:
+        """Encode `job` through the library's own serialization path, as `enqueue` would publish it, and
+        return ``(data, decode)``: `data`, the bytes the library hands its broker client for this message,
+        and `decode()`, which turns `data` back into ``(task, args, meta)`` through the path the library's
+        worker takes when it consumes the message. Nothing is sent and no broker is needed (a backend may
+        build its producer objects lazily, as `enqueue` does, without connecting).
+
+        The harness times calls of `codec` and of `decode` (`backends.codec.time_codec`): so both must do
+        what the library does per message and nothing else. The backend's docstring says which library
+        functions each one runs. A backend with no serialization of its own raises `UnsupportedOption`."""
+
     def queue_depths(self) -> Mapping[str, int]:
         """Messages waiting per queue of `settings.queues`."""
 
@@ -314,7 +330,8 @@ class QueueBackend(Protocol):
 
 
 class BackendBase:
-    """Defaults a backend may inherit: no knobs, no private environment, slots = processes x threads."""
+    """Defaults a backend may inherit: no knobs, no private environment, slots = processes x threads, and
+    no codec (`codec` raises `UnsupportedOption` until a backend says what its library does)."""
 
     knobs: ClassVar[Mapping[str, Knob]] = {}
     packages: ClassVar[tuple[str, ...]] = ()
@@ -324,6 +341,10 @@ class BackendBase:
     @classmethod
     def slots(cls, spec: WorkerSpec) -> int:
         return spec.slots
+
+    def codec(self, job: JobRequest) -> Codec:
+        raise UnsupportedOption("codec", job.task, getattr(self, "name", type(self).__name__),
+                                "this backend does not expose its message codec")
 
 
 def check_common(backend_name: str, brokers: frozenset[str], serializers: frozenset[str],

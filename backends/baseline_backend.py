@@ -15,6 +15,8 @@ read against it: the gap is what the library costs.
   (`processes` commands), each with `threads` threads blocking on BRPOP: slots = processes x threads.
   A popped message is gone from Redis (no acknowledgement): the floor is at-most-once by design.
 - Only JSON: the floor does not vary its serializer.
+- Codec (`codec`, timed by the serializer benchmark): the message dict built as `enqueue` builds it and
+  ``json.dumps`` (the LPUSHed value), then ``json.loads`` as ``baseline_worker.handle`` does.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from backends.base import (
     BackendBase,
     BackendSettings,
     BackendUnavailable,
+    Codec,
     DeliveryContract,
     EnqueueReceipt,
     JobRequest,
@@ -106,11 +109,29 @@ class BaselineBackend(BackendBase):
         finally:
             client.close()
 
-    def enqueue(self, job: JobRequest) -> EnqueueReceipt:
+    @staticmethod
+    def encode(job: JobRequest) -> bytes:
+        """The value `enqueue` LPUSHes: one JSON object (redis-py sends the str as UTF-8)."""
         message = {"id": job.id, "task": job.task, "args": dict(job.args), "meta": job.meta(), "attempt": 1,
                    "max_retries": workload.max_retries_for(job.task, job.args)}
+        return json.dumps(message, separators=(",", ":")).encode()
+
+    def codec(self, job: JobRequest) -> Codec:
+        """Encode: the message dict and ``json.dumps`` (`encode`, what `enqueue` LPUSHes). Decode:
+        ``json.loads`` of it, as ``backends.baseline_worker.handle`` does first with what BRPOP returns.
+
+        The floor's whole serialization: no library, no envelope."""
+        data = self.encode(job)
+
+        def decode() -> tuple[str, Any, Any]:
+            message = json.loads(data)
+            return message["task"], message["args"], message["meta"]
+
+        return data, decode
+
+    def enqueue(self, job: JobRequest) -> EnqueueReceipt:
         try:
-            self._redis.lpush(queue_key(job.queue), json.dumps(message, separators=(",", ":")))
+            self._redis.lpush(queue_key(job.queue), self.encode(job))
         except (redis.RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
         return EnqueueReceipt(job.id, job.queue, time.time_ns())

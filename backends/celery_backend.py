@@ -56,6 +56,18 @@ SUCCESS -> success with the stored result; FAILURE, REVOKED, REJECTED and IGNORE
 last line of the stored traceback (else the exception's type and message) as the error. With results off
 Celery keeps no record: `status` answers None.
 
+Codec (`codec`, timed by the serializer benchmark; kombu 5.7 / Celery 5.7 line numbers). Encode: the task
+message Celery builds in ``send_task`` (celery/app/base.py:1192, ``amqp.create_task_message`` =
+``as_task_v2``, celery/app/amqp.py:370) serialized with kombu's registry and the app's ``task_serializer``
+(``kombu.serialization.dumps``, as ``Producer._prepare`` does, kombu/messaging.py:441-448); on Redis also
+the virtual transport's envelope: the body base64-encoded and the message dict JSON-encoded
+(kombu/transport/virtual/base.py:773-784 ``prepare_message``, 626-638 ``_inplace_augment_message``,
+kombu/transport/redis.py:1679-1686 ``_put``): the bytes LPUSHed. On RabbitMQ the body alone (the AMQP
+frames carry the headers). Decode, as the worker does: the envelope's ``json.loads`` and base64 on Redis
+(kombu/transport/redis.py:1651, virtual/base.py:336), then ``kombu.serialization.loads`` with the app's
+``accept_content`` (``Message.decode``, kombu/message.py:204-206), whose ``(args, kwargs, embed)`` the
+worker's ``Request`` unpacks (celery/worker/request.py:117, 180).
+
 Nothing but this module and ``backends.celery_worker`` imports celery.
 """
 
@@ -78,10 +90,13 @@ import billiard
 import celery
 import kombu
 import kombu.pools
+import kombu.serialization
+import kombu.utils.json
 import redis
 from celery import Celery, Task, states
 from celery.backends.redis import RedisBackend
 from kombu.exceptions import OperationalError
+from kombu.transport.virtual.base import Base64
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.url import maybe_sanitize_url
 
@@ -90,6 +105,7 @@ from backends.base import (
     BackendBase,
     BackendSettings,
     BackendUnavailable,
+    Codec,
     DeliveryContract,
     EnqueueReceipt,
     JobRequest,
@@ -112,6 +128,9 @@ WORKER_ENV = "QUEUEBENCH_CELERY_WORKER"
 APP_NAME = "queuebench"
 #: An app setting of ours (not Celery's) read by `QueuebenchRedisBackend`: the ``result_subscribe`` knob.
 _SUBSCRIBE_SETTING = "queuebench_result_subscribe"
+
+#: kombu's virtual transport's body codec (Redis: ``body_encoding = "base64"``).
+_BASE64 = Base64()
 
 #: Seconds `ping` (and the other short-lived admin connections) wait for the broker.
 PING_TIMEOUT_S = 2.0
@@ -428,6 +447,52 @@ class CeleryBackend(BackendBase):
         except self._unavailable_errors as exc:
             raise self._unavailable(exc) from exc
         return EnqueueReceipt(job.id, job.queue, time.time_ns())
+
+    def codec(self, job: JobRequest) -> Codec:
+        """Encode: ``app.amqp.create_task_message`` (Celery's ``as_task_v2``) then kombu's ``dumps`` with the
+        app's ``task_serializer``, then (Redis) kombu's virtual-transport envelope: base64 body, JSON dict.
+        Decode: the envelope's JSON and base64 (Redis), then kombu's ``loads`` with ``accept_content``.
+
+        Line references in the module docstring. Not timed: routing, the producer pool, the connection and
+        the publish itself (no I/O). Timed with the rest: ``argsrepr``/``kwargsrepr`` (``saferepr``, capped
+        in length), which Celery computes for every message."""
+        conf = self._app.conf
+        headers, properties, body, _sent_event = self._app.amqp.create_task_message(
+            job.id, TASK_NAME, (job.task, dict(job.args), job.meta()), {},
+            ignore_result=conf.task_ignore_result)
+        content_type, content_encoding, payload = kombu.serialization.dumps(body, serializer=conf.task_serializer)
+        accept = self._accept
+        if self.settings.broker != "redis":
+            def decode_body() -> tuple[str, Any, Any]:
+                args, _kwargs, _embed = kombu.serialization.loads(payload, content_type, content_encoding,
+                                                                  accept=accept)
+                return args[0], args[1], args[2]
+
+            return payload, decode_body
+        properties = dict(properties, delivery_mode=2, priority=0,
+                          delivery_info={"exchange": "", "routing_key": job.queue},
+                          body_encoding="base64", delivery_tag=job.id)
+        envelope = {"body": _BASE64.encode(payload), "content-encoding": content_encoding,
+                    "content-type": content_type, "headers": headers, "properties": properties}
+        data = kombu.utils.json.dumps(envelope).encode()
+
+        def decode() -> tuple[str, Any, Any]:
+            message = kombu.utils.json.loads(bytes_to_str(data))
+            raw = _BASE64.decode(message["body"])
+            args, _kwargs, _embed = kombu.serialization.loads(raw, message["content-type"],
+                                                              message["content-encoding"], accept=accept)
+            return args[0], args[1], args[2]
+
+        return data, decode
+
+    @property
+    def _accept(self) -> set[str]:
+        """The content types the worker accepts (``accept_content`` as kombu's Consumer prepares it)."""
+        accept = self.__dict__.get("_accept_types")
+        if accept is None:
+            accept = self.__dict__["_accept_types"] = kombu.serialization.prepare_accept_content(
+                self._app.conf.accept_content)
+        return accept
 
     def status(self, task_id: str) -> TaskStatus | None:
         """Celery's state and result for `task_id` (see the module docstring for the mapping).

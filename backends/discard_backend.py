@@ -16,10 +16,12 @@ from backends import ledger
 from backends.base import (
     BackendBase,
     BackendSettings,
+    Codec,
     DeliveryContract,
     EnqueueReceipt,
     JobRequest,
     TaskStatus,
+    UnsupportedOption,
     WorkerCommand,
     WorkerSpec,
     check_common,
@@ -45,6 +47,10 @@ class DiscardBackend(BackendBase):
         ledger.record_started(meta, job.task, 1)
         ledger.record_finished(meta, job.task, 1, outcome="ok")
         return EnqueueReceipt(job.id, job.queue, time.time_ns())
+
+    def codec(self, job: JobRequest) -> Codec:
+        """No codec: it accepts each task and drops it: nothing is serialized."""
+        raise UnsupportedOption("codec", job.task, self.name, "it accepts each task and drops it: nothing is serialized")
 
     def status(self, task_id: str) -> TaskStatus | None:
         return TaskStatus(task_id, "success")

@@ -62,6 +62,21 @@ def route(task: str, args: Mapping[str, Any], settings: BackendSettings) -> str:
     return SHORT_QUEUE
 
 
+def make_job(settings: BackendSettings, task: str, args: Mapping[str, Any], *, queue: str | None = None,
+             scheduled_ns: int | None = None, task_id: str | None = None, probe: bool = False) -> JobRequest:
+    """The `JobRequest` every producer hands a backend: a fresh id, the queue routing picks, the arguments
+    as they travel (`workload.message_args`: an `echo` task carries its payload), sent now."""
+    return JobRequest(
+        id=task_id or new_task_id(),
+        task=task,
+        args=workload.message_args(task, args),
+        queue=queue or route(task, args, settings),
+        scheduled_ns=scheduled_ns,
+        sent_ns=time.time_ns(),
+        probe=probe,
+    )
+
+
 def submit(backend: QueueBackend, task: str, args: Mapping[str, Any], *, queue: str | None = None,
            scheduled_ns: int | None = None, task_id: str | None = None,
            probe: bool = False) -> EnqueueReceipt:
@@ -70,15 +85,8 @@ def submit(backend: QueueBackend, task: str, args: Mapping[str, Any], *, queue: 
     `args` are the validated task arguments; the message carries `workload.message_args(task, args)`
     (an `echo` task's payload is made here, so it travels through the broker and serializer).
     """
-    job = JobRequest(
-        id=task_id or new_task_id(),
-        task=task,
-        args=workload.message_args(task, args),
-        queue=queue or route(task, args, backend.settings),
-        scheduled_ns=scheduled_ns,
-        sent_ns=time.time_ns(),
-        probe=probe,
-    )
+    job = make_job(backend.settings, task, args, queue=queue, scheduled_ns=scheduled_ns, task_id=task_id,
+                   probe=probe)
     receipt = backend.enqueue(job)
     ledger.record_sent(task_id=job.id, task=task, args=args, queue=receipt.queue,
                        scheduled_ns=scheduled_ns, sent_ns=job.sent_ns,

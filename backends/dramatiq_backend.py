@@ -52,6 +52,14 @@ a retry, and a result already expired (``result_ttl_ms``). Result keys are made 
 under dedicated routing each of the configuration's queues is tried (one pipelined round trip). An id the API never issued is refused with 404 by the API before it gets here;
 with results off there is no record at all and `status` answers None.
 
+Codec (`codec`, timed by the serializer benchmark; dramatiq 2.2 line numbers). Encode: the `dramatiq.Message`
+`enqueue` builds, on Redis copied with its ``redis_message_id`` as ``RedisBroker.enqueue`` does
+(dramatiq/brokers/redis.py:166-170), then ``Message.encode`` (dramatiq/message.py:121-123: the global
+encoder over ``asdict()``): the bytes the Redis broker's enqueue script stores in ``<queue>.msgs``
+(redis.py:184) and the RabbitMQ broker publishes as the body (rabbitmq.py:387-390). Decode: ``Message.decode``
+(message.py:107-117: the encoder's ``decode``, ``args`` back to a tuple, a new `Message`), as both brokers'
+consumers do (redis.py:352, rabbitmq.py:598).
+
 Nothing but this module and `backends.dramatiq_worker` imports dramatiq.
 """
 
@@ -61,6 +69,7 @@ import contextlib
 import re
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
@@ -90,6 +99,7 @@ from backends.base import (
     BackendBase,
     BackendSettings,
     BackendUnavailable,
+    Codec,
     DeliveryContract,
     EnqueueReceipt,
     JobRequest,
@@ -380,12 +390,12 @@ class DramatiqBackend(BackendBase):
         with contextlib.suppress(*_AMQP_ERRORS):
             connection.close()
 
-    def enqueue(self, job: JobRequest) -> EnqueueReceipt:
-        """Enqueue `job` as one dramatiq message (message_id = `job.id`) for ``queuebench_run`` on `job.queue`."""
+    def _message(self, job: JobRequest) -> dramatiq.Message:
+        """The message `enqueue` hands the broker for `job` (and asserts our encoder is dramatiq's global one)."""
         if dramatiq.get_encoder() is not self._encoder:
             # Another backend built in this process since replaced dramatiq's global encoder: ours must encode.
             dramatiq.set_encoder(self._encoder)
-        message = dramatiq.Message(
+        return dramatiq.Message(
             queue_name=job.queue,
             actor_name=ACTOR_NAME,
             args=(job.task, dict(job.args), job.meta()),
@@ -393,6 +403,27 @@ class DramatiqBackend(BackendBase):
             options=message_options(job.task, job.args),
             message_id=job.id,
         )
+
+    def codec(self, job: JobRequest) -> Codec:
+        """Encode: the `dramatiq.Message` `enqueue` builds (on Redis copied with a ``redis_message_id``, as
+        ``RedisBroker.enqueue`` does) and ``Message.encode`` (dramatiq's encoder over ``asdict()``).
+        Decode: ``Message.decode``, as the consumers of both brokers do.
+
+        Line references in the module docstring. The broker's middleware hooks and I/O are not timed."""
+        message = self._message(job)
+        if isinstance(self._broker, RedisBroker):
+            message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
+        data = message.encode()
+
+        def decode() -> tuple[str, Any, Any]:
+            task, args, meta = dramatiq.Message.decode(data).args
+            return task, args, meta
+
+        return data, decode
+
+    def enqueue(self, job: JobRequest) -> EnqueueReceipt:
+        """Enqueue `job` as one dramatiq message (message_id = `job.id`) for ``queuebench_run`` on `job.queue`."""
+        message = self._message(job)
         try:
             self._broker.enqueue(message)
         except _UNAVAILABLE_ERRORS as exc:

@@ -78,6 +78,13 @@ Knobs (``[huey]`` table; `KNOBS`): ``storage`` and ``expire_time_s`` (Huey class
 ``health_check`` and ``health_check_interval_s`` (``-C``, ``-c``), ``compression``, ``sqlite_fsync``,
 ``logging_level`` (Huey logs two INFO lines per task).
 
+Codec (`codec`, timed by the serializer benchmark; Huey 3.5 line numbers). Encode: the `Task` the task
+wrapper's call builds (``TaskWrapper.s``, huey/api.py:1038-1044) with `enqueue`'s arguments, then
+``Huey.serialize_task`` (api.py:296-298: the registry's `Message` namedtuple through the instance's
+serializer, huey/serializer.py:26-38, compression included when on): the bytes ``storage.enqueue`` stores
+(api.py:319). Decode: ``Huey.deserialize_task`` (api.py:300-302: the serializer's ``deserialize`` and the
+registry's ``create_task``), as the consumer's ``dequeue`` does (api.py:373-376).
+
 Nothing but this module and `backends.huey_worker` imports huey.
 """
 
@@ -113,6 +120,7 @@ from backends.base import (
     BackendBase,
     BackendSettings,
     BackendUnavailable,
+    Codec,
     DeliveryContract,
     EnqueueReceipt,
     JobRequest,
@@ -479,6 +487,24 @@ class HueyBackend(BackendBase):
             task(job.task, dict(job.args), job.meta(), id=job.id,
                  retries=workload.max_retries_for(job.task, job.args), retry_delay=0)
         return EnqueueReceipt(job.id, job.queue, time.time_ns())
+
+    def codec(self, job: JobRequest) -> Codec:
+        """Encode: the `Task` `enqueue`'s call builds (``TaskWrapper.s``) and ``Huey.serialize_task`` (the
+        `Message` namedtuple through this configuration's serializer). Decode: ``Huey.deserialize_task``,
+        as the consumer's ``dequeue`` does.
+
+        Line references in the module docstring. The storage's write and read are not timed (on SQLite,
+        building the instance the first time creates its tables in the file, as `enqueue` would)."""
+        instance, wrapper = self._instance(job.queue)
+        task = wrapper.s(job.task, dict(job.args), job.meta(), id=job.id,
+                         retries=workload.max_retries_for(job.task, job.args), retry_delay=0)
+        data = instance.serialize_task(task)
+
+        def decode() -> tuple[str, Any, Any]:
+            task_name, args, meta = instance.deserialize_task(data).args
+            return task_name, args, meta
+
+        return data, decode
 
     def status(self, task_id: str) -> TaskStatus | None:
         """Huey's stored result for `task_id`, read without removing it (see the module docstring);

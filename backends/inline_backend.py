@@ -10,6 +10,7 @@ from backends import workload
 from backends.base import (
     BackendBase,
     BackendSettings,
+    Codec,
     DeliveryContract,
     EnqueueReceipt,
     JobRequest,
@@ -48,6 +49,10 @@ class InlineBackend(BackendBase):
             self._results[job.id] = TaskStatus(job.id, "success", result if self.settings.results else None)
             break
         return EnqueueReceipt(job.id, job.queue, enqueued_ns)
+
+    def codec(self, job: JobRequest) -> Codec:
+        """No codec: it runs each task in the calling process: nothing is serialized."""
+        raise UnsupportedOption("codec", job.task, self.name, "it runs each task in the calling process: nothing is serialized")
 
     def status(self, task_id: str) -> TaskStatus | None:
         return self._results.get(task_id)

@@ -32,6 +32,16 @@ Design, in the order a task meets it:
 - Job timeout. Per job (``job_timeout_s``, RQ default 180 s): RQ stores it in the job and the work
   horse enforces it, so it holds under ``worker-pool`` too, which has no timeout flag of its own.
 
+Codec (`codec`, timed by the serializer benchmark; RQ 3.0 line numbers). Encode: the job RQ's
+``enqueue_call`` creates (``Queue.create_job``, rq/queue.py:558-665, no Redis call), given the fields
+``_prepare_for_queue`` sets (rq/queue.py:1381-1395, but not the cached Redis server version), then
+``Job.to_dict`` (rq/job.py:1087-1177): the hash ``save`` HSETs, whose ``data`` field is
+``zlib.compress(serializer.dumps((func_name, instance, args, kwargs)))`` (rq/job.py:615-631, 1102). The
+bytes returned are that ``data`` field; the whole hash (timestamps, status, origin, ttl...) is what the
+broker measurement sees. Decode, as the worker's ``Job.fetch`` and ``perform`` do: ``Job.restore`` of the
+hash as Redis returns it (rq/job.py:965-1000: ``zlib.decompress`` and every other field) and the job's
+``args`` (``_deserialize_data``, rq/job.py:602-612: ``serializer.loads``).
+
 Nothing but this module imports rq.
 """
 
@@ -50,6 +60,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgpack
 import redis
 import rq
+from redis.connection import Encoder
 from rq.defaults import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, DEFAULT_WORKER_CLASS
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus, Retry, get_current_job
@@ -61,6 +72,7 @@ from backends.base import (
     BackendBase,
     BackendSettings,
     BackendUnavailable,
+    Codec,
     DeliveryContract,
     EnqueueReceipt,
     JobRequest,
@@ -211,6 +223,15 @@ def _last_line(text: str | None) -> str | None:
     return lines[-1].strip()[:500] if lines else None
 
 
+#: redis-py's own encoding of command arguments (what HSET sends, so what HGETALL returns).
+_REDIS_ENCODER = Encoder(encoding="utf-8", encoding_errors="strict", decode_responses=False)
+
+
+def _redis_value(value: Any) -> bytes:
+    """A hash field as redis-py sends it and HGETALL returns it."""
+    return bytes(_REDIS_ENCODER.encode(value))
+
+
 def _dist(name: str) -> str | None:
     try:
         return _dist_version(name)
@@ -288,22 +309,44 @@ class RQBackend(BackendBase):
         finally:
             client.close()
 
-    def enqueue(self, job: JobRequest) -> EnqueueReceipt:
-        """Enqueue `job` as one RQ job (id = `job.id`) on `job.queue`; `flaky` gets RQ's `Retry`."""
+    def _job_options(self, job: JobRequest) -> dict[str, Any]:
+        """What `enqueue` gives RQ for `job` (`codec` builds the same job)."""
         max_retries = workload.max_retries_for(job.task, job.args)
         retry = Retry(max=max_retries, interval=0) if max_retries > 0 else None
-        self._queue(job.queue).enqueue_call(
-            RUN_FUNC,
-            args=(job.task, dict(job.args), job.meta()),
-            job_id=job.id,
-            timeout=self.job_timeout_s,
-            result_ttl=self.result_ttl_s,
-            failure_ttl=self.failure_ttl_s,
-            description=job.task,
-            meta={_META_MAX_RETRIES: max_retries} if retry else None,
-            retry=retry,
-        )
+        return {"args": (job.task, dict(job.args), job.meta()), "job_id": job.id, "timeout": self.job_timeout_s,
+                "result_ttl": self.result_ttl_s, "failure_ttl": self.failure_ttl_s, "description": job.task,
+                "meta": {_META_MAX_RETRIES: max_retries} if retry else None, "retry": retry}
+
+    def enqueue(self, job: JobRequest) -> EnqueueReceipt:
+        """Enqueue `job` as one RQ job (id = `job.id`) on `job.queue`; `flaky` gets RQ's `Retry`."""
+        self._queue(job.queue).enqueue_call(RUN_FUNC, **self._job_options(job))
         return EnqueueReceipt(job.id, job.queue, time.time_ns())
+
+    def codec(self, job: JobRequest) -> Codec:
+        """Encode: ``Queue.create_job`` with `enqueue`'s arguments, the fields ``_prepare_for_queue`` sets,
+        and ``Job.to_dict`` (the hash RQ HSETs; its ``data`` field, the zlib-compressed serialized call, is
+        returned). Decode: ``Job.restore`` of that hash as Redis returns it, then ``job.args`` (the
+        serializer's ``loads``), as the worker's ``Job.fetch`` and ``perform`` do.
+
+        Line references in the module docstring; no Redis call is made or timed."""
+        queue = self._queue(job.queue)
+        options = self._job_options(job)
+        rq_job = queue.create_job(RUN_FUNC, args=options.pop("args"), **options)
+        rq_job.origin = queue.name
+        rq_job.enqueued_at = _dt.datetime.now(_dt.UTC)
+        if rq_job.timeout is None:
+            rq_job.timeout = queue._default_timeout
+        rq_job._status = JobStatus.QUEUED
+        stored = {key.encode(): _redis_value(value) for key, value in rq_job.to_dict().items()}
+        serializer, connection = self._serializer, self._redis
+
+        def decode() -> tuple[str, Any, Any]:
+            fetched = Job(job.id, connection=connection, serializer=serializer)
+            fetched.restore(stored)
+            task, args, meta = fetched.args
+            return task, args, meta
+
+        return stored[b"data"], decode
 
     def status(self, task_id: str) -> TaskStatus | None:
         """RQ's state and result for `task_id`; None when RQ has no record (unknown, expired, or a success

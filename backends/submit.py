@@ -13,6 +13,10 @@ Input: JSON lines ``{"task": ..., "args": {...}, "queue": ..., "probe": ...}`` o
 N identical tasks. Output: one JSON line per task, ``{"id": ..., "queue": ..., "enqueued_ns": ...}``, in
 input order. Exit 0 when every task was enqueued; 2 for bad input, 1 when the backend failed (the message
 on stderr), with the lines of the tasks already enqueued printed.
+
+``--codec --task T --args JSON [--queue Q]`` enqueues nothing: it times the backend's own message codec
+(`backends.codec.time_codec`) on one job built as `dispatch.submit` builds it, and prints the result as
+one JSON object. This is how the serializer benchmark times a library that lives in its own environment.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from backends import dispatch, get_backend, workload
+from backends import codec, dispatch, get_backend, workload
 from backends.base import BackendError, BackendSettings
 
 BACKEND_ENV = "QUEUEBENCH_BACKEND"  # the same variable api.wsgi reads
@@ -83,12 +87,19 @@ def main(argv: list[str] | None = None, stdin: TextIO = sys.stdin, stdout: TextI
     parser.add_argument("--args", default="{}", help="with --count: the task's arguments as JSON")
     parser.add_argument("--queue", help="with --count: the queue (default: routing decides)")
     parser.add_argument("--probe", action="store_true", help="with --count: mark the tasks as probes")
+    parser.add_argument("--codec", action="store_true",
+                        help="time the backend's message codec on one --task/--args job; enqueue nothing")
     args = parser.parse_args(argv)
     name = os.environ.get(BACKEND_ENV, "").strip()
     if not name:
         print(f"{BACKEND_ENV} is not set: name the backend to enqueue through", file=sys.stderr)
         return 2
     backend = get_backend(name, BackendSettings.from_env())
+    if args.codec:
+        try:
+            return _time_codec(backend, args, stdout)
+        finally:
+            backend.close()
     try:
         for request in requests_from(args, stdin):
             receipt = dispatch.submit(backend, request["task"], request["args"], queue=request["queue"],
@@ -104,6 +115,28 @@ def main(argv: list[str] | None = None, stdin: TextIO = sys.stdin, stdout: TextI
         return 1
     finally:
         backend.close()
+    return 0
+
+
+def _time_codec(backend: Any, args: argparse.Namespace, stdout: TextIO) -> int:
+    try:
+        if args.task is None:
+            raise InputError("--codec needs --task")
+        try:
+            task_args = json.loads(args.args)
+        except ValueError as exc:
+            raise InputError(f"--args is not JSON: {exc}") from None
+        request = _request({"task": args.task, "args": task_args, "queue": args.queue}, "--task/--args")
+        job = dispatch.make_job(backend.settings, request["task"], request["args"], queue=request["queue"])
+        result = codec.time_codec(backend, job)
+    except InputError as exc:
+        print(f"backends.submit: {exc}", file=sys.stderr)
+        return 2
+    except (BackendError, codec.CodecMismatch) as exc:
+        print(f"backends.submit: {backend.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    stdout.write(json.dumps(result) + "\n")
+    stdout.flush()
     return 0
 
 
