@@ -41,7 +41,7 @@ from typing import Any
 import pandas as pd
 
 from backends import ledger
-from benchmarks import __version__, environment, measure, store
+from benchmarks import __version__, environment, measure, serialization, store
 from benchmarks.brokers import redact
 from benchmarks.matrix import Cell, Matrix
 from benchmarks.procs import wait_until
@@ -222,9 +222,13 @@ class CellRun:
         self._record_kinds()
         count = int(spec["tasks"])
         self.log(f"preloading {count} tasks")
+        before = serialization.snapshot(stack)  # serializer figures: the broker as it was before the preload
         preload_started = time.monotonic()
         stack.submit([{"task": spec["task"], "args": spec["args"]}] * count)
         self.record["preload_s"] = time.monotonic() - preload_started
+        # Serializer figures (benchmarks/serialization.py), workers still stopped: bytes per message read from
+        # the broker, and the library's own encode + decode cost. Never raises; stored as run.json "serialization".
+        self.record["serialization"] = serialization.after_preload(stack, before, spec)
         depth = sum(stack.backend.queue_depths().values())
         follower = ledger.Follower(stack.ledger_dir)
         follower.poll()
