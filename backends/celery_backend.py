@@ -461,6 +461,8 @@ class CeleryBackend(BackendBase):
             job.id, TASK_NAME, (job.task, dict(job.args), job.meta()), {},
             ignore_result=conf.task_ignore_result)
         content_type, content_encoding, payload = kombu.serialization.dumps(body, serializer=conf.task_serializer)
+        if isinstance(payload, str):  # kombu's json: text, sent in its content encoding (utf-8)
+            payload = payload.encode(content_encoding)
         accept = self._accept
         if self.settings.broker != "redis":
             def decode_body() -> tuple[str, Any, Any]:

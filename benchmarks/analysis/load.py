@@ -79,6 +79,10 @@ FIGURE_COLUMNS = ("finished_ok", "throughput_per_s", "littles_bound_per_s", "mea
                   "broker_cpu_s", "workers_cpu_s", "api_cpu_s", "locust_cpu_s")
 #: A percentile column: ``<family>_p<NN>``, whose sample size is ``<family>_count``.
 _PERCENTILE = re.compile(r"^(?P<family>.+)_p(?P<percent>\d+)$")
+#: Serializer figures of a drain run (run.json ``serialization``, `serialization_row`); NaN where absent.
+SERIALIZATION_COLUMNS = ("payload_bytes", "broker_bytes_per_message", "broker_key_bytes_per_message",
+                         "codec_us_per_message", "codec_us_min", "codec_us_max", "codec_encode_us",
+                         "codec_decode_us", "encoded_bytes")
 #: Components whose CPU seconds and peak RSS every run records.
 COMPONENTS = ("broker", "workers", "api", "locust")
 
@@ -264,11 +268,43 @@ def run_row(record: Mapping[str, Any]) -> dict[str, Any]:
     row["total_cpu_s"] = float(sum(cpu)) if cpu else None
     for name, check in (summary.get("checks") or {}).items():
         row[f"check.{name}"] = bool(check.get("ok"))
+    row |= serialization_row(record)
     row["verdict"] = summary.get("verdict")
     row["failed_checks"] = ",".join(summary.get("failed_checks") or [])
     # Checks that did not hold, soft ones included (generator_kept_up), for warnings.
     row["checks_not_held"] = ",".join(n for n, c in (summary.get("checks") or {}).items() if not c.get("ok"))
     return row
+
+
+def serialization_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The serializer figures of one run.json (its ``serialization`` record, written in drain mode by
+    ``benchmarks/serialization.py``) as flat columns; None where the run has none or a part was not measured.
+
+    ``payload_bytes``: the echo payload's size (``args.size``); ``broker_bytes_per_message``: the broker's
+    own count per preloaded message (Redis used_memory delta, RabbitMQ message_bytes, SQLite file growth);
+    ``broker_key_bytes_per_message``: Redis only, MEMORY USAGE of the keys; ``codec_us_per_message`` (with
+    ``codec_us_min``/``codec_us_max`` over its batches, ``codec_encode_us``, ``codec_decode_us``) and
+    ``encoded_bytes``: the library's own codec, timed in its own interpreter."""
+    found = record.get("serialization") or {}
+    broker = found.get("broker") or {}
+    codec = found.get("codec") or {}
+    spec = record.get("spec") or {}
+    echo = spec.get("task") == "echo"
+
+    def stat(part: str, name: str) -> Any:
+        return (codec.get(part) or {}).get(name)
+
+    return {
+        "payload_bytes": (spec.get("args") or {}).get("size") if echo else None,
+        "broker_bytes_per_message": broker.get("bytes_per_message"),
+        "broker_key_bytes_per_message": broker.get("key_bytes_per_message"),
+        "codec_us_per_message": stat("us_per_message", "median"),
+        "codec_us_min": stat("us_per_message", "min"),
+        "codec_us_max": stat("us_per_message", "max"),
+        "codec_encode_us": stat("encode_us", "median"),
+        "codec_decode_us": stat("decode_us", "median"),
+        "encoded_bytes": codec.get("encoded_bytes"),
+    }
 
 
 # --- the results directory ----------------------------------------------------------------------------
@@ -487,7 +523,7 @@ def load_results(root: Path | str) -> Results:
         raise MixedSchemaError(f"{root} mixes result schema versions ({found}); analyse each version in its "
                                "own directory")
     runs = pd.DataFrame([run_row(r) for r in records.values()]).sort_values("run_id").reset_index(drop=True)
-    for column in (*LABEL_KEYS, *FIGURE_COLUMNS):  # a set of drain runs has no rate, no HTTP latency...
+    for column in (*LABEL_KEYS, *FIGURE_COLUMNS, *SERIALIZATION_COLUMNS):  # drain runs have no rate...
         if column not in runs.columns:
             runs[column] = None if column in LABEL_KEYS else np.nan
     for run in runs[~runs["usable"]].itertuples(index=False):
