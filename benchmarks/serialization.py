@@ -12,8 +12,10 @@ returns under ``serialization`` in run.json:
   most `MAX_SCANNED_KEYS` keys, the delta of the sum of ``MEMORY USAGE <key> SAMPLES 0`` over every key
   (SCAN), which counts the keys alone. RabbitMQ: the delta of the queues' ``message_bytes`` from
   ``rabbitmqctl list_queues`` (message bodies only: AMQP properties and headers are not counted), when
-  rabbitmqctl can reach the node; else "not measured" with the reason. SQLite: the growth of the database
-  file and its write-ahead log (page granularity: 4 KiB pages fill and then grow by whole pages).
+  rabbitmqctl can reach the node; else "not measured" with the reason. SQLite: the growth of the pages in
+  use (``page_count - freelist_count``, times ``page_size``) after a checkpoint of the write-ahead log
+  into the database file (the WAL itself holds a copy of every page written, so its size counts writes,
+  not what is stored); page granularity: rows fill a page before the file grows by whole pages.
 - ``codec`` (`codec_cost`): `backends.codec.time_codec` on one job of the cell's task and arguments, built
   as the producer builds it (`dispatch.make_job`), through the backend's own codec
   (`QueueBackend.codec`): per-message encode, decode and total microseconds (median, min and max over
@@ -27,8 +29,8 @@ drain cell goes on.
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -56,8 +58,9 @@ REDIS_NOTE = ("used_memory: the delta of the Redis server's INFO used_memory ove
 RABBITMQ_NOTE = ("the delta of the queues' message_bytes (rabbitmqctl list_queues), divided by the messages: "
                  "message bodies only; AMQP properties and headers (Celery's task headers travel there) are "
                  "not counted.")
-SQLITE_NOTE = ("the growth of the SQLite database file and its write-ahead log over the preload, divided by "
-               "the messages (whole 4 KiB pages: rows fill a page before the file grows).")
+SQLITE_NOTE = ("the growth of the SQLite database's pages in use (page_count - freelist_count, times page_size) "
+               "over the preload, read after checkpointing the write-ahead log, divided by the messages "
+               "(whole pages: rows fill a page before the database grows).")
 
 
 # --- the hook -----------------------------------------------------------------------------------------
@@ -100,7 +103,7 @@ def _snapshot(stack: Any) -> dict[str, Any]:
     if broker.kind == "rabbitmq":
         return {"kind": "rabbitmq", **rabbitmq_queues(broker.url, stack.settings.queues, owned=broker.owned)}
     if broker.kind == "sqlite":
-        return {"kind": "sqlite", "file_bytes": sqlite_bytes(broker.url)}
+        return {"kind": "sqlite", **sqlite_bytes(broker.url)}
     return {"not_measured": f"no method for a {broker.kind} broker"}
 
 
@@ -134,9 +137,10 @@ def broker_bytes_per_message(stack: Any, before: Mapping[str, Any], count: int) 
         return {"method": "rabbitmqctl list_queues message_bytes", "note": RABBITMQ_NOTE,
                 "bytes_per_message": sum(grown.values()) / count, "messages_counted": messages,
                 "message_bytes_by_queue": grown}
-    return {"method": "sqlite file size", "note": SQLITE_NOTE,
-            "file_bytes_before": before["file_bytes"], "file_bytes_after": after["file_bytes"],
-            "bytes_per_message": (after["file_bytes"] - before["file_bytes"]) / count}
+    return {"method": "sqlite pages in use", "note": SQLITE_NOTE,
+            "used_bytes_before": before["used_bytes"], "used_bytes_after": after["used_bytes"],
+            "wal_checkpointed": bool(before["wal_checkpointed"] and after["wal_checkpointed"]),
+            "bytes_per_message": (after["used_bytes"] - before["used_bytes"]) / count}
 
 
 def redis_memory(url: str, max_keys: int = MAX_SCANNED_KEYS) -> dict[str, Any]:
@@ -205,10 +209,21 @@ def rabbitmq_queues(url: str, queues: tuple[str, ...], *, owned: bool) -> dict[s
                        for row in rows if row.get("name") in queues}}
 
 
-def sqlite_bytes(url: str) -> int:
-    """Bytes of the SQLite database file of `url` (``sqlite:////abs/path``) and its write-ahead log."""
+def sqlite_bytes(url: str) -> dict[str, Any]:
+    """Bytes in use in the SQLite database of `url` (``sqlite:////abs/path``): its write-ahead log
+    checkpointed into the file first (``wal_checkpointed`` false when a reader kept part of it back), then
+    ``(page_count - freelist_count) * page_size``. A database not created yet holds 0 bytes."""
     path = Path(url.removeprefix("sqlite:///"))
-    return sum(os.path.getsize(p) for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+    if not path.exists():
+        return {"used_bytes": 0, "wal_checkpointed": True}
+    conn = sqlite3.connect(path, timeout=10)
+    try:
+        busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+    finally:
+        conn.close()
+    return {"used_bytes": int(pages) * int(page_size), "wal_checkpointed": not busy}
 
 
 # --- (b) the library's own encode + decode -------------------------------------------------------------

@@ -174,6 +174,23 @@ def test_bytes_per_message_read_from_redis_are_positive_and_grow_with_the_payloa
         assert 0 < per_message[100][key] < per_message[10_000][key], key
 
 
+def test_bytes_per_message_in_a_sqlite_file_are_positive_and_grow_with_the_payload(tmp_path, ledger_dir):
+    per_message = {}
+    for size in (100, 10_000):
+        url = f"sqlite:///{tmp_path / f'broker-{size}.sqlite3'}"
+        backend = get_backend("huey", BackendSettings(broker="sqlite", broker_url=url, serializer="msgpack"))
+        broker = brokers.BrokerHandle("sqlite", url, owned=True)
+        stack = types.SimpleNamespace(broker=broker, settings=backend.settings, backend=backend, external=False)
+        backend.queue_depths()  # creates the tables, as the stack's check that queues start empty does
+        before = serialization.snapshot(stack)
+        for _ in range(50):
+            dispatch.submit(backend, "echo", {"size": size})
+        per_message[size] = serialization.broker_bytes_per_message(stack, before, 50)
+        backend.close()
+    assert per_message[100]["method"] == "sqlite pages in use", per_message[100]
+    assert 0 < per_message[100]["bytes_per_message"] < per_message[10_000]["bytes_per_message"]
+
+
 @pytest.mark.service
 def test_a_drain_cell_stores_its_serializer_figures_in_run_json(need_redis, tmp_path):
     spec = tmp_path / "drain.toml"
