@@ -83,9 +83,9 @@ def main(argv: list[str] | None = None, stdin: TextIO = sys.stdin, stdout: TextI
     parser = argparse.ArgumentParser(prog="python -m backends.submit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, help="enqueue this many identical tasks instead of reading stdin")
-    parser.add_argument("--task", help="with --count: the task")
-    parser.add_argument("--args", default="{}", help="with --count: the task's arguments as JSON")
-    parser.add_argument("--queue", help="with --count: the queue (default: routing decides)")
+    parser.add_argument("--task", help="with --count or --codec: the task")
+    parser.add_argument("--args", default="{}", help="with --count or --codec: the task's arguments as JSON")
+    parser.add_argument("--queue", help="with --count or --codec: the queue (default: routing decides)")
     parser.add_argument("--probe", action="store_true", help="with --count: mark the tasks as probes")
     parser.add_argument("--codec", action="store_true",
                         help="time the backend's message codec on one --task/--args job; enqueue nothing")
