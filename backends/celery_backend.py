@@ -99,6 +99,7 @@ from kombu.exceptions import OperationalError
 from kombu.transport.virtual.base import Base64
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.url import maybe_sanitize_url
+from kombu.utils.uuid import uuid as kombu_uuid
 
 from backends import workload
 from backends.base import (
@@ -459,7 +460,7 @@ class CeleryBackend(BackendBase):
         conf = self._app.conf
         headers, properties, body, _sent_event = self._app.amqp.create_task_message(
             job.id, TASK_NAME, (job.task, dict(job.args), job.meta()), {},
-            ignore_result=conf.task_ignore_result)
+            reply_to=self._app.thread_oid, ignore_result=conf.task_ignore_result)
         content_type, content_encoding, payload = kombu.serialization.dumps(body, serializer=conf.task_serializer)
         if isinstance(payload, str):  # kombu's json: text, sent in its content encoding (utf-8)
             payload = payload.encode(content_encoding)
@@ -473,7 +474,7 @@ class CeleryBackend(BackendBase):
             return payload, decode_body
         properties = dict(properties, delivery_mode=2, priority=0,
                           delivery_info={"exchange": "", "routing_key": job.queue},
-                          body_encoding="base64", delivery_tag=job.id)
+                          body_encoding="base64", delivery_tag=kombu_uuid())
         envelope = {"body": _BASE64.encode(payload), "content-encoding": content_encoding,
                     "content-type": content_type, "headers": headers, "properties": properties}
         data = kombu.utils.json.dumps(envelope).encode()

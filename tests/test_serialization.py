@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import redis
 
 import backends
 from backends import codec, dispatch, get_backend, submit
@@ -189,6 +190,38 @@ def test_bytes_per_message_in_a_sqlite_file_are_positive_and_grow_with_the_paylo
         backend.close()
     assert per_message[100]["method"] == "sqlite pages in use", per_message[100]
     assert 0 < per_message[100]["bytes_per_message"] < per_message[10_000]["bytes_per_message"]
+
+
+#: Where each library stores one enqueued message on Redis (shared-environment backends, default queue).
+STORED = {
+    "baseline": lambda client, job_id: client.lrange("queuebench:baseline:queue:default", 0, -1),
+    "celery": lambda client, job_id: client.lrange("default", 0, -1),
+    "huey": lambda client, job_id: client.lrange("huey.redis.default", 0, -1),
+    "rq": lambda client, job_id: [client.hget(f"rq:job:{job_id}", "data")],
+    "dramatiq": lambda client, job_id: client.hvals("dramatiq:default.msgs"),
+}
+
+
+@pytest.mark.service
+@pytest.mark.parametrize("name", sorted(STORED))
+def test_the_codec_gives_the_bytes_the_library_stores_on_redis(name, need_redis, tmp_path, ledger_dir):
+    supervisor = Supervisor()
+    try:
+        broker = brokers.start_private_redis(supervisor, tmp_path)
+        client = redis.Redis.from_url(broker.url)
+        for serializer in sorted(backends.backend_class(name).serializers):
+            backend = get_backend(name, BackendSettings(broker_url=broker.url, serializer=serializer))
+            job = dispatch.make_job(backend.settings, "echo", {"size": 1000})
+            data, _decode = backend.codec(job)
+            backend.enqueue(job)
+            (stored,) = STORED[name](client, job.id)
+            # Ids, timestamps and uuids differ between two encodings of one job; their lengths do not.
+            assert len(stored) == len(data), (name, serializer)
+            backend.purge()
+            backend.close()
+        client.close()
+    finally:
+        supervisor.stop_all()
 
 
 @pytest.mark.service
