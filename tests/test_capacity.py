@@ -21,9 +21,9 @@ from benchmarks import matrix, runner, store
 from benchmarks.analysis.cover import covering_cells, covering_matrix_text, write_covering_matrix
 from benchmarks.analysis.load import DEFAULT_BACKENDS, load_results
 from benchmarks.analysis.notes import capacity_notes
-from benchmarks.analysis.plan_cmd import plan as plan_command
 from benchmarks.analysis.planner import TaskKind, parse_task, plan_capacity
 from benchmarks.analysis.queueing import min_servers, mmc_response_quantile
+from benchmarks.plan_verify import plan as plan_command
 from benchmarks.verdicts import Slo, parse_slo
 
 SLEEP_50 = parse_task("sleep_ms:50")
@@ -279,7 +279,7 @@ def test_plan_command_prints_tables_and_says_plainly_when_it_is_not_covered(runs
     uncovered = CliRunner().invoke(plan_command, ["--rate", "200", "--task", "sleep_ms:50", "--slo", "p95=1s",
                                                   str(runs_dir)])
     assert uncovered.exit_code == 0, uncovered.output
-    assert "Not covered" in uncovered.output and "extrapolat" in uncovered.output
+    assert "No recommendation" in uncovered.output and "extrapolat" in uncovered.output
     written = list((tmp_path / "results" / "plans").glob("*.toml"))
     assert len(written) == 1 and "queuebench run" in uncovered.output
     matrix.load(written[0])

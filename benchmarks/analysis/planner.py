@@ -885,3 +885,71 @@ def _system_keys(backend: str, runs: pd.DataFrame) -> dict[str, Any]:
     if options:
         spec["options"] = options
     return spec
+
+
+# --- the acceptance test (``queuebench plan --verify``) ------------------------------------------------
+
+
+@dataclass
+class Acceptance:
+    """Whether the SLO held for one verified configuration: every repeat, with its quantile's interval."""
+
+    variant: str
+    shape: str
+    slots: int
+    role: str
+    #: "held" (every repeat kept up with the upper end of its interval under the limit), "missed" (a repeat
+    #: fell behind or its point estimate is over the limit), "not shown" (point estimates under the limit,
+    #: an upper end at or over it, or a repeat too short to bound the quantile), "incomplete" (a repeat's
+    #: run did not end ok), "not run".
+    outcome: str
+    repeats: list[dict[str, Any]] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+
+    @property
+    def held(self) -> bool:
+        """Whether the SLO held in every repeat."""
+        return self.outcome == "held"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return store.plain({"variant": self.variant, "shape": self.shape, "slots": self.slots, "role": self.role,
+                            "outcome": self.outcome, "held": self.held, "repeats": self.repeats,
+                            "statuses": self.statuses})
+
+
+def acceptance(source: Results | Path | str, kind: TaskKind, slo: Slo,
+               runs: Sequence[tuple[str, str, int, str, Sequence[str]]]) -> list[Acceptance]:
+    """The acceptance test of a plan on the runs ``plan --verify`` made: per (variant, shape, slots, role,
+    run ids), each repeat's quantile with its interval and n, and whether the SLO held in every one."""
+    results = source if isinstance(source, Results) else load_results(source)
+    frame = results.runs
+    out = []
+    for variant, shape, slots, role, run_ids in runs:
+        mine = frame[frame["run_id"].isin(list(run_ids))]
+        statuses = [str(s) for s in mine.sort_values("run_id")["status"]]
+        points = measured_points(mine, kind)
+        points = points[points["mode"] == "load"]
+        if points.empty:
+            out.append(Acceptance(variant, shape, slots, role, "not run", statuses=statuses))
+            continue
+        repeats = []
+        for point in points.itertuples(index=False):
+            for run_id, value, n, kept in zip(point.run_ids, getattr(point, f"e2e_{slo.name}_each"),
+                                             point.e2e_tasks_each, point.kept_up_each, strict=True):
+                low, high, _ = results.quantile_interval(run_id, slo.column)
+                repeats.append({"run_id": run_id, "e2e_ms": value, "low_ms": low, "upper_ms": high, "tasks": n,
+                                "kept_up": kept, "text": quantile_text(value, n, slo.quantile, interval=(low, high))})
+        behind = not all(r["kept_up"] for r in repeats)
+        over = any(math.isfinite(r["e2e_ms"]) and r["e2e_ms"] > slo.limit_ms for r in repeats)
+        if behind or over:
+            outcome = "missed"
+        elif len(repeats) < len(run_ids):
+            outcome = "incomplete"  # a repeat's run did not end ok (its status says why)
+        elif all(math.isfinite(r["e2e_ms"]) and math.isfinite(r["upper_ms"]) and r["upper_ms"] < slo.limit_ms
+                 for r in repeats):
+            outcome = "held"
+        else:
+            outcome = "not shown"
+        out.append(Acceptance(variant, shape, slots, role, outcome, repeats, statuses))
+    return out
