@@ -21,12 +21,20 @@ How a slot configuration is judged at the requested rate R (`plan_capacity`), as
 improves when the rate grows nor when slots shrink:
 
 - *fails*: R is at or above the configuration's Little's bound (slots / mean service: no window, however
-  lucky, makes that sustainable) or its measured capacity; or a cell offered about R (within 5 %) or
-  less missed the SLO or saturated;
-- *meets*: otherwise, when the cell offered at least R (5 % below counts: `RATE_TOLERANCE`) closest to R
-  was sustained within the SLO;
-- *unknown* otherwise. The answer is the fewest slots that meet (measured); anything else is either
-  refused or labelled *extrapolated* (never passed off as measured).
+  lucky, makes that sustainable) or its measured capacity; or a repeat of a cell offered about R (within
+  5 %) or less fell behind or had a bounded quantile over the limit;
+- otherwise the cell offered at least R (5 % below counts: `RATE_TOLERANCE`) closest to R is judged by the
+  plan rule (`verdicts.judge_repeats`), each repeat on its own, with the upper end of its quantile's 95 %
+  interval from its raw rows (`load.Results.quantile_interval`) and rho = R x slot time / slots: *meets*
+  (>= 3 repeats, every upper end under the limit, a next repeat's 95 % prediction under it, rho <= 0.85),
+  *marginal* (point estimates meet, the rest does not), *too few repeats*, or *unknown* (its tasks cannot
+  bound the quantile, or nothing measured at R).
+
+The recommendation is the fewest slots that meet; without one, the fewest marginal (or too few repeats)
+slots are named as a candidate and never as a recommendation, and anything else is labelled
+*extrapolated*. The slot time is 1 / the measured capacity per slot (saturated cells, drains): what a slot
+spends per task, per-task overhead such as RQ's fork included; M/M/c is shown with it and with the task
+body's mean service. Without a saturated cell or a drain, rho uses the body time and says so.
 """
 
 from __future__ import annotations
