@@ -452,9 +452,10 @@ def overhead(out: Path, force: bool) -> None:
 
 
 def _register_analysis_commands() -> None:
-    """`report`, `compare` and `plan` live in benchmarks.analysis (they import matplotlib only when run)."""
+    """`report` and `compare` live in benchmarks.analysis (they import matplotlib only when run); `plan`
+    in benchmarks.plan_verify, as its --verify measures."""
     from benchmarks.analysis.commands import compare, report
-    from benchmarks.analysis.plan_cmd import plan
+    from benchmarks.plan_verify import plan
 
     cli.add_command(report)
     cli.add_command(compare)

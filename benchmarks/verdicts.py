@@ -14,6 +14,12 @@
   have at least `MIN_REPEATS` repeats, Welch's t-test on the logs of the per-repeat figures gives
   p < `ALPHA`, and the ratio of geometric means differs from 1 by more than `NOISE_FLOOR`. Which way is
   better is declared per figure (`higher_is_better`).
+- The plan rule (`judge_repeats`): a configuration is recommended for an SLO only when at least
+  `MIN_REPEATS` repeats each bound the quantile (`min_samples`), each kept up, each has the *upper* end of
+  its quantile's interval under the limit, the repeats' spread does not let a next window cross it
+  (`next_repeat_upper`: the 95 % prediction interval of one more repeat's figure, on logs), and its
+  utilisation rho = rate x slot time / slots is at most `RHO_WARN`. Point estimates that meet the SLO
+  without all of that are *marginal*; fewer repeats are *too few repeats*.
 
 A leaf: it imports only the generator check's share from `benchmarks.measure`, so the search, the
 planner, the report and the charts can all depend on it without depending on each other.
@@ -420,3 +426,104 @@ def pick_best(candidates: Mapping[str, Sequence[float]], figure: str) -> Pick:
         return Pick(figure, leader, leader, others)
     return Pick(figure, leader, None, others, "no clear winner: the leader does not beat every other "
                                               "configuration beyond noise")
+
+
+# --- the plan rule ------------------------------------------------------------------------------------
+# A capacity plan is a promise about windows nobody has measured yet. One window that met the SLO says
+# little near saturation, where the tail swings by seconds from window to window; so a recommendation
+# asks more of its evidence than a point estimate under the limit: repeats, each bounding the quantile
+# with its upper end under the limit (within-run sampling), a spread between repeats that does not let a
+# next window cross it (run-to-run noise), and headroom (utilisation at most `RHO_WARN`).
+
+#: Utilisation above which a configuration is never recommended outright (at least *marginal*): near
+#: rho = 1 the wait's tail grows as 1 / (1 - rho), so a few per cent more load or a slower window moves
+#: the quantile by multiples.
+RHO_WARN = 0.85
+#: Tasks a measured window should hold, as a multiple of `min_samples` of the SLO's quantile, when a
+#: matrix is written to decide a plan (covering and verification matrices): at 3 x 72 = 216 tasks the
+#: upper end of a p95's 95 % interval sits near the sample's 98th percentile, not at its maximum (as at 72).
+SAMPLE_MARGIN = 3
+
+
+def next_repeat_upper(values: Iterable[float], confidence: float = CONFIDENCE) -> float:
+    """The upper end of the two-sided `confidence` prediction interval of one more repeat's figure, from
+    the per-repeat figures: on logs (multiplicative noise, as the winner rule's), exp(mean +
+    t_{(1+c)/2, n-1} s sqrt(1 + 1/n)). nan with fewer than 2 positive values; the value itself when all
+    repeats are identical."""
+    logs = np.log(_positive(values))
+    if logs.size < 2:
+        return math.nan
+    from scipy import stats  # see quantile_interval
+
+    spread = float(np.std(logs, ddof=1))
+    t = float(stats.t.ppf((1 + confidence) / 2, logs.size - 1))
+    return float(np.exp(logs.mean() + t * spread * math.sqrt(1 + 1 / logs.size)))
+
+
+def window_tasks(quantile: float) -> int:
+    """Tasks a window written to decide a plan should hold: `SAMPLE_MARGIN` x `min_samples`."""
+    return SAMPLE_MARGIN * min_samples(quantile)
+
+
+@dataclass(frozen=True)
+class RepeatsVerdict:
+    """The plan rule on one configuration's repeats at one rate: its state and every reason for it."""
+
+    #: "meets" (recommendable), "marginal" (point estimates meet, the rule does not), "too few repeats"
+    #: (point estimates meet in fewer than `MIN_REPEATS`), "misses" (a repeat missed or fell behind),
+    #: "too few samples" (a repeat's tasks cannot bound the quantile).
+    state: str
+    reasons: tuple[str, ...] = ()
+    #: The worst repeat's point estimate, the worst upper end of the repeats' intervals, the next-repeat
+    #: prediction's upper end (ms; nan when not known).
+    worst_ms: float = math.nan
+    worst_upper_ms: float = math.nan
+    next_repeat_upper_ms: float = math.nan
+
+
+def judge_repeats(figures_ms: Sequence[float], uppers_ms: Sequence[float], counts: Sequence[Any],
+                  kept: Sequence[bool], quantile: float, limit_ms: float,
+                  rho: float | None = None) -> RepeatsVerdict:
+    """The plan rule on one configuration's repeats at the requested rate.
+
+    `figures_ms`: each repeat's quantile (nan where its sample cannot bound it); `uppers_ms`: the upper end
+    of each repeat's `CONFIDENCE` interval of it (`quantile_interval` on its raw rows; nan when the rows are
+    not there); `counts`: each repeat's sample size; `kept`: whether each repeat kept up (`kept_up`);
+    `rho`: the utilisation rate x slot time / slots, when known.
+    """
+    figures = np.asarray(figures_ms, dtype="float64")
+    uppers = np.asarray(uppers_ms, dtype="float64")
+    worst = float(figures.max()) if figures.size and np.isfinite(figures).all() else math.nan
+    if not all(kept):
+        return RepeatsVerdict("misses", (f"{sum(not k for k in kept)} of {len(kept)} repeats fell behind "
+                                         "(finished < 95 % of what was sent)",), worst)
+    if np.isfinite(figures).any() and float(np.nanmax(figures)) > limit_ms:
+        over = int((figures > limit_ms).sum())
+        return RepeatsVerdict("misses", (f"{over} of {figures.size} repeats over the limit "
+                                         f"(worst {float(np.nanmax(figures)):.0f} ms)",), worst)
+    if not all(bounds(n, quantile) for n in counts):
+        fewest = min((int(n) if n is not None and not (isinstance(n, float) and math.isnan(n)) else 0)
+                     for n in counts)
+        return RepeatsVerdict("too few samples", (f"a repeat had {fewest} tasks in its window; the quantile "
+                                                  f"needs n ≥ {min_samples(quantile)}",), worst)
+    reasons = []
+    if figures.size < MIN_REPEATS:
+        reasons.append(f"met in {figures.size} run{'s' if figures.size != 1 else ''}: the rule needs "
+                       f"{MIN_REPEATS} repeats")
+    worst_upper = float(uppers.max()) if uppers.size and np.isfinite(uppers).all() else math.nan
+    if not np.isfinite(uppers).all():
+        reasons.append("no raw rows to bound the quantile (tasks.parquet missing)")
+    elif worst_upper >= limit_ms:
+        crossing = int((uppers >= limit_ms).sum())
+        reasons.append(f"the {CONFIDENCE_TEXT} upper bound crosses the limit in {crossing} of {uppers.size} "
+                       f"repeats (up to {worst_upper:.0f} ms)")
+    # With fewer than MIN_REPEATS the spread is not measured well enough to speak (t with 1 degree of
+    # freedom is 12.7): the repeat count already says so.
+    upcoming = next_repeat_upper(figures) if figures.size >= MIN_REPEATS else math.nan
+    if math.isfinite(upcoming) and upcoming >= limit_ms:
+        reasons.append(f"the repeats spread so that a next window could reach {upcoming:.0f} ms "
+                       f"({CONFIDENCE_TEXT} prediction from {figures.size} repeats)")
+    if rho is not None and math.isfinite(rho) and rho > RHO_WARN:
+        reasons.append(f"rho {rho:.2f} > {RHO_WARN:g}: too close to saturation")
+    state = "too few repeats" if figures.size < MIN_REPEATS else "marginal" if reasons else "meets"
+    return RepeatsVerdict(state, tuple(reasons), worst, worst_upper, upcoming)

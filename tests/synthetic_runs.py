@@ -53,22 +53,8 @@ def write_run(root: Path, *, backend: str = "rq", serializer: str = "json", proc
     count = int(round((WARMUP_S + spec["duration_s"]) * rate))
     scheduled = start_ns + (np.arange(count) * 1e9 / rate).astype("int64")
     e2e_ms = np.maximum(scale_ms * np.exp(rng.normal(0.0, WITHIN_RUN_SIGMA, size=count)), SERVICE_MS + 2.0)
-    sent = scheduled + 100_000  # 0.1 ms of schedule lag
-    enqueued = sent + 1_000_000  # 1 ms through the API
-    finished = scheduled + (e2e_ms * 1e6).astype("int64")
-    started = finished - int(SERVICE_MS * 1e6)
-    ids = [f"{run_id}-{i}" for i in range(count)]
+    table, requests = raw_tables(run_id, scheduled, e2e_ms)
     digest = _digest(TASK, ARGS)
-    table = pd.DataFrame({
-        "id": ids, "task": TASK, "digest": digest, "queue": "default",
-        "scheduled_ns": pd.array(scheduled, dtype="Int64"), "sent_ns": pd.array(sent, dtype="Int64"),
-        "enqueued_ns": pd.array(enqueued, dtype="Int64"), "attempt": 1,
-        "started_ns": pd.array(started, dtype="Int64"), "n_started": 1, "worker_pid": pd.array([1] * count, dtype="Int64"),
-        "worker_host": "synthetic", "finished_ns": pd.array(finished, dtype="Int64"), "n_finished": 1,
-        "outcome": "ok", "error": None})
-    requests = pd.DataFrame({"scheduled_ns": scheduled, "sent_ns": sent, "done_ns": enqueued,
-                             "status": np.full(count, 202, dtype="int64"), "task": pd.array([TASK] * count, dtype="string"),
-                             "task_id": pd.array(ids, dtype="string")})
     window = measure.load_window(table, requests, WARMUP_S, spec["duration_s"])
     summary = measure.summarise(table, requests, window, slots=processes, offered_rate_per_s=rate)
     # One CPU-second per run, all in the workers: tasks per CPU-second is then the tasks that finished.
@@ -89,6 +75,37 @@ def write_run(root: Path, *, backend: str = "rq", serializer: str = "json", proc
     store.write_requests_table(run_dir, requests)
     store.write_run(run_dir, record)
     return run_id
+
+
+def raw_tables(run_id: str, scheduled_ns: np.ndarray, e2e_ms: np.ndarray, task: str = TASK,
+               args: dict[str, Any] | None = None, service_ms: float = SERVICE_MS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(tasks, requests) as the runner stores them: one task per scheduled time, finished `e2e_ms` after it
+    (its last `service_ms` in the worker), sent 0.1 ms late and enqueued 1 ms later."""
+    args = ARGS if args is None else args
+    count = len(scheduled_ns)
+    scheduled = np.asarray(scheduled_ns, dtype="int64")
+    sent = scheduled + 100_000  # 0.1 ms of schedule lag
+    enqueued = sent + 1_000_000  # 1 ms through the API
+    finished = scheduled + (np.asarray(e2e_ms) * 1e6).astype("int64")
+    started = np.maximum(finished - int(service_ms * 1e6), enqueued)
+    ids = [f"{run_id}-{i}" for i in range(count)]
+    table = pd.DataFrame({
+        "id": ids, "task": task, "digest": _digest(task, args), "queue": "default",
+        "scheduled_ns": pd.array(scheduled, dtype="Int64"), "sent_ns": pd.array(sent, dtype="Int64"),
+        "enqueued_ns": pd.array(enqueued, dtype="Int64"), "attempt": 1,
+        "started_ns": pd.array(started, dtype="Int64"), "n_started": 1, "worker_pid": pd.array([1] * count, dtype="Int64"),
+        "worker_host": "synthetic", "finished_ns": pd.array(finished, dtype="Int64"), "n_finished": 1,
+        "outcome": "ok", "error": None})
+    requests = pd.DataFrame({"scheduled_ns": scheduled, "sent_ns": sent, "done_ns": enqueued,
+                             "status": np.full(count, 202, dtype="int64"), "task": pd.array([task] * count, dtype="string"),
+                             "task_id": pd.array(ids, dtype="string")})
+    return table, requests
+
+
+def task_kind(task: str = TASK, args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A run.json ``task_kinds`` entry whose digest matches `raw_tables`' rows."""
+    args = ARGS if args is None else args
+    return {"task": task, "args": args, "digest": _digest(task, args)}
 
 
 def write_configuration(root: Path, repeats: int, **kwargs: Any) -> list[str]:

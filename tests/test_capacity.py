@@ -11,17 +11,19 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
+import synthetic_runs
 from click.testing import CliRunner
 
-from benchmarks import matrix, runner
+from benchmarks import matrix, runner, store
 from benchmarks.analysis.cover import covering_cells, covering_matrix_text, write_covering_matrix
 from benchmarks.analysis.load import DEFAULT_BACKENDS, load_results
 from benchmarks.analysis.notes import capacity_notes
-from benchmarks.analysis.plan_cmd import plan as plan_command
 from benchmarks.analysis.planner import TaskKind, parse_task, plan_capacity
 from benchmarks.analysis.queueing import min_servers, mmc_response_quantile
+from benchmarks.plan_verify import plan as plan_command
 from benchmarks.verdicts import Slo, parse_slo
 
 SLEEP_50 = parse_task("sleep_ms:50")
@@ -56,8 +58,10 @@ def test_task_syntax_names_the_task_and_its_arguments():
 def write_run(root: Path, backend: str, processes: int, rate: float, *, throughput: float, p95_ms: float,
               service_ms: float = 50.0, status: str = "ok", repeat: int = 0, task: str = "sleep_ms",
               args: dict[str, Any] | None = None, mode: str = "load", scenario: str = "latency",
-              options: dict[str, Any] | None = None) -> str:
-    """One run directory with a run.json shaped like the runner's (the figures are the caller's)."""
+              options: dict[str, Any] | None = None, rows: bool = True) -> str:
+    """One run directory with a run.json shaped like the runner's (the figures are the caller's) and, in
+    load mode unless `rows` is False, raw rows whose 200 end-to-end latencies spread evenly from 0.6 to
+    1.02 x `p95_ms` (so their p95 is about `p95_ms` and its interval's upper end about 1 % above it)."""
     args = {"ms": 50} if args is None and task == "sleep_ms" else (args or {})
     spec: dict[str, Any] = {
         "backend": backend, "broker": "redis", "serializer": "json", "processes": processes, "threads": 1,
@@ -93,7 +97,7 @@ def write_run(root: Path, backend: str, processes: int, rate: float, *, throughp
         "detail": "" if ok else "failed checks: all_finished",
         "started_at": "2026-01-01T00:00:00+00:00",
         "environment": {"host": "test", "cpu_count_logical": 2, "python": "3.11", "packages": {}},
-        "task_kinds": [{"task": task, "args": args, "digest": "0" * 16}],
+        "task_kinds": [synthetic_runs.task_kind(task, args)],
         "summary": {"figures": figures,
                     "checks": {"all_finished": {"ok": ok, "detail": ""},
                                "littles_law": {"ok": True, "detail": ""}},
@@ -101,6 +105,12 @@ def write_run(root: Path, backend: str, processes: int, rate: float, *, throughp
     }
     (root / run_id).mkdir(parents=True)
     (root / run_id / "run.json").write_text(json.dumps(record))
+    if mode == "load" and rows:
+        scheduled = 1_000_000_000 + np.arange(200, dtype="int64") * 25_000_000  # 200 in the 5 s window
+        tasks, requests = synthetic_runs.raw_tables(run_id, scheduled, p95_ms * np.linspace(0.6, 1.02, 200),
+                                                    task, args, service_ms)
+        store.write_tasks_table(root / run_id, tasks)
+        store.write_requests_table(root / run_id, requests)
     return run_id
 
 
@@ -109,15 +119,16 @@ def runs_dir(tmp_path: Path) -> Path:
     """celery and rq, sleep_ms 50 at 40/s on 1, 2 and 4 processes, and a rate sweep on 2 processes.
 
     Each task holds its slot 40 ms (so a slot can finish at most 25/s). One slot saturates at 40/s (its
-    throughput is its capacity); two keep up but with a long p95; four keep up with a short one.
+    throughput is its capacity, 18/s: a slot time of 56 ms); two keep up in one run with a long p95; four
+    keep up with a short one in three repeats.
     """
     root = tmp_path / "runs"
     for backend in ("celery", "rq"):
         write_run(root, backend, 1, 40, throughput=18.0, p95_ms=4000, service_ms=SERVICE_MS)
         write_run(root, backend, 2, 40, throughput=39.5, p95_ms=600, service_ms=SERVICE_MS)
         write_run(root, backend, 2, 20, throughput=20.0, p95_ms=90, service_ms=SERVICE_MS)
-        write_run(root, backend, 4, 40, throughput=40.0, p95_ms=120, service_ms=SERVICE_MS)
-        write_run(root, backend, 4, 40, throughput=40.0, p95_ms=140, service_ms=SERVICE_MS, repeat=1)
+        for repeat, p95_ms in enumerate((120, 140, 130)):
+            write_run(root, backend, 4, 40, throughput=40.0, p95_ms=p95_ms, service_ms=SERVICE_MS, repeat=repeat)
     # Runs that must not count: another task, a failed run, a mixed-kind scenario.
     write_run(root, "celery", 1, 40, throughput=40.0, p95_ms=5, task="noop", service_ms=0.1)
     write_run(root, "celery", 8, 40, throughput=40.0, p95_ms=10, status="failed")
@@ -134,7 +145,10 @@ def test_plan_recommends_the_fewest_measured_slots_that_meet_the_slo(runs_dir):
         assert (backend.verdict, backend.measured_slots, backend.measured_shape) == ("measured", 4, "p4t1")
         assert backend.lower_bound_slots == 3  # 2 slots were measured to miss the SLO; 3 never measured
     for backend in loose.backends:
-        assert backend.measured_slots == 2 and backend.lower_bound_slots == 2
+        # 2 slots met 1 s in its one run, at rho > 0.85: named, never recommended.
+        assert backend.measured_slots == 4 and backend.lower_bound_slots == 2
+        two = next(c for c in backend.configs if c.slots == 2)
+        assert two.state == "too few repeats" and "p2t1 too few repeats" in backend.answer
 
 
 def test_plan_shows_the_measured_cells_it_relied_on_with_the_model_beside_them(runs_dir):
@@ -145,9 +159,9 @@ def test_plan_shows_the_measured_cells_it_relied_on_with_the_model_beside_them(r
     assert all((runs_dir / r / "run.json").exists() for r in run_ids)
     assert not any("p8t1" in r for r in run_ids)  # failed and mixed-kind runs are not used
     meets = next(c for c in celery.configs if c.state == "meets")
-    assert len(meets.evidence) == 2  # both repeats of the 4-slot cell
+    assert len(meets.evidence) == 3  # every repeat of the 4-slot cell
     four = celery.points[celery.points["slots"] == 4].iloc[0]
-    assert four["e2e_p95_ms"] == max(120, 140)  # the worse repeat
+    assert four["e2e_p95_ms"] == max(120, 140, 130)  # the worst repeat
     assert four["model_p95_ms"] == pytest.approx(mmc_response_quantile(40, SERVICE_MS / 1e3, 4, 0.95) * 1e3)
     assert four["model_error"] == pytest.approx(four["model_p95_ms"] / four["e2e_p95_ms"] - 1)
     one = celery.points[celery.points["slots"] == 1].iloc[0]
@@ -265,7 +279,7 @@ def test_plan_command_prints_tables_and_says_plainly_when_it_is_not_covered(runs
     uncovered = CliRunner().invoke(plan_command, ["--rate", "200", "--task", "sleep_ms:50", "--slo", "p95=1s",
                                                   str(runs_dir)])
     assert uncovered.exit_code == 0, uncovered.output
-    assert "Not covered" in uncovered.output and "extrapolat" in uncovered.output
+    assert "No recommendation" in uncovered.output and "extrapolat" in uncovered.output
     written = list((tmp_path / "results" / "plans").glob("*.toml"))
     assert len(written) == 1 and "queuebench run" in uncovered.output
     matrix.load(written[0])
@@ -301,8 +315,8 @@ def test_capacity_notes_mention_each_backend_its_knee_and_a_planning_sentence(ru
     assert "Data insufficient" in notes  # noop was measured at one rate only
 
 
-def test_capacity_notes_take_the_frame_the_report_passes(runs_dir):
-    assert capacity_notes(load_results(runs_dir).usable) == capacity_notes(runs_dir)
+def test_capacity_notes_take_the_results_the_report_passes(runs_dir):
+    assert capacity_notes(load_results(runs_dir)) == capacity_notes(runs_dir)
 
 
 def test_capacity_notes_say_when_there_is_nothing_to_plan_from(tmp_path):

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ("api", "backends", "benchmarks", "scenarios")
 #: The modules that bring a configuration up and measure it: analysis must not see any of them.
 MEASURING = ("benchmarks.runner", "benchmarks.matrix", "benchmarks.stack", "benchmarks.search", "benchmarks.procs",
-             "benchmarks.brokers", "benchmarks.sampler")
+             "benchmarks.brokers", "benchmarks.sampler", "benchmarks.verify", "benchmarks.plan_verify")
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,9 @@ def test_the_rules_are_checked_against_the_modules_they_guard():
     plan_cmd = {i.name for i in imports_of(modules["benchmarks.analysis.plan_cmd"].read_text(),
                                            "benchmarks.analysis.plan_cmd")}
     assert {"benchmarks.analysis.planner", "benchmarks.verdicts"} <= plan_cmd  # both inside the command
+    # plan --verify measures: the command composing it lives outside analysis, and imports both layers.
+    verify = {i.name for i in imports_of(modules["benchmarks.verify"].read_text(), "benchmarks.verify")}
+    assert {"benchmarks.runner", "benchmarks.analysis.planner"} <= verify
 
 
 @pytest.mark.parametrize(("module", "source", "names"), [
@@ -159,6 +162,7 @@ def test_the_rules_are_checked_against_the_modules_they_guard():
     ("benchmarks.analysis.charts", "class C:\n    def m(self):\n        from benchmarks.brokers import redact\n",
      "benchmarks.brokers"),
     ("benchmarks.analysis.compare", "from benchmarks import cli\n", "benchmarks.cli"),
+    ("benchmarks.analysis.plan_cmd", "def f():\n    from benchmarks.verify import verify\n", "benchmarks.verify"),
     ("benchmarks.store", "from benchmarks.analysis.load import Results\n", "benchmarks.analysis.load"),
     ("benchmarks.store", "from benchmarks import runner\n", "benchmarks.runner"),
     ("benchmarks.verdicts", "from benchmarks import store\n", "benchmarks.store"),

@@ -284,7 +284,7 @@ def test_a_synthetic_run_is_shaped_like_a_real_one(tmp_path):
 
 
 def test_plan_shows_each_cells_percentile_with_its_n_and_never_decides_on_one_its_tasks_cannot_bound(tmp_path):
-    from benchmarks.analysis.plan_cmd import plan as plan_command
+    from benchmarks.plan_verify import plan as plan_command
 
     write_configuration(tmp_path, 3, backend="rq", median_e2e_ms=40.0, tasks=150)
     args = ["--rate", "30", "--task", "sleep_ms:20", "--no-write-matrix", str(tmp_path)]

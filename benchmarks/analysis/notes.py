@@ -9,13 +9,16 @@ only, as the report renders them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from benchmarks.analysis.load import Results, load_results
 from benchmarks.analysis.planner import (
+    CANDIDATE_STATES,
     BackendPlan,
     TaskKind,
     kinds_in,
@@ -27,6 +30,8 @@ from benchmarks.analysis.planner import (
 from benchmarks.analysis.uncertainty import quantile_text, runs_text
 from benchmarks.verdicts import (
     KNEE_LATENCY_GROWTH,
+    MIN_REPEATS,
+    RHO_WARN,
     SUSTAINED_RATIO,
     Slo,
     knee_index,
@@ -136,25 +141,37 @@ def _plan_sentence(backend: BackendPlan, rate: float, kind: TaskKind, slo: Slo) 
     model = slots_text(backend.model_slots) if backend.model_slots is not None else "no slot count meets it"
     head = (f"To serve {rate:g} tasks/s of {kind.spoken} with {slo.name} under {slo.limit_text} on "
             f"{backend.variant}")
+    if backend.slot_time_ms is not None:
+        # The slot time is 1 / the capacity per slot stated above; the body's is the mean service.
+        model += f" with the task body's mean service, {backend.model_slot_time_answer} with the measured slot time"
+    rho = f", rho {backend.rho:.2f}" if backend.rho is not None else ""
     if backend.covered:
         untested = range(backend.lower_bound_slots, backend.measured_slots or 0)
         fewer = f"; fewer than {backend.measured_slots} not measured at this rate" if len(untested) else ""
         return (f"{head} you need {slots_text(backend.measured_slots)} (measured, "
-                f"{backend.measured_shape}{fewer}) / "
+                f"{backend.measured_shape}{rho}{fewer}) / "
                 f"{model} (M/M/c).")
+    if backend.verdict in CANDIDATE_STATES:
+        return (f"{head}: no recommendation; {slots_text(backend.measured_slots)} ({backend.measured_shape}"
+                f"{rho}) is {backend.verdict} ({backend.reason}); M/M/c says {model}.")
     extra = f"; extrapolated ~{slots_text(backend.extrapolated_slots)}" if backend.extrapolated_slots else ""
     return (f"{head}: not covered by these results, {backend.reason}{extra} (not measured); "
             f"M/M/c says {model}.")
 
 
-def capacity_notes(source: pd.DataFrame | Path | str) -> str:
+def capacity_notes(source: Results | pd.DataFrame | Path | str) -> str:
     """The report's "Capacity notes" (Markdown: paragraphs and bullet lists only, as the report renders).
 
     Per task kind with single-kind load runs (status ok), per backend configuration: the highest rate
     sustained per slot count, the knee where visible, the capacity per slot, and planning sentences for
     rates and an SLO derived from the data (`representative_rates`, `notes_slo`), measured beside M/M/c.
     """
-    runs = runs_frame(source)
+    if isinstance(source, (Path, str)) and Path(source).is_dir():
+        with contextlib.suppress(ValueError):  # no run in it: nothing to plan from, as runs_frame says
+            source = load_results(source)
+    runs = runs_frame(source.usable if isinstance(source, Results) else source)
+    # The plan rule reads each repeat's raw rows (its quantile's interval): from a Results, not a frame.
+    planned = source if isinstance(source, Results) else runs
     kinds = kinds_in(runs)
     if not kinds:
         return ("Capacity notes need load-mode runs of a single task kind (scenario latency or throughput) "
@@ -168,9 +185,14 @@ def capacity_notes(source: pd.DataFrame | Path | str) -> str:
         f"is the lowest offered rate where throughput fell below {SUSTAINED_RATIO:.0%} of the rate sent or p95 "
         f"grew more than {KNEE_LATENCY_GROWTH:g}x from the lowest-rate cell, and stayed so above it. A rate at or "
         "above slots / mean service (Little's bound) is never planned for, however a short window looked. "
+        f"A slot count is recommended only when each of at least {MIN_REPEATS} repeats kept up with the upper "
+        "end of its quantile's 95 % interval under the limit, the repeats' spread does not let a next window "
+        f"cross it, and rho = rate x slot time / slots is at most {RHO_WARN:g}; point estimates under the limit "
+        "without all of that are marginal, or too few repeats. "
         "M/M/c uses each backend's measured mean service time with exponential service, so it overstates the "
-        "tail of near-constant tasks (sleep_ms, cpu_ms); the model error is model / measured - 1 at the "
-        "measured cells."]
+        "tail of near-constant tasks (sleep_ms, cpu_ms), and beside it the measured slot time (1 / capacity "
+        "per slot, per-task overhead included) where a saturated cell or a drain measured it; the model "
+        "error is model / measured - 1 at the measured cells."]
     for kind in kinds:
         points = measured_points(runs, kind)
         load = points[points["mode"] == "load"]
@@ -199,7 +221,7 @@ def capacity_notes(source: pd.DataFrame | Path | str) -> str:
         sentences, errors = [], []
         picked = representative_rates(points)
         for rate in picked:
-            plan = plan_capacity(runs, rate, kind, slo, backends=None)
+            plan = plan_capacity(planned, rate, kind, slo, backends=None)
             for backend in plan.backends:
                 if backend.variant not in set(points["variant"]):
                     continue

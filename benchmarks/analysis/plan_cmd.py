@@ -1,26 +1,18 @@
-"""``queuebench plan``: how many slots of which backend serve a rate within a latency SLO, from measured runs.
+"""What ``queuebench plan`` says: the request parsed, the plan computed, printed as tables or JSON.
 
-Registered on the ``queuebench`` group by the CLI:
-
-    from benchmarks.analysis.plan_cmd import plan
-    cli.add_command(plan)
-
-The answers come from `benchmarks.analysis.planner.plan_capacity` (see its module docstring for what
-counts as measured) and the matrix that would cover the rest from `benchmarks.analysis.cover`; this
-module only parses the request, prints and writes that matrix.
-Exit codes: 0 answered (covered or not: the output says which), 2 a bad request or unusable results.
+The command itself (`benchmarks.plan_verify.plan`) lives outside analysis because ``--verify`` measures;
+everything here reads stored runs only. The answers come from `benchmarks.analysis.planner.plan_capacity`
+(see its module docstring for what counts as measured, and `benchmarks.verdicts.judge_repeats` for the
+rule a recommendation passes) and the matrix that would cover the rest from `benchmarks.analysis.cover`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
-
-import backends
 
 if TYPE_CHECKING:
     from benchmarks.analysis.cover import CoveringMatrix
@@ -50,38 +42,12 @@ def _ms(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.3g} ms"
 
 
-@click.command("plan")
-@click.argument("results_dir", metavar="[RESULTS]", required=False, default=Path("results/runs"),
-                type=click.Path(file_okay=False, path_type=Path))
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), required=True, metavar="TASKS_PER_S",
-              help="The rate to serve, in tasks/s.")
-@click.option("--task", "task_text", required=True, metavar="TASK[:ARGS]",
-              help="The task kind: noop, sleep_ms:50, cpu_ms:20, echo:1000, add:x=1,y=2.")
-@click.option("--slo", "slo_text", required=True, metavar="pNN=LIMIT",
-              help="End-to-end latency objective: p50, p90, p95 or p99 = a limit in ms or s "
-                   "(p95=1s, p99=250ms).")
-@click.option("--backend", "backends", multiple=True, type=click.Choice(backends.measurable()),
-              help="Plan only for this backend (repeatable; default: every backend in RESULTS).")
-@click.option("--matrix-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where to write the covering matrix when the results do not cover the request "
-                   "(default: results/plans/capacity-<task>-r<rate>-<slo>.toml).")
-@click.option("--write-matrix/--no-write-matrix", default=True, show_default=True,
-              help="Write the covering matrix when the request is not covered.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the answer as JSON (machine-readable) instead of tables.")
-def plan(results_dir: Path, rate: float, task_text: str, slo_text: str, backends: tuple[str, ...],
-         matrix_out: Path | None, write_matrix: bool, as_json: bool) -> None:
-    """The fewest slots (processes x threads) per backend that serve --rate tasks/s of --task within --slo.
-
-    Answers from the runs in RESULTS (default results/runs): load-mode runs of that task kind with status
-    ok, and drain runs of it for capacity. Prints the measured cells each answer relies on, the M/M/c
-    estimate beside it (service time: the backend's measured mean; c: slots) and the model's error at the
-    measured cells. When the runs do not cover the request it says so, labels any extrapolation as such,
-    and writes a matrix that measures it, with the command to run.
-    """
+def compute(results_dir: Path, rate: float, task_text: str, slo_text: str,
+            backends: tuple[str, ...] = ()) -> Plan:
+    """The plan for a request as the command line gives it; a bad --task or --slo is a usage error (exit
+    2), results mixing schema versions `Refused`."""
     # Imported when the command runs, not when the CLI starts: they load pandas, which `queuebench --help`
     # and every other command should not pay for.
-    from benchmarks.analysis.cover import write_covering_matrix
     from benchmarks.analysis.load import MixedSchemaError
     from benchmarks.analysis.planner import parse_task, plan_capacity
     from benchmarks.verdicts import parse_slo
@@ -100,43 +66,54 @@ def plan(results_dir: Path, rate: float, task_text: str, slo_text: str, backends
         raise Refused(str(exc)) from exc
     if not results_dir.is_dir():
         answer.warnings.insert(0, f"{results_dir} does not exist: nothing measured yet")
-
-    covering = None
-    if not answer.covered and write_matrix:
-        covering = write_covering_matrix(answer, matrix_out, results_dir=results_dir)
-
-    if as_json:
-        out = answer.to_dict() | {"results_dir": str(results_dir)}
-        out["matrix"] = None if covering is None else {
-            "path": str(covering.path), "command": covering.command, "cells": covering.cells,
-            "minutes": round(covering.minutes, 1)}
-        click.echo(json.dumps(out, indent=2, default=str))
-        return
-    _print(answer, covering, results_dir)
+    return answer
 
 
-def _print(answer: Plan, covering: CoveringMatrix | None, results_dir: Path) -> None:
-    """Rich tables: the answer per backend, then the measured cells each relied on."""
+def to_json(answer: Plan, covering: CoveringMatrix | None, results_dir: Path) -> dict[str, Any]:
+    """``queuebench plan --json``: the plan, the results it read and the covering matrix written."""
+    out = answer.to_dict() | {"results_dir": str(results_dir)}
+    out["matrix"] = None if covering is None else {
+        "path": str(covering.path), "command": covering.command, "cells": covering.cells,
+        "minutes": round(covering.minutes, 1)}
+    return out
+
+
+def verify_command(answer: Plan, results_dir: Path) -> str:
+    """The ``queuebench plan ... --verify`` command for this request."""
+    only = "".join(f" --backend {b.backend}" for b in answer.backends if b.needs_verify) \
+        if not all(b.needs_verify for b in answer.backends) else ""
+    return (f"queuebench plan --rate {answer.rate_per_s:g} --task {answer.kind.cli} --slo {answer.slo.cli}"
+            f"{only} --verify {results_dir}")
+
+
+def print_plan(answer: Plan, covering: CoveringMatrix | None, results_dir: Path) -> None:
+    """Rich tables: the answer per backend, the rule per configuration, then the measured cells."""
     # rich, and the progress module that configures its console, load when a table is printed (not at
     # CLI start-up).
     from rich.table import Table
 
     from benchmarks.analysis.uncertainty import quantile_text
     from benchmarks.progress import table_console
+    from benchmarks.verdicts import CONFIDENCE_TEXT, MIN_REPEATS, RHO_WARN, min_samples
 
     console = table_console()
     slo = answer.slo
     console.print(f"[bold]queuebench plan[/bold]: {answer.request_text} (results: {results_dir})")
+    console.print(f"Rule: recommended only when each of >= {MIN_REPEATS} repeats kept up with n >= "
+                  f"{min_samples(slo.quantile)} tasks and the upper end of its {slo.name}'s {CONFIDENCE_TEXT} "
+                  f"interval under {slo.limit_text}, the repeats' spread keeps a next window under it, and "
+                  f"rho = rate x slot time / slots <= {RHO_WARN:g}; else marginal (or too few repeats).")
     for warning in answer.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
-    summary = Table("backend", "answer from measurements", "M/M/c", "service (model)", "capacity / slot",
-                    f"model error ({slo.name}):\nmedian |err| (range)", title="Fewest slots per backend")
+    summary = Table("backend", "answer from measurements", "rho", "M/M/c\nbody time", "M/M/c\nslot time",
+                    "service (body) / slot time", "capacity / slot",
+                    f"model error ({slo.name}, body):\nmedian |err| (range)", title="Fewest slots per backend")
     for backend in answer.backends:
         colour = "green" if backend.covered else "yellow"
         answer_text = f"[{colour}]{backend.answer}[/{colour}]"
-        model = backend.model_answer
         assumed = backend.model_service_source != "measured"
-        service = _ms(backend.model_service_ms) + (" (assumed)" if assumed else "")
+        service = _ms(backend.model_service_ms) + (" (assumed)" if assumed else "") + " / " + (
+            _ms(backend.slot_time_ms) if backend.slot_time_ms is not None else "not measured")
         error = "-"
         if backend.model_error_range is not None:
             low, high = backend.model_error_range
@@ -144,42 +121,84 @@ def _print(answer: Plan, covering: CoveringMatrix | None, results_dir: Path) -> 
         per_slot = (f"{_fmt(backend.per_slot_capacity_per_s)}/s" + (
             f" ({backend.efficiency:.0%} of 1/service)" if backend.efficiency is not None else "")
             + f"\n{backend.capacity_source}")
-        summary.add_row(backend.variant, answer_text, model, service, per_slot, error)
+        rho = backend.rho
+        rho_text = "-" if rho is None else (f"[red]{rho:.2f} > {RHO_WARN:g}[/red]" if rho > RHO_WARN else f"{rho:.2f}")
+        summary.add_row(backend.variant, answer_text, rho_text, backend.model_answer, backend.model_slot_time_answer,
+                        service, per_slot, error)
     console.print(summary)
 
     for backend in answer.backends:
+        if backend.configs:
+            rule = Table("pxt", "slots", f"rho ({'slot' if backend.slot_time_ms is not None else 'body'} time)",
+                         "state", f"{slo.name} per repeat (n; {CONFIDENCE_TEXT} upper bound)", "why",
+                         title=f"{backend.variant}: each configuration at {answer.rate_per_s:g}/s by the rule")
+            for config in backend.configs:
+                per_repeat = "\n".join(
+                    f"{quantile_text(r['e2e_ms'], r['tasks'], slo.quantile)}; ≤ {_fmt(r['upper_ms'])}"
+                    + ("" if r["kept_up"] else ", fell behind") for r in config.repeats) or "-"
+                rho = "-" if config.rho is None else f"{config.rho:.2f}" + (" (!)" if config.rho > RHO_WARN else "")
+                rule.add_row(config.shape, str(config.slots), rho, config.state, per_repeat, config.reason)
+            console.print(rule)
         points = backend.points
         if points is None or points.empty:
             continue
         table = Table(title=f"{backend.variant}: measured cells of {answer.kind.label}")
         table.add_column("run ids", overflow="fold")  # whole ids: they name the directories to open
         for header in ("pxt", "slots", "offered/s", "repeats", "sent/s (mean)", "done/s (mean)",
-                       f"e2e {slo.name} (worst repeat; n tasks)", f"M/M/c {slo.name} ms", "model error", "used for"):
+                       f"e2e {slo.name} (worst repeat; n tasks)", f"M/M/c {slo.name} ms\nbody / slot time",
+                       "model error\n(body)", "used for"):
             table.add_column(header)
         for point in points.itertuples(index=False):
             drain = point.mode == "drain"
             measured = getattr(point, f"e2e_{slo.name}_ms")
-            model = getattr(point, f"model_{slo.name}_ms")
+            models = [getattr(point, f"model_{slo.name}_ms"), getattr(point, f"model_slot_{slo.name}_ms")]
+            model = " / ".join("overloaded" if m == math.inf else _fmt(m) for m in models)
             table.add_row("\n".join(point.run_ids), f"p{point.processes}t{point.threads}", str(point.slots),
                           "drain" if drain else f"{point.offered_rate_per_s:g}", str(point.repeats),
                           "-" if drain else _fmt(point.sent_rate_per_s), _fmt(point.throughput_per_s),
                           "-" if drain else quantile_text(measured, point.e2e_tasks, slo.quantile),
-                          "-" if drain else ("overloaded" if not math.isfinite(model) else _fmt(model)),
-                          _error(point.model_error), point.role)
+                          "-" if drain else model, _error(point.model_error), point.role)
         console.print(table)
         for note in backend.notes:
             console.print(f"  note: {note}")
 
     if answer.covered:
-        console.print("[green]Covered:[/green] every answer above rests on measured cells (M/M/c is shown "
-                      "beside them, not used).")
-        return
-    missing = [b.variant for b in answer.backends if not b.covered]
-    console.print(f"[yellow]Not covered by these results:[/yellow] {', '.join(missing)}. Their slot counts "
-                  "above are extrapolations, not measurements.")
-    if covering is not None:
-        console.print(f"Matrix that measures it: {covering.path} ({covering.cells} cells, about "
-                      f"{covering.minutes:.0f} min)")
-        console.print(f"Run: [bold]{covering.command}[/bold]")
-        console.print(f"Then ask again: queuebench plan --rate {answer.rate_per_s:g} "
-                      f"--task {answer.kind.cli} --slo {slo.cli} {results_dir}")
+        console.print("[green]Covered:[/green] every answer above is a recommendation by the rule, on measured "
+                      "cells (M/M/c is shown beside them, not used).")
+    else:
+        missing = [b.variant for b in answer.backends if not b.covered]
+        console.print(f"[yellow]No recommendation from these results for:[/yellow] {', '.join(missing)}. The "
+                      "stored runs cannot support one (see each answer: marginal, too few repeats, windows too "
+                      "short, or nothing measured near the rate); slot counts named there are candidates or "
+                      "extrapolations, not measurements that pass the rule.")
+        if covering is not None:
+            console.print(f"Matrix that would decide it: {covering.path} ({covering.cells} cells, about "
+                          f"{covering.minutes:.0f} min)")
+            console.print(f"Run: [bold]{covering.command}[/bold]")
+            console.print(f"Then ask again: queuebench plan --rate {answer.rate_per_s:g} "
+                          f"--task {answer.kind.cli} --slo {slo.cli} {results_dir}")
+    if answer.needs_verify:
+        console.print(f"[yellow]Marginal or fewer than {MIN_REPEATS} repeats:[/yellow] run the answer itself "
+                      f"before relying on it: [bold]{verify_command(answer, results_dir)}[/bold]")
+
+
+def print_verification(answer: Plan, verification: Any) -> None:
+    """The acceptance test: per verified configuration, each repeat's quantile with its interval, and
+    whether the SLO held in every one."""
+    from rich.table import Table
+
+    from benchmarks.progress import table_console
+
+    console = table_console()
+    slo = answer.slo
+    table = Table("backend", "pxt", "role", "outcome", f"{slo.name} per repeat (95 % CI, n)", "statuses",
+                  title=f"Verification at {answer.rate_per_s:g}/s, {slo.label} ({verification.out_dir})")
+    for found in verification.accepted:
+        colour = {"held": "green", "missed": "red"}.get(found.outcome, "yellow")
+        repeats = "\n".join(r["text"] + ("" if r["kept_up"] else ", fell behind") for r in found.repeats) or "-"
+        table.add_row(found.variant, found.shape, found.role, f"[{colour}]{found.outcome}[/{colour}]", repeats,
+                      ", ".join(found.statuses))
+    console.print(table)
+    verdict = "[green]held[/green]" if verification.held else "[red]did not hold[/red]"
+    console.print(f"Acceptance test: the SLO {verdict} in every repeat of the configuration(s) the plan "
+                  f"answered with. Runs: {verification.out_dir}; matrix: {verification.matrix_path}")

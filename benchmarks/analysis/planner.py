@@ -21,12 +21,20 @@ How a slot configuration is judged at the requested rate R (`plan_capacity`), as
 improves when the rate grows nor when slots shrink:
 
 - *fails*: R is at or above the configuration's Little's bound (slots / mean service: no window, however
-  lucky, makes that sustainable) or its measured capacity; or a cell offered about R (within 5 %) or
-  less missed the SLO or saturated;
-- *meets*: otherwise, when the cell offered at least R (5 % below counts: `RATE_TOLERANCE`) closest to R
-  was sustained within the SLO;
-- *unknown* otherwise. The answer is the fewest slots that meet (measured); anything else is either
-  refused or labelled *extrapolated* (never passed off as measured).
+  lucky, makes that sustainable) or its measured capacity; or a repeat of a cell offered about R (within
+  5 %) or less fell behind or had a bounded quantile over the limit;
+- otherwise the cell offered at least R (5 % below counts: `RATE_TOLERANCE`) closest to R is judged by the
+  plan rule (`verdicts.judge_repeats`), each repeat on its own, with the upper end of its quantile's 95 %
+  interval from its raw rows (`load.Results.quantile_interval`) and rho = R x slot time / slots: *meets*
+  (>= 3 repeats, every upper end under the limit, a next repeat's 95 % prediction under it, rho <= 0.85),
+  *marginal* (point estimates meet, the rest does not), *too few repeats*, or *unknown* (its tasks cannot
+  bound the quantile, or nothing measured at R).
+
+The recommendation is the fewest slots that meet; without one, the fewest marginal (or too few repeats)
+slots are named as a candidate and never as a recommendation, and anything else is labelled
+*extrapolated*. The slot time is 1 / the measured capacity per slot (saturated cells, drains): what a slot
+spends per task, per-task overhead such as RQ's fork included; M/M/c is shown with it and with the task
+body's mean service. Without a saturated cell or a drain, rho uses the body time and says so.
 """
 
 from __future__ import annotations
@@ -49,13 +57,25 @@ from benchmarks.analysis.load import (
     NOT_PLANNED,
     VARIANT_KEYS,
     MixedSchemaError,
+    Results,
     ResultsError,
     labels,
     load_results,
 )
 from benchmarks.analysis.queueing import min_servers, mmc_response_quantile
 from benchmarks.analysis.uncertainty import quantile_text, runs_text
-from benchmarks.verdicts import SLO_QUANTILES, Slo, kept_up, min_samples
+from benchmarks.verdicts import (
+    CONFIDENCE,
+    CONFIDENCE_TEXT,
+    MIN_REPEATS,
+    RHO_WARN,
+    SLO_QUANTILES,
+    Slo,
+    judge_repeats,
+    kept_up,
+    min_samples,
+    window_tasks,
+)
 
 #: A cell offered this share below the requested rate still counts as "at the requested rate".
 RATE_TOLERANCE = 0.05
@@ -240,7 +260,8 @@ def measured_points(runs: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
     (load: the achieved rate, mean over repeats), throughput_per_s (mean) and throughput_min_per_s,
     e2e_p50_ms .. e2e_p99_ms (the worst repeat; NaN when any repeat's tasks could not bound it, the
     quantile rule `load` applies), e2e_tasks (the fewest end-to-end latencies a repeat had: the n those
-    figures rest on), mean_service_ms (mean), repeats, run_ids (list),
+    figures rest on), mean_service_ms (mean), repeats, run_ids (list, in run id order), per repeat in that
+    order e2e_p50_each .. e2e_p99_each, e2e_tasks_each and kept_up_each (lists),
     sustained (every repeat finished >= 95 % of what it was sent and has an end-to-end figure),
     saturated (a repeat did not, or a drain), capacity_cell (saturated and the highest throughput of its
     configuration: the configuration's measured capacity) and capacity_per_slot_per_s (capacity cells).
@@ -248,7 +269,8 @@ def measured_points(runs: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
     columns = ["variant", "backend", "mode", "processes", "threads", "slots", "offered_rate_per_s",
                "sent_rate_per_s", "throughput_per_s", "throughput_min_per_s",
                *[f"e2e_{p}_ms" for p in SLO_QUANTILES], "e2e_tasks",
-               "mean_service_ms", "repeats", "run_ids", "sustained", "saturated", "capacity_cell",
+               "mean_service_ms", "repeats", "run_ids", *[f"e2e_{p}_each" for p in SLO_QUANTILES],
+               "e2e_tasks_each", "kept_up_each", "sustained", "saturated", "capacity_cell",
                "capacity_per_slot_per_s"]
     runs = _of_kind(runs, kind)
     if runs.empty:
@@ -263,6 +285,7 @@ def measured_points(runs: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
     runs["slots"] = slots.fillna(runs["processes"] * runs["threads"]).astype(int)
     rows = []
     for (_, variant), group in runs.groupby(["cell_key", "variant"], sort=False):
+        group = group.sort_values("run_id")
         first = group.iloc[0]
         drain = first["mode"] == "drain"
         offered = np.nan if drain else float(first["rate"])
@@ -290,7 +313,12 @@ def measured_points(runs: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
             "e2e_tasks": int(tasks.min()) if tasks.notna().any() else None,
             "mean_service_ms": float(pd.to_numeric(_column(group, "mean_service_ms"),
                                                    errors="coerce").mean()),
-            "repeats": int(len(group)), "run_ids": sorted(group["run_id"].astype(str)),
+            "repeats": int(len(group)), "run_ids": list(group["run_id"].astype(str)),
+            # Per repeat, in run_ids' order: each quantile (NaN where its tasks cannot bound it), the
+            # tasks it rests on, and whether the repeat kept up (the plan rule judges repeats one by one).
+            **{f"e2e_{p}_each": [float(v) for v in values] for p, values in e2e.items()},
+            "e2e_tasks_each": [None if pd.isna(n) else int(n) for n in tasks],
+            "kept_up_each": [bool(k) for k in kept] if not drain else [],
             "sustained": (not drain) and bool((kept & has_e2e).all()),
             "saturated": saturated, "capacity_cell": False, "capacity_per_slot_per_s": np.nan,
         }
@@ -308,10 +336,14 @@ def measured_points(runs: pd.DataFrame, kind: TaskKind) -> pd.DataFrame:
 
 # --- the plan -----------------------------------------------------------------------------------------
 
+#: Config states that recommend nothing but name a candidate: the fewest slots whose point estimates met.
+CANDIDATE_STATES = ("marginal", "too few repeats")
+
 
 @dataclass
 class ConfigVerdict:
-    """How one measured slot configuration fares at the requested rate: meets, fails or unknown."""
+    """How one measured slot configuration fares at the requested rate, by the plan rule
+    (`verdicts.judge_repeats`): meets, marginal, too few repeats, fails or unknown."""
 
     processes: int
     threads: int
@@ -319,6 +351,14 @@ class ConfigVerdict:
     state: str
     reason: str
     evidence: list[str] = field(default_factory=list)  # run ids the verdict rests on
+    #: Utilisation at the requested rate: rate x slot time / slots (`BackendPlan.occupancy_source` says
+    #: which slot time: the measured one, else the task body's).
+    rho: float | None = None
+    #: The judged cell's repeats: run_id, e2e_ms (the SLO's quantile), upper_ms (its interval's upper end),
+    #: tasks (n) and kept_up, one dict each.
+    repeats: list[dict[str, Any]] = field(default_factory=list)
+    #: Upper end of the 95 % prediction interval of a next repeat's quantile (ms), when judged.
+    next_repeat_upper_ms: float | None = None
 
     @property
     def shape(self) -> str:
@@ -332,17 +372,24 @@ class BackendPlan:
 
     variant: str
     backend: str
-    #: "measured" (a measured configuration meets it), "not covered" (results exist, none proves it),
-    #: "no runs" (nothing of this task kind was measured on this backend).
+    #: "measured" (a measured configuration meets the plan rule: the recommendation), "marginal" (the
+    #: fewest slots whose point estimates met are marginal by the rule), "too few repeats" (they met in
+    #: fewer than 3 repeats), "not covered" (results exist, none met), "no runs" (nothing of this task kind
+    #: was measured on this backend).
     verdict: str
     measured_slots: int | None = None
     measured_shape: str | None = None
     #: The fewest slots no measurement excludes (a measured failure excludes its count and every smaller one).
     lower_bound_slots: int = 1
-    #: M/M/c with the measured mean service time (or the assumed one, see model_service_source).
+    #: M/M/c with the measured mean service time of the task body (or the assumed one, see
+    #: model_service_source).
     model_slots: int | None = None
     model_service_ms: float | None = None
     model_service_source: str = "measured"
+    #: M/M/c with the measured slot time per task (1 / capacity per slot: per-task overhead included);
+    #: None when no saturated cell or drain measured the capacity.
+    model_slot_time_slots: int | None = None
+    slot_time_ms: float | None = None
     per_slot_capacity_per_s: float | None = None
     capacity_source: str = ""
     #: Measured capacity per slot / Little's bound per slot (1 / mean service), when saturated cells exist.
@@ -362,8 +409,54 @@ class BackendPlan:
 
     @property
     def covered(self) -> bool:
-        """Whether a measured configuration meets the request (the answer is a measurement)."""
+        """Whether a measured configuration meets the plan rule (the answer is a recommendation)."""
         return self.verdict == "measured"
+
+    @property
+    def occupancy_ms(self) -> float | None:
+        """The slot time per task rho and the occupancy model use: measured when it was, else the body's."""
+        return self.slot_time_ms if self.slot_time_ms is not None else self.model_service_ms
+
+    @property
+    def occupancy_source(self) -> str:
+        """Which slot time rho uses, in words."""
+        if self.slot_time_ms is not None:
+            return "measured slot time (1 / capacity per slot)"
+        return "task body time (slot time not measured: rho may be understated)"
+
+    @property
+    def answer_config(self) -> ConfigVerdict | None:
+        """The configuration the answer names: the recommendation, else the candidate (marginal or too few
+        repeats), else None."""
+        if self.measured_slots is None:
+            return None
+        return next((c for c in self.configs if c.slots == self.measured_slots and c.shape == self.measured_shape),
+                    None)
+
+    @property
+    def rho(self) -> float | None:
+        """Utilisation of the configuration the answer names (None without one)."""
+        config = self.answer_config
+        return None if config is None else config.rho
+
+    @property
+    def needs_verify(self) -> bool:
+        """Whether the answer is marginal or rests on fewer than 3 repeats (`queuebench plan --verify`
+        would settle it)."""
+        return self.verdict in CANDIDATE_STATES
+
+    @property
+    def to_verify(self) -> tuple[int, int, str] | None:
+        """(processes, threads, what it is) that ``plan --verify`` runs: the recommendation, else the
+        candidate, else the extrapolation (with the matrix's threads); None when there is nothing."""
+        if self.measured_slots is not None and self.measured_shape is not None:
+            config = self.answer_config
+            what = "recommended" if self.covered else self.verdict
+            return (config.processes, config.threads, what) if config else None
+        if self.extrapolated_slots:
+            threads = self.threads if self.backend != "rq" else 1
+            return max(1, math.ceil(self.extrapolated_slots / threads)), threads, "extrapolated"
+        return None
 
     @property
     def model_answer(self) -> str:
@@ -371,35 +464,59 @@ class BackendPlan:
         return "none meets it" if self.model_slots is None else slots_text(self.model_slots)
 
     @property
+    def model_slot_time_answer(self) -> str:
+        """M/M/c's fewest slots with the measured slot time: ``4 slots``, ``none meets it``, or
+        ``slot time not measured``."""
+        if self.slot_time_ms is None:
+            return "slot time not measured"
+        return "none meets it" if self.model_slot_time_slots is None else slots_text(self.model_slot_time_slots)
+
+    @property
     def answer(self) -> str:
-        """One line: the measured answer, or why there is none and the labelled extrapolation."""
+        """One line: the recommendation, or the candidate and why it is not one, or why there is none and
+        the labelled extrapolation."""
+        config = self.answer_config
+        rho = f"rho {config.rho:.2f}" if config is not None and config.rho is not None else ""
         if self.covered:
             text = f"{slots_text(self.measured_slots)} ({self.measured_shape}), measured"
+            if config is not None:
+                text += f" ({len(config.repeats)} repeats" + (f", {rho})" if rho else ")")
             untested = range(self.lower_bound_slots, self.measured_slots or 0)
-            if len(untested):
+            weaker = [c for c in self.configs if c.slots < (self.measured_slots or 0) and c.state in CANDIDATE_STATES]
+            if weaker:
+                text += "; " + ", ".join(f"{c.shape} {c.state}" for c in weaker)
+            elif len(untested):
                 counts = f"{untested[0]}" if len(untested) == 1 else f"{untested[0]}..{untested[-1]}"
                 text += f"; {counts} not measured at this rate (may suffice)"
             return text
+        if self.verdict in CANDIDATE_STATES:
+            return (f"{self.verdict}: {slots_text(self.measured_slots)} ({self.measured_shape}) met the SLO's point "
+                    f"estimate, not the plan rule: {self.reason}; not a recommendation")
         extra = (f"; extrapolated ~{slots_text(self.extrapolated_slots)} (not measured)"
                  if self.extrapolated_slots else "")
         return f"{self.verdict}: {self.reason}{extra}"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (``queuebench plan --json``): the answer, the model, the capacity, the cells used."""
+        """JSON-ready (``queuebench plan --json``): the answer, the models, the capacity, the cells used."""
         return store.plain({
             "variant": self.variant, "backend": self.backend, "verdict": self.verdict,
-            "covered": self.covered,
+            "covered": self.covered, "needs_verify": self.needs_verify,
             "answer": self.answer, "reason": self.reason,
             "measured": {"slots": self.measured_slots, "shape": self.measured_shape,
-                         "lower_bound_slots": self.lower_bound_slots},
+                         "lower_bound_slots": self.lower_bound_slots, "rho": self.rho},
             "model": {"kind": "M/M/c", "slots": self.model_slots, "service_ms": self.model_service_ms,
                       "service_source": self.model_service_source,
                       "median_abs_relative_error": self.model_error_median_abs,
                       "relative_error_range": self.model_error_range},
+            "model_slot_time": {"kind": "M/M/c", "slots": self.model_slot_time_slots,
+                                "slot_time_ms": self.slot_time_ms},
+            "occupancy": {"slot_time_ms": self.occupancy_ms, "source": self.occupancy_source,
+                          "rho_warn": RHO_WARN},
             "capacity": {"per_slot_per_s": self.per_slot_capacity_per_s, "source": self.capacity_source,
                          "efficiency": self.efficiency},
             "extrapolated_slots": self.extrapolated_slots, "system": self.system,
             "configs": [{"shape": c.shape, "slots": c.slots, "state": c.state, "reason": c.reason,
+                         "rho": c.rho, "repeats": c.repeats, "next_repeat_upper_ms": c.next_repeat_upper_ms,
                          "run_ids": c.evidence} for c in self.configs],
             "points": self.points.to_dict(orient="records"),
             "notes": self.notes,
@@ -418,8 +535,18 @@ class Plan:
 
     @property
     def covered(self) -> bool:
-        """Whether every backend's answer is a measurement."""
+        """Whether every backend's answer is a recommendation by the plan rule."""
         return bool(self.backends) and all(b.covered for b in self.backends)
+
+    @property
+    def needs_verify(self) -> bool:
+        """Whether some backend's answer is marginal or rests on fewer than 3 repeats."""
+        return any(b.needs_verify for b in self.backends)
+
+    @property
+    def plan_id(self) -> str:
+        """``sleep_ms-ms50-r20-p95-500ms``: names the request (``plan --verify`` stores its runs under it)."""
+        return f"{self.kind.slug}-r{self.rate_per_s:g}-{self.slo.slug}"
 
     @property
     def request_text(self) -> str:
@@ -428,7 +555,7 @@ class Plan:
         return f"{self.rate_per_s:g} tasks/s of {self.kind.spoken} with {slo.name} under {slo.limit_text}"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (``queuebench plan --json``): the request and one entry per backend."""
+        """JSON-ready (``queuebench plan --json``): the request, the rule, one entry per backend."""
         return store.plain({
             "request": {"rate_per_s": self.rate_per_s, "task": self.kind.task, "args": self.kind.args,
                         "kind": self.kind.label,
@@ -436,34 +563,35 @@ class Plan:
                                 # The quantile rule: a cell whose runs had fewer tasks (e2e_tasks) has no
                                 # figure for this quantile (null) and neither meets nor misses the SLO.
                                 "min_tasks_per_run": min_samples(self.slo.quantile)}},
-            "covered": self.covered,
+            "plan_id": self.plan_id,
+            "rule": {"min_repeats": MIN_REPEATS, "confidence": CONFIDENCE, "rho_warn": RHO_WARN,
+                     "min_tasks_per_run": min_samples(self.slo.quantile),
+                     "window_tasks_written": window_tasks(self.slo.quantile)},
+            "covered": self.covered, "needs_verify": self.needs_verify,
             "backends": [b.to_dict() for b in self.backends],
             "warnings": self.warnings,
         })
 
+
 def _judge(config: pd.DataFrame, rate_per_s: float, slo: Slo, capacity_per_s: float | None,
-           littles_bound_per_s: float | None) -> ConfigVerdict:
-    """meets / fails / unknown for one slot configuration (its load cells, sorted by rate) at the rate."""
+           littles_bound_per_s: float | None, rho: float | None) -> ConfigVerdict:
+    """The plan rule for one slot configuration (its cells, sorted by rate) at the requested rate."""
     first = config.iloc[0]
     verdict = ConfigVerdict(int(first["processes"]), int(first["threads"]), int(first["slots"]), "unknown",
-                            "")
+                            "", rho=rho)
     column = f"e2e_{slo.name}_ms"
-
-    def bounded(point: pd.Series) -> bool:  # the quantile rule: a figure its tasks cannot bound is NaN
-        return bool(np.isfinite(point[column]))
-
-    def within(point: pd.Series) -> bool:
-        return bool(point["sustained"]) and bounded(point) and float(point[column]) <= slo.limit_ms
+    each = f"e2e_{slo.name}_each"
+    upper = f"e2e_{slo.name}_upper_each"
 
     def missed(point: pd.Series) -> bool:
-        """Saturated, or a bounded figure over the limit: a cell whose figure rests on too few tasks
-        neither meets nor misses the SLO."""
-        return not point["sustained"] or (bounded(point) and float(point[column]) > slo.limit_ms)
+        """Fell behind, or a repeat's bounded figure over the limit: a repeat whose figure rests on too
+        few tasks neither meets nor misses the SLO."""
+        return not point["sustained"] or any(math.isfinite(v) and v > slo.limit_ms for v in point[each])
 
     def describe(point: pd.Series) -> str:
         latency = f"{slo.name} {quantile_text(point[column], point['e2e_tasks'], slo.quantile)}"
         return (f"at {point['offered_rate_per_s']:g}/s: {point['throughput_per_s']:.1f}/s done of "
-                f"{point['sent_rate_per_s']:.1f}/s sent ({runs_text(int(point['repeats']))}), {latency}"
+                f"{point['sent_rate_per_s']:.1f}/s sent ({runs_text(int(point['repeats']))}), worst {latency}"
                 + ("" if point["sustained"] else ", saturated"))
 
     if littles_bound_per_s is not None and littles_bound_per_s <= rate_per_s:
@@ -477,47 +605,70 @@ def _judge(config: pd.DataFrame, rate_per_s: float, slo: Slo, capacity_per_s: fl
         verdict.evidence = [r for ids in config.loc[config["capacity_cell"], "run_ids"] for r in ids]
         return verdict
     load = config[config["mode"] == "load"]
-    above = load[load["offered_rate_per_s"] >= rate_per_s * (1 - RATE_TOLERANCE)]
     near_or_below = load[load["offered_rate_per_s"] <= rate_per_s * (1 + RATE_TOLERANCE)]
-    if len(above):
-        closest = above.sort_values("offered_rate_per_s").iloc[0]
-        if within(closest):
-            verdict.state, verdict.reason, verdict.evidence = "meets", describe(closest), closest["run_ids"]
-            return verdict
     failing = near_or_below[[missed(p) for _, p in near_or_below.iterrows()]]
-    if len(failing):
+    if len(failing):  # a miss at the rate or below it: latency never improves as the rate grows
         worst = failing.sort_values("offered_rate_per_s").iloc[0]  # the lowest rate that already fails
         verdict.state, verdict.reason, verdict.evidence = "fails", describe(worst), worst["run_ids"]
         return verdict
-    rates = ", ".join(f"{r:g}" for r in sorted(load["offered_rate_per_s"].unique()))
-    verdict.reason = f"measured only at {rates}/s" if rates else "only drained, never loaded at a rate"
-    if len(above) and not bounded(above.sort_values("offered_rate_per_s").iloc[0]):
-        closest = above.sort_values("offered_rate_per_s").iloc[0]
-        verdict.reason = (f"{describe(closest)}: its {slo.name} needs n ≥ {min_samples(slo.quantile)} tasks per "
+    above = load[load["offered_rate_per_s"] >= rate_per_s * (1 - RATE_TOLERANCE)]
+    if not len(above):
+        rates = ", ".join(f"{r:g}" for r in sorted(load["offered_rate_per_s"].unique()))
+        verdict.reason = f"measured only at {rates}/s" if rates else "only drained, never loaded at a rate"
+        if len(load):  # the cell closest to the request: what a covering run would extend
+            closest = load.iloc[(load["offered_rate_per_s"] - rate_per_s).abs().argsort()[:1]].iloc[0]
+            verdict.evidence = closest["run_ids"]
+        return verdict
+    closest_rate = float(above["offered_rate_per_s"].min())
+    judged = []
+    for _, point in above[above["offered_rate_per_s"] == closest_rate].iterrows():
+        uppers = point[upper] if upper in point.index and isinstance(point[upper], list) else \
+            [math.nan] * len(point[each])
+        judged.append((judge_repeats(point[each], uppers, point["e2e_tasks_each"], point["kept_up_each"],
+                                     slo.quantile, slo.limit_ms, rho), point, uppers))
+    rank = {"meets": 0, "marginal": 1, "too few repeats": 2, "too few samples": 3, "misses": 4}
+    found, point, uppers = min(judged, key=lambda item: (rank[item[0].state], -int(item[1]["repeats"])))
+    verdict.evidence = point["run_ids"]
+    verdict.repeats = [{"run_id": r, "e2e_ms": v, "upper_ms": u, "tasks": n, "kept_up": k}
+                       for r, v, u, n, k in zip(point["run_ids"], point[each], uppers, point["e2e_tasks_each"],
+                                                point["kept_up_each"], strict=True)]
+    verdict.next_repeat_upper_ms = found.next_repeat_upper_ms if math.isfinite(found.next_repeat_upper_ms) else None
+    why = "; ".join(found.reasons)
+    if found.state in ("meets", "marginal", "too few repeats"):
+        verdict.state = found.state
+        bound = (f", {CONFIDENCE_TEXT} upper bound ≤ {found.worst_upper_ms:.0f} ms"
+                 if math.isfinite(found.worst_upper_ms) else "")
+        verdict.reason = describe(point) + bound + (f": {why}" if why else "")
+    elif found.state == "too few samples":
+        verdict.reason = (f"{describe(point)}: its {slo.name} needs n ≥ {min_samples(slo.quantile)} tasks per "
                           "run (a longer measured window, duration_s)")
-    if len(load):  # the cell closest to the request: what a covering run would extend
-        closest = load.iloc[(load["offered_rate_per_s"] - rate_per_s).abs().argsort()[:1]].iloc[0]
-        verdict.evidence = closest["run_ids"]
+    else:  # missed at a rate above the request's tolerance: says nothing of the requested rate
+        verdict.reason = f"{describe(point)}: {why} (above the requested rate; not measured at it)"
     return verdict
 
 
-def _model_columns(points: pd.DataFrame, service_s: float | None, slo: Slo) -> pd.DataFrame:
-    """Add the M/M/c figure at each measured load cell (c = slots, rate = offered) and its relative error."""
+def _model_columns(points: pd.DataFrame, service_s: float | None, slot_s: float | None,
+                   slo: Slo) -> pd.DataFrame:
+    """Add the M/M/c figure at each measured load cell (c = slots, rate = offered) with the body's
+    service time (and its relative error) and with the measured slot time."""
     points = points.copy()
-    model, error = [], []
+    model, error, with_slot = [], [], []
     for point in points.itertuples(index=False):
         measured = getattr(point, f"e2e_{slo.name}_ms")
-        if point.mode != "load" or service_s is None:
+        if point.mode != "load":
             model.append(np.nan)
             error.append(np.nan)
+            with_slot.append(np.nan)
             continue
-        figure = 1e3 * mmc_response_quantile(point.offered_rate_per_s, service_s, int(point.slots),
-                                             slo.quantile)
-        model.append(figure)
-        ok = math.isfinite(figure) and np.isfinite(measured) and measured > 0
-        error.append(figure / measured - 1.0 if ok else np.nan)
+        figures = [1e3 * mmc_response_quantile(point.offered_rate_per_s, s, int(point.slots), slo.quantile)
+                   if s is not None else np.nan for s in (service_s, slot_s)]
+        model.append(figures[0])
+        with_slot.append(figures[1])
+        ok = math.isfinite(figures[0]) and np.isfinite(measured) and measured > 0
+        error.append(figures[0] / measured - 1.0 if ok else np.nan)
     points[f"model_{slo.name}_ms"] = model
     points["model_error"] = error
+    points[f"model_slot_{slo.name}_ms"] = with_slot
     return points
 
 
@@ -541,11 +692,16 @@ def _min_servers_or_note(rate_per_s: float, service_s: float, slo: Slo, notes: l
         return None
 
 
+def occupancy(rate_per_s: float, slot_time_s: float, slots: int) -> float:
+    """rho = rate x slot time per task / slots: the share of the slots' time the rate keeps busy."""
+    return rate_per_s * slot_time_s / slots
+
+
 def _estimate_slots(rate_per_s: float, per_slot_per_s: float, slo: Slo, lower_bound: int) -> int:
     """Extrapolated slot count (labelled, never reported as measured): M/M/c with the measured capacity
     per slot as its service rate; if that model cannot meet the SLO at any count, the capacity at
-    `FALLBACK_UTILISATION`; never below what the measurements exclude."""
-    needed = math.ceil(rate_per_s / per_slot_per_s - 1e-9)
+    `FALLBACK_UTILISATION`; never below what the measurements exclude nor above `RHO_WARN` utilisation."""
+    needed = math.ceil(rate_per_s / (per_slot_per_s * RHO_WARN) - 1e-9)
     model = _min_servers_or_note(rate_per_s, 1.0 / per_slot_per_s, slo, [])
     estimate = model if model is not None else math.ceil(rate_per_s / (per_slot_per_s * FALLBACK_UTILISATION))
     return max(lower_bound, needed, estimate, 1)
@@ -568,16 +724,23 @@ def _plan_variant(variant: str, backend: str, points: pd.DataFrame, rate_per_s: 
                           f"{plan.model_service_ms:.1f} ms alone has {slo.name} "
                           f"{-math.log(1 - slo.quantile) * plan.model_service_ms:.0f} ms")
 
-    saturated = points[points["capacity_cell"]]
+    saturated = points[points["capacity_cell"]] if len(points) else points
     if len(saturated):
         plan.per_slot_capacity_per_s = float(saturated["capacity_per_slot_per_s"].median())
         plan.capacity_source = (f"measured: median over {len(saturated)} saturated configuration(s)"
                                 + (" (drain)" if (saturated["mode"] == "drain").all() else ""))
         plan.efficiency = plan.per_slot_capacity_per_s * service_s if len(services) else None
+        plan.slot_time_ms = 1e3 / plan.per_slot_capacity_per_s
+        plan.model_slot_time_slots = _min_servers_or_note(rate_per_s, plan.slot_time_ms / 1e3, slo, plan.notes)
     else:
         plan.per_slot_capacity_per_s = 1.0 / service_s
         plan.capacity_source = ("Little's bound 1 / mean service: an upper bound (no cell saturated)"
                                 if len(services) else f"1 / service time ({plan.model_service_source})")
+        if len(points):
+            plan.notes.append("slot time not measured (no saturated cell and no drain of this kind): rho uses "
+                              "the task body's mean service, which leaves out per-task overhead (a fork per "
+                              "job, polling); a drain of this task measures it")
+    occupancy_s = (plan.occupancy_ms or plan.model_service_ms) / 1e3
 
     if points.empty:
         plan.reason = f"no run of {kind.label} with status ok on {variant}"
@@ -586,22 +749,25 @@ def _plan_variant(variant: str, backend: str, points: pd.DataFrame, rate_per_s: 
         for _, config in points.groupby(["slots", "processes", "threads"], sort=True):
             own = config[config["capacity_cell"]]
             capacity = float(own["throughput_per_s"].iloc[0]) if len(own) else None
-            bound = float(config["slots"].iloc[0]) / service_s if len(services) else None
+            slots = int(config["slots"].iloc[0])
+            bound = slots / service_s if len(services) else None
             plan.configs.append(_judge(config.sort_values("offered_rate_per_s"), rate_per_s, slo, capacity,
-                                       bound))
+                                       bound, occupancy(rate_per_s, occupancy_s, slots)))
         failing = [c.slots for c in plan.configs if c.state == "fails"]
         meeting = [c for c in plan.configs if c.state == "meets"]
+        candidates = [c for c in plan.configs if c.state in CANDIDATE_STATES]
         plan.lower_bound_slots = max(failing, default=0) + 1
-        if meeting:
-            best = min(meeting, key=lambda c: (c.slots, c.processes))
-            plan.verdict, plan.measured_slots, plan.measured_shape = "measured", best.slots, best.shape
-            plan.threads = best.threads
+        if meeting or candidates:
+            best = min(meeting or candidates, key=lambda c: (c.slots, c.processes))
+            plan.verdict = "measured" if meeting else best.state
+            plan.measured_slots, plan.measured_shape, plan.threads = best.slots, best.shape, best.threads
             plan.lower_bound_slots = min(plan.lower_bound_slots, best.slots)
+            if not meeting:
+                plan.reason = best.reason
             inconsistent = [c.shape for c in plan.configs if c.state == "fails" and c.slots > best.slots]
             if inconsistent:
                 plan.notes.append(f"more slots failed where fewer met ({', '.join(inconsistent)} vs "
-                                  f"{best.shape}): "
-                                  "the measurements are noisy here; repeat them")
+                                  f"{best.shape}): the measurements are noisy here; repeat them")
         else:
             load = points[points["mode"] == "load"]
             top_rate = float(load["offered_rate_per_s"].max()) if len(load) else math.nan
@@ -615,13 +781,17 @@ def _plan_variant(variant: str, backend: str, points: pd.DataFrame, rate_per_s: 
             else:
                 unknown = "; ".join(f"{c.shape} {c.reason}" for c in plan.configs if c.state == "unknown")
                 plan.reason = f"not decided by the measurements ({unknown or 'no configuration meets it'})"
-        if not meeting:  # covering cells keep the threads per process most runs had
-            plan.threads = int(points["threads"].mode().iloc[0])
+            plan.threads = int(points["threads"].mode().iloc[0])  # covering cells keep the runs' threads
+        for config in plan.configs:
+            if config.rho is not None and config.rho > RHO_WARN and config.state != "fails":
+                plan.notes.append(f"{config.shape}: rho {config.rho:.2f} > {RHO_WARN:g} at {rate_per_s:g}/s "
+                                  f"({plan.occupancy_source}): never recommended that close to saturation")
     if not plan.covered:
-        plan.extrapolated_slots = _estimate_slots(rate_per_s, plan.per_slot_capacity_per_s, slo,
-                                                  plan.lower_bound_slots)
+        per_slot = 1e3 / plan.occupancy_ms if plan.occupancy_ms else plan.per_slot_capacity_per_s
+        plan.extrapolated_slots = _estimate_slots(rate_per_s, per_slot, slo, plan.lower_bound_slots)
     if len(points):
-        points = _model_columns(points, service_s if len(services) else None, slo)
+        slot_s = plan.slot_time_ms / 1e3 if plan.slot_time_ms is not None else None
+        points = _model_columns(points, service_s if len(services) else None, slot_s, slo)
         points["role"] = _roles(points, plan.configs)
         errors = points["model_error"].dropna()
         if len(errors):
@@ -631,18 +801,58 @@ def _plan_variant(variant: str, backend: str, points: pd.DataFrame, rate_per_s: 
     return plan
 
 
-def plan_capacity(source: pd.DataFrame | Path | str, rate_per_s: float, kind: TaskKind, slo: Slo,
+def _source(source: Results | pd.DataFrame | Path | str) -> tuple[pd.DataFrame, Results | None]:
+    """The runs frame and, when the raw rows can be read, the `load.Results` they came from."""
+    if isinstance(source, Results):
+        return source.runs, source
+    if isinstance(source, pd.DataFrame):
+        return source, None
+    path = Path(source)
+    if not path.is_dir():
+        return pd.DataFrame(), None
+    try:
+        results = load_results(path)
+    except MixedSchemaError:
+        raise
+    except ResultsError:
+        return pd.DataFrame(), None
+    return results.runs, results
+
+
+def _add_upper_bounds(points: pd.DataFrame, results: Results | None, slo: Slo) -> pd.DataFrame:
+    """Each load cell's per-repeat upper end of the SLO quantile's interval (`verdicts.quantile_interval`
+    on the repeat's raw rows), as ``e2e_<q>_upper_each``; NaN where the rows cannot be read."""
+    column = f"e2e_{slo.name}_upper_each"
+    uppers = []
+    for point in points.itertuples(index=False):
+        if point.mode != "load" or results is None:
+            uppers.append([math.nan] * len(point.run_ids))
+            continue
+        found = []
+        for run_id in point.run_ids:
+            try:
+                _, high, _ = results.quantile_interval(run_id, slo.column)
+            except (OSError, ValueError, KeyError):
+                high = math.nan
+            found.append(high)
+        uppers.append(found)
+    return points.assign(**{column: uppers})
+
+
+def plan_capacity(source: Results | pd.DataFrame | Path | str, rate_per_s: float, kind: TaskKind, slo: Slo,
                   backends: Iterable[str] | None = None) -> Plan:
     """The fewest slots per backend for `rate_per_s` tasks/s of `kind` within `slo`, from measured runs.
 
-    `source`: a results directory or a runs frame (`load.Results.runs`). Every backend found in it is
-    planned for (the three libraries when it holds nothing), or only `backends`. Writes nothing.
+    `source`: a results directory, a `load.Results`, or a runs frame (`load.Results.runs`; without the raw
+    rows no quantile interval can be computed, so nothing is recommended beyond *marginal*). Every backend
+    found in it is planned for (the three libraries when it holds nothing), or only `backends`. Writes
+    nothing.
     """
     if not rate_per_s > 0 or math.isinf(rate_per_s):
         raise ValueError(f"rate must be a finite number > 0 tasks/s (got {rate_per_s!r})")
-    runs = runs_frame(source)
+    runs, results = _source(source)
     wanted = list(dict.fromkeys(backends)) if backends else None
-    points = measured_points(runs, kind)
+    points = _add_upper_bounds(measured_points(runs, kind), results, slo)
     warnings: list[str] = []
     if len(runs) and "backend" in runs.columns:
         found = [b for b in dict.fromkeys(runs["backend"].dropna().astype(str)) if b not in NOT_PLANNED]
@@ -666,6 +876,7 @@ def plan_capacity(source: pd.DataFrame | Path | str, rate_per_s: float, kind: Ta
     return Plan(rate_per_s=float(rate_per_s), kind=kind, slo=slo, backends=plans, warnings=warnings)
 
 
+
 def _system_keys(backend: str, runs: pd.DataFrame) -> dict[str, Any]:
     """The system keys of a configuration's first run (so covering cells measure that configuration)."""
     spec: dict[str, Any] = {"backend": backend}
@@ -682,3 +893,71 @@ def _system_keys(backend: str, runs: pd.DataFrame) -> dict[str, Any]:
     if options:
         spec["options"] = options
     return spec
+
+
+# --- the acceptance test (``queuebench plan --verify``) ------------------------------------------------
+
+
+@dataclass
+class Acceptance:
+    """Whether the SLO held for one verified configuration: every repeat, with its quantile's interval."""
+
+    variant: str
+    shape: str
+    slots: int
+    role: str
+    #: "held" (every repeat kept up with the upper end of its interval under the limit), "missed" (a repeat
+    #: fell behind or its point estimate is over the limit), "not shown" (point estimates under the limit,
+    #: an upper end at or over it, or a repeat too short to bound the quantile), "incomplete" (a repeat's
+    #: run did not end ok), "not run".
+    outcome: str
+    repeats: list[dict[str, Any]] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+
+    @property
+    def held(self) -> bool:
+        """Whether the SLO held in every repeat."""
+        return self.outcome == "held"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return store.plain({"variant": self.variant, "shape": self.shape, "slots": self.slots, "role": self.role,
+                            "outcome": self.outcome, "held": self.held, "repeats": self.repeats,
+                            "statuses": self.statuses})
+
+
+def acceptance(source: Results | Path | str, kind: TaskKind, slo: Slo,
+               runs: Sequence[tuple[str, str, int, str, Sequence[str]]]) -> list[Acceptance]:
+    """The acceptance test of a plan on the runs ``plan --verify`` made: per (variant, shape, slots, role,
+    run ids), each repeat's quantile with its interval and n, and whether the SLO held in every one."""
+    results = source if isinstance(source, Results) else load_results(source)
+    frame = results.runs
+    out = []
+    for variant, shape, slots, role, run_ids in runs:
+        mine = frame[frame["run_id"].isin(list(run_ids))]
+        statuses = [str(s) for s in mine.sort_values("run_id")["status"]]
+        points = measured_points(mine, kind)
+        points = points[points["mode"] == "load"]
+        if points.empty:
+            out.append(Acceptance(variant, shape, slots, role, "not run", statuses=statuses))
+            continue
+        repeats = []
+        for point in points.itertuples(index=False):
+            for run_id, value, n, kept in zip(point.run_ids, getattr(point, f"e2e_{slo.name}_each"),
+                                             point.e2e_tasks_each, point.kept_up_each, strict=True):
+                low, high, _ = results.quantile_interval(run_id, slo.column)
+                repeats.append({"run_id": run_id, "e2e_ms": value, "low_ms": low, "upper_ms": high, "tasks": n,
+                                "kept_up": kept, "text": quantile_text(value, n, slo.quantile, interval=(low, high))})
+        behind = not all(r["kept_up"] for r in repeats)
+        over = any(math.isfinite(r["e2e_ms"]) and r["e2e_ms"] > slo.limit_ms for r in repeats)
+        if behind or over:
+            outcome = "missed"
+        elif len(repeats) < len(run_ids):
+            outcome = "incomplete"  # a repeat's run did not end ok (its status says why)
+        elif all(math.isfinite(r["e2e_ms"]) and math.isfinite(r["upper_ms"]) and r["upper_ms"] < slo.limit_ms
+                 for r in repeats):
+            outcome = "held"
+        else:
+            outcome = "not shown"
+        out.append(Acceptance(variant, shape, slots, role, outcome, repeats, statuses))
+    return out

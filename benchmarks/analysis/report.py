@@ -11,7 +11,7 @@ recomputed from a run's raw rows. It never writes into a run directory. Its part
    cells (coefficient of variation over repeats above `CV_LIMIT`);
 3. one section per chart (`charts.CHARTS`), each with two sentences computed from its data, or a note
    saying why it was not drawn;
-4. "Capacity notes" (`notes.capacity_notes` of the usable runs) and the stored step searches;
+4. "Capacity notes" (`notes.capacity_notes` of the results) and the stored step searches;
 5. methodology and caveats, from the runs' own metadata (slots, prefetch, acks, retries, results,
    windows, versions), and the quantile and winner rules stated once.
 
@@ -628,7 +628,7 @@ def build_blocks(results: Results, out_dir: Path) -> tuple[list[Block], list[cha
             blocks.append(Block("warn", note))
 
     blocks.append(Block("h2", "Capacity notes"))
-    blocks += _text_blocks(capacity_notes(results.usable))
+    blocks += _text_blocks(capacity_notes(results))  # a Results: the plan rule reads raw rows
     blocks += search_blocks(results.root)
     blocks += methodology(results)
     return blocks, drawn, all_warnings
