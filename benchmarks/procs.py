@@ -9,11 +9,12 @@ exits first, then sends SIGTERM, waits, and SIGKILLs whatever is left.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,3 +144,47 @@ def wait_until(predicate, *, timeout_s: float, interval_s: float = 0.1, what: st
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(interval_s)
+
+
+class PhaseClock:
+    """Wall seconds per named phase of one cell (a phase entered twice adds up), and a timestamped log.
+
+    `phase(name)` times a block; `add(name, seconds)` books a span measured otherwise (say, from ledger
+    timestamps). `record()` is what run.json keeps as ``phases_s``: each phase in the order first seen,
+    ``other`` (wall time in no phase) and ``total`` (wall time since the clock started).
+    """
+
+    def __init__(self, log_path: Path | None = None) -> None:
+        self.started = time.monotonic()
+        self.seconds: dict[str, float] = {}
+        self.log_path = log_path
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.add(name, time.monotonic() - started, started)
+
+    def add(self, name: str, seconds: float, started: float | None = None) -> None:
+        seconds = max(0.0, seconds)
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self.note(name, seconds, started)
+
+    def note(self, name: str, seconds: float, started: float | None = None) -> None:
+        """Log a span without booking it (a part of a phase, say one process's stop)."""
+        if self.log_path is not None:
+            at = (started if started is not None else time.monotonic() - seconds) - self.started
+            stamp = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+            with contextlib.suppress(OSError):
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.log_path, "a") as fh:
+                    fh.write(f"{stamp} +{at:8.3f} s {name:<22} {seconds:8.3f} s\n")
+
+    def record(self) -> dict[str, float]:
+        total = time.monotonic() - self.started
+        out = {name: round(s, 3) for name, s in self.seconds.items()}
+        out["other"] = round(max(0.0, total - sum(self.seconds.values())), 3)
+        out["total"] = round(total, 3)
+        return out

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from backends import ledger
 from benchmarks import __version__, environment, measure, store
 from benchmarks.brokers import redact
 from benchmarks.matrix import Cell, Matrix
-from benchmarks.procs import wait_until
+from benchmarks.procs import PhaseClock, wait_until
 from benchmarks.sampler import Sampler
 from benchmarks.stack import PROJECT_ROOT, Stack, StackConfig
 from benchmarks.store import RESULT_SCHEMA_VERSION, is_done, read_run
@@ -70,6 +70,8 @@ class CellResult:
     status: str
     detail: str = ""
     run_dir: Path | None = None
+    #: Where the cell's wall time went (run.json's ``phases_s``); None for a cell not run now.
+    phases_s: dict[str, float] | None = None
 
 
 # --- what a cell sends -------------------------------------------------------------------------------
@@ -120,15 +122,19 @@ class CellRun:
             "status": "running", "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         self.stack: Stack | None = None
+        self.phases = PhaseClock()
 
     def run(self) -> CellResult:
-        if self.run_dir.exists():
-            shutil.rmtree(self.run_dir)
-        self.run_dir.mkdir(parents=True)
-        self.record["environment"] = environment.describe(self.spec["backend"])
+        self.phases = PhaseClock()
+        with self.phases.phase("prepare"):
+            if self.run_dir.exists():
+                shutil.rmtree(self.run_dir)
+            self.run_dir.mkdir(parents=True)
+            self.phases.log_path = self.run_dir / "logs" / "phases.log"
+            self.record["environment"] = environment.describe(self.spec["backend"])
         if self.cell.skip_reason:
             return self._finish("skipped", self.cell.skip_reason)
-        self.stack = Stack(self.config, self.run_dir)
+        self.stack = Stack(self.config, self.run_dir, phases=self.phases)
         try:
             if self.spec["mode"] == "drain":
                 self._drain()
@@ -143,16 +149,22 @@ class CellRun:
         except Exception as exc:  # recorded, and the sweep goes on
             return self._finish("error", f"{type(exc).__name__}: {exc}")
         finally:
-            self.stack.stop()
+            self._stop()
+
+    def _stop(self) -> None:
+        """Stop the stack (idempotent), booked as the ``stop`` phase."""
+        if self.stack is not None and (self.stack.supervisor.procs or self.stack.backend is not None):
+            with self.phases.phase("stop"):
+                self.stack.stop()
 
     def _finish(self, status: str, detail: str) -> CellResult:
-        self.record |= {"status": status, "detail": detail,
-                        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
         with contextlib.suppress(Exception):
-            if self.stack is not None:
-                self.stack.stop()
+            self._stop()
+        self.record |= {"status": status, "detail": detail,
+                        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                        "phases_s": self.phases.record()}
         store.write_run(self.run_dir, self.record)
-        return CellResult(self.cell.run_id, status, detail, self.run_dir)
+        return CellResult(self.cell.run_id, status, detail, self.run_dir, self.record["phases_s"])
 
     def _describe(self) -> None:
         assert self.stack is not None and self.stack.backend is not None
@@ -182,6 +194,7 @@ class CellRun:
             argv = locust_argv(spec, stack.api_url, self.run_dir)
             self.log(f"Locust: {spec['rate']:g} tasks/s for {spec['warmup_s']:g} s warm-up + "
                      f"{spec['duration_s']:g} s measured")
+            locust_started, locust_started_ns = time.monotonic(), time.time_ns()
             locust = stack.supervisor.start("locust", argv, env=stack.base_env(), cwd=self.run_dir,
                                             log_path=stack.logs_dir / "locust.log")
             self._describe()
@@ -195,53 +208,74 @@ class CellRun:
                         raise RuntimeError(f"{proc.name} exited during the run:\n{proc.log_tail()}")
                 time.sleep(0.2)
             stack.supervisor.procs.remove(locust)
+            locust_s, locust_ended_ns = time.monotonic() - locust_started, time.time_ns()
             self.record["locust_exit_code"] = locust.popen.returncode
             self.log("draining")
-            self.record["drain_s"] = self._drain_wait(follower, spec["drain_timeout_s"])
-            leftovers = dict(stack.backend.queue_depths())
-        self.record["sampler_errors"] = sampler.errors
-        tasks = self._store_tasks()
-        requests = store.read_requests(self.run_dir / store.REQUEST_LOGS_DIR)
-        store.write_requests_table(self.run_dir, requests)
-        window = measure.load_window(tasks, requests, spec["warmup_s"], spec["duration_s"])
-        summary = measure.summarise(tasks, requests, window, slots=self.config.slots,
-                                    offered_rate_per_s=float(spec["rate"]), arrival=spec.get("arrival", "constant"),
-                                    locust_post_counts=store.locust_post_counts(self.run_dir), queue_leftovers=leftovers)
-        self._add_resources(summary)
-        self.record["summary"] = summary
+            with self.phases.phase("tail_drain"):
+                self.record["drain_s"] = self._drain_wait(follower, spec["drain_timeout_s"])
+                leftovers = dict(stack.backend.queue_depths())
+        with self.phases.phase("collect"):
+            self.record["sampler_errors"] = sampler.errors
+            tasks = self._store_tasks()
+            requests = store.read_requests(self.run_dir / store.REQUEST_LOGS_DIR)
+            store.write_requests_table(self.run_dir, requests)
+            window = measure.load_window(tasks, requests, spec["warmup_s"], spec["duration_s"])
+            summary = measure.summarise(tasks, requests, window, slots=self.config.slots,
+                                        offered_rate_per_s=float(spec["rate"]),
+                                        arrival=spec.get("arrival", "constant"),
+                                        locust_post_counts=store.locust_post_counts(self.run_dir),
+                                        queue_leftovers=leftovers)
+            self._add_resources(summary)
+            self.record["summary"] = summary
+        self._book_locust(locust_started, locust_s, locust_started_ns, locust_ended_ns, window)
 
     def _drain(self) -> None:
         spec, stack = self.spec, self.stack
         assert stack is not None
+        phases = self.phases
         self.log("starting broker and workers; probe round trip")
-        stack.start_brokers()
+        with phases.phase("broker_start"):
+            stack.start_brokers()
         assert stack.backend is not None
-        stack.start_workers(log_suffix="-probe")
-        stack.round_trip(sent_tasks(spec))
-        stack.stop_workers()
+        with phases.phase("workers_start"):
+            stack.start_workers(log_suffix="-probe")
+        with phases.phase("probe_round_trip"):
+            stack.round_trip(sent_tasks(spec))
+        with phases.phase("probe_workers_stop"):
+            stack.stop_workers()
         self._record_kinds()
         count = int(spec["tasks"])
         self.log(f"preloading {count} tasks")
-        preload_started = time.monotonic()
-        stack.submit([{"task": spec["task"], "args": spec["args"]}] * count)
-        self.record["preload_s"] = time.monotonic() - preload_started
-        depth = sum(stack.backend.queue_depths().values())
-        follower = ledger.Follower(stack.ledger_dir)
-        follower.poll()
+        with phases.phase("preload"):
+            preload_started = time.monotonic()
+            stack.submit([{"task": spec["task"], "args": spec["args"]}] * count)
+            self.record["preload_s"] = time.monotonic() - preload_started
+            depth = sum(stack.backend.queue_depths().values())
+            follower = ledger.Follower(stack.ledger_dir)
+            follower.poll()
         with Sampler(stack.supervisor, self.run_dir, depths=stack.backend.queue_depths) as sampler:
             self.log(f"{depth} waiting; starting workers")
+            drain_started = time.monotonic()
             workers_started_ns = time.time_ns()
             stack.start_workers()
             self._describe()
             self.record["drain_s"] = self._drain_wait(follower, spec["drain_timeout_s"])
             all_done_ns = time.time_ns()
             leftovers = dict(stack.backend.queue_depths())
-        self.record["sampler_errors"] = sampler.errors
-        self.record["preloaded_depth"] = depth
-        tasks = self._store_tasks()
-        window = measure.drain_window(tasks)
-        summary = measure.summarise(tasks, None, window, slots=self.config.slots, offered_rate_per_s=None,
-                                    queue_leftovers=leftovers, expected_sent=count)
+        drain_s = time.monotonic() - drain_started
+        with phases.phase("collect"):
+            self.record["sampler_errors"] = sampler.errors
+            self.record["preloaded_depth"] = depth
+            tasks = self._store_tasks()
+            window = measure.drain_window(tasks)
+            summary = measure.summarise(tasks, None, window, slots=self.config.slots, offered_rate_per_s=None,
+                                        queue_leftovers=leftovers, expected_sent=count)
+        # The drain block in three parts: the workers booting (to the first start), the measured window
+        # (first start to last finish), and the end noticed (last finish to the wait's return).
+        boot_s = min(drain_s, max(0.0, (window.start_ns - workers_started_ns) / 1e9))
+        window_s = min(window.length_s, drain_s - boot_s)
+        self._book_spans(drain_started, [("workers_boot", boot_s), ("window", window_s),
+                                         ("drain_end", drain_s - boot_s - window_s)])
         # Published comparisons time from starting the workers: record that figure too.
         wall_s = (all_done_ns - workers_started_ns) / 1e9
         summary["figures"]["workers_started_ns"] = workers_started_ns
@@ -249,6 +283,23 @@ class CellRun:
         summary["figures"]["throughput_from_worker_start_per_s"] = count / wall_s if wall_s > 0 else None
         self._add_resources(summary)
         self.record["summary"] = summary
+
+    def _book_locust(self, started: float, locust_s: float, started_ns: int, ended_ns: int,
+                     window: measure.Window) -> None:
+        """Split the Locust block (spawn to exit) into its start-up (to the first scheduled arrival), the
+        warm-up, the measured window and its tail (window end to exit), from the stored timestamps."""
+        warmup_s = float(self.spec["warmup_s"])
+        startup_s = min(locust_s, max(0.0, (window.start_ns - started_ns) / 1e9 - warmup_s))
+        warmup_s = min(warmup_s, locust_s - startup_s)
+        window_s = min(window.length_s, max(0.0, (ended_ns - window.start_ns) / 1e9))
+        self._book_spans(started, [("locust_startup", startup_s), ("warmup", warmup_s), ("window", window_s),
+                                   ("locust_tail", locust_s - startup_s - warmup_s - window_s)])
+
+    def _book_spans(self, started: float, spans: list[tuple[str, float]]) -> None:
+        """Book consecutive phases measured after the fact, the first starting at `started` (monotonic)."""
+        for name, seconds in spans:
+            self.phases.add(name, seconds, started)
+            started += max(0.0, seconds)
 
     def _record_kinds(self) -> None:
         """Which task and arguments each ledger digest stands for (tasks.parquet keeps only the digest)."""
@@ -329,28 +380,83 @@ def cell_seconds(cell: Cell) -> float:
     return 3 + LOCUST_TAIL_S + spec["warmup_s"] + spec["duration_s"]  # seen: 8-13 s for 5-7 s of load
 
 
+@dataclass
+class Sweep:
+    """One invocation's sweep: the cells it ran and where its wall time went (``sweep.json``).
+
+    ``measured_fraction`` = the cells' measured windows (load: ``duration_s`` after the warm-up; drain:
+    first start to last finish) summed, over the sweep's wall time (from taking the measuring lock to the
+    end). The rest is set-up, warm-up, tails, collecting and stopping: what a faster harness cuts.
+    """
+
+    out_dir: Path
+    matrix: str = ""
+    started: float = field(default_factory=time.monotonic)
+    started_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    cells: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, result: CellResult) -> None:
+        phases = result.phases_s or {}
+        self.cells.append({"run_id": result.run_id, "status": result.status, "wall_s": phases.get("total", 0.0),
+                           "window_s": phases.get("window", 0.0), "phases_s": phases})
+
+    @property
+    def wall_s(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def window_s(self) -> float:
+        return sum(c["window_s"] for c in self.cells)
+
+    def record(self, ended: str) -> dict[str, Any]:
+        wall_s, window_s = self.wall_s, self.window_s
+        totals: dict[str, float] = {}
+        for cell in self.cells:
+            for name, seconds in cell["phases_s"].items():
+                totals[name] = round(totals.get(name, 0.0) + seconds, 3)
+        return {"matrix": self.matrix, "started_at": self.started_at,
+                "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "ended": ended,
+                "wall_s": round(wall_s, 3), "window_s": round(window_s, 3),
+                "measured_fraction": round(window_s / wall_s, 4) if wall_s > 0 else 0.0,
+                "cells_run": len(self.cells), "phases_s": totals, "cells": self.cells}
+
+
 @contextlib.contextmanager
-def sweep(out_dir: Path) -> Iterator[None]:
+def sweep(out_dir: Path, matrix_name: str = "") -> Iterator[Sweep]:
     """What every sweep runs under: the measuring lock, SIGINT/SIGTERM turned into `Interrupted` (the cell
-    in progress stops everything it started), and ``summary.csv`` rewritten however the sweep ends."""
+    in progress stops everything it started), and ``summary.csv`` and ``sweep.json`` (when a cell ran)
+    rewritten however the sweep ends."""
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    current: Sweep | None = None
+    ended = "error"
     try:
         with measuring_lock():
-            yield
+            current = Sweep(out_dir, matrix_name)
+            try:
+                yield current
+                ended = "completed"
+            except Interrupted:
+                ended = "interrupted"
+                raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         store.write_summary(out_dir)
+        if current is not None and current.cells:
+            store.write_sweep(out_dir, current.record(ended))
 
 
 def run_cell(cell: Cell, matrix_name: str, out_dir: Path, *, amqp_url: str | None = None, progress: Any = None,
-             log: Callable[[str], None] = print) -> CellResult:
-    """Measure one cell into ``out_dir/<run_id>``, reporting to the progress display if there is one."""
+             log: Callable[[str], None] = print, sweep: Sweep | None = None) -> CellResult:
+    """Measure one cell into ``out_dir/<run_id>``, reporting to the progress display if there is one and
+    booking its time in `sweep`."""
     if progress is not None:
         progress.start_cell(cell)
     result = CellRun(cell, matrix_name, out_dir / cell.run_id, amqp_url=amqp_url,
                      log=progress.note if progress is not None else log).run()
+    if sweep is not None:
+        sweep.add(result)
     if progress is not None:
         progress.end_cell(cell, result)
     return result
@@ -367,9 +473,10 @@ def run_matrix(matrix: Matrix, out_dir: Path, *, force: bool = False, amqp_url: 
     todo, done = plan(matrix, out_dir, force=force)
     results = [CellResult(c.run_id, read_run(out_dir / c.run_id)["status"], "already done", out_dir / c.run_id)
                for c in done]
-    with sweep(out_dir):
+    with sweep(out_dir, matrix.name) as current:
         if progress is not None:
             progress.start_sweep(todo, len(done))
         for cell in todo:
-            results.append(run_cell(cell, matrix.name, out_dir, amqp_url=amqp_url, progress=progress, log=log))
+            results.append(run_cell(cell, matrix.name, out_dir, amqp_url=amqp_url, progress=progress, log=log,
+                                    sweep=current))
     return results

@@ -26,7 +26,7 @@ from backends import dispatch, ledger
 from backends.base import BackendSettings, QueueBackend, WorkerSpec
 from benchmarks import brokers, envs
 from benchmarks import spec as spec_mod
-from benchmarks.procs import Supervisor, wait_until
+from benchmarks.procs import PhaseClock, Supervisor, wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 HEALTHY_TIMEOUT_S = 30.0
@@ -97,8 +97,11 @@ def validate(config: StackConfig) -> None:
 class Stack:
     """Brokers, workers and the API of one configuration, under one supervisor."""
 
-    def __init__(self, config: StackConfig, run_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, config: StackConfig, run_dir: str | os.PathLike[str], *,
+                 phases: PhaseClock | None = None) -> None:
         self.config = config
+        #: Where the stack's start-up and shutdown time goes (the runner's clock for the cell, if given).
+        self.phases = phases or PhaseClock()
         self.run_dir = Path(run_dir).resolve()  # children run in it: every path they get is absolute
         self.ledger_dir = self.run_dir / "ledger"
         self.logs_dir = self.run_dir / "logs"
@@ -158,10 +161,14 @@ class Stack:
 
         `probe_tasks` are round-tripped through every queue too (default: one `noop`).
         """
-        self.start_brokers()
-        self.start_workers()
-        self._start_api()
-        self.round_trip(probe_tasks)
+        with self.phases.phase("broker_start"):
+            self.start_brokers()
+        with self.phases.phase("workers_start"):
+            self.start_workers()
+        with self.phases.phase("api_healthy"):
+            self._start_api()
+        with self.phases.phase("probe_round_trip"):
+            self.round_trip(probe_tasks)
         return self
 
     def start_brokers(self) -> None:
@@ -228,8 +235,13 @@ class Stack:
         for proc in reversed(getattr(self, "worker_procs", [])):
             if proc in self.supervisor.procs:
                 self.supervisor.procs.remove(proc)
-            self.supervisor.stop(proc)
+            self._stop_proc(proc)
         self.worker_procs = []
+
+    def _stop_proc(self, proc: Any) -> None:
+        started = time.monotonic()
+        self.supervisor.stop(proc)
+        self.phases.note(f"stop {proc.name}", time.monotonic() - started, started)
 
     def _start_api(self) -> None:
         assert self.settings is not None
@@ -297,7 +309,7 @@ class Stack:
         non_brokers = [p for p in self.supervisor.procs if p not in self._broker_procs]
         for proc in reversed(non_brokers):
             self.supervisor.procs.remove(proc)
-            self.supervisor.stop(proc)
+            self._stop_proc(proc)
         if self.backend is not None:
             if self._purge_allowed:
                 with contextlib.suppress(Exception):
@@ -305,7 +317,9 @@ class Stack:
             with contextlib.suppress(Exception):
                 self.backend.close()
             self.backend = None
-        self.supervisor.stop_all()
+        while self.supervisor.procs:
+            proc = self.supervisor.procs.pop()
+            self._stop_proc(proc)
 
     def __enter__(self) -> Stack:
         try:
