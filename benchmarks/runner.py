@@ -5,10 +5,12 @@ A sweep reads like a recipe (`run_matrix`): expand the matrix, drop the cells al
 
 A load cell (`mode = "load"`): start the broker, the workers (the library's own CLI) and the API
 (gunicorn); round-trip one probe of each task kind the scenario sends through every queue; run Locust
-headless for ``warmup_s + duration_s`` with the open-loop scenario; let the queue drain (at most
-``drain_timeout_s``); collect; stop everything. A drain cell (`mode = "drain"`): start the broker and
-the workers, round-trip a probe, stop the workers; preload ``tasks`` tasks straight through the backend;
-start the workers again and time until the ledger shows every task finished.
+headless for ``warmup_s + duration_s`` with the open-loop scenario; let the queue drain; collect; stop
+everything. A drain cell (`mode = "drain"`): start the broker and the workers, round-trip a probe, stop
+the workers; preload ``tasks`` tasks straight through the backend; start the workers again and time until
+the ledger shows every task finished. Either drain waits while tasks keep finishing (`await_drain`): it
+fails only when none has finished for ``drain_stall_s`` or ``drain_timeout_s`` (a hard ceiling) passes,
+and run.json says which rule ended it (``drain_ended_by``).
 
 Each run leaves ``results/runs/<run_id>/`` (see results/README.md): ``run.json``, ``tasks.parquet``,
 ``requests.parquet`` and Locust's CSV/HTML/JSON (load mode), ``resources.csv``, ``queue_depths.csv``,
@@ -44,7 +46,7 @@ from backends import ledger
 from benchmarks import __version__, environment, measure, store
 from benchmarks.brokers import redact
 from benchmarks.matrix import Cell, Matrix
-from benchmarks.procs import PhaseClock, wait_until
+from benchmarks.procs import PhaseClock
 from benchmarks.sampler import Sampler
 from benchmarks.stack import PROJECT_ROOT, Stack, StackConfig
 from benchmarks.store import RESULT_SCHEMA_VERSION, is_done, read_run
@@ -106,6 +108,71 @@ def locust_argv(spec: Mapping[str, Any], api_url: str, run_dir: Path) -> list[st
     return argv
 
 
+# --- waiting for a drain ---------------------------------------------------------------------------------
+
+#: Seconds between two reads of the ledger while a drain is awaited.
+DRAIN_POLL_S = 0.1
+#: Seconds between two progress reports while a drain is awaited.
+DRAIN_REPORT_S = 1.0
+#: What can end a drain: every task sent finished, none finished for ``drain_stall_s``, or
+#: ``drain_timeout_s`` passed.
+DRAIN_RULES = ("all-finished", "stalled", "ceiling")
+
+
+@dataclass(frozen=True)
+class DrainEnd:
+    """How a drain ended: the rule that ended it (`DRAIN_RULES`) and what the ledger showed then."""
+
+    ended_by: str
+    waited_s: float
+    #: Seconds since the last task finished (or since the wait began, if none has).
+    idle_s: float
+    finished: int
+    outstanding: int
+    #: The wait ended early because no worker process was left to finish anything (ended_by "stalled").
+    workers_gone: bool = False
+
+
+def await_drain(follower: ledger.Follower, *, stall_s: float, ceiling_s: float,
+                workers_alive: Callable[[], bool] = lambda: True,
+                on_progress: Callable[[int, int, float], None] | None = None,
+                clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                interval_s: float = DRAIN_POLL_S) -> DrainEnd:
+    """Wait while tasks keep finishing: until every task sent has finished successfully (``all-finished``),
+    no task has finished for `stall_s` (``stalled``; at once when `workers_alive` says none is left), or
+    `ceiling_s` has passed however it progresses (``ceiling``). Any finished row counts as progress (a
+    failed attempt that will be retried too). `on_progress` gets (finished, outstanding, seconds waited)
+    about every `DRAIN_REPORT_S`."""
+    started = clock()
+    follower.poll()
+    last_rows, last_progress, last_report = follower.finished_rows, started, None
+
+    def end(rule: str, now: float, gone: bool = False) -> DrainEnd:
+        return DrainEnd(rule, now - started, now - last_progress, len(follower.done_ids), follower.outstanding(),
+                        gone)
+
+    while True:
+        now = clock()
+        if follower.finished_rows != last_rows:
+            last_rows, last_progress = follower.finished_rows, now
+        if follower.outstanding() == 0:
+            return end("all-finished", now)
+        if now - last_progress >= stall_s:
+            return end("stalled", now)
+        if now - started >= ceiling_s:
+            return end("ceiling", now)
+        if not workers_alive():
+            follower.poll()  # what the last worker wrote before it went
+            if follower.outstanding() == 0:
+                return end("all-finished", now)
+            return end("stalled", now, gone=True)
+        if on_progress is not None and (last_report is None or now - last_report >= DRAIN_REPORT_S):
+            on_progress(len(follower.done_ids), follower.outstanding(), now - started)
+            last_report = now
+        sleep(interval_s)
+        follower.poll()
+
+
 # --- one cell -----------------------------------------------------------------------------------------
 
 
@@ -113,8 +180,11 @@ class CellRun:
     """Runs one cell into its directory; `run()` always leaves a run.json saying what happened."""
 
     def __init__(self, cell: Cell, matrix_name: str, run_dir: Path, *, amqp_url: str | None = None,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print,
+                 status: Callable[[int, int, float], None] | None = None) -> None:
         self.cell, self.spec, self.run_dir, self.log = cell, dict(cell.spec), run_dir.resolve(), log
+        #: Called about once a second while a drain is awaited, with (finished, outstanding, seconds waited).
+        self.status = status
         self.config = StackConfig(self.spec, amqp_url=amqp_url)
         self.record: dict[str, Any] = {
             "schema_version": RESULT_SCHEMA_VERSION, "harness_version": __version__, "run_id": cell.run_id,
@@ -142,14 +212,31 @@ class CellRun:
                 self._load()
             summary = self.record["summary"]
             failed = ", ".join(summary["failed_checks"])
-            return self._finish(summary["verdict"], f"failed checks: {failed}" if failed else "")
+            detail = f"failed checks: {failed}" if failed else ""
+            if self.record.get("drain_ended_by", "all-finished") != "all-finished":
+                detail += f"; {self._drain_detail()}"
+            return self._finish(summary["verdict"], detail)
         except Interrupted:
             self._finish("interrupted", "stopped by SIGINT/SIGTERM; redone on the next run")
             raise
         except Exception as exc:  # recorded, and the sweep goes on
-            return self._finish("error", f"{type(exc).__name__}: {exc}")
+            detail = f"{type(exc).__name__}: {exc}"
+            if self.record.get("drain_ended_by", "all-finished") != "all-finished":
+                detail = f"{self._drain_detail()}; {detail}"
+            return self._finish("error", detail)
         finally:
             self._stop()
+
+    def _drain_detail(self) -> str:
+        record = self.record
+        if record["drain_ended_by"] == "ceiling":
+            why = f"drain_timeout_s = {self.spec['drain_timeout_s']:g} s passed"
+        elif record.get("drain_workers_gone"):
+            why = "every worker process had exited"
+        else:
+            why = f"no task finished for {record['drain_idle_s']:.0f} s (drain_stall_s = {self.spec['drain_stall_s']:g})"
+        return (f"drain {record['drain_ended_by']} after {record['drain_s']:.0f} s with "
+                f"{record['drain_outstanding']} task(s) outstanding: {why}")
 
     def _stop(self) -> None:
         """Stop the stack (idempotent), booked as the ``stop`` phase."""
@@ -212,7 +299,7 @@ class CellRun:
             self.record["locust_exit_code"] = locust.popen.returncode
             self.log("draining")
             with self.phases.phase("tail_drain"):
-                self.record["drain_s"] = self._drain_wait(follower, spec["drain_timeout_s"])
+                self._drain_wait(follower)
                 leftovers = dict(stack.backend.queue_depths())
         with self.phases.phase("collect"):
             self.record["sampler_errors"] = sampler.errors
@@ -259,7 +346,7 @@ class CellRun:
             workers_started_ns = time.time_ns()
             stack.start_workers()
             self._describe()
-            self.record["drain_s"] = self._drain_wait(follower, spec["drain_timeout_s"])
+            self._drain_wait(follower)
             all_done_ns = time.time_ns()
             leftovers = dict(stack.backend.queue_depths())
         drain_s = time.monotonic() - drain_started
@@ -306,15 +393,21 @@ class CellRun:
         self.record["task_kinds"] = [{"task": task, "args": args, "digest": ledger.args_digest(task, args)}
                                      for task, args in sent_tasks(self.spec)]
 
-    def _drain_wait(self, follower: ledger.Follower, timeout_s: float) -> float:
-        """Wait until every task sent has finished successfully (or `timeout_s`); return seconds waited."""
+    def _drain_wait(self, follower: ledger.Follower) -> DrainEnd:
+        """Wait while the drain progresses (`await_drain`); record how it ended in run.json. A supervised
+        process that exited meanwhile then fails the cell (as it would have during the load)."""
         assert self.stack is not None
-        started = time.monotonic()
-        with contextlib.suppress(TimeoutError):
-            wait_until(lambda: follower.poll() is not None and follower.outstanding() == 0,
-                       timeout_s=timeout_s, interval_s=0.1, what="the queue to drain",
-                       supervisor=self.stack.supervisor)
-        return time.monotonic() - started
+        stack = self.stack
+        end = await_drain(follower, stall_s=float(self.spec["drain_stall_s"]),
+                          ceiling_s=float(self.spec["drain_timeout_s"]),
+                          workers_alive=lambda: any(p.alive() for p in stack.worker_procs),
+                          on_progress=self.status)
+        self.record |= {"drain_s": end.waited_s, "drain_ended_by": end.ended_by, "drain_idle_s": end.idle_s,
+                        "drain_outstanding": end.outstanding}
+        if end.workers_gone:
+            self.record["drain_workers_gone"] = True
+        stack.supervisor.check()
+        return end
 
     def _store_tasks(self) -> pd.DataFrame:
         assert self.stack is not None
@@ -454,7 +547,8 @@ def run_cell(cell: Cell, matrix_name: str, out_dir: Path, *, amqp_url: str | Non
     if progress is not None:
         progress.start_cell(cell)
     result = CellRun(cell, matrix_name, out_dir / cell.run_id, amqp_url=amqp_url,
-                     log=progress.note if progress is not None else log).run()
+                     log=progress.note if progress is not None else log,
+                     status=progress.draining if progress is not None else None).run()
     if sweep is not None:
         sweep.add(result)
     if progress is not None:

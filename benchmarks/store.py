@@ -37,7 +37,8 @@ from benchmarks import measure
 
 #: Version of what a run directory holds. Changes:
 #:   1 - first version: run.json, tasks.parquet, requests.parquet, resources.csv, queue_depths.csv.
-#:       Added later without changing any figure (readers may find them absent): run.json's phases_s.
+#:       Added later without changing any figure (readers may find them absent): run.json's phases_s,
+#:       drain_ended_by, drain_idle_s, drain_outstanding (and drain_workers_gone); the spec's drain_stall_s.
 RESULT_SCHEMA_VERSION = 1
 #: Version of a search record (``searches/<search_id>.json``). Changes:
 #:   1 - first version: config, slo, factor, steps, knee_rate_per_s, first_unsustained_rate_per_s,
@@ -197,7 +198,7 @@ def summary_rows(out_dir: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"run_id": record["run_id"], "matrix": record.get("matrix"),
                                "repeat": record.get("repeat"), "status": record.get("status"),
                                "detail": record.get("detail"), "schema_version": record.get("schema_version"),
-                               "slots": record.get("slots")}
+                               "slots": record.get("slots"), "drain_ended_by": record.get("drain_ended_by")}
         spec = dict(record.get("spec", {}))
         options = spec.pop("options", {}) or {}
         args = spec.pop("args", {}) or {}
