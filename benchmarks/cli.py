@@ -335,6 +335,8 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
 
     Each cell's raw records and verdict go to OUT/<run_id>/ (run.json, tasks.parquet, ...) and every
     run is listed in OUT/summary.csv. Cells already done are skipped, so an interrupted sweep resumes.
+    One private Redis serves every Redis cell of the sweep, emptied (FLUSHALL) before each. OUT/sweep.json
+    says where the sweep's wall time went; the share spent in measured windows is printed at the end.
     Exits 1 if any cell failed or errored, 130 on Ctrl-C (completed cells are kept), 2 on a bad matrix.
     """
 
@@ -389,7 +391,8 @@ def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps
     the search starts) is measured at rising rates (x --factor), each step a full, self-checked run in
     OUT/<run_id>/, then bisected --refine times between the last sustained rate and the first that was
     not. Each search's steps, knee and evidence go to OUT/searches/<search_id>.json; `queuebench plan`
-    and `queuebench report` read the step runs like any others. Exits 1 if a step failed or errored,
+    and `queuebench report` read the step runs like any others; OUT/sweep.json says where the wall time
+    went (the measured share is printed at the end). Exits 1 if a step failed or errored,
     130 on Ctrl-C (measured steps are kept and reused on the next run), 2 on a bad matrix or SLO.
     """
 

@@ -2,6 +2,8 @@
 
 A sweep reads like a recipe (`run_matrix`): expand the matrix, drop the cells already done (unless
 ``--force``), and run each remaining cell in turn; a failing cell is recorded and the sweep goes on.
+What the cells share is one private redis-server (`brokers.SharedRedis`), emptied before each cell;
+everything else each cell starts and stops itself. ``sweep.json`` says where the sweep's time went.
 
 A load cell (`mode = "load"`): start the broker, the workers (the library's own CLI) and the API
 (gunicorn); round-trip one probe of each task kind the scenario sends through every queue; run Locust
@@ -44,7 +46,7 @@ import pandas as pd
 
 from backends import ledger
 from benchmarks import __version__, environment, measure, store
-from benchmarks.brokers import redact
+from benchmarks.brokers import SharedRedis, redact
 from benchmarks.matrix import Cell, Matrix
 from benchmarks.procs import PhaseClock
 from benchmarks.sampler import Sampler
@@ -180,12 +182,14 @@ class CellRun:
     """Runs one cell into its directory; `run()` always leaves a run.json saying what happened."""
 
     def __init__(self, cell: Cell, matrix_name: str, run_dir: Path, *, amqp_url: str | None = None,
+                 broker_url: str | None = None, shared_redis: SharedRedis | None = None,
                  log: Callable[[str], None] = print,
                  status: Callable[[int, int, float], None] | None = None) -> None:
         self.cell, self.spec, self.run_dir, self.log = cell, dict(cell.spec), run_dir.resolve(), log
         #: Called about once a second while a drain is awaited, with (finished, outstanding, seconds waited).
         self.status = status
-        self.config = StackConfig(self.spec, amqp_url=amqp_url)
+        self.config = StackConfig(self.spec, broker_url=broker_url, amqp_url=amqp_url)
+        self.shared_redis = shared_redis
         self.record: dict[str, Any] = {
             "schema_version": RESULT_SCHEMA_VERSION, "harness_version": __version__, "run_id": cell.run_id,
             "matrix": matrix_name, "repeat": cell.repeat, "spec": self.spec, "slots": self.config.slots,
@@ -204,7 +208,7 @@ class CellRun:
             self.record["environment"] = environment.describe(self.spec["backend"])
         if self.cell.skip_reason:
             return self._finish("skipped", self.cell.skip_reason)
-        self.stack = Stack(self.config, self.run_dir, phases=self.phases)
+        self.stack = Stack(self.config, self.run_dir, phases=self.phases, shared_redis=self.shared_redis)
         try:
             if self.spec["mode"] == "drain":
                 self._drain()
@@ -260,9 +264,9 @@ class CellRun:
         self.record["backend_environment"] = stack.environment_record()
         self.record["brokers"] = {
             "broker": {"kind": stack.broker.kind, "url": _redact(stack.broker.url), "owned": stack.broker.owned,
-                       "version": stack.broker.version} if stack.broker else None,
-            "result_store": {"url": _redact(stack.result_store.url), "version": stack.result_store.version}
-            if stack.result_store else None,
+                       "version": stack.broker.version, "shared": stack.broker.shared} if stack.broker else None,
+            "result_store": {"url": _redact(stack.result_store.url), "version": stack.result_store.version,
+                             "shared": stack.result_store.shared} if stack.result_store else None,
         }
         self.record["processes"] = [{"name": p.name, "argv": [_redact(a) for a in p.argv]}
                                     for p in stack.supervisor.procs]
@@ -484,6 +488,10 @@ class Sweep:
 
     out_dir: Path
     matrix: str = ""
+    #: The sweep's private redis-server, emptied before each cell (None: each cell starts its own).
+    redis: SharedRedis | None = None
+    #: A user's Redis every cell uses instead (never emptied, only purged of what each cell created).
+    broker_url: str | None = None
     started: float = field(default_factory=time.monotonic)
     started_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     cells: list[dict[str, Any]] = field(default_factory=list)
@@ -511,21 +519,27 @@ class Sweep:
                 "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "ended": ended,
                 "wall_s": round(wall_s, 3), "window_s": round(window_s, 3),
                 "measured_fraction": round(window_s / wall_s, 4) if wall_s > 0 else 0.0,
-                "cells_run": len(self.cells), "phases_s": totals, "cells": self.cells}
+                "cells_run": len(self.cells),
+                "reused": {"redis_cells": self.redis.served if self.redis is not None else 0},
+                "phases_s": totals, "cells": self.cells}
 
 
 @contextlib.contextmanager
-def sweep(out_dir: Path, matrix_name: str = "") -> Iterator[Sweep]:
+def sweep(out_dir: Path, matrix_name: str = "", *, broker_url: str | None = None) -> Iterator[Sweep]:
     """What every sweep runs under: the measuring lock, SIGINT/SIGTERM turned into `Interrupted` (the cell
-    in progress stops everything it started), and ``summary.csv`` and ``sweep.json`` (when a cell ran)
-    rewritten however the sweep ends."""
+    in progress stops everything it started), one private redis-server for every Redis cell (`SharedRedis`,
+    started on first use, emptied before each cell, stopped at the end; not when `broker_url` names a
+    user's Redis), and ``summary.csv`` and ``sweep.json`` (when a cell ran) rewritten however it ends."""
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     current: Sweep | None = None
+    workdir: Path | None = None
     ended = "error"
     try:
         with measuring_lock():
-            current = Sweep(out_dir, matrix_name)
+            workdir = Path(tempfile.mkdtemp(prefix="queuebench-sweep-"))
+            redis = None if broker_url else SharedRedis(workdir)
+            current = Sweep(out_dir, matrix_name, redis=redis, broker_url=broker_url)
             try:
                 yield current
                 ended = "completed"
@@ -533,8 +547,16 @@ def sweep(out_dir: Path, matrix_name: str = "") -> Iterator[Sweep]:
                 ended = "interrupted"
                 raise
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig in previous:  # a second Ctrl-C must not interrupt stopping the shared Redis
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            if current is not None and current.redis is not None:
+                current.redis.close()
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         store.write_summary(out_dir)
         if current is not None and current.cells:
             store.write_sweep(out_dir, current.record(ended))
@@ -547,6 +569,8 @@ def run_cell(cell: Cell, matrix_name: str, out_dir: Path, *, amqp_url: str | Non
     if progress is not None:
         progress.start_cell(cell)
     result = CellRun(cell, matrix_name, out_dir / cell.run_id, amqp_url=amqp_url,
+                     broker_url=sweep.broker_url if sweep is not None else None,
+                     shared_redis=sweep.redis if sweep is not None else None,
                      log=progress.note if progress is not None else log,
                      status=progress.draining if progress is not None else None).run()
     if sweep is not None:
@@ -557,8 +581,12 @@ def run_cell(cell: Cell, matrix_name: str, out_dir: Path, *, amqp_url: str | Non
 
 
 def run_matrix(matrix: Matrix, out_dir: Path, *, force: bool = False, amqp_url: str | None = None,
-               progress: Any = None, log: Callable[[str], None] = print) -> list[CellResult]:
+               broker_url: str | None = None, progress: Any = None,
+               log: Callable[[str], None] = print) -> list[CellResult]:
     """Run every cell not already done; write ``summary.csv``; return each cell's result.
+
+    `broker_url` names a user's Redis for every Redis cell (never emptied; each cell purges what it
+    created, as ``queuebench serve --broker-url`` does); without it the sweep keeps one private Redis.
 
     SIGINT/SIGTERM stop the cell in progress (everything it started) and raise `Interrupted` after the
     summary of the completed cells is written.
@@ -567,7 +595,7 @@ def run_matrix(matrix: Matrix, out_dir: Path, *, force: bool = False, amqp_url: 
     todo, done = plan(matrix, out_dir, force=force)
     results = [CellResult(c.run_id, read_run(out_dir / c.run_id)["status"], "already done", out_dir / c.run_id)
                for c in done]
-    with sweep(out_dir, matrix.name) as current:
+    with sweep(out_dir, matrix.name, broker_url=broker_url) as current:
         if progress is not None:
             progress.start_sweep(todo, len(done))
         for cell in todo:
