@@ -8,9 +8,12 @@ everything else each cell starts and stops itself. ``sweep.json`` says where the
 A load cell (`mode = "load"`): start the broker, the workers (the library's own CLI) and the API
 (gunicorn); round-trip one probe of each task kind the scenario sends through every queue; run Locust
 headless for ``warmup_s + duration_s`` with the open-loop scenario; let the queue drain; collect; stop
-everything. A drain cell (`mode = "drain"`): start the broker and the workers, round-trip a probe, stop
-the workers; preload ``tasks`` tasks straight through the backend; start the workers again and time until
-the ledger shows every task finished. Either drain waits while tasks keep finishing (`await_drain`): it
+everything. A drain cell (`mode = "drain"`): start the broker; enqueue one probe of the cell's task kind
+per queue, then preload ``tasks`` tasks behind them, straight through the backend; start the workers and
+time until the ledger shows every task finished; then check that every probe round-tripped (the workers
+start once: no separate probe run, whose graceful stop cost Celery and Dramatiq 2.5-3.5 s per cell; the
+probes add one task per queue, 1/``tasks`` of the work, to the time from the workers' start, and none to
+the measured window, which leaves probes out). Either drain waits while tasks keep finishing (`await_drain`): it
 fails only when none has finished for ``drain_stall_s`` or ``drain_timeout_s`` (a hard ceiling) passes,
 and run.json says which rule ended it (``drain_ended_by``).
 
@@ -324,20 +327,16 @@ class CellRun:
         spec, stack = self.spec, self.stack
         assert stack is not None
         phases = self.phases
-        self.log("starting broker and workers; probe round trip")
+        self.log("starting broker; preloading")
         with phases.phase("broker_start"):
             stack.start_brokers()
         assert stack.backend is not None
-        with phases.phase("workers_start"):
-            stack.start_workers(log_suffix="-probe")
-        with phases.phase("probe_round_trip"):
-            stack.round_trip(sent_tasks(spec))
-        with phases.phase("probe_workers_stop"):
-            stack.stop_workers()
         self._record_kinds()
         count = int(spec["tasks"])
-        self.log(f"preloading {count} tasks")
         with phases.phase("preload"):
+            # The probes go first, so the workers started once run them before the preload (FIFO) or
+            # beside its first tasks; their round trip is checked when the drain is over.
+            probes = stack.send_probes(sent_tasks(spec))
             preload_started = time.monotonic()
             stack.submit([{"task": spec["task"], "args": spec["args"]}] * count)
             self.record["preload_s"] = time.monotonic() - preload_started
@@ -345,18 +344,24 @@ class CellRun:
             follower = ledger.Follower(stack.ledger_dir)
             follower.poll()
         with Sampler(stack.supervisor, self.run_dir, depths=stack.backend.queue_depths) as sampler:
-            self.log(f"{depth} waiting; starting workers")
+            self.log(f"{depth} waiting ({len(probes)} probe(s) first); starting workers")
             drain_started = time.monotonic()
             workers_started_ns = time.time_ns()
-            stack.start_workers()
+            stack.start_workers()  # booked with their boot, which the drain's timing includes
             self._describe()
             self._drain_wait(follower)
             all_done_ns = time.time_ns()
+            drain_s = time.monotonic() - drain_started
+            with phases.phase("probe_round_trip"):
+                # Sent first, the probes have normally finished long before; a drain that did not finish
+                # is not waited for again.
+                finished = self.record["drain_ended_by"] == "all-finished"
+                stack.await_probes(probes, timeout_s=float(spec["drain_stall_s"]) if finished else 0)
             leftovers = dict(stack.backend.queue_depths())
-        drain_s = time.monotonic() - drain_started
         with phases.phase("collect"):
             self.record["sampler_errors"] = sampler.errors
-            self.record["preloaded_depth"] = depth
+            self.record["preloaded_depth"] = depth  # messages waiting, the probes' among them
+            self.record["probe_tasks"] = len(probes)
             tasks = self._store_tasks()
             window = measure.drain_window(tasks)
             summary = measure.summarise(tasks, None, window, slots=self.config.slots, offered_rate_per_s=None,

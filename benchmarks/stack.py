@@ -299,13 +299,23 @@ class Stack:
         successfully; return the seconds taken. Probes are marked in the ledger and left out of every
         measurement.
         """
+        started = time.monotonic()
+        self.await_probes(self.send_probes(tasks), timeout_s)
+        return time.monotonic() - started
+
+    def send_probes(self, tasks: list[tuple[str, Mapping[str, Any]]] | None = None) -> set[str]:
+        """Enqueue each probe task (default: one `noop`) on every queue; return their ids."""
         assert self.backend is not None and self.settings is not None
         tasks = tasks or [("noop", {})]
-        started = time.monotonic()
+        return set(self.submit([{"task": task, "args": dict(args), "queue": queue, "probe": True}
+                                for queue in self.settings.queues for task, args in tasks]))
+
+    def await_probes(self, ids: set[str], timeout_s: float = ROUND_TRIP_TIMEOUT_S) -> None:
+        """Wait until every probe in `ids` has finished successfully; TimeoutError naming the queues if not
+        within `timeout_s` (0: check once), ProcessFailed if a process died meanwhile."""
+        assert self.settings is not None
         follower = ledger.Follower(self.ledger_dir)  # reads only what was appended since its last look
         done: set[str] = set()
-        ids = set(self.submit([{"task": task, "args": dict(args), "queue": queue, "probe": True}
-                               for queue in self.settings.queues for task, args in tasks]))
 
         def all_done() -> bool:
             done.update(r["id"] for r in follower.poll()
@@ -315,7 +325,6 @@ class Stack:
         wait_until(all_done, timeout_s=timeout_s, interval_s=START_POLL_S,
                    what=f"a probe task to round-trip through {', '.join(self.settings.queues)}",
                    supervisor=self.supervisor)
-        return time.monotonic() - started
 
     def submit(self, requests: list[Mapping[str, Any]]) -> list[str]:
         """Enqueue each ``{"task", "args", "queue"?, "probe"?}`` through the backend, writing its ``sent``
