@@ -38,7 +38,7 @@ START_POLL_S = 0.02
 #: (`BrokerHandle.private`): the measurement is over and its ledger rows are on disk, and the brokers
 #: are discarded or emptied next, so nothing depends on a graceful exit; then SIGKILL. On a broker that
 #: is not the harness's own, they get `procs.DEFAULT_STOP_TIMEOUT_S` to leave it tidy, as always.
-TEARDOWN_GRACE_S = 0.5
+TEARDOWN_GRACE_S = 0.2
 ROUND_TRIP_TIMEOUT_S = 60.0
 #: Seconds ``python -m backends.submit`` may take: a start-up allowance plus this much per task.
 SUBMIT_STARTUP_S = 60.0
