@@ -477,9 +477,9 @@ def cell_seconds(cell: Cell) -> float:
     spec = cell.spec
     if cell.skip_reason:
         return 0.5
-    if spec["mode"] == "drain":  # seen on 2 cores: 4-17 s for 300-1500 tasks
-        return 7 + spec["tasks"] / 200
-    return 3 + LOCUST_TAIL_S + spec["warmup_s"] + spec["duration_s"]  # seen: 8-13 s for 5-7 s of load
+    if spec["mode"] == "drain":  # seen on 2 cores: 2-12 s for 300 tasks, 1.5-22 s for 1500
+        return 2 + spec["tasks"] / 150
+    return 2 + LOCUST_TAIL_S + spec["warmup_s"] + spec["duration_s"]  # seen: 8-12.5 s for 5-7 s of load
 
 
 @dataclass
