@@ -177,12 +177,10 @@ class Stack:
             self.start_brokers()
         with self.phases.phase("workers_start"):
             self.start_workers()
-            # The probes wait in the queue for the workers while the API boots: the two boots overlap.
-            probes = self.send_probes(probe_tasks)
         with self.phases.phase("api_healthy"):
             self._start_api()
         with self.phases.phase("probe_round_trip"):
-            self.await_probes(probes)
+            self.round_trip(probe_tasks)
         return self
 
     def start_brokers(self) -> None:
