@@ -479,7 +479,8 @@ def cell_seconds(cell: Cell) -> float:
         return 0.5
     if spec["mode"] == "drain":  # seen on 2 cores: 2-12 s for 300 tasks, 1.5-22 s for 1500
         return 2 + spec["tasks"] / 150
-    return 2 + LOCUST_TAIL_S + spec["warmup_s"] + spec["duration_s"]  # seen: 8-12.5 s for 5-7 s of load
+    # seen: 8-12.5 s for 5-7 s of load. analysis/cover.py's CELL_OVERHEAD_S counts the same 3 + tail.
+    return 3 + LOCUST_TAIL_S + spec["warmup_s"] + spec["duration_s"]
 
 
 @dataclass
