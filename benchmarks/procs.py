@@ -1,25 +1,30 @@
 """Supervised subprocesses: every process the harness starts is stopped, whole tree, in `finally`.
 
 Each child starts in its own session (so a terminal's Ctrl-C reaches only the harness, which then
-stops things in order: load generator, API, workers, brokers). Stopping collects the whole process
-tree with psutil *before* signalling, so a worker pool's children are found even if their parent
-exits first, then sends SIGTERM, waits, and SIGKILLs whatever is left.
+stops things in order: load generator; API and workers together; brokers). Stopping collects the whole
+process trees with psutil *before* signalling, so a worker pool's children are found even if their
+parent exits first, then sends SIGTERM to every root at once, waits (bounded), and SIGKILLs whatever is
+left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
+#: Seconds a process tree gets to stop on its own after SIGTERM (a worker finishing the task in hand).
 DEFAULT_STOP_TIMEOUT_S = 10.0
+#: Seconds after the second SIGTERM before SIGKILL.
+ESCALATE_S = 2.0
 
 
 class ProcessFailed(RuntimeError):
@@ -93,31 +98,75 @@ class Supervisor:
         return {proc.name: [p.pid for p in proc.tree()] for proc in self.procs}
 
     def stop(self, proc: Proc, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
-        """SIGTERM the root and let it stop its own children (a second SIGTERM makes Dramatiq and Celery
-        kill at once instead of finishing the task in hand); then SIGTERM, and finally SIGKILL, whatever
-        of the tree collected beforehand (and of its session) is still alive."""
-        tree = proc.tree()
-        _signal_all(tree[:1], signal.SIGTERM)
-        _, alive = psutil.wait_procs(tree, timeout=timeout_s)
-        _signal_all(alive, signal.SIGTERM)
-        with _ignore_gone():
-            os.killpg(proc.pid, signal.SIGTERM)  # members of its session that left the tree
-        _, alive = psutil.wait_procs(alive, timeout=2)
+        """Stop one process tree (`stop_many` with one process)."""
+        self.stop_many([proc], timeout_s)
+
+    def stop_many(self, procs: Sequence[Proc], timeout_s: float = DEFAULT_STOP_TIMEOUT_S, *,
+                  escalate_s: float = ESCALATE_S) -> None:
+        """Stop several process trees at once, so stopping takes as long as the slowest, not the sum.
+
+        SIGTERM each root and let it stop its own children, waiting for every tree together at most
+        `timeout_s`. Then, for whatever of the trees (collected beforehand) and of their sessions is
+        still alive: SIGTERM again and wait `escalate_s` (a second SIGTERM makes Dramatiq and Celery kill
+        at once instead of finishing the task in hand; 0 skips this step), and finally SIGKILL. The
+        processes are not removed from `procs` here (the caller decides what it stops)."""
+        procs = list(procs)
+        trees = [proc.tree() for proc in procs]
+        for tree in trees:
+            _signal_all(tree[:1], signal.SIGTERM)
+        alive = _wait_gone(procs, [p for tree in trees for p in tree], timeout_s)
+        if escalate_s > 0:
+            _signal_all(alive, signal.SIGTERM)
+            for proc in procs:
+                with _ignore_gone():
+                    os.killpg(proc.pid, signal.SIGTERM)  # members of its session that left the tree
+            alive = _wait_gone(procs, alive, escalate_s)
         _signal_all(alive, signal.SIGKILL)
-        with _ignore_gone():
-            os.killpg(proc.pid, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=5)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.popen.wait(timeout=5)
-        if proc._log_fh is not None:
-            proc._log_fh.close()  # type: ignore[attr-defined]
-            proc._log_fh = None
+        for proc in procs:
+            with _ignore_gone():
+                os.killpg(proc.pid, signal.SIGKILL)
+        _wait_gone(procs, alive, 5)
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=5)
+            if proc._log_fh is not None:
+                proc._log_fh.close()  # type: ignore[attr-defined]
+                proc._log_fh = None
 
     def stop_all(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
         """Stop every process, last started first. Safe to call twice."""
         while self.procs:
             proc = self.procs.pop()
             self.stop(proc, timeout_s)
+
+
+#: Seconds between two looks while waiting for processes to exit.
+_EXIT_POLL_S = 0.02
+
+
+def _wait_gone(roots: Sequence[Proc], procs: Sequence[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait until every one of `procs` has exited, at most `timeout_s`; return those still running.
+
+    An exited process the kernel keeps as a zombie counts as gone: a killed worker's children are
+    reparented to init, which may reap them only later (psutil's own wait would wait for that), and the
+    roots, our own children, are reaped here as they exit.
+    """
+    deadline = time.monotonic() + timeout_s
+    alive = list(procs)
+    while True:
+        for root in roots:
+            root.popen.poll()  # reap our own children
+        alive = [p for p in alive if _running(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(_EXIT_POLL_S)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _signal_all(procs: Sequence[psutil.Process], sig: int) -> None:
@@ -143,3 +192,47 @@ def wait_until(predicate, *, timeout_s: float, interval_s: float = 0.1, what: st
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(interval_s)
+
+
+class PhaseClock:
+    """Wall seconds per named phase of one cell (a phase entered twice adds up), and a timestamped log.
+
+    `phase(name)` times a block; `add(name, seconds)` books a span measured otherwise (say, from ledger
+    timestamps). `record()` is what run.json keeps as ``phases_s``: each phase in the order first seen,
+    ``other`` (wall time in no phase) and ``total`` (wall time since the clock started).
+    """
+
+    def __init__(self, log_path: Path | None = None) -> None:
+        self.started = time.monotonic()
+        self.seconds: dict[str, float] = {}
+        self.log_path = log_path
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.add(name, time.monotonic() - started, started)
+
+    def add(self, name: str, seconds: float, started: float | None = None) -> None:
+        seconds = max(0.0, seconds)
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self.note(name, seconds, started)
+
+    def note(self, name: str, seconds: float, started: float | None = None) -> None:
+        """Log a span without booking it (a part of a phase, say one process's stop)."""
+        if self.log_path is not None:
+            at = (started if started is not None else time.monotonic() - seconds) - self.started
+            stamp = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+            with contextlib.suppress(OSError):
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.log_path, "a") as fh:
+                    fh.write(f"{stamp} +{at:8.3f} s {name:<22} {seconds:8.3f} s\n")
+
+    def record(self) -> dict[str, float]:
+        total = time.monotonic() - self.started
+        out = {name: round(s, 3) for name, s in self.seconds.items()}
+        out["other"] = round(max(0.0, total - sum(self.seconds.values())), 3)
+        out["total"] = round(total, 3)
+        return out

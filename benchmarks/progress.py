@@ -1,4 +1,5 @@
-"""The sweep's progress display (rich): cells done of all, the current cell and what it is doing, an ETA.
+"""The sweep's progress display (rich): cells done of all, the current cell and what it is doing (while a
+drain is awaited: tasks finished and outstanding), an ETA.
 
 The ETA is the planned seconds of the cells still to run (`runner.cell_seconds`), scaled by how long
 the finished cells took against their own plan.
@@ -69,6 +70,10 @@ class SweepProgress:
 
     def note(self, text: str) -> None:
         self.progress.update(self.task_id, doing=text)
+
+    def draining(self, finished: int, outstanding: int, waited_s: float) -> None:
+        """While a drain is awaited (about once a second): how far it has got."""
+        self.note(f"draining: {finished:,} finished, {outstanding:,} outstanding, {waited_s:.0f} s")
 
     def end_cell(self, cell: Any, result: Any) -> None:
         planned = self.cell_seconds(cell)

@@ -2,13 +2,20 @@
 
 A sweep reads like a recipe (`run_matrix`): expand the matrix, drop the cells already done (unless
 ``--force``), and run each remaining cell in turn; a failing cell is recorded and the sweep goes on.
+What the cells share is one private redis-server (`brokers.SharedRedis`), emptied before each cell;
+everything else each cell starts and stops itself. ``sweep.json`` says where the sweep's time went.
 
 A load cell (`mode = "load"`): start the broker, the workers (the library's own CLI) and the API
 (gunicorn); round-trip one probe of each task kind the scenario sends through every queue; run Locust
-headless for ``warmup_s + duration_s`` with the open-loop scenario; let the queue drain (at most
-``drain_timeout_s``); collect; stop everything. A drain cell (`mode = "drain"`): start the broker and
-the workers, round-trip a probe, stop the workers; preload ``tasks`` tasks straight through the backend;
-start the workers again and time until the ledger shows every task finished.
+headless for ``warmup_s + duration_s`` with the open-loop scenario; let the queue drain; collect; stop
+everything. A drain cell (`mode = "drain"`): start the broker; enqueue one probe of the cell's task kind
+per queue, then preload ``tasks`` tasks behind them, straight through the backend; start the workers and
+time until the ledger shows every task finished; then check that every probe round-tripped (the workers
+start once: no separate probe run, whose graceful stop cost Celery and Dramatiq 2.5-3.5 s per cell; the
+probes add one task per queue, 1/``tasks`` of the work, to the time from the workers' start, and none to
+the measured window, which leaves probes out). Either drain waits while tasks keep finishing (`await_drain`): it
+fails only when none has finished for ``drain_stall_s`` or ``drain_timeout_s`` (a hard ceiling) passes,
+and run.json says which rule ended it (``drain_ended_by``).
 
 Each run leaves ``results/runs/<run_id>/`` (see results/README.md): ``run.json``, ``tasks.parquet``,
 ``requests.parquet`` and Locust's CSV/HTML/JSON (load mode), ``resources.csv``, ``queue_depths.csv``,
@@ -34,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +49,9 @@ import pandas as pd
 
 from backends import ledger
 from benchmarks import __version__, environment, measure, serialization, store
-from benchmarks.brokers import redact
+from benchmarks.brokers import SharedRedis, redact
 from benchmarks.matrix import Cell, Matrix
-from benchmarks.procs import wait_until
+from benchmarks.procs import PhaseClock
 from benchmarks.sampler import Sampler
 from benchmarks.stack import PROJECT_ROOT, Stack, StackConfig
 from benchmarks.store import RESULT_SCHEMA_VERSION, is_done, read_run
@@ -70,6 +77,8 @@ class CellResult:
     status: str
     detail: str = ""
     run_dir: Path | None = None
+    #: Where the cell's wall time went (run.json's ``phases_s``); None for a cell not run now.
+    phases_s: dict[str, float] | None = None
 
 
 # --- what a cell sends -------------------------------------------------------------------------------
@@ -104,6 +113,71 @@ def locust_argv(spec: Mapping[str, Any], api_url: str, run_dir: Path) -> list[st
     return argv
 
 
+# --- waiting for a drain ---------------------------------------------------------------------------------
+
+#: Seconds between two reads of the ledger while a drain is awaited.
+DRAIN_POLL_S = 0.1
+#: Seconds between two progress reports while a drain is awaited.
+DRAIN_REPORT_S = 1.0
+#: What can end a drain: every task sent finished, none finished for ``drain_stall_s``, or
+#: ``drain_timeout_s`` passed.
+DRAIN_RULES = ("all-finished", "stalled", "ceiling")
+
+
+@dataclass(frozen=True)
+class DrainEnd:
+    """How a drain ended: the rule that ended it (`DRAIN_RULES`) and what the ledger showed then."""
+
+    ended_by: str
+    waited_s: float
+    #: Seconds since the last task finished (or since the wait began, if none has).
+    idle_s: float
+    finished: int
+    outstanding: int
+    #: The wait ended early because no worker process was left to finish anything (ended_by "stalled").
+    workers_gone: bool = False
+
+
+def await_drain(follower: ledger.Follower, *, stall_s: float, ceiling_s: float,
+                workers_alive: Callable[[], bool] = lambda: True,
+                on_progress: Callable[[int, int, float], None] | None = None,
+                clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                interval_s: float = DRAIN_POLL_S) -> DrainEnd:
+    """Wait while tasks keep finishing: until every task sent has finished successfully (``all-finished``),
+    no task has finished for `stall_s` (``stalled``; at once when `workers_alive` says none is left), or
+    `ceiling_s` has passed however it progresses (``ceiling``). Any finished row counts as progress (a
+    failed attempt that will be retried too). `on_progress` gets (finished, outstanding, seconds waited)
+    about every `DRAIN_REPORT_S`."""
+    started = clock()
+    follower.poll()
+    last_rows, last_progress, last_report = follower.finished_rows, started, None
+
+    def end(rule: str, now: float, gone: bool = False) -> DrainEnd:
+        return DrainEnd(rule, now - started, now - last_progress, len(follower.done_ids), follower.outstanding(),
+                        gone)
+
+    while True:
+        now = clock()
+        if follower.finished_rows != last_rows:
+            last_rows, last_progress = follower.finished_rows, now
+        if follower.outstanding() == 0:
+            return end("all-finished", now)
+        if now - last_progress >= stall_s:
+            return end("stalled", now)
+        if now - started >= ceiling_s:
+            return end("ceiling", now)
+        if not workers_alive():
+            follower.poll()  # what the last worker wrote before it went
+            if follower.outstanding() == 0:
+                return end("all-finished", now)
+            return end("stalled", now, gone=True)
+        if on_progress is not None and (last_report is None or now - last_report >= DRAIN_REPORT_S):
+            on_progress(len(follower.done_ids), follower.outstanding(), now - started)
+            last_report = now
+        sleep(interval_s)
+        follower.poll()
+
+
 # --- one cell -----------------------------------------------------------------------------------------
 
 
@@ -111,24 +185,33 @@ class CellRun:
     """Runs one cell into its directory; `run()` always leaves a run.json saying what happened."""
 
     def __init__(self, cell: Cell, matrix_name: str, run_dir: Path, *, amqp_url: str | None = None,
-                 log: Callable[[str], None] = print) -> None:
+                 broker_url: str | None = None, shared_redis: SharedRedis | None = None,
+                 log: Callable[[str], None] = print,
+                 status: Callable[[int, int, float], None] | None = None) -> None:
         self.cell, self.spec, self.run_dir, self.log = cell, dict(cell.spec), run_dir.resolve(), log
-        self.config = StackConfig(self.spec, amqp_url=amqp_url)
+        #: Called about once a second while a drain is awaited, with (finished, outstanding, seconds waited).
+        self.status = status
+        self.config = StackConfig(self.spec, broker_url=broker_url, amqp_url=amqp_url)
+        self.shared_redis = shared_redis
         self.record: dict[str, Any] = {
             "schema_version": RESULT_SCHEMA_VERSION, "harness_version": __version__, "run_id": cell.run_id,
             "matrix": matrix_name, "repeat": cell.repeat, "spec": self.spec, "slots": self.config.slots,
             "status": "running", "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         self.stack: Stack | None = None
+        self.phases = PhaseClock()
 
     def run(self) -> CellResult:
-        if self.run_dir.exists():
-            shutil.rmtree(self.run_dir)
-        self.run_dir.mkdir(parents=True)
-        self.record["environment"] = environment.describe(self.spec["backend"])
+        self.phases = PhaseClock()
+        with self.phases.phase("prepare"):
+            if self.run_dir.exists():
+                shutil.rmtree(self.run_dir)
+            self.run_dir.mkdir(parents=True)
+            self.phases.log_path = self.run_dir / "logs" / "phases.log"
+            self.record["environment"] = environment.describe(self.spec["backend"])
         if self.cell.skip_reason:
             return self._finish("skipped", self.cell.skip_reason)
-        self.stack = Stack(self.config, self.run_dir)
+        self.stack = Stack(self.config, self.run_dir, phases=self.phases, shared_redis=self.shared_redis)
         try:
             if self.spec["mode"] == "drain":
                 self._drain()
@@ -136,23 +219,46 @@ class CellRun:
                 self._load()
             summary = self.record["summary"]
             failed = ", ".join(summary["failed_checks"])
-            return self._finish(summary["verdict"], f"failed checks: {failed}" if failed else "")
+            detail = f"failed checks: {failed}" if failed else ""
+            if self.record.get("drain_ended_by", "all-finished") != "all-finished":
+                detail += f"; {self._drain_detail()}"
+            return self._finish(summary["verdict"], detail)
         except Interrupted:
             self._finish("interrupted", "stopped by SIGINT/SIGTERM; redone on the next run")
             raise
         except Exception as exc:  # recorded, and the sweep goes on
-            return self._finish("error", f"{type(exc).__name__}: {exc}")
+            detail = f"{type(exc).__name__}: {exc}"
+            if self.record.get("drain_ended_by", "all-finished") != "all-finished":
+                detail = f"{self._drain_detail()}; {detail}"
+            return self._finish("error", detail)
         finally:
-            self.stack.stop()
+            self._stop()
+
+    def _drain_detail(self) -> str:
+        record = self.record
+        if record["drain_ended_by"] == "ceiling":
+            why = f"drain_timeout_s = {self.spec['drain_timeout_s']:g} s passed"
+        elif record.get("drain_workers_gone"):
+            why = "every worker process had exited"
+        else:
+            why = f"no task finished for {record['drain_idle_s']:.0f} s (drain_stall_s = {self.spec['drain_stall_s']:g})"
+        return (f"drain {record['drain_ended_by']} after {record['drain_s']:.0f} s with "
+                f"{record['drain_outstanding']} task(s) outstanding: {why}")
+
+    def _stop(self) -> None:
+        """Stop the stack (idempotent), booked as the ``stop`` phase."""
+        if self.stack is not None and (self.stack.supervisor.procs or self.stack.backend is not None):
+            with self.phases.phase("stop"):
+                self.stack.stop()
 
     def _finish(self, status: str, detail: str) -> CellResult:
-        self.record |= {"status": status, "detail": detail,
-                        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
         with contextlib.suppress(Exception):
-            if self.stack is not None:
-                self.stack.stop()
+            self._stop()
+        self.record |= {"status": status, "detail": detail,
+                        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                        "phases_s": self.phases.record()}
         store.write_run(self.run_dir, self.record)
-        return CellResult(self.cell.run_id, status, detail, self.run_dir)
+        return CellResult(self.cell.run_id, status, detail, self.run_dir, self.record["phases_s"])
 
     def _describe(self) -> None:
         assert self.stack is not None and self.stack.backend is not None
@@ -161,9 +267,9 @@ class CellRun:
         self.record["backend_environment"] = stack.environment_record()
         self.record["brokers"] = {
             "broker": {"kind": stack.broker.kind, "url": _redact(stack.broker.url), "owned": stack.broker.owned,
-                       "version": stack.broker.version} if stack.broker else None,
-            "result_store": {"url": _redact(stack.result_store.url), "version": stack.result_store.version}
-            if stack.result_store else None,
+                       "version": stack.broker.version, "shared": stack.broker.shared} if stack.broker else None,
+            "result_store": {"url": _redact(stack.result_store.url), "version": stack.result_store.version,
+                             "shared": stack.result_store.shared} if stack.result_store else None,
         }
         self.record["processes"] = [{"name": p.name, "argv": [_redact(a) for a in p.argv]}
                                     for p in stack.supervisor.procs]
@@ -182,6 +288,7 @@ class CellRun:
             argv = locust_argv(spec, stack.api_url, self.run_dir)
             self.log(f"Locust: {spec['rate']:g} tasks/s for {spec['warmup_s']:g} s warm-up + "
                      f"{spec['duration_s']:g} s measured")
+            locust_started, locust_started_ns = time.monotonic(), time.time_ns()
             locust = stack.supervisor.start("locust", argv, env=stack.base_env(), cwd=self.run_dir,
                                             log_path=stack.logs_dir / "locust.log")
             self._describe()
@@ -195,57 +302,81 @@ class CellRun:
                         raise RuntimeError(f"{proc.name} exited during the run:\n{proc.log_tail()}")
                 time.sleep(0.2)
             stack.supervisor.procs.remove(locust)
+            locust_s, locust_ended_ns = time.monotonic() - locust_started, time.time_ns()
             self.record["locust_exit_code"] = locust.popen.returncode
             self.log("draining")
-            self.record["drain_s"] = self._drain_wait(follower, spec["drain_timeout_s"])
-            leftovers = dict(stack.backend.queue_depths())
-        self.record["sampler_errors"] = sampler.errors
-        tasks = self._store_tasks()
-        requests = store.read_requests(self.run_dir / store.REQUEST_LOGS_DIR)
-        store.write_requests_table(self.run_dir, requests)
-        window = measure.load_window(tasks, requests, spec["warmup_s"], spec["duration_s"])
-        summary = measure.summarise(tasks, requests, window, slots=self.config.slots,
-                                    offered_rate_per_s=float(spec["rate"]), arrival=spec.get("arrival", "constant"),
-                                    locust_post_counts=store.locust_post_counts(self.run_dir), queue_leftovers=leftovers)
-        self._add_resources(summary)
-        self.record["summary"] = summary
+            with self.phases.phase("tail_drain"):
+                self._drain_wait(follower)
+                leftovers = dict(stack.backend.queue_depths())
+        with self.phases.phase("collect"):
+            self.record["sampler_errors"] = sampler.errors
+            tasks = self._store_tasks()
+            requests = store.read_requests(self.run_dir / store.REQUEST_LOGS_DIR)
+            store.write_requests_table(self.run_dir, requests)
+            window = measure.load_window(tasks, requests, spec["warmup_s"], spec["duration_s"])
+            summary = measure.summarise(tasks, requests, window, slots=self.config.slots,
+                                        offered_rate_per_s=float(spec["rate"]),
+                                        arrival=spec.get("arrival", "constant"),
+                                        locust_post_counts=store.locust_post_counts(self.run_dir),
+                                        queue_leftovers=leftovers)
+            self._add_resources(summary)
+            self.record["summary"] = summary
+        self._book_locust(locust_started, locust_s, locust_started_ns, locust_ended_ns, window)
 
     def _drain(self) -> None:
         spec, stack = self.spec, self.stack
         assert stack is not None
-        self.log("starting broker and workers; probe round trip")
-        stack.start_brokers()
+        phases = self.phases
+        self.log("starting broker; preloading")
+        with phases.phase("broker_start"):
+            stack.start_brokers()
         assert stack.backend is not None
-        stack.start_workers(log_suffix="-probe")
-        stack.round_trip(sent_tasks(spec))
-        stack.stop_workers()
         self._record_kinds()
         count = int(spec["tasks"])
-        self.log(f"preloading {count} tasks")
-        before = serialization.snapshot(stack)  # serializer figures: the broker as it was before the preload
-        preload_started = time.monotonic()
-        stack.submit([{"task": spec["task"], "args": spec["args"]}] * count)
-        self.record["preload_s"] = time.monotonic() - preload_started
-        # Serializer figures (benchmarks/serialization.py), workers still stopped: bytes per message read from
-        # the broker, and the library's own encode + decode cost. Never raises; stored as run.json "serialization".
-        self.record["serialization"] = serialization.after_preload(stack, before, spec)
-        depth = sum(stack.backend.queue_depths().values())
-        follower = ledger.Follower(stack.ledger_dir)
-        follower.poll()
+        with phases.phase("preload"):
+            # The probes go first, so the workers started once run them before the preload (FIFO) or
+            # beside its first tasks; their round trip is checked when the drain is over.
+            probes = stack.send_probes(sent_tasks(spec))
+            before = serialization.snapshot(stack)  # serializer figures: the broker as it was before the preload
+            preload_started = time.monotonic()
+            stack.submit([{"task": spec["task"], "args": spec["args"]}] * count)
+            self.record["preload_s"] = time.monotonic() - preload_started
+            # Serializer figures (benchmarks/serialization.py), workers still stopped: bytes per message read
+            # from the broker, and the library's own encode + decode cost. Never raises; stored as run.json
+            # "serialization".
+            self.record["serialization"] = serialization.after_preload(stack, before, spec)
+            depth = sum(stack.backend.queue_depths().values())
+            follower = ledger.Follower(stack.ledger_dir)
+            follower.poll()
         with Sampler(stack.supervisor, self.run_dir, depths=stack.backend.queue_depths) as sampler:
-            self.log(f"{depth} waiting; starting workers")
+            self.log(f"{depth} waiting ({len(probes)} probe(s) first); starting workers")
+            drain_started = time.monotonic()
             workers_started_ns = time.time_ns()
-            stack.start_workers()
+            stack.start_workers()  # booked with their boot, which the drain's timing includes
             self._describe()
-            self.record["drain_s"] = self._drain_wait(follower, spec["drain_timeout_s"])
+            self._drain_wait(follower)
             all_done_ns = time.time_ns()
+            drain_s = time.monotonic() - drain_started
+            with phases.phase("probe_round_trip"):
+                # Sent first, the probes have normally finished long before; a drain that did not finish
+                # is not waited for again.
+                finished = self.record["drain_ended_by"] == "all-finished"
+                stack.await_probes(probes, timeout_s=float(spec["drain_stall_s"]) if finished else 0)
             leftovers = dict(stack.backend.queue_depths())
-        self.record["sampler_errors"] = sampler.errors
-        self.record["preloaded_depth"] = depth
-        tasks = self._store_tasks()
-        window = measure.drain_window(tasks)
-        summary = measure.summarise(tasks, None, window, slots=self.config.slots, offered_rate_per_s=None,
-                                    queue_leftovers=leftovers, expected_sent=count)
+        with phases.phase("collect"):
+            self.record["sampler_errors"] = sampler.errors
+            self.record["preloaded_depth"] = depth  # messages waiting, the probes' among them
+            self.record["probe_tasks"] = len(probes)
+            tasks = self._store_tasks()
+            window = measure.drain_window(tasks)
+            summary = measure.summarise(tasks, None, window, slots=self.config.slots, offered_rate_per_s=None,
+                                        queue_leftovers=leftovers, expected_sent=count)
+        # The drain block in three parts: the workers booting (to the first start), the measured window
+        # (first start to last finish), and the end noticed (last finish to the wait's return).
+        boot_s = min(drain_s, max(0.0, (window.start_ns - workers_started_ns) / 1e9))
+        window_s = min(window.length_s, drain_s - boot_s)
+        self._book_spans(drain_started, [("workers_boot", boot_s), ("window", window_s),
+                                         ("drain_end", drain_s - boot_s - window_s)])
         # Published comparisons time from starting the workers: record that figure too.
         wall_s = (all_done_ns - workers_started_ns) / 1e9
         summary["figures"]["workers_started_ns"] = workers_started_ns
@@ -254,20 +385,43 @@ class CellRun:
         self._add_resources(summary)
         self.record["summary"] = summary
 
+    def _book_locust(self, started: float, locust_s: float, started_ns: int, ended_ns: int,
+                     window: measure.Window) -> None:
+        """Split the Locust block (spawn to exit) into its start-up (to the first scheduled arrival), the
+        warm-up, the measured window and its tail (window end to exit), from the stored timestamps."""
+        warmup_s = float(self.spec["warmup_s"])
+        startup_s = min(locust_s, max(0.0, (window.start_ns - started_ns) / 1e9 - warmup_s))
+        warmup_s = min(warmup_s, locust_s - startup_s)
+        window_s = min(window.length_s, max(0.0, (ended_ns - window.start_ns) / 1e9))
+        self._book_spans(started, [("locust_startup", startup_s), ("warmup", warmup_s), ("window", window_s),
+                                   ("locust_tail", locust_s - startup_s - warmup_s - window_s)])
+
+    def _book_spans(self, started: float, spans: list[tuple[str, float]]) -> None:
+        """Book consecutive phases measured after the fact, the first starting at `started` (monotonic)."""
+        for name, seconds in spans:
+            self.phases.add(name, seconds, started)
+            started += max(0.0, seconds)
+
     def _record_kinds(self) -> None:
         """Which task and arguments each ledger digest stands for (tasks.parquet keeps only the digest)."""
         self.record["task_kinds"] = [{"task": task, "args": args, "digest": ledger.args_digest(task, args)}
                                      for task, args in sent_tasks(self.spec)]
 
-    def _drain_wait(self, follower: ledger.Follower, timeout_s: float) -> float:
-        """Wait until every task sent has finished successfully (or `timeout_s`); return seconds waited."""
+    def _drain_wait(self, follower: ledger.Follower) -> DrainEnd:
+        """Wait while the drain progresses (`await_drain`); record how it ended in run.json. A supervised
+        process that exited meanwhile then fails the cell (as it would have during the load)."""
         assert self.stack is not None
-        started = time.monotonic()
-        with contextlib.suppress(TimeoutError):
-            wait_until(lambda: follower.poll() is not None and follower.outstanding() == 0,
-                       timeout_s=timeout_s, interval_s=0.1, what="the queue to drain",
-                       supervisor=self.stack.supervisor)
-        return time.monotonic() - started
+        stack = self.stack
+        end = await_drain(follower, stall_s=float(self.spec["drain_stall_s"]),
+                          ceiling_s=float(self.spec["drain_timeout_s"]),
+                          workers_alive=lambda: any(p.alive() for p in stack.worker_procs),
+                          on_progress=self.status)
+        self.record |= {"drain_s": end.waited_s, "drain_ended_by": end.ended_by, "drain_idle_s": end.idle_s,
+                        "drain_outstanding": end.outstanding}
+        if end.workers_gone:
+            self.record["drain_workers_gone"] = True
+        stack.supervisor.check()
+        return end
 
     def _store_tasks(self) -> pd.DataFrame:
         assert self.stack is not None
@@ -328,41 +482,122 @@ def cell_seconds(cell: Cell) -> float:
     spec = cell.spec
     if cell.skip_reason:
         return 0.5
-    if spec["mode"] == "drain":  # seen on 2 cores: 4-17 s for 300-1500 tasks
-        return 7 + spec["tasks"] / 200
-    return 3 + LOCUST_TAIL_S + spec["warmup_s"] + spec["duration_s"]  # seen: 8-13 s for 5-7 s of load
+    if spec["mode"] == "drain":  # seen on 2 cores: 2-12 s for 300 tasks, 1.5-22 s for 1500
+        return 2 + spec["tasks"] / 150
+    # seen: 8-12.5 s for 5-7 s of load. analysis/cover.py's CELL_OVERHEAD_S counts the same 3 + tail.
+    return 3 + LOCUST_TAIL_S + spec["warmup_s"] + spec["duration_s"]
+
+
+@dataclass
+class Sweep:
+    """One invocation's sweep: the cells it ran and where its wall time went (``sweep.json``).
+
+    ``measured_fraction`` = the cells' measured windows (load: ``duration_s`` after the warm-up; drain:
+    first start to last finish) summed, over the sweep's wall time (from taking the measuring lock to the
+    end). The rest is set-up, warm-up, tails, collecting and stopping: what a faster harness cuts.
+    """
+
+    out_dir: Path
+    matrix: str = ""
+    #: The sweep's private redis-server, emptied before each cell (None: each cell starts its own).
+    redis: SharedRedis | None = None
+    #: A user's Redis every cell uses instead (never emptied, only purged of what each cell created).
+    broker_url: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    started_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    cells: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, result: CellResult) -> None:
+        phases = result.phases_s or {}
+        self.cells.append({"run_id": result.run_id, "status": result.status, "wall_s": phases.get("total", 0.0),
+                           "window_s": phases.get("window", 0.0), "phases_s": phases})
+
+    @property
+    def wall_s(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def window_s(self) -> float:
+        return sum(c["window_s"] for c in self.cells)
+
+    def record(self, ended: str) -> dict[str, Any]:
+        wall_s, window_s = self.wall_s, self.window_s
+        totals: dict[str, float] = {}
+        for cell in self.cells:
+            for name, seconds in cell["phases_s"].items():
+                totals[name] = round(totals.get(name, 0.0) + seconds, 3)
+        return {"matrix": self.matrix, "started_at": self.started_at,
+                "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "ended": ended,
+                "wall_s": round(wall_s, 3), "window_s": round(window_s, 3),
+                "measured_fraction": round(window_s / wall_s, 4) if wall_s > 0 else 0.0,
+                "cells_run": len(self.cells),
+                "reused": {"redis_cells": self.redis.served if self.redis is not None else 0},
+                "phases_s": totals, "cells": self.cells}
 
 
 @contextlib.contextmanager
-def sweep(out_dir: Path) -> Iterator[None]:
+def sweep(out_dir: Path, matrix_name: str = "", *, broker_url: str | None = None) -> Iterator[Sweep]:
     """What every sweep runs under: the measuring lock, SIGINT/SIGTERM turned into `Interrupted` (the cell
-    in progress stops everything it started), and ``summary.csv`` rewritten however the sweep ends."""
+    in progress stops everything it started), one private redis-server for every Redis cell (`SharedRedis`,
+    started on first use, emptied before each cell, stopped at the end; not when `broker_url` names a
+    user's Redis), and ``summary.csv`` and ``sweep.json`` (when a cell ran) rewritten however it ends."""
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    current: Sweep | None = None
+    workdir: Path | None = None
+    ended = "error"
     try:
         with measuring_lock():
-            yield
+            workdir = Path(tempfile.mkdtemp(prefix="queuebench-sweep-"))
+            redis = None if broker_url else SharedRedis(workdir)
+            current = Sweep(out_dir, matrix_name, redis=redis, broker_url=broker_url)
+            try:
+                yield current
+                ended = "completed"
+            except Interrupted:
+                ended = "interrupted"
+                raise
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig in previous:  # a second Ctrl-C must not interrupt stopping the shared Redis
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            if current is not None and current.redis is not None:
+                current.redis.close()
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         store.write_summary(out_dir)
+        if current is not None and current.cells:
+            store.write_sweep(out_dir, current.record(ended))
 
 
 def run_cell(cell: Cell, matrix_name: str, out_dir: Path, *, amqp_url: str | None = None, progress: Any = None,
-             log: Callable[[str], None] = print) -> CellResult:
-    """Measure one cell into ``out_dir/<run_id>``, reporting to the progress display if there is one."""
+             log: Callable[[str], None] = print, sweep: Sweep | None = None) -> CellResult:
+    """Measure one cell into ``out_dir/<run_id>``, reporting to the progress display if there is one and
+    booking its time in `sweep`."""
     if progress is not None:
         progress.start_cell(cell)
     result = CellRun(cell, matrix_name, out_dir / cell.run_id, amqp_url=amqp_url,
-                     log=progress.note if progress is not None else log).run()
+                     broker_url=sweep.broker_url if sweep is not None else None,
+                     shared_redis=sweep.redis if sweep is not None else None,
+                     log=progress.note if progress is not None else log,
+                     status=progress.draining if progress is not None else None).run()
+    if sweep is not None:
+        sweep.add(result)
     if progress is not None:
         progress.end_cell(cell, result)
     return result
 
 
 def run_matrix(matrix: Matrix, out_dir: Path, *, force: bool = False, amqp_url: str | None = None,
-               progress: Any = None, log: Callable[[str], None] = print) -> list[CellResult]:
+               broker_url: str | None = None, progress: Any = None,
+               log: Callable[[str], None] = print) -> list[CellResult]:
     """Run every cell not already done; write ``summary.csv``; return each cell's result.
+
+    `broker_url` names a user's Redis for every Redis cell (never emptied; each cell purges what it
+    created, as ``queuebench serve --broker-url`` does); without it the sweep keeps one private Redis.
 
     SIGINT/SIGTERM stop the cell in progress (everything it started) and raise `Interrupted` after the
     summary of the completed cells is written.
@@ -371,9 +606,10 @@ def run_matrix(matrix: Matrix, out_dir: Path, *, force: bool = False, amqp_url: 
     todo, done = plan(matrix, out_dir, force=force)
     results = [CellResult(c.run_id, read_run(out_dir / c.run_id)["status"], "already done", out_dir / c.run_id)
                for c in done]
-    with sweep(out_dir):
+    with sweep(out_dir, matrix.name, broker_url=broker_url) as current:
         if progress is not None:
             progress.start_sweep(todo, len(done))
         for cell in todo:
-            results.append(run_cell(cell, matrix.name, out_dir, amqp_url=amqp_url, progress=progress, log=log))
+            results.append(run_cell(cell, matrix.name, out_dir, amqp_url=amqp_url, progress=progress, log=log,
+                                    sweep=current))
     return results

@@ -262,7 +262,7 @@ def _first_unsustained_index(steps: list[Step]) -> int:
 def run_search(config: Mapping[str, Any], start_rate: float, repeats: int, slo: Slo, out_dir: Path, *,
                matrix_name: str, factor: float = 1.5, max_steps: int = 8, refine: int = 1, force: bool = False,
                amqp_url: str | None = None, progress: Any = None,
-               log: Callable[[str], None] = print) -> Search:
+               log: Callable[[str], None] = print, sweep: runner.Sweep | None = None) -> Search:
     """Step one configuration's rate up from `start_rate` (see the module docstring); write its JSON.
 
     Steps already measured in `out_dir` are reused (resume) unless `force`. The caller runs it inside
@@ -280,7 +280,8 @@ def run_search(config: Mapping[str, Any], start_rate: float, repeats: int, slo: 
                 if force or not store.is_done(run_dir):
                     if progress is not None:
                         progress.expect(cell)
-                    runner.run_cell(cell, matrix_name, out_dir, amqp_url=amqp_url, progress=progress, log=log)
+                    runner.run_cell(cell, matrix_name, out_dir, amqp_url=amqp_url, progress=progress, log=log,
+                                    sweep=sweep)
                 records.append(store.read_run(run_dir))
             step = judge_step(rate, records, slo)
             search.steps.append(step)
@@ -307,9 +308,9 @@ def run_searches(matrix: Matrix, slo: Slo, out_dir: Path, *, factor: float = 1.5
     """
     configs = configurations(matrix)
     searches = []
-    with runner.sweep(out_dir):
+    with runner.sweep(out_dir, matrix.name) as current:
         for config, start, repeats in configs:
             searches.append(run_search(config, start, repeats, slo, out_dir, matrix_name=matrix.name,
                                        factor=factor, max_steps=max_steps, refine=refine, force=force,
-                                       amqp_url=amqp_url, progress=progress, log=log))
+                                       amqp_url=amqp_url, progress=progress, log=log, sweep=current))
     return searches

@@ -146,7 +146,14 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     _key("duration_s", "workload", float, 10, "measured window, seconds", modes=("load",),
          check=lambda v: None if isinstance(v, int | float) and not isinstance(v, bool) and v > 0
          else "a number > 0", values_text="seconds > 0"),
-    _key("drain_timeout_s", "workload", float, 60, "how long to wait for the queue to drain",
+    _key("drain_stall_s", "workload", float, 30, "a drain (drain mode, and load mode's tail once Locust stops) "
+         "fails when no task has finished for this long; it must exceed the longest task and the workers' "
+         "boot (30 s: 30 x the longest task a shipped matrix sends, routing_mix's 1 s, and several times "
+         "the slowest worker boot seen on 2 cores)", check=lambda v: None if isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+         else "a number > 0", values_text="seconds > 0"),
+    _key("drain_timeout_s", "workload", float, 600, "hard ceiling on a drain, however it progresses (600 s: "
+         "3,000 no-op tasks through RQ's default worker at 2 slots, about 50/s on 2 cores, need about 60 s; arq "
+         "at its default 0.5 s poll, about 4/s at 2 slots, drains about 2,400)",
          check=lambda v: None if isinstance(v, int | float) and not isinstance(v, bool) and v > 0
          else "a number > 0", values_text="seconds > 0"),
 )}

@@ -8,6 +8,7 @@ starts everything in order, verifies a task round-trips through every queue, and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -26,10 +27,18 @@ from backends import dispatch, ledger
 from backends.base import BackendSettings, QueueBackend, WorkerSpec
 from benchmarks import brokers, envs
 from benchmarks import spec as spec_mod
-from benchmarks.procs import Supervisor, wait_until
+from benchmarks.procs import PhaseClock, Supervisor, wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 HEALTHY_TIMEOUT_S = 30.0
+#: Seconds between two checks while the API boots or a probe round-trips: short, since every cell waits
+#: for both (each check is one loopback HTTP request or a read of the ledger's new bytes).
+START_POLL_S = 0.02
+#: Seconds the API and workers get after SIGTERM, at the end of a cell whose brokers are all private
+#: (`BrokerHandle.private`): the measurement is over and its ledger rows are on disk, and the brokers
+#: are discarded or emptied next, so nothing depends on a graceful exit; then SIGKILL. On a broker that
+#: is not the harness's own, they get `procs.DEFAULT_STOP_TIMEOUT_S` to leave it tidy, as always.
+TEARDOWN_GRACE_S = 0.2
 ROUND_TRIP_TIMEOUT_S = 60.0
 #: Seconds ``python -m backends.submit`` may take: a start-up allowance plus this much per task.
 SUBMIT_STARTUP_S = 60.0
@@ -97,8 +106,14 @@ def validate(config: StackConfig) -> None:
 class Stack:
     """Brokers, workers and the API of one configuration, under one supervisor."""
 
-    def __init__(self, config: StackConfig, run_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, config: StackConfig, run_dir: str | os.PathLike[str], *,
+                 phases: PhaseClock | None = None, shared_redis: brokers.SharedRedis | None = None) -> None:
         self.config = config
+        #: The sweep's private Redis, used instead of starting one (None: start one, stop it with the stack).
+        self.shared_redis = shared_redis
+        self._shared_procs: list[Any] = []
+        #: Where the stack's start-up and shutdown time goes (the runner's clock for the cell, if given).
+        self.phases = phases or PhaseClock()
         self.run_dir = Path(run_dir).resolve()  # children run in it: every path they get is absolute
         self.ledger_dir = self.run_dir / "ledger"
         self.logs_dir = self.run_dir / "logs"
@@ -158,10 +173,14 @@ class Stack:
 
         `probe_tasks` are round-tripped through every queue too (default: one `noop`).
         """
-        self.start_brokers()
-        self.start_workers()
-        self._start_api()
-        self.round_trip(probe_tasks)
+        with self.phases.phase("broker_start"):
+            self.start_brokers()
+        with self.phases.phase("workers_start"):
+            self.start_workers()
+        with self.phases.phase("api_healthy"):
+            self._start_api()
+        with self.phases.phase("probe_round_trip"):
+            self.round_trip(probe_tasks)
         return self
 
     def start_brokers(self) -> None:
@@ -183,7 +202,7 @@ class Stack:
             if cfg.broker_url:
                 self.broker = brokers.borrow_redis(cfg.broker_url, allow_dirty=cfg.allow_dirty)
             else:
-                self.broker = brokers.start_private_redis(self.supervisor, self.run_dir)
+                self.broker = self._private_redis("redis")
             self.result_store = self.broker
         elif cfg.broker == "sqlite":
             self.broker = self.result_store = brokers.sqlite_file(self.run_dir)
@@ -194,9 +213,19 @@ class Stack:
                 if cfg.broker_url:
                     self.result_store = brokers.borrow_redis(cfg.broker_url, allow_dirty=cfg.allow_dirty)
                 else:
-                    self.result_store = brokers.start_private_redis(self.supervisor, self.run_dir,
-                                                                    name="results-redis")
+                    self.result_store = self._private_redis("results-redis")
         self._broker_procs = self.supervisor.procs[before:]
+
+    def _private_redis(self, name: str) -> brokers.BrokerHandle:
+        """The sweep's Redis, emptied for this cell (its process watched and sampled under `name`, never
+        stopped by the stack), else a redis-server of the stack's own."""
+        if self.shared_redis is None:
+            return brokers.start_private_redis(self.supervisor, self.run_dir, name=name)
+        handle, proc = self.shared_redis.acquire()
+        alias = dataclasses.replace(proc, name=name, _log_fh=None)
+        self.supervisor.procs.append(alias)
+        self._shared_procs.append(alias)
+        return handle
 
     def _refuse_dirty_queues(self) -> None:
         assert self.backend is not None and self.broker is not None
@@ -224,12 +253,27 @@ class Stack:
         return started
 
     def stop_workers(self) -> None:
-        """Stop the workers only (whole trees); brokers and API keep running."""
-        for proc in reversed(getattr(self, "worker_procs", [])):
+        """Stop the workers only (whole trees, all at once, each let finish what it is doing); brokers and
+        API keep running."""
+        for proc in self.worker_procs:
             if proc in self.supervisor.procs:
                 self.supervisor.procs.remove(proc)
-            self.supervisor.stop(proc)
+        self._stop_procs(self.worker_procs)
         self.worker_procs = []
+
+    def _stop_procs(self, procs: list[Any], **how: float) -> None:
+        if not procs:
+            return
+        started = time.monotonic()
+        self.supervisor.stop_many(procs, **how)
+        self.phases.note(f"stop {', '.join(p.name for p in procs)}", time.monotonic() - started, started)
+
+    def _teardown(self) -> dict[str, float]:
+        """How the API and workers are stopped at the end (see `TEARDOWN_GRACE_S`)."""
+        handles = [h for h in (self.broker, self.result_store) if h is not None]
+        if handles and all(h.private for h in handles):
+            return {"timeout_s": TEARDOWN_GRACE_S, "escalate_s": 0.0}
+        return {}
 
     def _start_api(self) -> None:
         assert self.settings is not None
@@ -239,7 +283,7 @@ class Stack:
         env = self.base_env() | self.settings.to_env() | {BACKEND_ENV: self.config.backend}
         self.supervisor.start("api", argv, env=env, cwd=PROJECT_ROOT, log_path=self.logs_dir / "api.log")
         self.api_url = f"http://127.0.0.1:{port}"
-        wait_until(self.healthy, timeout_s=HEALTHY_TIMEOUT_S, interval_s=0.2,
+        wait_until(self.healthy, timeout_s=HEALTHY_TIMEOUT_S, interval_s=START_POLL_S,
                    what=f"the API at {self.api_url}/healthz", supervisor=self.supervisor)
 
     def healthy(self) -> bool:
@@ -255,21 +299,32 @@ class Stack:
         successfully; return the seconds taken. Probes are marked in the ledger and left out of every
         measurement.
         """
+        started = time.monotonic()
+        self.await_probes(self.send_probes(tasks), timeout_s)
+        return time.monotonic() - started
+
+    def send_probes(self, tasks: list[tuple[str, Mapping[str, Any]]] | None = None) -> set[str]:
+        """Enqueue each probe task (default: one `noop`) on every queue; return their ids."""
         assert self.backend is not None and self.settings is not None
         tasks = tasks or [("noop", {})]
-        started = time.monotonic()
-        ids = set(self.submit([{"task": task, "args": dict(args), "queue": queue, "probe": True}
-                               for queue in self.settings.queues for task, args in tasks]))
+        return set(self.submit([{"task": task, "args": dict(args), "queue": queue, "probe": True}
+                                for queue in self.settings.queues for task, args in tasks]))
+
+    def await_probes(self, ids: set[str], timeout_s: float = ROUND_TRIP_TIMEOUT_S) -> None:
+        """Wait until every probe in `ids` has finished successfully; TimeoutError naming the queues if not
+        within `timeout_s` (0: check once), ProcessFailed if a process died meanwhile."""
+        assert self.settings is not None
+        follower = ledger.Follower(self.ledger_dir)  # reads only what was appended since its last look
+        done: set[str] = set()
 
         def all_done() -> bool:
-            done = {r["id"] for r in ledger.iter_rows(self.ledger_dir)
-                    if r.get("probe") and r.get("ev") == "finished" and r.get("outcome") == "ok"}
+            done.update(r["id"] for r in follower.poll()
+                        if r.get("probe") and r.get("ev") == "finished" and r.get("outcome") == "ok")
             return ids <= done
 
-        wait_until(all_done, timeout_s=timeout_s, interval_s=0.1,
+        wait_until(all_done, timeout_s=timeout_s, interval_s=START_POLL_S,
                    what=f"a probe task to round-trip through {', '.join(self.settings.queues)}",
                    supervisor=self.supervisor)
-        return time.monotonic() - started
 
     def submit(self, requests: list[Mapping[str, Any]]) -> list[str]:
         """Enqueue each ``{"task", "args", "queue"?, "probe"?}`` through the backend, writing its ``sent``
@@ -293,19 +348,25 @@ class Stack:
         return [json.loads(line)["id"] for line in done.stdout.splitlines() if line.strip()]
 
     def stop(self) -> None:
-        """Stop the API and workers, purge what this run created, stop the brokers. Idempotent."""
-        non_brokers = [p for p in self.supervisor.procs if p not in self._broker_procs]
-        for proc in reversed(non_brokers):
-            self.supervisor.procs.remove(proc)
-            self.supervisor.stop(proc)
+        """Stop the API and workers (all at once), purge what this run created, stop the brokers (but not
+        the sweep's shared Redis: the next cell empties it). Idempotent."""
+        keep = [*self._broker_procs, *self._shared_procs]
+        others = [p for p in self.supervisor.procs if p not in keep]
+        self.supervisor.procs = [p for p in self.supervisor.procs if p in keep]
+        self.worker_procs = []
+        self._stop_procs(others, **self._teardown())
         if self.backend is not None:
-            if self._purge_allowed:
+            # The sweep's shared Redis is emptied whole before the next cell: purging it first is wasted.
+            if self._purge_allowed and not (self.broker is not None and self.broker.shared is not None):
                 with contextlib.suppress(Exception):
                     self.backend.purge()  # leave a borrowed broker as clean as it was found
             with contextlib.suppress(Exception):
                 self.backend.close()
             self.backend = None
-        self.supervisor.stop_all()
+        self.supervisor.procs = [p for p in self.supervisor.procs if p not in self._shared_procs]
+        self._shared_procs = []
+        while self.supervisor.procs:
+            self._stop_procs([self.supervisor.procs.pop()])
 
     def __enter__(self) -> Stack:
         try:

@@ -16,6 +16,7 @@ what each file holds):
         queue_depths.csv          the sampler's queue depths
         ledger/ logs/             the stack's raw ledger and process logs (`benchmarks.stack` names them)
       searches/<search_id>.json   `queuebench search` records (`write_search`, `read_searches`)
+      sweep.json                  the last sweep into this directory: where its wall time went (`write_sweep`)
 
 Pure file handling: nothing here starts a process or computes a verdict.
 """
@@ -36,6 +37,8 @@ from benchmarks import measure
 
 #: Version of what a run directory holds. Changes:
 #:   1 - first version: run.json, tasks.parquet, requests.parquet, resources.csv, queue_depths.csv.
+#:       Added later without changing any figure (readers may find them absent): run.json's phases_s,
+#:       drain_ended_by, drain_idle_s, drain_outstanding (and drain_workers_gone); the spec's drain_stall_s.
 RESULT_SCHEMA_VERSION = 1
 #: Version of a search record (``searches/<search_id>.json``). Changes:
 #:   1 - first version: config, slo, factor, steps, knee_rate_per_s, first_unsustained_rate_per_s,
@@ -47,6 +50,10 @@ SEARCH_SCHEMA_VERSION = 2
 #: Search record versions this code reads: version 2 only adds to version 1 (its knees were judged
 #: without the quantile rule, and the report says so beside them).
 READABLE_SEARCH_VERSIONS = (1, 2)
+#: Version of ``sweep.json``. Changes:
+#:   1 - first version: matrix, started_at, finished_at, ended, wall_s, window_s, measured_fraction,
+#:       cells_run, phases_s (summed over the cells), cells (run_id, status, wall_s, window_s, phases_s).
+SWEEP_SCHEMA_VERSION = 1
 
 RUN_JSON = "run.json"
 TASKS_TABLE = "tasks.parquet"
@@ -59,6 +66,7 @@ RESOURCES_CSV = "resources.csv"
 QUEUE_DEPTHS_CSV = "queue_depths.csv"
 SUMMARY_CSV = "summary.csv"
 SEARCHES_DIR = "searches"
+SWEEP_JSON = "sweep.json"
 #: Statuses after which a cell is done (not redone without --force); any other status, or no run.json
 #: at all, means the cell is measured again on the next invocation.
 DONE = ("ok", "generator-limited", "failed", "skipped")
@@ -196,7 +204,7 @@ def summary_rows(out_dir: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"run_id": record["run_id"], "matrix": record.get("matrix"),
                                "repeat": record.get("repeat"), "status": record.get("status"),
                                "detail": record.get("detail"), "schema_version": record.get("schema_version"),
-                               "slots": record.get("slots")}
+                               "slots": record.get("slots"), "drain_ended_by": record.get("drain_ended_by")}
         spec = dict(record.get("spec", {}))
         options = spec.pop("options", {}) or {}
         args = spec.pop("args", {}) or {}
@@ -245,3 +253,21 @@ def read_searches(results_dir: Path | str) -> list[dict[str, Any]]:
                              f"reads {', '.join(map(str, READABLE_SEARCH_VERSIONS))}")
         records.append(record)
     return records
+
+
+# --- sweep.json ---------------------------------------------------------------------------------------
+
+
+def write_sweep(out_dir: Path, record: Mapping[str, Any]) -> Path:
+    """Store where the last sweep into `out_dir` spent its wall time as ``<out_dir>/sweep.json``."""
+    path = Path(out_dir) / SWEEP_JSON
+    write_json(path, {"schema_version": SWEEP_SCHEMA_VERSION, **record})
+    return path
+
+
+def read_sweep(out_dir: Path) -> dict[str, Any] | None:
+    """The last sweep's record in `out_dir`, or None when there is none (or it is unreadable)."""
+    try:
+        return json.loads((Path(out_dir) / SWEEP_JSON).read_text())
+    except (OSError, ValueError):
+        return None

@@ -162,7 +162,7 @@ def _value_text(key: str, value: Any) -> str:
         return f"{value:g}/s"
     if key == "tasks":
         return f"{int(value)} tasks"
-    if key in ("warmup_s", "duration_s", "drain_timeout_s"):
+    if key in ("warmup_s", "duration_s", "drain_stall_s", "drain_timeout_s"):
         return f"{key.removesuffix('_s')} {value:g} s"
     if key == "acks_late":
         return "acks late" if value else "acks early"
