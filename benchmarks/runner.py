@@ -62,8 +62,11 @@ ROUTING_MIX: list[list[Any]] = [[90, "sleep_ms", {"ms": 10}], [10, "sleep_ms", {
 PAYLOAD_SIZES = (100, 10_000, 100_000)
 #: Seconds Locust may take, after its run time, for sends already under way to finish.
 LOCUST_STOP_TIMEOUT_S = 30
-#: Seconds Locust keeps sending after the measured window ends (not measured).
-LOCUST_TAIL_S = 2
+#: Seconds Locust keeps sending after the measured window ends (not measured), so the tasks scheduled in
+#: the window's last moments still meet a steady flow of arrivals behind them. One second is many times
+#: the service time of the short tasks the matrices send (10-50 ms) and as long as routing_mix's long
+#: tasks; a longer tail costs every load cell its length in wall time and measures nothing.
+LOCUST_TAIL_S = 1
 LOCK_PATH = Path(tempfile.gettempdir()) / "queuebench-measure.lock"
 
 

@@ -242,7 +242,9 @@ def repeats_notice(*repeats: int) -> str:
 HIGHER_IS_BETTER = ("throughput_per_s", "executions_per_s", "tasks_per_cpu_s", "tasks_per_worker_cpu_s",
                     "achieved_rate_per_s", "per_slot_per_s")
 #: Figures where less is better, besides every latency (a name ending ``_ms`` or ``_ms_<stat>``).
-LOWER_IS_BETTER = ("total_cpu_s", "cpu_s_per_1000", "total_cpu_s_per_1000")
+LOWER_IS_BETTER = ("total_cpu_s", "cpu_s_per_1000", "total_cpu_s_per_1000", "broker_bytes_per_message",
+                   "broker_key_bytes_per_message", "encoded_bytes", "codec_us_per_message", "codec_encode_us",
+                   "codec_decode_us")
 
 
 def higher_is_better(figure: str) -> bool:

@@ -182,7 +182,12 @@ def drawn(written) -> dict[str, charts.Chart]:
     return {chart.name: chart for chart in written.charts}
 
 
-@pytest.mark.parametrize("name", [chart.__name__ for chart in charts.CHARTS])
+#: Chart families the fixture set (copies of real runs from before they existed) has no runs for; each is
+#: tested on its own data (tests/test_serializer_costs.py).
+NOT_IN_FIXTURES = ("serializer_costs",)
+
+
+@pytest.mark.parametrize("name", [chart.__name__ for chart in charts.CHARTS if chart.__name__ not in NOT_IN_FIXTURES])
 def test_every_chart_family_is_drawn_from_the_fixtures_as_png_and_svg(name, drawn, results):
     chart = drawn[name]
     assert chart.drawn, chart.note

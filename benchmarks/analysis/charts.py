@@ -56,10 +56,12 @@ from benchmarks.verdicts import (  # noqa: E402
     KNEE_LATENCY_GROWTH,
     SUSTAINED_RATIO,
     difference,
+    geometric_mean,
     kept_up,
     knee_index,
     latency_grew,
     min_samples,
+    pick_best,
 )
 
 #: Fewest distinct offered rates that make a latency-against-rate curve.
@@ -755,8 +757,97 @@ def _resource_sentences(cells: pd.DataFrame, per_1000: list[str]) -> list[str]:
               f"tasks, {100 * shares[top] / dear['total_cpu_s_per_1000']:.0f} % of it in the {top}.")
     return [first, second]
 
+
+# --- serializers where they differ --------------------------------------------------------------------
+
+#: The serializer figures a drain of echo payloads records, as (column, panel title, unit).
+SERIALIZER_FIGURES = (("broker_bytes_per_message", "bytes per message on the broker", "B"),
+                      ("codec_us_per_message", "the library's encode + decode per message", "us"),
+                      ("throughput_per_s", "drain throughput", "tasks/s"))
+SERIALIZER_ORDER = ("json", "msgpack", "pickle")
+
+
+def _serializer_sentence(group: str, size: float, in_group: pd.DataFrame, serializers: Sequence[str]) -> str | None:
+    """Per figure, the best serializer by the winner rule, or that they are within noise (or not judged)."""
+    parts = []
+    for figure, panel, unit in SERIALIZER_FIGURES:
+        if figure not in in_group.columns:
+            continue
+        candidates = {s: in_group.loc[in_group["serializer"] == s, figure].dropna().astype(float).tolist()
+                      for s in serializers}
+        candidates = {s: values for s, values in candidates.items() if values}
+        if len(candidates) < 2:
+            continue
+        pick = pick_best(candidates, figure)
+        if pick.winner:
+            runner = pick.runner_up
+            parts.append(f"{panel}: {pick.winner} is best ({num(geometric_mean(candidates[pick.winner]), unit)}, "
+                         f"{len(candidates[pick.winner])} repeats; {runner} {pick.others[runner].interval_text} of it)")
+        elif pick.judged:
+            parts.append(f"{panel}: no clear winner ({', '.join([str(pick.leader), *pick.within_noise])} "
+                         "within noise of each other)")
+        else:
+            parts.append(f"{panel}: not judged ({pick.reason})")
+    return f"{group}, {size:,.0f} B payload: " + "; ".join(parts) + "." if parts else None
+
+
+def serializer_costs(results: Results, out_dir: Path) -> Chart:
+    """Per backend and payload size, what each serializer costs where serializers really differ: bytes
+    per message read from the broker, the library's own encode + decode time, and the drain throughput
+    with serialization on its critical path (drain cells of echo payloads). The sentences say, per
+    backend and figure, which serializer is best by the winner rule, or that they are within noise."""
+    name = "serializer_costs"
+    title = "Serializers where they differ: broker bytes, codec time and drain throughput by payload size"
+    runs = results.usable
+    if "broker_bytes_per_message" not in runs.columns or "payload_bytes" not in runs.columns:
+        return _skipped(name, title, "no drain of echo payloads recorded serializer figures")
+    runs = runs[(runs["mode"] == "drain") & runs["payload_bytes"].notna()].copy()
+    if runs.empty:
+        return _skipped(name, title, "no drain of echo payloads recorded serializer figures")
+    runs = runs[runs.groupby(["backend", "broker", "payload_bytes"])["serializer"].transform("nunique") >= 2]
+    if runs.empty:
+        return _skipped(name, title, "no backend drained echo payloads with two or more serializers")
+    runs["group"] = runs["backend"].astype(str) + " on " + runs["broker"].astype(str)
+    sizes = sorted(runs["payload_bytes"].unique())
+    groups = sorted(runs["group"].unique())
+    seen = [s for s in SERIALIZER_ORDER if s in set(runs["serializer"])]
+    fig, axes = plt.subplots(len(sizes), len(SERIALIZER_FIGURES), figsize=(12, 3.2 * len(sizes)),
+                             squeeze=False, layout="constrained")
+    width = 0.8 / max(1, len(seen))
+    sentences: list[str] = []
+    for row_axes, size in zip(axes, sizes, strict=True):
+        at_size = runs[runs["payload_bytes"] == size]
+        for ax, (figure, panel, unit) in zip(row_axes, SERIALIZER_FIGURES, strict=True):
+            if figure not in at_size.columns:
+                ax.set_axis_off()
+                continue
+            for j, serializer in enumerate(seen):
+                values = [at_size.loc[(at_size["group"] == g) & (at_size["serializer"] == serializer), figure]
+                          .dropna().astype(float) for g in groups]
+                means = np.array([v.mean() if len(v) else np.nan for v in values])
+                low = [m - v.min() if len(v) else 0.0 for m, v in zip(means, values, strict=True)]
+                high = [v.max() - m if len(v) else 0.0 for m, v in zip(means, values, strict=True)]
+                ax.bar(np.arange(len(groups)) + (j - (len(seen) - 1) / 2) * width, np.nan_to_num(means), width,
+                       yerr=np.nan_to_num(np.vstack([low, high])), capsize=2, label=serializer,
+                       color=("#1f77b4", "#ff7f0e", "#2ca02c")[j % 3])
+            ax.set_xticks(np.arange(len(groups)), groups, rotation=20, ha="right")
+            ax.set_title(f"{panel} ({size:,.0f} B payload)")
+            ax.set_ylabel(unit)
+            ax.set_ylim(bottom=0)
+        row_axes[0].legend(fontsize=7)
+        for group in groups:
+            sentence = _serializer_sentence(group, size, at_size[at_size["group"] == group], seen)
+            if sentence:
+                sentences.append(sentence)
+    run_ids = runs["run_id"].tolist()
+    text = caption(results, run_ids) + " · bars: mean, whiskers: min-max over repeats"
+    files = _save(fig, out_dir, name, text)
+    return Chart(name, title, files, sentences, run_ids, caption=text, data=runs)
+
+
 #: Every chart, in the order the report shows them.
-CHARTS: tuple[Callable[[Results, Path], Chart], ...] = (worker_count, serializers, routing, latency_vs_rate,
+CHARTS: tuple[Callable[[Results, Path], Chart], ...] = (worker_count, serializer_costs, serializers, routing,
+                                                        latency_vs_rate,
                                                         latency_decomposition, resource_cost)
 
 

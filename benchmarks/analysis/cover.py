@@ -40,7 +40,7 @@ COVER_DRAIN_TIMEOUT_S = 120
 COVER_REPEATS = MIN_REPEATS
 #: Seconds a load cell takes beyond its warm-up and measured window (start-up, Locust's tail), as
 #: `benchmarks.runner.cell_seconds` counts them; a test holds the two together.
-CELL_OVERHEAD_S = 5
+CELL_OVERHEAD_S = 4
 #: Where `queuebench plan` writes covering matrices by default (relative to the working directory).
 PLANS_DIR = Path("results/plans")
 

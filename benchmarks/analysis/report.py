@@ -59,7 +59,8 @@ STABILITY_METRICS = (("throughput_per_s", "throughput", "/s"), ("e2e_ms_p95", "e
 EXTRA_STABILITY_METRICS = (("short_e2e_ms_p95", "short-task end-to-end p95", "ms"),)
 #: Which figures each chart shows, so only instability in those is warned about beside it.
 CHART_METRICS: dict[str, tuple[str, ...]] = {
-    "worker_count": ("throughput_per_s",), "serializers": ("throughput_per_s", "e2e_ms_p95"),
+    "worker_count": ("throughput_per_s",), "serializer_costs": ("throughput_per_s",),
+    "serializers": ("throughput_per_s", "e2e_ms_p95"),
     "routing": ("short_e2e_ms_p95",), "latency_vs_rate": ("throughput_per_s", "e2e_ms_p95"),
     "latency_decomposition": (), "resource_cost": (),
 }
