@@ -67,6 +67,8 @@ LOCUST_STOP_TIMEOUT_S = 30
 #: the service time of the short tasks the matrices send (10-50 ms) and as long as routing_mix's long
 #: tasks; a longer tail costs every load cell its length in wall time and measures nothing.
 LOCUST_TAIL_S = 1
+#: Seconds empty queues get to show it after the last task finished (see `CellRun._leftovers`).
+LEFTOVER_GRACE_S = 2.0
 LOCK_PATH = Path(tempfile.gettempdir()) / "queuebench-measure.lock"
 
 
@@ -310,7 +312,7 @@ class CellRun:
             self.log("draining")
             with self.phases.phase("tail_drain"):
                 self._drain_wait(follower)
-                leftovers = dict(stack.backend.queue_depths())
+                leftovers = self._leftovers()
         with self.phases.phase("collect"):
             self.record["sampler_errors"] = sampler.errors
             tasks = self._store_tasks()
@@ -365,7 +367,7 @@ class CellRun:
                 # is not waited for again.
                 finished = self.record["drain_ended_by"] == "all-finished"
                 stack.await_probes(probes, timeout_s=float(spec["drain_stall_s"]) if finished else 0)
-            leftovers = dict(stack.backend.queue_depths())
+            leftovers = self._leftovers()
         with phases.phase("collect"):
             self.record["sampler_errors"] = sampler.errors
             self.record["preloaded_depth"] = depth  # messages waiting, the probes' among them
@@ -409,6 +411,21 @@ class CellRun:
         """Which task and arguments each ledger digest stands for (tasks.parquet keeps only the digest)."""
         self.record["task_kinds"] = [{"task": task, "args": args, "digest": ledger.args_digest(task, args)}
                                      for task, args in sent_tasks(self.spec)]
+
+    def _leftovers(self) -> dict[str, int]:
+        """Messages still in the queues once the drain is over. A library may finish its own bookkeeping
+        after the task body has written its last ledger row (arq removes a job from its queue only after
+        storing its result; a late ack), so when every task has finished, empty queues get a moment
+        (`LEFTOVER_GRACE_S`) to show it before anything left counts."""
+        assert self.stack is not None and self.stack.backend is not None
+        depths = dict(self.stack.backend.queue_depths())
+        if self.record.get("drain_ended_by") != "all-finished":
+            return depths
+        deadline = time.monotonic() + LEFTOVER_GRACE_S
+        while any(depths.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            depths = dict(self.stack.backend.queue_depths())
+        return depths
 
     def _drain_wait(self, follower: ledger.Follower) -> DrainEnd:
         """Wait while the drain progresses (`await_drain`); record how it ended in run.json. A supervised

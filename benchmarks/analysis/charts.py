@@ -828,7 +828,7 @@ def serializer_costs(results: Results, out_dir: Path) -> Chart:
                 low = [m - v.min() if len(v) else 0.0 for m, v in zip(means, values, strict=True)]
                 high = [v.max() - m if len(v) else 0.0 for m, v in zip(means, values, strict=True)]
                 ax.bar(np.arange(len(groups)) + (j - (len(seen) - 1) / 2) * width, np.nan_to_num(means), width,
-                       yerr=np.nan_to_num(np.vstack([low, high])), capsize=2, label=serializer,
+                       yerr=np.clip(np.nan_to_num(np.vstack([low, high])), 0, None), capsize=2, label=serializer,
                        color=("#1f77b4", "#ff7f0e", "#2ca02c")[j % 3])
             ax.set_xticks(np.arange(len(groups)), groups, rotation=20, ha="right")
             ax.set_title(f"{panel} ({size:,.0f} B payload)")
