@@ -69,7 +69,14 @@ LOCUST_STOP_TIMEOUT_S = 30
 LOCUST_TAIL_S = 1
 #: Seconds empty queues get to show it after the last task finished (see `CellRun._leftovers`).
 LEFTOVER_GRACE_S = 2.0
+#: The machine-wide measuring lock. `QUEUEBENCH_LOCK` moves it: the test suite points it at its own file,
+#: because tests claim no figures and must not fail while a real sweep measures on the same machine.
 LOCK_PATH = Path(tempfile.gettempdir()) / "queuebench-measure.lock"
+
+
+def lock_path() -> Path:
+    """Where the measuring lock lives now (`QUEUEBENCH_LOCK`, else `LOCK_PATH`)."""
+    return Path(os.environ.get("QUEUEBENCH_LOCK") or LOCK_PATH)
 
 
 class Interrupted(Exception):
@@ -466,8 +473,9 @@ def _redact(text: str) -> str:
 
 
 @contextlib.contextmanager
-def measuring_lock(path: Path = LOCK_PATH) -> Iterator[None]:
+def measuring_lock(path: Path | None = None) -> Iterator[None]:
     """Hold the machine-wide measuring lock: two sweeps at once would share the cores and both be wrong."""
+    path = path or lock_path()
     fh = open(path, "a+")  # noqa: SIM115 - held for the whole sweep
     try:
         try:

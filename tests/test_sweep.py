@@ -246,3 +246,17 @@ def test_a_borrowed_dirty_redis_keeps_the_users_keys_when_a_stack_stops(need_red
         stack.submit([{"task": "noop"}])
     assert redis.Redis.from_url(url).get("sentinel") == b"also the user's"
     assert redis.Redis.from_url(f"{users_redis}/1").get("sentinel") == b"the user's data"
+
+
+def test_a_second_sweep_is_refused_while_another_holds_the_measuring_lock(tmp_path):
+    path = tmp_path / "measure.lock"
+    refused = pytest.raises(RuntimeError, match="another queuebench sweep is measuring")
+    with runner.measuring_lock(path), refused, runner.measuring_lock(path):
+        pass
+    with runner.measuring_lock(path):  # released: the next sweep measures
+        pass
+
+
+def test_the_measuring_lock_moves_where_queuebench_lock_points(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUEUEBENCH_LOCK", str(tmp_path / "elsewhere.lock"))
+    assert runner.lock_path() == tmp_path / "elsewhere.lock"
