@@ -78,7 +78,8 @@ duration_s = 2
 """
 
 
-def test_a_drain_that_keeps_finishing_tasks_past_its_stall_period_ends_ok_in_both_modes(need_redis, tmp_path):
+def test_a_drain_that_keeps_finishing_tasks_past_its_stall_period_ends_all_finished_in_both_modes(need_redis,
+                                                                                                 tmp_path):
     (tmp_path / "slow.toml").write_text(SLOW)
     out = tmp_path / "runs"
     result = queuebench("run", str(tmp_path / "slow.toml"), "--out", str(out))
@@ -86,7 +87,10 @@ def test_a_drain_that_keeps_finishing_tasks_past_its_stall_period_ends_ok_in_bot
     runs = records(out)
     assert sorted(r["spec"]["mode"] for r in runs.values()) == ["drain", "load"]
     for record in runs.values():
-        assert record["status"] == "ok", (record["run_id"], record["detail"])
+        # generator-limited: Locust fell behind its 8/s schedule, which depends on how busy the machine is,
+        # not on the drain; every task is still accounted for.
+        assert record["status"] in ("ok", "generator-limited"), (record["run_id"], record["detail"])
+        assert record["summary"]["checks"]["all_finished"]["ok"]
         assert record["drain_ended_by"] == "all-finished"
         assert record["drain_outstanding"] == 0
         # 12 (drain) or 15+ (load backlog) tasks of 300 ms on one slot take longer than the 2 s stall period.
@@ -119,7 +123,8 @@ def test_a_drain_whose_workers_are_gone_ends_stalled_and_records_it(need_redis, 
 
 # --- one private Redis for the whole sweep ---------------------------------------------------------------
 
-# Cell A stops at its 1 s ceiling with most of its 200 tasks still queued (and results kept); cell B runs
+# Cell A stops at its 3 s ceiling (long enough for its first tasks to finish on a loaded machine, so it
+# has a window) with most of its 200 tasks (10 s of work at 1 slot) still queued, results kept; cell B runs
 # the same configuration (same queue names, same Redis) with 20 tasks. B must see none of A's.
 SHARED = """
 name = "shared"
@@ -131,7 +136,7 @@ args = {ms = 50}
 results = true
 drain_stall_s = 30
 tasks = 200
-drain_timeout_s = 1
+drain_timeout_s = 3
 
 [[include]]
 tasks = 20
