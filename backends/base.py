@@ -346,6 +346,12 @@ class BackendBase:
         raise UnsupportedOption("codec", job.task, getattr(self, "name", type(self).__name__),
                                 "this backend does not expose its message codec")
 
+    def held_task_ids(self) -> set[str] | None:
+        """Fault runs (benchmarks/faults.py): the task ids the broker still holds — waiting in a queue, or
+        delivered and not acknowledged (so a recovery timer may bring them back) — read without triggering
+        the library's own clean-up. None: this backend cannot say (tasks not finished then count as lost)."""
+        return None
+
 
 def check_common(backend_name: str, brokers: frozenset[str], serializers: frozenset[str],
                  settings: BackendSettings) -> None:

@@ -591,6 +591,28 @@ class CeleryBackend(BackendBase):
         return DeliveryContract("at-most-once", "lost (acknowledged before it ran)", prefetched, redelivery,
                                 source)
 
+    def held_task_ids(self) -> set[str] | None:
+        """Task ids kombu's Redis transport still holds: in a queue's lists (one per priority step) or in its
+        ``unacked`` hash (delivered, not acknowledged: restored once the visibility timeout has passed). Read
+        with plain HGETALL/LRANGE, so kombu's restore is not triggered. None on RabbitMQ (its unacked
+        messages cannot be read without consuming them)."""
+        if self.settings.broker != "redis":
+            return None
+        client = redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=PING_TIMEOUT_S,
+                                      socket_timeout=10)
+        held: set[str] = set()
+        try:
+            for queue in self.settings.queues:
+                steps = self._app.conf.broker_transport_options.get("priority_steps", list(range(10)))
+                keys = {queue, *(f"{queue}\x06\x16{step}" for step in steps)}
+                for key in keys:
+                    held.update(_message_id(raw) for raw in client.lrange(key, 0, -1))
+            held.update(_message_id(json.loads(raw)[0]) for raw in client.hvals("unacked"))
+        finally:
+            client.close()
+        held.discard("")
+        return held
+
     def queue_depths(self) -> Mapping[str, int]:
         """Messages waiting per queue of `settings.queues` (a passive declare's message count: the Redis
         list length, or RabbitMQ's ready messages). Tasks a worker has prefetched are not counted; a queue
@@ -741,3 +763,10 @@ class CeleryBackend(BackendBase):
                 with contextlib.suppress(Exception):
                     backend.connection_pool.disconnect()
         self._app.close()
+
+
+def _message_id(message: Any) -> str:
+    """The task id in a kombu Redis message envelope (JSON, or already decoded), "" if it has none."""
+    if isinstance(message, bytes | str):
+        message = json.loads(message)
+    return str((message.get("headers") or {}).get("id") or "")

@@ -113,6 +113,7 @@ class Injector:
         self._seen: dict[int, psutil.Process] = {}  # every process of a tree the fault touched or saw
         self._victim_procs: list[Proc] = []
         self.at_ns: int | None = None
+        self._held: set[str] | None = None
         self.at_monotonic: float | None = None
 
     # -- the runner's hooks ------------------------------------------------------------------------
@@ -141,13 +142,20 @@ class Injector:
             and not int(info.get("aof_rewrite_scheduled", 0))
 
     def start(self) -> None:
-        """The load (drain mode: the workers) has just started: inject `fault_at_s` from now, in a thread."""
-        started = time.monotonic()
+        """The load (drain mode: the workers) has just started: in a thread, wait for the first task to start
+        (the ledger's first ``started`` row, probes left out: worker boot times differ by seconds between
+        libraries, and a fault that lands before any task runs tests nothing), then `fault_at_s`, then
+        inject."""
         self.record["load_started_ns"] = time.time_ns()
 
         def run() -> None:
             try:
-                if self._stop.wait(max(0.0, float(self.spec["fault_at_s"]) - (time.monotonic() - started))):
+                first_ns = self._first_start()
+                if first_ns is None:
+                    return
+                self.record["first_start_ns"] = first_ns
+                wait_s = float(self.spec["fault_at_s"]) - (time.time_ns() - first_ns) / 1e9
+                if self._stop.wait(max(0.0, wait_s)):
                     return
                 self._inject()
             except BaseException as exc:  # reported by finish()
@@ -156,6 +164,15 @@ class Injector:
 
         self._thread = threading.Thread(target=run, name=f"fault-{self.kind}", daemon=True)
         self._thread.start()
+
+    def _first_start(self) -> int | None:
+        follower = ledger.Follower(self.stack.ledger_dir)
+        while not self._stop.is_set():
+            starts = [int(r["t_ns"]) for r in follower.poll() if r.get("ev") == "started" and not r.get("probe")]
+            if starts:
+                return min(starts)
+            time.sleep(0.05)
+        return None
 
     @property
     def deadline(self) -> float | None:
@@ -184,7 +201,7 @@ class Injector:
             if self.deadline is not None and now >= self.deadline:
                 rule = FAULT_DEADLINE
                 break
-            if self.at_monotonic is None and done_injecting:  # the fault could not be injected
+            if self.at_monotonic is None and self._thread is not None and done_injecting:  # it could not be
                 rule = "all-finished" if follower.outstanding() == 0 else FAULT_DEADLINE
                 break
             if now - started >= ceiling_s:
@@ -215,6 +232,11 @@ class Injector:
                 if proc in self.stack.worker_procs:
                     self.stack.worker_procs.remove(proc)
         self.record["exited"] = exited
+        try:  # what the broker still holds at the deadline: stranded, not lost
+            self._held = self.stack.backend.held_task_ids()
+        except Exception as exc:  # a broker that cannot be read leaves stranded unknown, and says why
+            self._held = None
+            self.record["held_error"] = f"{type(exc).__name__}: {exc}"
         # Everything the cell started may leave an orphan behind; the sweep's shared Redis outlives the cell.
         shared = getattr(self.stack, "_shared_procs", [])
         for proc in self.stack.supervisor.procs:
@@ -238,8 +260,9 @@ class Injector:
         rows = list(ledger.iter_rows(self.stack.ledger_dir))
         fault = {"kind": self.kind, "at_ns": self.at_ns, "deadline_ns": self.record["deadline_ns"],
                  "persistence": self.spec.get("persistence", "off"), "escalated": self.record.get("escalated")}
-        self.record |= fault_verdict.judge(rows, fault, contract.guarantee, held_ids=None)
-        self.record["stranded_note"] = "the broker was not read: tasks it may still hold count as lost"
+        self.record |= fault_verdict.judge(rows, fault, contract.guarantee, held_ids=self._held)
+        if self._held is None:
+            self.record["stranded_note"] = "the broker was not read: tasks it may still hold count as lost"
         checks = summary["checks"]
         for name in REPLACED_CHECKS:
             if name in checks:

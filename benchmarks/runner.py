@@ -392,7 +392,12 @@ class CellRun:
                 # Sent first, the probes have normally finished long before; a drain that did not finish
                 # is not waited for again.
                 finished = self.record["drain_ended_by"] == "all-finished"
-                stack.await_probes(probes, timeout_s=float(spec["drain_stall_s"]) if finished else 0)
+                try:
+                    stack.await_probes(probes, timeout_s=float(spec["drain_stall_s"]) if finished else 0)
+                except TimeoutError:
+                    if self.faults is None:
+                        raise
+                    self.faults.record["probes_unfinished"] = True  # lost to the fault: counted, not an error
             leftovers = self._leftovers()
         with phases.phase("collect"):
             self.record["sampler_errors"] = sampler.errors

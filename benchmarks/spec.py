@@ -169,14 +169,15 @@ KEYS: dict[str, Key] = {k.name: k for k in (
          else "a number > 0", values_text="seconds > 0"),
     # --- fault injection (benchmarks/faults.py; see docs/FAULTS.md). Absent from a spec without a fault,
     # so cells and run ids of matrices that name no fault are what they were before these keys existed.
-    _key("fault", "workload", str, NO_FAULT, "what goes wrong, `fault_at_s` after the load starts: kill_child "
+    _key("fault", "workload", str, NO_FAULT, "what goes wrong, `fault_at_s` after the first task starts: kill_child "
          "(SIGKILL the process running a task the ledger shows started and not finished), kill_worker (SIGKILL a "
          "worker, restarted after `restart_after_s`), hang_worker (SIGSTOP a worker tree for `hang_s`), "
          "restart_broker (SIGKILL the harness's own redis-server and restart it on the same port), term_worker "
          "(SIGTERM a worker, SIGKILL after `grace_s`); run.json's `faults` counts what was lost, duplicated and "
          "stranded", choices=FAULTS),
-    _key("fault_at_s", "workload", float, 3, "seconds after the load starts (drain mode: after the workers "
-         "start) when the fault is injected", low=0, high=3600),
+    _key("fault_at_s", "workload", float, 3, "seconds after the first task starts (the ledger's first "
+         "`started` row: worker boot times differ by seconds between libraries) when the fault is injected",
+         low=0, high=3600),
     _key("observe_s", "workload", float, 30, "seconds after the fault the run waits for the tasks to finish or "
          "come back; what has not finished by then is lost, or stranded when the broker still holds it",
          low=1, high=3600),
