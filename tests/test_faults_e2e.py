@@ -105,3 +105,38 @@ def test_a_redis_restart_without_persistence_loses_the_queued_tasks_as_documente
     assert record["status"] == "ok", record["detail"]
     assert faults["restarted"]["keys_after_restart"] == 0
     assert faults["lost_queued"] >= 1 and faults["verdict"] == "as-documented"
+
+
+def test_killing_a_celery_worker_tree_strands_its_prefetched_tasks_instead_of_losing_them(need_redis, tmp_path):
+    # Early ack: the tasks running are lost; the ones prefetched wait in kombu's unacked hash for the
+    # visibility timeout (an hour), so at the deadline they are stranded, not lost.
+    record = run_cell(tmp_path, 'fault = "kill_worker"\nrestart_after_s = 1\n')
+    faults = check_counts(record, tmp_path)
+    assert record["status"] == "ok", record["detail"]
+    assert faults["restarted"]["pid"] and faults["lost_in_flight"] <= faults["in_flight_at_fault"]
+    assert faults["lost_queued"] == 0 and faults["stranded"] is not None
+    assert faults["verdict"] == "as-documented", faults["reasons"]
+
+
+def test_a_hung_worker_tree_resumes_and_finishes_everything(need_redis, tmp_path):
+    record = run_cell(tmp_path, 'fault = "hang_worker"\nhang_s = 3\n')
+    faults = check_counts(record, tmp_path)
+    assert record["status"] == "ok", record["detail"]
+    assert faults["lost_in_flight"] == faults["lost_queued"] == 0 and faults["duplicated"] == 0
+    assert faults["recovered_s"] >= 3 and faults["verdict"] == "as-documented"
+
+
+def test_a_worker_terminated_with_time_to_finish_loses_nothing(need_redis, tmp_path):
+    record = run_cell(tmp_path, 'fault = "term_worker"\ngrace_s = 10\nrestart_after_s = 1\n')
+    faults = check_counts(record, tmp_path)
+    assert record["status"] == "ok", record["detail"]
+    assert faults["escalated"] is False
+    assert faults["lost_in_flight"] == faults["lost_queued"] == 0 and faults["verdict"] == "as-documented"
+
+
+def test_a_redis_restart_with_an_append_only_file_loses_nothing(need_redis, tmp_path):
+    record = run_cell(tmp_path, 'fault = "restart_broker"\npersistence = "aof"\n')
+    faults = check_counts(record, tmp_path)
+    assert record["status"] == "ok", record["detail"]
+    assert faults["restarted"]["keys_after_restart"] > 0
+    assert faults["lost_in_flight"] == faults["lost_queued"] == 0 and faults["verdict"] == "as-documented"
