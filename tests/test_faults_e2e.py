@@ -140,3 +140,18 @@ def test_a_redis_restart_with_an_append_only_file_loses_nothing(need_redis, tmp_
     assert record["status"] == "ok", record["detail"]
     assert faults["restarted"]["keys_after_restart"] > 0
     assert faults["lost_in_flight"] == faults["lost_queued"] == 0 and faults["verdict"] == "as-documented"
+
+
+def test_dramatiq_on_redis_loses_nothing_when_a_worker_tree_dies_and_its_heartbeat_times_out(need_redis, tmp_path):
+    # The dead worker's fetched messages come back once its heartbeat is 5 s old and some command runs the
+    # broker's maintenance (every command here), so recovery fits the observation.
+    grid = matrix.parse(CELL.replace('"celery"', '"dramatiq"') + 'observe_s = 25\nfault = "kill_worker"\n'
+                        'restart_after_s = 1\n[dramatiq]\nheartbeat_timeout_ms = 5000\n'
+                        'maintenance_chance = 1000000\n'.replace("observe_s = 25\n", ""), name="fault")
+    (result,) = runner.run_matrix(grid, tmp_path / "runs", log=lambda _: None)
+    record = json.loads((result.run_dir / "run.json").read_text())
+    faults = check_counts(record, tmp_path)
+    assert record["status"] == "ok", record["detail"]
+    assert faults["expected"]["guarantee"] == "at-least-once"
+    assert faults["lost_in_flight"] == faults["lost_queued"] == 0, faults["ids"]
+    assert faults["reexecuted"] >= 1 and faults["verdict"] == "as-documented"
