@@ -328,6 +328,7 @@ class CellRun:
                         raise RuntimeError(f"{proc.name} exited during the run:\n{proc.log_tail()}")
                 time.sleep(0.2)
             stack.supervisor.procs.remove(locust)
+            stack.supervisor.stop(locust, timeout_s=0)  # it has exited: this closes its log (and its session)
             locust_s, locust_ended_ns = time.monotonic() - locust_started, time.time_ns()
             self.record["locust_exit_code"] = locust.popen.returncode
             self.log("draining")

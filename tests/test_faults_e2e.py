@@ -155,3 +155,18 @@ def test_dramatiq_on_redis_loses_nothing_when_a_worker_tree_dies_and_its_heartbe
     assert faults["expected"]["guarantee"] == "at-least-once"
     assert faults["lost_in_flight"] == faults["lost_queued"] == 0, faults["ids"]
     assert faults["reexecuted"] >= 1 and faults["verdict"] == "as-documented"
+
+
+def test_a_fault_under_load_marks_the_tasks_sent_while_the_worker_hung(need_redis, tmp_path):
+    grid = matrix.parse('backend = "celery"\nprocesses = 2\nscenario = "latency"\ntask = "sleep_ms"\n'
+                        'args = {ms = 100}\nrate = 10\nwarmup_s = 0\nduration_s = 6\nfault = "hang_worker"\n'
+                        'fault_at_s = 1\nhang_s = 2\nobserve_s = 10\n', name="fault")
+    (result,) = runner.run_matrix(grid, tmp_path / "runs", log=lambda _: None)
+    record = json.loads((result.run_dir / "run.json").read_text())
+    faults = record["faults"]
+    assert record["status"] == "ok", record["detail"]
+    assert faults["injected"] and faults["sent_after_fault"] > 0
+    assert faults["lost_in_flight"] == faults["lost_queued"] == 0 and faults["verdict"] == "as-documented"
+    # tasks sent while the worker was stopped waited for it: their end-to-end p99 shows the hang
+    assert faults["e2e_p99_during_fault_ms"] > 1000
+    assert faults["orphans"] == [] and left_running(tmp_path) == []
