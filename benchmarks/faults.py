@@ -55,7 +55,7 @@ VICTIM_WAIT_S = 10.0
 #: Seconds a killed process (or a restarted Redis) gets to be gone (or to answer).
 GONE_WAIT_S = 5.0
 #: Self-checks that a fault may break by design: its own counts replace them (`Injector.judge`).
-REPLACED_CHECKS = ("all_finished", "no_duplicates", "no_leftovers", "generator_kept_up")
+REPLACED_CHECKS = ("all_finished", "no_duplicates", "no_leftovers", "generator_kept_up", "littles_law")
 #: What ends the wait of a fault cell that did not see every task finish: the deadline, observe_s after
 #: the fault (run.json's ``drain_ended_by``).
 FAULT_DEADLINE = "fault-deadline"

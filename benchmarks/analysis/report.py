@@ -173,6 +173,8 @@ def run_warnings(results: Results) -> dict[str, list[str]]:
     that keeps it out of the figures."""
     out: dict[str, list[str]] = {}
     for run in results.runs.itertuples(index=False):
+        if run.fault_run:  # reported, with its status, under "When things fail"
+            continue
         notes = []
         record = results.records[run.run_id]
         checks = (record.get("summary") or {}).get("checks") or {}
