@@ -112,6 +112,7 @@ class Injector:
         self._stopped: list[psutil.Process] = []  # SIGSTOPped and not yet resumed
         self._seen: dict[int, psutil.Process] = {}  # every process of a tree the fault touched or saw
         self._victim_procs: list[Proc] = []
+        self._started: list[Proc] = []  # what the injector started (restarted workers, a restarted Redis)
         self.at_ns: int | None = None
         self._held: set[str] | None = None
         self.at_monotonic: float | None = None
@@ -286,10 +287,15 @@ class Injector:
     def after_teardown(self) -> None:
         """Once the stack is stopped: record and kill every process of a tree the harness started that is
         still running (an orphan), and stop what is left of the victims' sessions."""
+        self._stop.set()  # a run that ended early (an error, Ctrl-C) must not see a restart after its teardown
+        if self._thread is not None:
+            self._thread.join(timeout=2 * GONE_WAIT_S)
         self._resume()
-        if self._victim_procs and self.stack is not None:
-            self.stack.supervisor.stop_many(self._victim_procs, timeout_s=0.2, escalate_s=0.0)
-            self._victim_procs = []
+        # Victims, and anything the injector started that the stack's teardown did not stop.
+        leftovers = self._victim_procs + [p for p in self._started if p.alive()]
+        if leftovers and self.stack is not None:
+            self.stack.supervisor.stop_many(leftovers, timeout_s=0.2, escalate_s=0.0)
+        self._victim_procs = []
         orphans = [p for p in self._seen.values() if _alive(p)]
         self.record["orphans"] = [{"pid": p.pid, "name": _name(p)} for p in orphans]
         _signal(orphans, signal.SIGKILL)
@@ -391,6 +397,7 @@ class Injector:
             return
         log_path = Path(proc.log_path).with_name(Path(proc.log_path).stem + "-restart.log")
         new = supervisor.start(proc.name, proc.argv, env=env, cwd=cwd, log_path=log_path)
+        self._started.append(new)
         _replace(self.stack.worker_procs, proc, new)
         self.record["restarted"] = {"pid": new.pid, "after_s": round(time.monotonic() - (self.at_monotonic or 0), 3),
                                     "log": str(log_path)}
@@ -426,6 +433,7 @@ class Injector:
         old.popen.poll()
         log_path = Path(old.log_path).with_name("redis-restart.log")
         new = stack.supervisor.start("redis", argv, log_path=log_path)
+        self._started.append(new)
         # The stack's own list of broker processes (stopped last): the new server replaces the old one.
         _replace(stack._broker_procs, old, new)
         stack.supervisor.procs.remove(old)
