@@ -204,6 +204,9 @@ class DeliveryContract:
     prefetched: str
     recovery: str
     source: str
+    #: The guarantee when the whole worker dies rather than the process running the task (None: the same).
+    #: Celery with acks_late alone: a dead child's task is acknowledged (lost), a dead worker's comes back.
+    whole_worker: Guarantee | None = None
 
 
 def parse_knobs(backend_name: str, declared: Mapping[str, Knob], options: Mapping[str, Any]) -> dict[str, Any]:

@@ -599,7 +599,7 @@ class CeleryBackend(BackendBase):
         if acks_late:
             return DeliveryContract("at-most-once", "acknowledged as failed when only the child dies (lost); "
                                     f"redelivered {redelivery} when the whole worker dies", prefetched,
-                                    redelivery, source)
+                                    redelivery, source, whole_worker="at-least-once")
         return DeliveryContract("at-most-once", "lost (acknowledged before it ran)", prefetched, redelivery,
                                 source)
 

@@ -56,6 +56,8 @@ VICTIM_WAIT_S = 10.0
 GONE_WAIT_S = 5.0
 #: Self-checks that a fault may break by design: its own counts replace them (`Injector.judge`).
 REPLACED_CHECKS = ("all_finished", "no_duplicates", "no_leftovers", "generator_kept_up", "littles_law")
+#: Faults that take a whole worker away, judged by `DeliveryContract.whole_worker` when a backend declares it.
+WHOLE_WORKER_FAULTS = ("kill_worker", "hang_worker", "term_worker", "restart_broker")
 #: What ends the wait of a fault cell that did not see every task finish: the deadline, observe_s after
 #: the fault (run.json's ``drain_ended_by``).
 FAULT_DEADLINE = "fault-deadline"
@@ -252,16 +254,20 @@ class Injector:
     def judge(self, summary: dict[str, Any], contract: Any) -> None:
         """Count what the fault did from the raw ledger (`fault_verdict.judge`) into `record`, and replace the
         no-fault self-checks it may break by design (`REPLACED_CHECKS`) in `summary`."""
-        self.record["contract"] = {"guarantee": contract.guarantee, "in_flight": contract.in_flight,
-                                   "prefetched": contract.prefetched, "recovery": contract.recovery,
-                                   "source": contract.source}
+        self.record["contract"] = {"guarantee": contract.guarantee, "whole_worker": contract.whole_worker,
+                                   "in_flight": contract.in_flight, "prefetched": contract.prefetched,
+                                   "recovery": contract.recovery, "source": contract.source}
+        # A fault that takes the whole worker away is judged by what the library promises for that.
+        whole = self.kind in WHOLE_WORKER_FAULTS or (self.kind == "kill_child" and any(
+            v.get("role") == "worker parent" for v in self.record.get("victims", [])))
+        guarantee = (contract.whole_worker or contract.guarantee) if whole else contract.guarantee
         if not self.record["injected"]:
             self.record["verdict"] = "not-injected"
             return
         rows = list(ledger.iter_rows(self.stack.ledger_dir))
         fault = {"kind": self.kind, "at_ns": self.at_ns, "deadline_ns": self.record["deadline_ns"],
                  "persistence": self.spec.get("persistence", "off"), "escalated": self.record.get("escalated")}
-        self.record |= fault_verdict.judge(rows, fault, contract.guarantee, held_ids=self._held)
+        self.record |= fault_verdict.judge(rows, fault, guarantee, held_ids=self._held)
         if self._held is None:
             self.record["stranded_note"] = "the broker was not read: tasks it may still hold count as lost"
         checks = summary["checks"]
