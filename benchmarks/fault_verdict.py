@@ -26,7 +26,8 @@ with outcome ok; the *deadline* is the end of the observation, `observe_s` after
   (buckets from the first finish), ``depth`` is 1 - the lowest bucket after the fault / baseline, and
   ``lost_task_s`` sums the shortfall below the baseline over the buckets from the fault to the deadline.
 - ``e2e_p99_during_fault_ms``: nearest-rank p99 of first ok finish - scheduled (else sent) time, over tasks
-  sent from the fault to the deadline; None with fewer than 1 such task.
+  sent from the fault to the deadline (``e2e_during_fault_n`` of them; fewer than 368 cannot bound a p99 by
+  the quantile rule, so read it as the largest of few); None without such a task.
 
 The verdict compares the counts with what the fault and the contract lead one to expect (`expected`):
 ``as-documented`` when every count is within it, else ``violates-contract`` with the reasons.
@@ -205,7 +206,7 @@ def judge(rows: Iterable[Mapping[str, Any]], fault: Mapping[str, Any], guarantee
         "duplicated": len(duplicated), "reexecuted": len(redelivered), "unexpected": len(unexpected),
         "affected": len(affected), "recovered_s": recovered, "first_redelivery_s": first_redelivery,
         "throughput_dip": _dip(sent, at_ns, deadline_ns),
-        "e2e_p99_during_fault_ms": _p99(e2e),
+        "e2e_p99_during_fault_ms": _p99(e2e), "e2e_during_fault_n": len(e2e),
     }
     want = expected(str(fault["kind"]), guarantee, persistence=str(fault.get("persistence", "off")),
                     escalated=bool(fault.get("escalated")))
