@@ -204,6 +204,9 @@ class DeliveryContract:
     prefetched: str
     recovery: str
     source: str
+    #: The guarantee when the whole worker dies rather than the process running the task (None: the same).
+    #: Celery with acks_late alone: a dead child's task is acknowledged (lost), a dead worker's comes back.
+    whole_worker: Guarantee | None = None
 
 
 def parse_knobs(backend_name: str, declared: Mapping[str, Knob], options: Mapping[str, Any]) -> dict[str, Any]:
@@ -345,6 +348,12 @@ class BackendBase:
     def codec(self, job: JobRequest) -> Codec:
         raise UnsupportedOption("codec", job.task, getattr(self, "name", type(self).__name__),
                                 "this backend does not expose its message codec")
+
+    def held_task_ids(self) -> set[str] | None:
+        """Fault runs (benchmarks/faults.py): the task ids the broker still holds — waiting in a queue, or
+        delivered and not acknowledged (so a recovery timer may bring them back) — read without triggering
+        the library's own clean-up. None: this backend cannot say (tasks not finished then count as lost)."""
+        return None
 
 
 def check_common(backend_name: str, brokers: frozenset[str], serializers: frozenset[str],

@@ -177,13 +177,19 @@ KNOBS: dict[str, Knob] = {
     "visibility_timeout_s": Knob(int, 3600, "Redis broker only: broker_transport_options visibility_timeout, "
                                  "seconds before an unacknowledged task is redelivered.", low=1,
                                  candidates=(30, 300, 3600)),
+    "unacked_restore_interval_s": Knob(int, 10, "Redis broker only (kombu 5.7+): broker_transport_options "
+                                       "unacked_restore_interval, seconds between a worker's looks for "
+                                       "unacknowledged tasks older than the visibility timeout.", low=1),
+    "unacked_restore_throttle": Knob(int, 10, "Redis broker only (kombu 5.7+): broker_transport_options "
+                                     "unacked_restore_throttle, looks per actual scan (a scan every interval x "
+                                     "throttle seconds).", low=1),
     "result_expires_s": Knob(int, 86400, "result_expires: seconds results are kept (0: forever).", low=0),
     "result_subscribe": Knob(bool, False, "keep Celery's per-task SUBSCRIBE of the producer to the result "
                              "channel (stock Celery; never drained by the API, see the module docstring). "
                              "queuebench default false."),
 }
 #: Knobs that only mean something on the Redis broker.
-_REDIS_ONLY = ("visibility_timeout_s", "disable_prefetch")
+_REDIS_ONLY = ("visibility_timeout_s", "disable_prefetch", "unacked_restore_interval_s", "unacked_restore_throttle")
 #: Boolean knobs that are worker command-line flags.
 _FLAG_KNOBS = {
     "without_mingle": "--without-mingle",
@@ -327,8 +333,11 @@ def build_app(settings: BackendSettings, *, producer: bool = False, acks_late: b
     for knob, setting in config_knobs.items():
         if knob in knobs:
             conf[setting] = knobs[knob]
-    if "visibility_timeout_s" in knobs:
-        conf["broker_transport_options"] = {"visibility_timeout": knobs["visibility_timeout_s"]}
+    transport = {option: knobs[knob] for knob, option in (
+        ("visibility_timeout_s", "visibility_timeout"), ("unacked_restore_interval_s", "unacked_restore_interval"),
+        ("unacked_restore_throttle", "unacked_restore_throttle")) if knob in knobs}
+    if transport:
+        conf["broker_transport_options"] = transport
     app.conf.update(conf)
     if result_url is not None:
         # Celery's "<backend class>+<url>" form: the Redis at result_url through our subclass of Celery's
@@ -577,7 +586,10 @@ class CeleryBackend(BackendBase):
         acks_late = spec.acks_late if spec.acks_late is not None else bool(self._app.conf.task_acks_late)
         reject = bool(self.knob_values.get("reject_on_worker_lost", False))
         redis_broker = self.settings.broker == "redis"
-        redelivery = (f"after the visibility timeout ({self.knob_values.get('visibility_timeout_s', 3600)} s)"
+        redelivery = (f"after the visibility timeout ({self.knob_values.get('visibility_timeout_s', 3600)} s, "
+                      "found by a restore scan every "
+                      f"{self.knob_values.get('unacked_restore_interval_s', 10)} x "
+                      f"{self.knob_values.get('unacked_restore_throttle', 10)} s)"
                       if redis_broker else "when the broker sees the connection close")
         prefetched = f"returned to the queue {redelivery}"
         source = "https://docs.celeryq.dev/en/stable/userguide/tasks.html#Task.acks_late"
@@ -587,9 +599,31 @@ class CeleryBackend(BackendBase):
         if acks_late:
             return DeliveryContract("at-most-once", "acknowledged as failed when only the child dies (lost); "
                                     f"redelivered {redelivery} when the whole worker dies", prefetched,
-                                    redelivery, source)
+                                    redelivery, source, whole_worker="at-least-once")
         return DeliveryContract("at-most-once", "lost (acknowledged before it ran)", prefetched, redelivery,
                                 source)
+
+    def held_task_ids(self) -> set[str] | None:
+        """Task ids kombu's Redis transport still holds: in a queue's lists (one per priority step) or in its
+        ``unacked`` hash (delivered, not acknowledged: restored once the visibility timeout has passed). Read
+        with plain HGETALL/LRANGE, so kombu's restore is not triggered. None on RabbitMQ (its unacked
+        messages cannot be read without consuming them)."""
+        if self.settings.broker != "redis":
+            return None
+        client = redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=PING_TIMEOUT_S,
+                                      socket_timeout=10)
+        held: set[str] = set()
+        try:
+            for queue in self.settings.queues:
+                steps = self._app.conf.broker_transport_options.get("priority_steps", list(range(10)))
+                keys = {queue, *(f"{queue}\x06\x16{step}" for step in steps)}
+                for key in keys:
+                    held.update(_message_id(raw) for raw in client.lrange(key, 0, -1))
+            held.update(_message_id(json.loads(raw)[0]) for raw in client.hvals("unacked"))
+        finally:
+            client.close()
+        held.discard("")
+        return held
 
     def queue_depths(self) -> Mapping[str, int]:
         """Messages waiting per queue of `settings.queues` (a passive declare's message count: the Redis
@@ -741,3 +775,10 @@ class CeleryBackend(BackendBase):
                 with contextlib.suppress(Exception):
                     backend.connection_pool.disconnect()
         self._app.close()
+
+
+def _message_id(message: Any) -> str:
+    """The task id in a kombu Redis message envelope (JSON, or already decoded), "" if it has none."""
+    if isinstance(message, bytes | str):
+        message = json.loads(message)
+    return str((message.get("headers") or {}).get("id") or "")

@@ -152,12 +152,16 @@ KNOBS: dict[str, Knob] = {
                           "this long, ms (10 min).", low=1),
     "heartbeat_timeout_ms": Knob(int, 60_000, "Redis only: a worker silent this long is dead and its unacked "
                                  "messages are requeued, ms.", low=1, candidates=(5_000, 60_000)),
+    "maintenance_chance": Knob(int, 1000, "Redis only: commands in a million that also run the broker's "
+                               "maintenance, which requeues the unacknowledged messages of workers silent longer than "
+                               "heartbeat_timeout_ms (dramatiq default 1000; 1000000: every command, so recovery "
+                               "fits a short fault run).", low=0, high=1_000_000, candidates=(1000, 1_000_000)),
     "confirm_delivery": Knob(bool, False, "RabbitMQ only: the producer waits for publisher confirms on every "
                              "enqueue.", candidates=(False, True)),
 }
 
 #: Knobs that apply to one broker only.
-_BROKER_ONLY = {"heartbeat_timeout_ms": "redis", "confirm_delivery": "rabbitmq"}
+_BROKER_ONLY = {"heartbeat_timeout_ms": "redis", "maintenance_chance": "redis", "confirm_delivery": "rabbitmq"}
 
 
 # --- msgpack -----------------------------------------------------------------------------------------
@@ -275,6 +279,8 @@ def build_broker(settings: BackendSettings, *, producer: bool) -> tuple[dramatiq
         extra: dict[str, Any] = {}
         if knobs["heartbeat_timeout_ms"] is not None:
             extra["heartbeat_timeout"] = knobs["heartbeat_timeout_ms"]
+        if knobs.get("maintenance_chance") is not None:
+            extra["maintenance_chance"] = knobs["maintenance_chance"]
         if producer:
             client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=CONNECT_TIMEOUT_S,
                                           socket_timeout=PRODUCER_SOCKET_TIMEOUT_S)
@@ -573,6 +579,26 @@ class DramatiqBackend(BackendBase):
         finally:
             connection.close()
 
+    def held_task_ids(self) -> set[str] | None:
+        """Task ids the Redis broker still holds: waiting in a queue (or its delay queue) or fetched and not
+        acknowledged (an ``__acks__`` set of some worker, requeued by maintenance once that worker's heartbeat
+        is older than the heartbeat timeout). Read with plain LRANGE/SMEMBERS/HMGET, so no maintenance runs.
+        None on RabbitMQ (its unacknowledged messages cannot be read without consuming them)."""
+        if not isinstance(self._broker, RedisBroker):
+            return None
+        client = self._broker.client
+        held: set[str] = set()
+        for name in (n for q in self.settings.queues for n in (q, dq_name(q))):
+            prefix = f"{BROKER_NAMESPACE}:{name}"
+            redis_ids = set(client.lrange(prefix, 0, -1))
+            for key in client.scan_iter(match=f"{BROKER_NAMESPACE}:__acks__.*.{name}", count=1000):
+                redis_ids.update(client.smembers(key))
+            if redis_ids:
+                for data in client.hmget(f"{prefix}.msgs", list(redis_ids)):
+                    if data is not None:
+                        held.add(dramatiq.Message.decode(data).message_id)
+        return held
+
     def _purge_redis_acks(self, client: redis.Redis) -> None:
         queues = "|".join(re.escape(name) for q in self.settings.queues for name in (q, dq_name(q)))
         ours = re.compile(rf"^{re.escape(BROKER_NAMESPACE)}:__acks__\.([0-9a-f-]+)\.(?:{queues})$")
@@ -621,6 +647,7 @@ class DramatiqBackend(BackendBase):
             "time_limit_ms": knobs["time_limit_ms"] or DEFAULT_TIME_LIMIT_MS,
             "heartbeat_timeout_ms": (knobs["heartbeat_timeout_ms"] or DEFAULT_HEARTBEAT_TIMEOUT
                                      if self.settings.broker == "redis" else None),
+            "maintenance_chance": (knobs.get("maintenance_chance") or 1000) if self.settings.broker == "redis" else None,
             "confirm_delivery": bool(knobs["confirm_delivery"]) if self.settings.broker == "rabbitmq" else None,
             "acks": "after the actor runs (dramatiq always; acks_late=True is a no-op)",
             "middleware": [type(m).__name__ for m in self._broker.middleware],

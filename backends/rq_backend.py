@@ -423,6 +423,20 @@ class RQBackend(BackendBase):
             "maintenance interval (600 s)",
             "https://python-rq.org/docs/exceptions/ (abandoned jobs), https://python-rq.org/docs/jobs/")
 
+    def held_task_ids(self) -> set[str] | None:
+        """Job ids RQ still holds: waiting in a queue, in its intermediate queue (taken by a worker, not yet
+        started), or in its started registry (a job whose worker died stays there until the registry's
+        clean-up finds it abandoned). Read with ``cleanup=False``: RQ's clean-up would itself fail or retry
+        the abandoned jobs."""
+        held: set[str] = set()
+        for name in self.settings.queues:
+            queue = self._queue(name)
+            held.update(queue.get_job_ids())
+            held.update(v.decode() if isinstance(v, bytes) else v
+                        for v in queue.connection.lrange(queue.intermediate_queue_key, 0, -1))
+            held.update(queue.started_job_registry.get_job_ids(cleanup=False))
+        return held
+
     def queue_depths(self) -> Mapping[str, int]:
         """Jobs waiting per queue of `settings.queues` (RQ's ``Queue.count``)."""
         return {name: self._queue(name).count for name in self.settings.queues}

@@ -205,7 +205,8 @@ def _normalise(flat: Mapping[str, Any]) -> dict[str, Any]:
     """Resolve defaults, drop what does not apply to this mode or scenario, fold the backend's knobs into
     `options`."""
     mode = {"mode": flat.get("mode", KEYS["mode"].default), "scenario": flat.get("scenario",
-                                                                               KEYS["scenario"].default)}
+                                                                               KEYS["scenario"].default),
+            "fault": flat.get("fault", KEYS["fault"].default)}
     spec = {key: flat.get(key, declared.default) for key, declared in KEYS.items()
             if spec_mod.applies(key, mode)}
     if "args" in spec:

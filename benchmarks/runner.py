@@ -48,7 +48,7 @@ from typing import Any
 import pandas as pd
 
 from backends import ledger
-from benchmarks import __version__, environment, measure, serialization, store
+from benchmarks import __version__, environment, faults, measure, serialization, store
 from benchmarks.brokers import SharedRedis, redact
 from benchmarks.matrix import Cell, Matrix
 from benchmarks.procs import PhaseClock
@@ -212,6 +212,8 @@ class CellRun:
         }
         self.stack: Stack | None = None
         self.phases = PhaseClock()
+        #: faults: the cell's fault injector (benchmarks/faults.py), None without a fault.
+        self.faults = faults.Injector(self.spec, log) if faults.wanted(self.spec) else None
 
     def run(self) -> CellResult:
         self.phases = PhaseClock()
@@ -223,7 +225,9 @@ class CellRun:
             self.record["environment"] = environment.describe(self.spec["backend"])
         if self.cell.skip_reason:
             return self._finish("skipped", self.cell.skip_reason)
-        self.stack = Stack(self.config, self.run_dir, phases=self.phases, shared_redis=self.shared_redis)
+        # faults: a cell that restarts its broker starts a redis-server of its own, not the sweep's.
+        shared_redis = None if faults.own_broker(self.spec) else self.shared_redis
+        self.stack = Stack(self.config, self.run_dir, phases=self.phases, shared_redis=shared_redis)
         try:
             if self.spec["mode"] == "drain":
                 self._drain()
@@ -232,8 +236,10 @@ class CellRun:
             summary = self.record["summary"]
             failed = ", ".join(summary["failed_checks"])
             detail = f"failed checks: {failed}" if failed else ""
-            if self.record.get("drain_ended_by", "all-finished") != "all-finished":
+            if self.record.get("drain_ended_by", "all-finished") not in ("all-finished", faults.FAULT_DEADLINE):
                 detail += f"; {self._drain_detail()}"
+            if self.faults is not None:  # faults: a broken contract is flagged, not a failed run
+                detail = "; ".join(filter(None, [detail, self.faults.summary_line()]))
             return self._finish(summary["verdict"], detail)
         except Interrupted:
             self._finish("interrupted", "stopped by SIGINT/SIGTERM; redone on the next run")
@@ -266,6 +272,10 @@ class CellRun:
     def _finish(self, status: str, detail: str) -> CellResult:
         with contextlib.suppress(Exception):
             self._stop()
+        if self.faults is not None:  # faults: orphans are looked for once everything is stopped
+            with contextlib.suppress(Exception):
+                self.faults.after_teardown()
+            self.record["faults"] = self.faults.record
         self.record |= {"status": status, "detail": detail,
                         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                         "phases_s": self.phases.record()}
@@ -296,6 +306,8 @@ class CellRun:
         self.record["api"] = {"server": "gunicorn gthread", "workers": self.config.api_workers,
                               "threads": self.config.api_threads}
         follower = ledger.Follower(stack.ledger_dir)
+        if self.faults is not None:
+            self.faults.prepare(stack)
         with Sampler(stack.supervisor, self.run_dir, depths=stack.backend.queue_depths) as sampler:
             argv = locust_argv(spec, stack.api_url, self.run_dir)
             self.log(f"Locust: {spec['rate']:g} tasks/s for {spec['warmup_s']:g} s warm-up + "
@@ -303,17 +315,20 @@ class CellRun:
             locust_started, locust_started_ns = time.monotonic(), time.time_ns()
             locust = stack.supervisor.start("locust", argv, env=stack.base_env(), cwd=self.run_dir,
                                             log_path=stack.logs_dir / "locust.log")
+            if self.faults is not None:
+                self.faults.start()
             self._describe()
             limit_s = spec["warmup_s"] + spec["duration_s"] + LOCUST_STOP_TIMEOUT_S + 60
             deadline = time.monotonic() + limit_s
             while locust.alive():
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"Locust still running after {limit_s:.0f} s")
-                for proc in stack.supervisor.procs:
-                    if proc is not locust and not proc.alive():
+                for proc in list(stack.supervisor.procs):
+                    if proc is not locust and not proc.alive() and self.faults is None:
                         raise RuntimeError(f"{proc.name} exited during the run:\n{proc.log_tail()}")
                 time.sleep(0.2)
             stack.supervisor.procs.remove(locust)
+            stack.supervisor.stop(locust, timeout_s=0)  # it has exited: this closes its log (and its session)
             locust_s, locust_ended_ns = time.monotonic() - locust_started, time.time_ns()
             self.record["locust_exit_code"] = locust.popen.returncode
             self.log("draining")
@@ -332,6 +347,7 @@ class CellRun:
                                         locust_post_counts=store.locust_post_counts(self.run_dir),
                                         queue_leftovers=leftovers)
             self._add_resources(summary)
+            self._judge_fault(summary)
             self.record["summary"] = summary
         self._book_locust(locust_started, locust_s, locust_started_ns, locust_ended_ns, window)
 
@@ -342,6 +358,8 @@ class CellRun:
         self.log("starting broker; preloading")
         with phases.phase("broker_start"):
             stack.start_brokers()
+            if self.faults is not None:
+                self.faults.prepare(stack)
         assert stack.backend is not None
         self._record_kinds()
         count = int(spec["tasks"])
@@ -365,6 +383,8 @@ class CellRun:
             drain_started = time.monotonic()
             workers_started_ns = time.time_ns()
             stack.start_workers()  # booked with their boot, which the drain's timing includes
+            if self.faults is not None:
+                self.faults.start()
             self._describe()
             self._drain_wait(follower)
             all_done_ns = time.time_ns()
@@ -373,7 +393,12 @@ class CellRun:
                 # Sent first, the probes have normally finished long before; a drain that did not finish
                 # is not waited for again.
                 finished = self.record["drain_ended_by"] == "all-finished"
-                stack.await_probes(probes, timeout_s=float(spec["drain_stall_s"]) if finished else 0)
+                try:
+                    stack.await_probes(probes, timeout_s=float(spec["drain_stall_s"]) if finished else 0)
+                except TimeoutError:
+                    if self.faults is None:
+                        raise
+                    self.faults.record["probes_unfinished"] = True  # lost to the fault: counted, not an error
             leftovers = self._leftovers()
         with phases.phase("collect"):
             self.record["sampler_errors"] = sampler.errors
@@ -395,7 +420,14 @@ class CellRun:
         summary["figures"]["wall_from_worker_start_s"] = wall_s
         summary["figures"]["throughput_from_worker_start_per_s"] = count / wall_s if wall_s > 0 else None
         self._add_resources(summary)
+        self._judge_fault(summary)
         self.record["summary"] = summary
+
+    def _judge_fault(self, summary: dict[str, Any]) -> None:
+        """faults: what the fault did, against the contract the backend declares for the victim's workers."""
+        if self.faults is not None:
+            assert self.stack is not None and self.stack.backend is not None
+            self.faults.judge(summary, self.stack.backend.delivery_contract(self.config.worker_specs()[0]))
 
     def _book_locust(self, started: float, locust_s: float, started_ns: int, ended_ns: int,
                      window: measure.Window) -> None:
@@ -434,11 +466,19 @@ class CellRun:
             depths = dict(self.stack.backend.queue_depths())
         return depths
 
-    def _drain_wait(self, follower: ledger.Follower) -> DrainEnd:
+    def _drain_wait(self, follower: ledger.Follower) -> DrainEnd | None:
         """Wait while the drain progresses (`await_drain`); record how it ended in run.json. A supervised
-        process that exited meanwhile then fails the cell (as it would have during the load)."""
+        process that exited meanwhile then fails the cell (as it would have during the load). Under a fault
+        the injector waits instead, until the fault's deadline, and takes the processes it made exit out of
+        that check (they are an outcome then)."""
         assert self.stack is not None
         stack = self.stack
+        if self.faults is not None:
+            self.record |= self.faults.await_end(follower, ceiling_s=float(self.spec["drain_timeout_s"]),
+                                                 on_progress=self.status)
+            self.faults.finish()
+            stack.supervisor.check()
+            return None
         end = await_drain(follower, stall_s=float(self.spec["drain_stall_s"]),
                           ceiling_s=float(self.spec["drain_timeout_s"]),
                           workers_alive=lambda: any(p.alive() for p in stack.worker_procs),
@@ -510,6 +550,8 @@ def cell_seconds(cell: Cell) -> float:
     spec = cell.spec
     if cell.skip_reason:
         return 0.5
+    if faults.wanted(spec):
+        return 5 + spec["fault_at_s"] + spec["observe_s"]
     if spec["mode"] == "drain":  # seen on 2 cores: 2-12 s for 300 tasks, 1.5-22 s for 1500
         return 2 + spec["tasks"] / 150
     # seen: 8-12.5 s for 5-7 s of load. analysis/cover.py's CELL_OVERHEAD_S counts the same 3 + tail.

@@ -42,6 +42,17 @@ SCENARIOS = ("throughput", "latency", "routing_mix", "payload", "poll")
 MIXED_SCENARIOS = ("routing_mix", "payload")
 MODES = ("load", "drain")
 ARRIVALS = ("constant", "poisson")
+#: Faults a cell may inject (`benchmarks.faults`), and what each fault's own keys are.
+NO_FAULT = "none"
+FAULTS = (NO_FAULT, "kill_child", "kill_worker", "hang_worker", "restart_broker", "term_worker")
+VICTIMS = ("tree", "parent")
+PERSISTENCES = ("off", "aof")
+#: Fault keys and the faults they belong to (every fault but "none" has `fault_at_s` and `observe_s`).
+FAULT_PARAMS: dict[str, tuple[str, ...]] = {
+    "fault_at_s": FAULTS[1:], "observe_s": FAULTS[1:], "restart_after_s": ("kill_worker", "term_worker"),
+    "victim": ("kill_worker",), "hang_s": ("hang_worker",), "persistence": ("restart_broker",),
+    "grace_s": ("term_worker",),
+}
 
 
 @dataclass(frozen=True)
@@ -156,6 +167,30 @@ KEYS: dict[str, Key] = {k.name: k for k in (
          "at its default 0.5 s poll, about 4/s at 2 slots, drains about 2,400)",
          check=lambda v: None if isinstance(v, int | float) and not isinstance(v, bool) and v > 0
          else "a number > 0", values_text="seconds > 0"),
+    # --- fault injection (benchmarks/faults.py; see docs/FAULTS.md). Absent from a spec without a fault,
+    # so cells and run ids of matrices that name no fault are what they were before these keys existed.
+    _key("fault", "workload", str, NO_FAULT, "what goes wrong, `fault_at_s` after the first task starts: kill_child "
+         "(SIGKILL the process running a task the ledger shows started and not finished), kill_worker (SIGKILL a "
+         "worker, restarted after `restart_after_s`), hang_worker (SIGSTOP a worker tree for `hang_s`), "
+         "restart_broker (SIGKILL the harness's own redis-server and restart it on the same port), term_worker "
+         "(SIGTERM a worker, SIGKILL after `grace_s`); run.json's `faults` counts what was lost, duplicated and "
+         "stranded", choices=FAULTS),
+    _key("fault_at_s", "workload", float, 3, "seconds after the first task starts (the ledger's first "
+         "`started` row: worker boot times differ by seconds between libraries) when the fault is injected",
+         low=0, high=3600),
+    _key("observe_s", "workload", float, 30, "seconds after the fault the run waits for the tasks to finish or "
+         "come back; what has not finished by then is lost, or stranded when the broker still holds it",
+         low=1, high=3600),
+    _key("restart_after_s", "workload", float, 2, "seconds after a kill_worker or term_worker victim has gone "
+         "before the same worker command starts again", low=0, high=3600),
+    _key("victim", "workload", str, "tree", "kill_worker: the whole worker tree (children first) or only "
+         "its parent process", choices=VICTIMS),
+    _key("hang_s", "workload", float, 10, "hang_worker: seconds the worker tree stays stopped", low=0,
+         high=3600),
+    _key("persistence", "system", str, "off", "restart_broker: the private Redis keeps nothing (off) or an "
+         "append-only file fsynced every second (aof) across the restart", choices=PERSISTENCES),
+    _key("grace_s", "workload", float, 10, "term_worker: seconds between SIGTERM and SIGKILL", low=0,
+         high=3600),
 )}
 
 #: How often each cell runs (one integer at the top of a matrix file; not part of a cell's spec).
@@ -184,6 +219,11 @@ def defaults(kind: Kind | None = None) -> dict[str, Any]:
 def applies(key: str, spec: dict[str, Any]) -> bool:
     """Whether `key` belongs in a spec with this mode and scenario."""
     declared = KEYS[key]
+    fault = spec.get("fault", NO_FAULT)
+    if key == "fault":
+        return fault != NO_FAULT
+    if key in FAULT_PARAMS:
+        return fault in FAULT_PARAMS[key]
     mode = spec.get("mode", "load")
     if mode not in declared.modes:
         return False
@@ -229,6 +269,9 @@ def validate(spec: Mapping[str, Any]) -> None:
     if spec["broker"] not in cls.brokers:
         raise UnsupportedOption("broker", spec["broker"], cls.name,
                                 f"{cls.name} runs on {', '.join(sorted(cls.brokers))} only")
+    problem = fault_problem(spec)
+    if problem:
+        raise UnsupportedOption("fault", spec["fault"], cls.name, problem)
     result_url = None if spec["broker"] != "rabbitmq" else _PLACEHOLDER_URLS["redis"]
     backend = cls(settings_for(spec, _PLACEHOLDER_URLS[spec["broker"]], result_url))
     try:
@@ -236,6 +279,14 @@ def validate(spec: Mapping[str, Any]) -> None:
             backend.worker_commands(group)
     finally:
         backend.close()
+
+
+def fault_problem(spec: Mapping[str, Any]) -> str | None:
+    """Why the spec's fault cannot be injected on its broker (checked without starting anything), or None."""
+    if spec.get("fault", NO_FAULT) == "restart_broker" and spec["broker"] != "redis":
+        return (f"restart_broker restarts the harness's own redis-server; restarting a {spec['broker']} broker is "
+                "not implemented")
+    return None
 
 
 def slots(spec: Mapping[str, Any]) -> int:
@@ -264,6 +315,9 @@ def markdown_table() -> str:
         choices = key.domain.choices or ((True, False) if key.domain.type is bool else ())
         values = key.values_text or (", ".join(_cell(c) for c in choices) if choices else key.allowed)
         modes = "" if key.modes == frozenset(MODES) else f" ({'/'.join(sorted(key.modes))} mode only)"
+        if key.name in FAULT_PARAMS:
+            modes += (" (with any fault)" if FAULT_PARAMS[key.name] == FAULTS[1:]
+                      else f" ({', '.join(FAULT_PARAMS[key.name])} only)")
         rows.append(f"| `{key.name}` | {key.kind} | {values} | {_cell(key.default)} | {key.help}{modes} |")
     rows.append(f"| `repeats` | sweep | {REPEATS.values_text} (one value, top level) | `{REPEATS.default}` | "
                 f"{REPEATS.help} |")

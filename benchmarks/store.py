@@ -38,7 +38,9 @@ from benchmarks import measure
 #: Version of what a run directory holds. Changes:
 #:   1 - first version: run.json, tasks.parquet, requests.parquet, resources.csv, queue_depths.csv.
 #:       Added later without changing any figure (readers may find them absent): run.json's phases_s,
-#:       drain_ended_by, drain_idle_s, drain_outstanding (and drain_workers_gone); the spec's drain_stall_s.
+#:       drain_ended_by, drain_idle_s, drain_outstanding (and drain_workers_gone); the spec's drain_stall_s;
+#:       fault runs: the spec's fault keys, run.json's ``faults`` (docs/FAULTS.md), drain_ended_by
+#:       ``fault-deadline``, and ``replaced_by`` on the checks a fault breaks by design.
 RESULT_SCHEMA_VERSION = 1
 #: Version of a search record (``searches/<search_id>.json``). Changes:
 #:   1 - first version: config, slo, factor, steps, knee_rate_per_s, first_unsustained_rate_per_s,

@@ -232,7 +232,10 @@ def run_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "matrix": record.get("matrix"), "repeat": record.get("repeat"),
         "schema_version": record.get("schema_version"), "harness_version": record.get("harness_version"),
         "status": record.get("status"), "detail": record.get("detail") or "",
-        "usable": record.get("status") in USABLE_STATUSES, "slots": record.get("slots"),
+        # A fault run's figures measure a fault, not a capacity: it is reported in its own section
+        # (analysis/faults.py, "When things fail") and kept out of every other figure.
+        "fault_run": bool(spec.get("fault")),
+        "usable": record.get("status") in USABLE_STATUSES and not spec.get("fault"), "slots": record.get("slots"),
         "started_at": record.get("started_at"),
     }
     # The cell: the whole spec (repeats share it); key order does not matter.
@@ -526,7 +529,7 @@ def load_results(root: Path | str) -> Results:
     for column in (*LABEL_KEYS, *FIGURE_COLUMNS, *SERIALIZATION_COLUMNS):  # drain runs have no rate...
         if column not in runs.columns:
             runs[column] = None if column in LABEL_KEYS else np.nan
-    for run in runs[~runs["usable"]].itertuples(index=False):
+    for run in runs[~runs["usable"] & ~runs["fault_run"]].itertuples(index=False):
         warnings.append(f"{run.run_id}: status {run.status}" + (f" ({run.detail})" if run.detail else "")
                         + "; not used for figures")
     return Results(root=root, runs=runs, records=records, warnings=warnings, dirs=dirs)

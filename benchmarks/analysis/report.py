@@ -34,7 +34,7 @@ import jinja2
 import pandas as pd
 
 from benchmarks import measure, store, verdicts
-from benchmarks.analysis import charts, uncertainty
+from benchmarks.analysis import charts, faults, uncertainty
 from benchmarks.analysis.load import (
     FLOORS,
     WORKLOAD_KEYS,
@@ -173,6 +173,8 @@ def run_warnings(results: Results) -> dict[str, list[str]]:
     that keeps it out of the figures."""
     out: dict[str, list[str]] = {}
     for run in results.runs.itertuples(index=False):
+        if run.fault_run:  # reported, with its status, under "When things fail"
+            continue
         notes = []
         record = results.records[run.run_id]
         checks = (record.get("summary") or {}).get("checks") or {}
@@ -628,11 +630,28 @@ def build_blocks(results: Results, out_dir: Path) -> tuple[list[Block], list[cha
         for note in warnings_for(results, chart.run_ids, per_run, per_cell, CHART_METRICS.get(chart.name)):
             blocks.append(Block("warn", note))
 
+    blocks += fault_blocks(results, figures_dir)
     blocks.append(Block("h2", "Capacity notes"))
     blocks += _text_blocks(capacity_notes(results))  # a Results: the plan rule reads raw rows
     blocks += search_blocks(results.root)
     blocks += methodology(results)
     return blocks, drawn, all_warnings
+
+
+def fault_blocks(results: Results, figures_dir: Path) -> list[Block]:
+    """"When things fail" (`benchmarks.analysis.faults`): only when some run injected a fault."""
+    rows = faults.fault_table(results)
+    if not rows:
+        return []
+    blocks = [Block("h2", "When things fail"), Block("p", " ".join(faults.fault_sentences(results))),
+              Block("table", header=faults.HEADER, rows=rows)]
+    chart = faults.throughput_chart(results, figures_dir)
+    if chart.drawn:
+        assert chart.png is not None
+        blocks += [Block("p", " ".join(chart.sentences)),
+                   Block("figure", chart.caption, image=chart.png, alt=chart.title,
+                         also=[p for p in chart.files if p != chart.png])]
+    return blocks
 
 
 def write_report(results: Results, out_dir: Path) -> Report:

@@ -1,0 +1,50 @@
+"""Fault keys are matrix keys like any other, and a matrix that names no fault is what it was before."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import matrix, spec
+
+
+def _cells(text: str) -> list[matrix.Cell]:
+    return matrix.parse(text).cells
+
+
+def test_a_matrix_without_a_fault_keeps_no_fault_key_in_its_specs():
+    (cell,) = _cells('backend = "rq"\nmode = "drain"\ntasks = 10\n')
+    assert not set(spec.FAULT_PARAMS) & set(cell.spec) and "fault" not in cell.spec
+
+
+def test_fault_none_is_the_same_cell_and_run_id_as_no_fault_key():
+    (plain,) = _cells('backend = "rq"\nmode = "drain"\ntasks = 10\n')
+    (none,) = _cells('backend = "rq"\nmode = "drain"\ntasks = 10\nfault = "none"\nhang_s = 5\n')
+    assert plain.run_id == none.run_id
+
+
+def test_a_fault_cell_carries_its_own_keys_and_only_them():
+    (cell,) = _cells('backend = "celery"\nmode = "drain"\ntasks = 10\nfault = "kill_worker"\nhang_s = 5\n')
+    assert cell.spec["fault"] == "kill_worker"
+    assert {"fault_at_s", "observe_s", "restart_after_s", "victim"} <= set(cell.spec)
+    assert "hang_s" not in cell.spec and "persistence" not in cell.spec and "grace_s" not in cell.spec
+
+
+def test_each_fault_is_an_axis_with_a_different_run_id():
+    cells = _cells('backend = "celery"\nmode = "drain"\ntasks = 10\nfault = ["kill_child", "hang_worker"]\n')
+    assert len({c.run_id for c in cells}) == 2
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ('fault = "explode"', "fault"),
+    ('fault = "kill_worker"\nvictim = "child"', "victim"),
+    ('fault = "restart_broker"\npersistence = "rdb"', "persistence"),
+    ('fault = "hang_worker"\nhang_s = -1', "hang_s"),
+])
+def test_a_bad_fault_value_is_refused_naming_the_key(text, named):
+    with pytest.raises(matrix.MatrixError, match=named):
+        _cells('backend = "celery"\n' + text + "\n")
+
+
+def test_restarting_a_broker_that_is_not_the_harnesss_redis_is_skipped_with_the_reason():
+    (cell,) = _cells('backend = "huey"\nbroker = "sqlite"\nmode = "drain"\ntasks = 10\nfault = "restart_broker"\n')
+    assert cell.skip_reason and "restart_broker" in cell.skip_reason

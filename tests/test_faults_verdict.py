@@ -1,0 +1,129 @@
+"""The fault verdict, on synthetic ledgers: every count recomputable from the rows, each judged against
+what the library's delivery contract lets that fault do."""
+
+from __future__ import annotations
+
+from benchmarks.fault_verdict import AS_DOCUMENTED, VIOLATES, judge
+
+S = 1_000_000_000
+AT = 10 * S  # the fault
+DEADLINE = 40 * S
+
+
+class Ledger:
+    """Rows as the API and the workers write them, with times in seconds."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def sent(self, task_id: str, at_s: float = 0.0) -> Ledger:
+        self.rows.append({"ev": "sent", "id": task_id, "sent_ns": int(at_s * S), "scheduled_ns": None})
+        return self
+
+    def ran(self, task_id: str, start_s: float, end_s: float | None = None, *, attempt: int = 1,
+            outcome: str = "ok", pid: int = 100) -> Ledger:
+        self.rows.append({"ev": "started", "id": task_id, "attempt": attempt, "t_ns": int(start_s * S), "pid": pid})
+        if end_s is not None:
+            self.rows.append({"ev": "finished", "id": task_id, "attempt": attempt, "t_ns": int(end_s * S),
+                              "outcome": outcome, "pid": pid})
+        return self
+
+
+def fault(kind: str, **more) -> dict:
+    return {"kind": kind, "at_ns": AT, "deadline_ns": DEADLINE, **more}
+
+
+def test_an_early_ack_library_losing_the_task_its_killed_child_ran_is_as_documented():
+    book = Ledger().sent("a").sent("b").sent("c").ran("a", 1, 2).ran("b", 9).ran("c", 11, 12)
+    result = judge(book.rows, fault("kill_child"), "at-most-once")
+    assert result["acknowledged"] == 3 and result["in_flight_at_fault"] == 1
+    assert (result["lost_in_flight"], result["lost_queued"], result["duplicated"]) == (1, 0, 0)
+    assert result["verdict"] == AS_DOCUMENTED and result["ids"]["lost"] == ["b"]
+    assert result["recovered_s"] is None  # the one affected task never finished
+
+
+def test_an_at_least_once_library_losing_a_task_in_flight_violates_its_contract():
+    book = Ledger().sent("a").sent("b").ran("a", 9).ran("b", 11, 12)
+    result = judge(book.rows, fault("kill_worker"), "at-least-once")
+    assert result["lost_in_flight"] == 1 and result["verdict"] == VIOLATES
+    assert "in flight lost" in result["reasons"][0]
+
+
+def test_a_redelivered_task_is_reexecuted_and_recovered_at_its_second_finish():
+    book = Ledger().sent("a").ran("a", 9).ran("a", 10.5, 12)
+    result = judge(book.rows, fault("kill_child"), "at-least-once")
+    assert (result["lost_in_flight"], result["reexecuted"], result["duplicated"]) == (0, 1, 0)
+    assert result["first_redelivery_s"] == 0.5 and result["recovered_s"] == 2.0
+    assert result["verdict"] == AS_DOCUMENTED
+
+
+def test_a_retry_the_library_was_asked_for_is_not_a_reexecution():
+    book = Ledger().sent("f").ran("f", 1, 2, outcome="error").ran("f", 2.5, 3, attempt=2)
+    result = judge(book.rows, fault("kill_child"), "at-most-once")
+    assert result["reexecuted"] == 0 and result["verdict"] == AS_DOCUMENTED
+
+
+def test_a_task_finishing_twice_under_at_most_once_violates_the_contract():
+    book = Ledger().sent("a").ran("a", 9, 30).ran("a", 25, 26)
+    result = judge(book.rows, fault("kill_worker"), "at-most-once")
+    assert result["duplicated"] == 1 and result["reexecuted"] == 1 and result["verdict"] == VIOLATES
+
+
+def test_a_task_the_broker_still_holds_at_the_deadline_is_stranded_not_lost():
+    book = Ledger().sent("a").sent("b").ran("a", 9).ran("b", 9.5)
+    result = judge(book.rows, fault("kill_worker"), "at-least-once", held_ids={"a", "b"})
+    assert (result["lost_in_flight"], result["stranded"], result["stranded_in_flight"]) == (0, 2, 2)
+    assert result["verdict"] == AS_DOCUMENTED
+
+
+def test_without_reading_the_broker_stranded_is_unknown():
+    result = judge(Ledger().sent("a").rows, fault("kill_worker"), "at-least-once")
+    assert result["stranded"] is None and result["lost_queued"] == 1
+
+
+def test_a_queued_task_lost_by_a_broker_without_persistence_is_as_documented_and_with_aof_is_not():
+    book = Ledger().sent("a").sent("b").ran("a", 1, 2)
+    off = judge(book.rows, fault("restart_broker", persistence="off"), "at-least-once")
+    aof = judge(book.rows, fault("restart_broker", persistence="aof"), "at-least-once")
+    assert off["lost_queued"] == aof["lost_queued"] == 1
+    assert off["verdict"] == AS_DOCUMENTED and aof["verdict"] == VIOLATES
+
+
+def test_a_task_that_finished_only_after_the_deadline_is_lost():
+    book = Ledger().sent("a").ran("a", 9, 41)
+    assert judge(book.rows, fault("hang_worker"), "at-least-once")["lost_in_flight"] == 1
+
+
+def test_a_graceful_stop_escalated_to_sigkill_is_judged_as_a_kill():
+    book = Ledger().sent("a").ran("a", 9)
+    graceful = judge(book.rows, fault("term_worker"), "at-most-once")
+    escalated = judge(book.rows, fault("term_worker", escalated=True), "at-most-once")
+    assert graceful["verdict"] == VIOLATES and escalated["verdict"] == AS_DOCUMENTED
+
+
+def test_an_execution_that_was_never_sent_always_violates():
+    book = Ledger().sent("a").ran("a", 1, 2).ran("ghost", 3, 4)
+    result = judge(book.rows, fault("restart_broker", persistence="off"), "at-least-once")
+    assert result["unexpected"] == 1 and result["verdict"] == VIOLATES
+
+
+def test_probe_rows_are_left_out():
+    book = Ledger().sent("a").ran("a", 1, 2)
+    book.rows.append({"ev": "sent", "id": "p", "sent_ns": 0, "probe": True})
+    assert judge(book.rows, fault("kill_child"), "at-most-once")["acknowledged"] == 1
+
+
+def test_the_dip_compares_one_second_buckets_after_the_fault_with_the_rate_before_it():
+    book = Ledger()
+    for i in range(10):  # 2 per second from 5 s to 10 s, then nothing for 2 s, then 2 per second again
+        book.sent(f"b{i}").ran(f"b{i}", 5 + i / 2 - 0.1, 5 + i / 2 + 0.01)
+    for i in range(56):
+        book.sent(f"a{i}").ran(f"a{i}", 12 + i / 2, 12 + i / 2 + 0.01)
+    dip = judge(book.rows, {"kind": "hang_worker", "at_ns": AT, "deadline_ns": DEADLINE}, "at-least-once")
+    assert dip["throughput_dip"]["depth"] == 1.0
+    assert dip["throughput_dip"]["buckets_per_s"][:3] == [0, 0, 2]
+
+
+def test_tasks_sent_during_the_fault_give_the_end_to_end_p99():
+    book = Ledger().sent("a", 11).ran("a", 12, 13.5).sent("b", 12).ran("b", 12, 12.1)
+    assert judge(book.rows, fault("hang_worker"), "at-least-once")["e2e_p99_during_fault_ms"] == 2500.0
