@@ -266,6 +266,8 @@ class RQBackend(BackendBase):
     brokers: ClassVar[frozenset[str]] = frozenset({"redis"})
     serializers: ClassVar[frozenset[str]] = frozenset({"json", "pickle", "msgpack"})
     knobs: ClassVar[dict[str, Knob]] = KNOBS
+    tune_knobs: ClassVar[tuple[str, ...]] = ("worker_class",)
+    tune_drain_tasks: ClassVar[int] = 1000  # ~100/s with the default Worker (a fork per job) on 2 slots
     packages: ClassVar[tuple[str, ...]] = ("rq", "redis", "hiredis", "msgpack")
     concurrency: ClassVar[str] = "one `rq worker-pool -n <processes>` (one job at a time per process; threads must be 1)"
 
