@@ -87,13 +87,17 @@ def check_knobs(backend: str, knobs: Sequence[str]) -> list[str]:
 
 
 def workload_table(workload: str, backend: str, slots: int, tasks: int | None) -> dict[str, Any]:
-    """Matrix keys of a workload at the library's defaults (one process per slot)."""
+    """Matrix keys of a workload at the library's defaults (one process per slot), results off: nothing
+    reads them, and a result store on the critical path hides what a knob does (Dramatiq's Results
+    middleware took its prefetch effect from x2.4 to x1.2 in a drain of no-op tasks on 2 shared cores), as
+    in the independent cross-check (benchmarks/crosscheck_drain.py)."""
+    common = {"processes": slots, "threads": 1, "results": False}
     if workload == "drain":
         count = tasks or int(getattr(backends.backend_class(backend), "tune_drain_tasks", 2000))
-        return {"mode": "drain", "task": "noop", "tasks": count, "processes": slots, "threads": 1}
+        return {"mode": "drain", "task": "noop", "tasks": count, **common}
     if workload == "routing":
         return {"mode": "load", "scenario": "routing_mix", "routing": "shared", "rate": ROUTING_RATE,
-                "warmup_s": ROUTING_WARMUP_S, "duration_s": ROUTING_DURATION_S, "processes": slots, "threads": 1}
+                "warmup_s": ROUTING_WARMUP_S, "duration_s": ROUTING_DURATION_S, **common}
     raise ValueError(f"unknown workload {workload!r}; known: {', '.join(tuning.WORKLOADS)}")
 
 

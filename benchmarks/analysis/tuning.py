@@ -90,6 +90,13 @@ def _value_text(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def value_order(value: Any) -> tuple[Any, ...]:
+    """Sort key of knob values: numbers (and booleans) by value before strings."""
+    if isinstance(value, bool | int | float):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
 def _key(settings: Mapping[str, Any]) -> str:
     return json.dumps(dict(settings), sort_keys=True, default=str)
 
@@ -336,7 +343,7 @@ def summary(results: Results, backend: str | None = None) -> dict[str, Any]:
     ranking, and the cross-workload flags."""
     found = groups(results, backend)
     return {"rule": winner_rule_sentence(),
-            "knobs": [v.record() for g in found for v in sorted(g.values, key=lambda v: (v.knob, str(v.value)))],
+            "knobs": [v.record() for g in found for v in sorted(g.values, key=lambda v: (v.knob, value_order(v.value)))],
             "tuned": [g.record() for g in found], "flags": cross_flags(found)}
 
 
@@ -356,9 +363,12 @@ def tornado(group: Group, out_dir: Path, caption_text: str = "") -> list[Path]:
     ranking = group.ranking()
     if not ranking:
         return []
+    from matplotlib.ticker import FuncFormatter
+
     from benchmarks.analysis.charts import plt  # matplotlib loads when a chart is drawn (Agg, set there)
 
-    fig, ax = plt.subplots(figsize=(7.0, 0.6 + 0.55 * len(ranking)))
+    height = max(2.2, 1.2 + 0.55 * len(ranking))
+    fig, ax = plt.subplots(figsize=(7.5, height))
     floor = 1 + verdicts.NOISE_FLOOR
     ax.axvspan(1 / floor, floor, color="#dddddd", alpha=0.6, lw=0, label=f"noise floor (±{verdicts.NOISE_FLOOR:.0%})")
     ax.axvline(1.0, color="#444444", lw=0.8)
@@ -386,16 +396,21 @@ def tornado(group: Group, out_dir: Path, caption_text: str = "") -> list[Path]:
     ax.set_xscale("log")
     lo, hi = min([*ratios, 1 / floor]), max([*ratios, floor])
     ax.set_xlim(lo / 1.3, hi * 1.3)
+    ticks = FuncFormatter(lambda x, _pos: f"x{x:.3g}")
+    ax.xaxis.set_major_formatter(ticks)
+    ax.xaxis.set_minor_formatter(ticks)
+    ax.tick_params(axis="x", which="minor", labelsize=6)
     ax.set_ylim(-0.7, len(ranking) - 0.3)
     direction = verdicts.direction_text(group.workload.figure)
-    ax.set_xlabel(f"{group.workload.figure}: ratio to the library's defaults ({direction}); "
-                  "blue: clearly better, red: clearly worse, grey: within noise or too few repeats")
+    ax.set_xlabel(f"{group.workload.figure}: ratio to the library's defaults ({direction})\n"
+                  "blue: clearly better, red: clearly worse, grey: within noise or too few repeats (open: no "
+                  "interval)", fontsize=8)
     ax.set_title(f"Which knobs matter: {group.label}")
     ax.legend(loc="lower right", fontsize=7)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = "tornado-" + "-".join(str(group.key[k]) for k in ("backend", "workload", "slots"))
     if caption_text:
-        fig.text(0.0, -0.01, caption_text, fontsize=7, color="#444444", ha="left", va="top", wrap=True)
+        fig.text(0.0, -0.6 / height, caption_text, fontsize=7, color="#444444", ha="left", va="top", wrap=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
     fig.savefig(paths[0], dpi=110, bbox_inches="tight", metadata={"Software": None})
     fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None, "Creator": None})
