@@ -215,8 +215,8 @@ def tune(backend: str, out_dir: Path, *, workloads: Sequence[str] = tuple(tuning
         log("round 2: no knob value is clearly better than the defaults; nothing to combine")
     results = load_results(out_dir)
     summary = tuning.summary(results, backend)
-    summary |= {"backend": backend, "slots": slots, "repeats": repeats, "knobs": summary["knobs"],
-                "workloads": list(workloads), "knobs_tuned": chosen}
+    summary |= {"backend": backend, "slots": slots, "repeats": repeats, "workloads": list(workloads),
+                "knobs_varied": chosen}
     (out_dir / TUNE_JSON).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     charts: list[Path] = []
     from benchmarks.analysis.charts import caption
@@ -319,7 +319,8 @@ def print_summary(summary: dict[str, Any], console: Any, table_cls: Any) -> None
                     f" ({r['ci_low']:.2f} to {r['ci_high']:.2f})" if r["ci_low"] is not None else ""))
                 verdict = {"better": "[green]clearly better", "worse": "[red]clearly worse"}.get(
                     r["outcome"], r["outcome"])
-                table.add_row(str(rank), knob, f"{r['value']} ({r['default_value']})", interval,
+                default = "derived" if r["default_value"] is None else r["default_value"]
+                table.add_row(str(rank), knob, f"{r['value']} ({default})", interval,
                               f"{r['n']} vs {r['n_default']}", verdict)
         console.print(table)
         ratio = group["ratio_to_default"]
