@@ -24,6 +24,7 @@ ratios) on stdout. See benchmarks/NOTES.md for how the two were compared.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -154,6 +155,10 @@ def main() -> None:
     parser.add_argument("--sleep-ms", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--libraries", nargs="+", choices=LIBRARIES, default=list(LIBRARIES))
+    parser.add_argument("--lock", default=os.environ.get("QUEUEBENCH_LOCK") or
+                        os.path.join(tempfile.gettempdir(), "queuebench-measure.lock"),
+                        help="a lock file held while measuring (waited for when taken), so no queuebench sweep "
+                             "shares the cores: the path queuebench's sweeps lock; '' for none")
     parser.add_argument("--dramatiq-prefetch", nargs="+", default=["default"], metavar="N",
                         help="dramatiq_queue_prefetch values to run, 'default' for Dramatiq's own (2 x threads)")
     parser.add_argument("--rq-worker-class", nargs="+", default=["default"], metavar="CLASS",
@@ -161,6 +166,13 @@ def main() -> None:
     options = parser.parse_args()
     variants = {"celery": ["default"], "rq": options.rq_worker_class, "dramatiq": options.dramatiq_prefetch}
 
+    lock = open(options.lock, "a+") if options.lock else None  # noqa: SIM115 - held until the script ends
+    if lock is not None:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for the measuring lock {options.lock} ...", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
     workdir = Path(tempfile.mkdtemp(prefix="crosscheck-"))
     for name, text in TASK_MODULES.items():
         (workdir / f"{name}.py").write_text(text.format(done=DONE_KEY))
