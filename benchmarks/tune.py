@@ -40,6 +40,9 @@ DEFAULT_SLOTS = 2
 ROUTING_RATE = 10
 ROUTING_WARMUP_S = 2
 ROUTING_DURATION_S = 10
+#: Hard ceiling of a tuning drain, seconds: a value that makes the library crawl fails in minutes (and is
+#: never significant) instead of holding the tune for the spec's default 600 s per run.
+DRAIN_CEILING_S = 120
 #: Round two's repeats are numbered from here, so its runs get their own ids beside round one's.
 TUNED_REPEAT_BASE = 100
 #: What ``tune.json`` is called in OUT.
@@ -94,7 +97,7 @@ def workload_table(workload: str, backend: str, slots: int, tasks: int | None) -
     common = {"processes": slots, "threads": 1, "results": False}
     if workload == "drain":
         count = tasks or int(getattr(backends.backend_class(backend), "tune_drain_tasks", 2000))
-        return {"mode": "drain", "task": "noop", "tasks": count, **common}
+        return {"mode": "drain", "task": "noop", "tasks": count, "drain_timeout_s": DRAIN_CEILING_S, **common}
     if workload == "routing":
         return {"mode": "load", "scenario": "routing_mix", "routing": "shared", "rate": ROUTING_RATE,
                 "warmup_s": ROUTING_WARMUP_S, "duration_s": ROUTING_DURATION_S, **common}
