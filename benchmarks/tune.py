@@ -174,11 +174,13 @@ class TuneResult:
         return not any(c.status in ("failed", "error") for c in self.cells)
 
 
-def tuned_from_store(out_dir: Path, backend: str, slots: int) -> dict[str, dict[str, Any]]:
-    """Per workload, the tuned settings judged from the stored runs of round one."""
+def tuned_from_store(out_dir: Path, backend: str, run_ids: set[str]) -> dict[str, dict[str, Any]]:
+    """Per workload, the tuned settings judged from the stored runs of round one: the groups whose default
+    runs are among `run_ids` (round one's), so other runs kept in OUT (another slot count or drain size)
+    cannot stand in for them."""
     found: dict[str, dict[str, Any]] = {}
     for group in tuning.groups(load_results(out_dir), backend):
-        if group.key["slots"] == slots:
+        if run_ids.intersection(group.default_runs):
             found[group.key["workload"]] = group.tuned
     return found
 
@@ -206,7 +208,7 @@ def tune(backend: str, out_dir: Path, *, workloads: Sequence[str] = tuple(tuning
         f"({len({json.dumps(c.spec, sort_keys=True, default=str) for c in first.cells})} configurations x "
         f"{repeats} repeats), about {estimate_s(first) / 60:.1f} min")
     cells = _run(first, out_dir, amqp_url, progress, log)
-    tuned = tuned_from_store(out_dir, backend, slots)
+    tuned = tuned_from_store(out_dir, backend, {c.run_id for c in first.cells})
     for workload, settings in tuned.items():
         log(f"{workload}: tuned = {tuning.settings_text(settings)}")
     second = tuned_matrix(backend, tuned, slots=slots, repeats=repeats, tasks=tasks)
