@@ -67,6 +67,7 @@ import redis
 
 from backends import workload
 from backends.base import (
+    THREADS_KNOB,
     BackendBase,
     BackendError,
     BackendSettings,
@@ -315,6 +316,9 @@ class ArqBackend(BackendBase):
     brokers: ClassVar[frozenset[str]] = frozenset({"redis"})
     serializers: ClassVar[frozenset[str]] = frozenset(SERIALIZERS)
     knobs: ClassVar[Mapping[str, Knob]] = KNOBS
+    spec_knobs: ClassVar[Mapping[str, Knob]] = {"threads": THREADS_KNOB}
+    tune_knobs: ClassVar[tuple[str, ...]] = ("poll_delay_s", "threads")
+    tune_drain_tasks: ClassVar[int] = 200  # ~4/s at the default 0.5 s poll on 2 slots
     packages: ClassVar[tuple[str, ...]] = ("arq", "redis", "hiredis")
     concurrency: ClassVar[str] = ("processes x threads -> per queue, <processes> `arq` worker processes, each "
                                   "running up to max_jobs = <threads> jobs (the body in a thread pool of that "

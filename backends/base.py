@@ -186,6 +186,11 @@ class Knob:
         return f"{self.type.__name__}{self._bounds()}"
 
 
+#: `threads` as ``queuebench tune`` varies it: threads per process at equal slots (a backend lists it in its
+#: `spec_knobs` when it runs several tasks per process).
+THREADS_KNOB = Knob(int, 1, "threads per process at equal slots (processes = slots / threads); 1 is the "
+                    "harness's shape, one process per slot", low=1, high=256, candidates=(1, 2))
+
 Guarantee = Literal["at-most-once", "at-least-once"]
 
 
@@ -270,7 +275,8 @@ class QueueBackend(Protocol):
     """The contract. Keep it small: anything a library cannot do raises `UnsupportedOption`.
 
     The class describes itself, so nothing else in the harness needs editing to add a library:
-    `knobs` (its settings, with the library's defaults and values worth tuning), `packages` (the
+    `knobs` (its settings, with the library's defaults and values worth tuning; `spec_knobs`,
+    `tune_knobs` and `tune_drain_tasks` for ``queuebench tune``), `packages` (the
     distributions whose versions every run records), `concurrency` (one line: how processes x threads
     become the library's own workers), `environment` (pip requirements of a private virtual
     environment when the library cannot share the harness's; empty: the harness's own), `slots` and
@@ -281,6 +287,14 @@ class QueueBackend(Protocol):
     brokers: ClassVar[frozenset[str]]
     serializers: ClassVar[frozenset[str]]
     knobs: ClassVar[Mapping[str, Knob]]
+    #: Spec keys this library honours, declared as knobs for ``queuebench tune``: `prefetch`, `acks_late`
+    #: and `threads` (threads per process at equal slots: processes = slots / threads), each with the
+    #: library's own default and the values worth trying (`candidates`). Empty: none is tuned.
+    spec_knobs: ClassVar[Mapping[str, Knob]]
+    #: What ``queuebench tune`` varies when ``--knobs`` is not given: names from `knobs` or `spec_knobs`.
+    tune_knobs: ClassVar[tuple[str, ...]]
+    #: No-op tasks a tuning drain preloads: enough for a window of seconds at the library's default.
+    tune_drain_tasks: ClassVar[int]
     packages: ClassVar[tuple[str, ...]]
     concurrency: ClassVar[str]
     environment: ClassVar[tuple[str, ...]]
@@ -333,10 +347,13 @@ class QueueBackend(Protocol):
 
 
 class BackendBase:
-    """Defaults a backend may inherit: no knobs, no private environment, slots = processes x threads, and
+    """Defaults a backend may inherit: no knobs (nothing to tune), no private environment, slots = processes x threads, and
     no codec (`codec` raises `UnsupportedOption` until a backend says what its library does)."""
 
     knobs: ClassVar[Mapping[str, Knob]] = {}
+    spec_knobs: ClassVar[Mapping[str, Knob]] = {}
+    tune_knobs: ClassVar[tuple[str, ...]] = ()
+    tune_drain_tasks: ClassVar[int] = 2000
     packages: ClassVar[tuple[str, ...]] = ()
     environment: ClassVar[tuple[str, ...]] = ()
     concurrency: ClassVar[str] = "processes x threads"

@@ -382,6 +382,13 @@ class CeleryBackend(BackendBase):
     brokers: ClassVar[frozenset[str]] = frozenset({"redis", "rabbitmq"})
     serializers: ClassVar[frozenset[str]] = frozenset({"json", "pickle", "msgpack"})
     knobs: ClassVar[dict[str, Knob]] = KNOBS
+    spec_knobs: ClassVar[dict[str, Knob]] = {
+        "prefetch": Knob(int, 4, "worker_prefetch_multiplier: messages claimed ahead per slot (Celery default 4).",
+                         low=1, high=100_000, candidates=(1, 4, 16)),
+        "acks_late": Knob(bool, False, "task_acks_late: acknowledge after running (Celery default: before).",
+                          candidates=(False, True)),
+    }
+    tune_knobs: ClassVar[tuple[str, ...]] = ("prefetch", "pool", "without_mingle", "without_gossip", "acks_late")
     packages: ClassVar[tuple[str, ...]] = ("celery", "kombu", "billiard", "redis", "hiredis", "amqp", "msgpack")
     concurrency: ClassVar[str] = ("threads = 1: one `celery worker -P prefork -c <processes>`; threads > 1: "
                                   "<processes> x `celery worker -P threads -c <threads>`")

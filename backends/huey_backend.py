@@ -117,6 +117,7 @@ from huey.utils import Error
 
 from backends import workload
 from backends.base import (
+    THREADS_KNOB,
     BackendBase,
     BackendSettings,
     BackendUnavailable,
@@ -383,6 +384,8 @@ class HueyBackend(BackendBase):
     brokers: ClassVar[frozenset[str]] = frozenset({"redis", "sqlite"})
     serializers: ClassVar[frozenset[str]] = frozenset(SERIALIZERS)
     knobs: ClassVar[dict[str, Knob]] = KNOBS
+    spec_knobs: ClassVar[dict[str, Knob]] = {"threads": THREADS_KNOB}
+    tune_knobs: ClassVar[tuple[str, ...]] = ("logging_level", "threads")
     packages: ClassVar[tuple[str, ...]] = ("huey", "redis", "hiredis", "msgpack")
     concurrency: ClassVar[str] = ("per queue: threads == 1 -> one `huey_consumer -k process -w <processes>`; "
                                   "threads > 1 -> <processes> x `huey_consumer -k thread -w <threads>`")

@@ -97,7 +97,9 @@ LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 KNOBS: dict[str, Knob] = {
     "worker_class": Knob(str, "Worker", "rq worker-pool -w: Worker (fork a work horse per job, RQ's default), "
                          "SimpleWorker (run jobs in the worker process), SpawnWorker (posix_spawn per job), or "
-                         "a dotted path to a Worker subclass.", candidates=("Worker", "SimpleWorker", "SpawnWorker")),
+                         "a dotted path to a Worker subclass.", candidates=("Worker", "SimpleWorker")),
+    # SpawnWorker is left out of the candidates: it starts a Python interpreter per job, about 1 no-op task/s
+    # per process on 2 shared cores (2026-12-02), so a tuning drain of it would take many minutes.
     "job_timeout_s": Knob(int, 180, "seconds before RQ kills a running job (-1: never).", low=-1),
     "result_ttl_s": Knob(int, 500, "seconds RQ keeps a success and its result when results are on (-1: "
                          "forever). Ignored when results are off (then 0: deleted on success).", low=-1),
@@ -266,6 +268,8 @@ class RQBackend(BackendBase):
     brokers: ClassVar[frozenset[str]] = frozenset({"redis"})
     serializers: ClassVar[frozenset[str]] = frozenset({"json", "pickle", "msgpack"})
     knobs: ClassVar[dict[str, Knob]] = KNOBS
+    tune_knobs: ClassVar[tuple[str, ...]] = ("worker_class",)
+    tune_drain_tasks: ClassVar[int] = 500  # 16-120/s with the default Worker (a fork per job) on 2 slots
     packages: ClassVar[tuple[str, ...]] = ("rq", "redis", "hiredis", "msgpack")
     concurrency: ClassVar[str] = "one `rq worker-pool -n <processes>` (one job at a time per process; threads must be 1)"
 

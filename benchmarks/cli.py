@@ -475,13 +475,15 @@ def overhead(out: Path, force: bool) -> None:
 
 def _register_analysis_commands() -> None:
     """`report` and `compare` live in benchmarks.analysis (they import matplotlib only when run); `plan`
-    in benchmarks.plan_verify, as its --verify measures."""
+    in benchmarks.plan_verify, as its --verify measures; `tune` in benchmarks.tune, which measures too."""
     from benchmarks.analysis.commands import compare, report
     from benchmarks.plan_verify import plan
+    from benchmarks.tune import tune_command
 
     cli.add_command(report)
     cli.add_command(compare)
     cli.add_command(plan)
+    cli.add_command(tune_command)
 
 
 _register_analysis_commands()

@@ -9,14 +9,24 @@ benchmarks/matrices/crosscheck.toml, which measures the same configurations thro
 
     python benchmarks/crosscheck_drain.py --processes 2 4 --tasks 800 --sleep-ms 20 --repeats 3
 
-Prints one line per run and a JSON summary (median tasks/s per library and process count) on stdout.
-See benchmarks/NOTES.md for how the two were compared.
+Knob variants (the check of ``queuebench tune``): ``--sleep-ms 0`` drains no-op tasks, and
+``--dramatiq-prefetch default 64`` / ``--rq-worker-class Worker SimpleWorker`` run each library once per
+value in every repeat (Dramatiq's ``dramatiq_queue_prefetch`` environment variable; ``rq worker-pool -w``),
+interleaved, and print each variant's ratio to the first value:
+
+    python benchmarks/crosscheck_drain.py --libraries dramatiq --processes 2 --tasks 3000 --sleep-ms 0 \
+        --repeats 3 --dramatiq-prefetch default 64
+
+Prints one line per run and a JSON summary (median tasks/s per library, process count and variant, and the
+ratios) on stdout. See benchmarks/NOTES.md for how the two were compared.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import math
 import os
 import shutil
 import signal
@@ -89,12 +99,20 @@ def enqueue(library: str, count: int, sleep_ms: int) -> None:
             x_dramatiq.sleep.send(sleep_ms)
 
 
-def worker_argv(library: str, processes: int) -> list[str]:
+def worker_argv(library: str, processes: int, variant: str = "default") -> list[str]:
     if library == "celery":
         return [bin_path("celery"), "-A", "x_celery", "worker", "-c", str(processes), "--loglevel", "WARNING"]
     if library == "rq":
-        return [bin_path("rq"), "worker-pool", "-n", str(processes), "-u", os.environ["X_URL"], "default"]
+        worker_class = [] if variant == "default" else ["-w", f"rq.worker.{variant}"]
+        return [bin_path("rq"), "worker-pool", "-n", str(processes), "-u", os.environ["X_URL"], *worker_class,
+                "default"]
     return [bin_path("dramatiq"), "x_dramatiq", "-p", str(processes), "-t", "1"]
+
+
+def worker_env(library: str, variant: str) -> dict[str, str]:
+    if library == "dramatiq" and variant != "default":
+        return {"dramatiq_queue_prefetch": variant}
+    return {}
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -107,13 +125,15 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def one_run(library: str, processes: int, count: int, sleep_ms: int, url: str, workdir: Path) -> float:
+def one_run(library: str, processes: int, count: int, sleep_ms: int, url: str, workdir: Path,
+            variant: str = "default") -> float:
     r = redis.Redis.from_url(url)
     r.flushdb()  # the script's own private redis-server: nothing else lives there
     enqueue(library, count, sleep_ms)
     with open(workdir / f"{library}-p{processes}.log", "ab") as log:
-        proc = subprocess.Popen(worker_argv(library, processes), cwd=workdir, stdout=log, stderr=log,
-                                start_new_session=True, env=os.environ | {"PYTHONPATH": str(workdir)})
+        proc = subprocess.Popen(worker_argv(library, processes, variant), cwd=workdir, stdout=log, stderr=log,
+                                start_new_session=True,
+                                env=os.environ | {"PYTHONPATH": str(workdir)} | worker_env(library, variant))
     try:
         deadline = time.monotonic() + 60 + count * sleep_ms / 1000
         while r.llen(DONE_KEY) < count:
@@ -135,8 +155,24 @@ def main() -> None:
     parser.add_argument("--sleep-ms", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--libraries", nargs="+", choices=LIBRARIES, default=list(LIBRARIES))
+    parser.add_argument("--lock", default=os.environ.get("QUEUEBENCH_LOCK") or
+                        os.path.join(tempfile.gettempdir(), "queuebench-measure.lock"),
+                        help="a lock file held while measuring (waited for when taken), so no queuebench sweep "
+                             "shares the cores: the path queuebench's sweeps lock; '' for none")
+    parser.add_argument("--dramatiq-prefetch", nargs="+", default=["default"], metavar="N",
+                        help="dramatiq_queue_prefetch values to run, 'default' for Dramatiq's own (2 x threads)")
+    parser.add_argument("--rq-worker-class", nargs="+", default=["default"], metavar="CLASS",
+                        help="rq worker classes to run (Worker, SimpleWorker, SpawnWorker), 'default' for RQ's own")
     options = parser.parse_args()
+    variants = {"celery": ["default"], "rq": options.rq_worker_class, "dramatiq": options.dramatiq_prefetch}
 
+    lock = open(options.lock, "a+") if options.lock else None  # noqa: SIM115 - held until the script ends
+    if lock is not None:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for the measuring lock {options.lock} ...", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
     workdir = Path(tempfile.mkdtemp(prefix="crosscheck-"))
     for name, text in TASK_MODULES.items():
         (workdir / f"{name}.py").write_text(text.format(done=DONE_KEY))
@@ -158,13 +194,28 @@ def main() -> None:
         for repeat in range(options.repeats):  # interleaved, as queuebench runs repeats
             for processes in options.processes:
                 for library in options.libraries:
-                    rate = one_run(library, processes, options.tasks, options.sleep_ms, url, workdir)
-                    figures.setdefault(f"{library}-p{processes}", []).append(rate)
-                    print(f"repeat {repeat} {library} p{processes}: {rate:.1f} tasks/s", file=sys.stderr)
+                    for variant in variants[library]:
+                        rate = one_run(library, processes, options.tasks, options.sleep_ms, url, workdir, variant)
+                        key = f"{library}-p{processes}" + ("" if variant == "default" else f"-{variant}")
+                        figures.setdefault(key, []).append(rate)
+                        print(f"repeat {repeat} {key}: {rate:.1f} tasks/s", file=sys.stderr)
     finally:
         stop(server)
-    print(json.dumps({key: {"median_per_s": statistics.median(v), "runs_per_s": v}
-                      for key, v in figures.items()}, indent=2))
+    summary: dict[str, dict[str, object]] = {key: {"median_per_s": statistics.median(v), "runs_per_s": v}
+                                             for key, v in figures.items()}
+    for processes in options.processes:
+        for library in options.libraries:
+            first = variants[library][0]
+            base = f"{library}-p{processes}" + ("" if first == "default" else f"-{first}")
+            for variant in variants[library][1:]:
+                key = f"{library}-p{processes}" + ("" if variant == "default" else f"-{variant}")
+                ratios = [b / a for a, b in zip(figures[base], figures[key], strict=True)]
+                summary[key]["ratio_to_first"] = {
+                    "of_medians": summary[key]["median_per_s"] / summary[base]["median_per_s"],  # type: ignore[operator]
+                    "of_geometric_means": math.exp(statistics.fmean(math.log(x) for x in figures[key])
+                                                   - statistics.fmean(math.log(x) for x in figures[base])),
+                    "per_repeat": ratios}
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -233,6 +233,13 @@ def parse(text: str, *, name: str = "matrix", repeats: int | None = None) -> Mat
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise MatrixError(f"not valid TOML: {exc}") from exc
+    return from_tables(raw, name=name, repeats=repeats, source=text)
+
+
+def from_tables(raw: Mapping[str, Any], *, name: str = "matrix", repeats: int | None = None,
+                source: str = "") -> Matrix:
+    """Validate and expand a matrix given as the tables a TOML file would hold (a command that builds its
+    matrix in code, such as ``queuebench tune``, passes them here): the same checks, the same cells."""
     tables = knob_tables(raw)
     _check_table(raw, tables, "", partial=False)
     if raw.get("schema_version", MATRIX_SCHEMA_VERSION) != MATRIX_SCHEMA_VERSION:
@@ -249,7 +256,7 @@ def parse(text: str, *, name: str = "matrix", repeats: int | None = None) -> Mat
     flat_cells = [c for c in flat_cells
                   if not any(_matches(_normalise(c), pattern, tables) for pattern in raw.get("exclude", []))]
 
-    matrix = Matrix(name=str(raw.get("name", name)), description=str(raw.get("description", "")), source=text)
+    matrix = Matrix(name=str(raw.get("name", name)), description=str(raw.get("description", "")), source=source)
     count = repeats or int(raw.get("repeats", spec_mod.REPEATS.default))
     seen: set[str] = set()
     for flat in flat_cells:

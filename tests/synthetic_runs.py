@@ -111,3 +111,96 @@ def task_kind(task: str = TASK, args: dict[str, Any] | None = None) -> dict[str,
 def write_configuration(root: Path, repeats: int, **kwargs: Any) -> list[str]:
     """`repeats` runs of one configuration (repeat 0, 1, ...): its run ids."""
     return [write_run(root, repeat=repeat, **kwargs) for repeat in range(repeats)]
+
+
+# --- tune runs: drains of no-op tasks and the routing mix, with knob settings ----------------------------
+
+
+def _tune_spec(backend: str, mode: str, settings: dict[str, Any], slots: int) -> dict[str, Any]:
+    """A resolved spec as `queuebench tune` writes it, with `settings` (knob -> value) applied: spec keys
+    (prefetch, acks_late, threads at equal slots) at the top, the rest as options."""
+    threads = int(settings.get("threads", 1))
+    spec: dict[str, Any] = {
+        "backend": backend, "broker": "redis", "serializer": "json", "processes": slots // threads,
+        "threads": threads, "prefetch": settings.get("prefetch"), "acks_late": settings.get("acks_late"),
+        "routing": "shared", "long_threshold_ms": 100, "results": False, "mode": mode,
+        "drain_stall_s": 30, "drain_timeout_s": 600,
+        "options": {k: v for k, v in settings.items() if k not in ("prefetch", "acks_late", "threads")}}
+    if mode == "drain":
+        spec |= {"task": "noop", "args": {}, "tasks": 600}
+    else:
+        spec |= {"scenario": "routing_mix", "rate": 10, "arrival": "constant", "warmup_s": WARMUP_S,
+                 "duration_s": 10.0, "api_workers": 2, "api_threads": 4}
+    return spec
+
+
+def _store(root: Path, spec: dict[str, Any], repeat: int, matrix_name: str, table: pd.DataFrame,
+           requests: pd.DataFrame | None, window: measure.Window, kinds: list[dict[str, Any]],
+           offered: float | None) -> str:
+    run_id = matrix.run_id(spec, repeat)
+    slots = spec["processes"] * spec["threads"]
+    summary = measure.summarise(table, requests, window, slots=slots, offered_rate_per_s=offered)
+    record = {
+        "schema_version": store.RESULT_SCHEMA_VERSION, "harness_version": "0.1.0", "run_id": run_id,
+        "matrix": matrix_name, "repeat": repeat, "spec": spec, "slots": slots, "status": "ok", "detail": "",
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "environment": {"host": "synthetic", "cpu_model": "synthetic CPU", "cpu_count_logical": 2,
+                        "python": "3.11", "packages": {}},
+        "task_kinds": kinds, "summary": summary}
+    run_dir = Path(root) / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    store.write_tasks_table(run_dir, table)
+    if requests is not None:
+        store.write_requests_table(run_dir, requests)
+    store.write_run(run_dir, record)
+    return run_id
+
+
+def write_tune_drain(root: Path, *, backend: str = "dramatiq", settings: dict[str, Any] | None = None,
+                     throughput_per_s: float = 500.0, repeat: int = 0, slots: int = 2, matrix_name: str = "tune-x",
+                     noise: float = 0.03, seed: int = 0) -> str:
+    """One drain of 600 no-op tasks whose throughput is about `throughput_per_s` (log-normal noise of
+    sigma `noise` from repeat to repeat); returns its run id."""
+    settings = dict(settings or {})
+    spec = _tune_spec(backend, "drain", settings, slots)
+    rng = np.random.default_rng([seed, repeat, int(throughput_per_s * 1000), len(json_key(settings))])
+    rate = throughput_per_s * float(np.exp(rng.normal(0.0, noise)))
+    count = spec["tasks"]
+    start_ns = 1_000_000_000_000
+    starts = start_ns + (np.arange(count) * 1e9 / rate).astype("int64")
+    run_id = matrix.run_id(spec, repeat)
+    # Scheduled = started here (a drain has no schedule); each task takes 0.1 ms and ends the rate's step.
+    table, _ = raw_tables(run_id, starts, np.full(count, 1e3 / rate), task="noop", args={}, service_ms=0.1)
+    table["scheduled_ns"] = pd.array([None] * count, dtype="Int64")
+    window = measure.drain_window(table)
+    return _store(root, spec, repeat, matrix_name, table, None, window, [task_kind("noop", {})], None)
+
+
+def write_tune_routing(root: Path, *, backend: str = "dramatiq", settings: dict[str, Any] | None = None,
+                       short_p95_ms: float = 50.0, repeat: int = 0, slots: int = 2, matrix_name: str = "tune-x",
+                       noise: float = 0.03, seed: int = 0) -> str:
+    """One routing-mix run (9/s of sleep_ms 10, 1/s of sleep_ms 1000) whose short tasks' end-to-end p95 is
+    about `short_p95_ms`; returns its run id."""
+    settings = dict(settings or {})
+    spec = _tune_spec(backend, "load", settings, slots)
+    rng = np.random.default_rng([seed, repeat, int(short_p95_ms * 1000), len(json_key(settings))])
+    scale = short_p95_ms / float(np.exp(1.645 * WITHIN_RUN_SIGMA)) * float(np.exp(rng.normal(0.0, noise)))
+    run_id = matrix.run_id(spec, repeat)
+    seconds = WARMUP_S + spec["duration_s"]
+    start_ns = 1_000_000_000_000
+    short_at = start_ns + (np.arange(int(seconds * 9)) * 1e9 / 9).astype("int64")
+    long_at = start_ns + 50_000_000 + (np.arange(int(seconds)) * 1e9).astype("int64")
+    short_e2e = np.maximum(scale * np.exp(rng.normal(0.0, WITHIN_RUN_SIGMA, size=len(short_at))), 12.0)
+    short_t, short_r = raw_tables(run_id + "-s", short_at, short_e2e, task="sleep_ms", args={"ms": 10},
+                                  service_ms=10.0)
+    long_t, long_r = raw_tables(run_id + "-l", long_at, np.full(len(long_at), 1100.0), task="sleep_ms",
+                                args={"ms": 1000}, service_ms=1000.0)
+    table = pd.concat([short_t, long_t], ignore_index=True).sort_values("scheduled_ns", ignore_index=True)
+    requests = pd.concat([short_r, long_r], ignore_index=True).sort_values("scheduled_ns", ignore_index=True)
+    window = measure.load_window(table, requests, WARMUP_S, spec["duration_s"])
+    kinds = [task_kind("sleep_ms", {"ms": 10}), task_kind("sleep_ms", {"ms": 1000})]
+    return _store(root, spec, repeat, matrix_name, table, requests, window, kinds, 10.0)
+
+
+def json_key(settings: dict[str, Any]) -> str:
+    return str(sorted(settings.items()))

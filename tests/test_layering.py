@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ("api", "backends", "benchmarks", "scenarios")
 #: The modules that bring a configuration up and measure it: analysis must not see any of them.
 MEASURING = ("benchmarks.runner", "benchmarks.matrix", "benchmarks.stack", "benchmarks.search", "benchmarks.procs",
-             "benchmarks.brokers", "benchmarks.sampler", "benchmarks.verify", "benchmarks.plan_verify")
+             "benchmarks.brokers", "benchmarks.sampler", "benchmarks.verify", "benchmarks.plan_verify",
+             "benchmarks.tune")
 
 
 @dataclass(frozen=True)

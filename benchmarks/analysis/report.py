@@ -34,7 +34,7 @@ import jinja2
 import pandas as pd
 
 from benchmarks import measure, store, verdicts
-from benchmarks.analysis import charts, faults, uncertainty
+from benchmarks.analysis import charts, faults, tuning, uncertainty
 from benchmarks.analysis.load import (
     FLOORS,
     WORKLOAD_KEYS,
@@ -546,6 +546,56 @@ def search_blocks(root: Path) -> list[Block]:
                   rows=rows)]
 
 
+# --- which knobs matter -------------------------------------------------------------------------------
+
+
+def knob_blocks(results: Results, figures_dir: Path) -> list[Block]:
+    """"Which knobs matter": per library, each knob's values against the defaults (ranked, with their
+    intervals and a tornado chart), the tuned configuration against the defaults, the knobs whose best value
+    for one workload worsens the other, and the libraries at defaults and tuned side by side. Computed from
+    the stored runs only (`analysis.tuning`); absent when no tuning group has default runs and a knob value."""
+    found = [g for g in tuning.groups(results) if g.values]
+    if not found:
+        return []
+    blocks = [Block("h2", "Which knobs matter"),
+                Block("p", "One knob at a time from each library's defaults, at equal slots (`queuebench tune`): "
+                           "each value's figure against the defaults' as a ratio of geometric means over repeats, "
+                           f"with its {verdicts.CONFIDENCE_TEXT} interval; " + tuning.winner_rule_sentence() + ". "
+                           "Knobs are ranked by their largest effect, significant ones first. Tuned sets every "
+                           "knob to its best significant value and is measured against the defaults again.")]
+    flags = tuning.cross_flags(found)
+    for backend in sorted({g.key["backend"] for g in found}):
+        blocks.append(Block("h3", backend))
+        for g in (g for g in found if g.key["backend"] == backend):
+            ranking = g.ranking()
+            mattering = [k for k in ranking if any(v.significant for v in g.values if v.knob == k)]
+            best = tuning.best_values(g.values)
+            said = "; ".join(f"{k} (best {tuning.settings_text({k: best[k].value})}: {best[k].diff.interval_text})"
+                             if k in best else f"{k} (only worse values)" for k in mattering)
+            blocks.append(Block("p", f"{g.label} — {g.workload.title}. Knobs that matter: "
+                                     f"{said or 'none beyond noise'}."))
+            rows = [tuning.value_row(v, g.workload) for k in ranking
+                    for v in sorted((v for v in g.values if v.knob == k), key=lambda v: tuning.value_order(v.value))]
+            blocks.append(Block("table", header=["knob", "value", f"{g.workload.figure}: value vs defaults",
+                                                 "ratio to defaults", "repeats (value vs defaults)", "verdict"],
+                                rows=rows))
+            runs = [r for v in g.values for r in v.run_ids] + g.default_runs
+            files = tuning.tornado(g, figures_dir, charts.caption(results, runs))
+            png = next((f for f in files if f.suffix == ".png"), None)
+            if png is not None:
+                blocks.append(Block("figure", charts.caption(results, runs), image=png,
+                                    alt=f"Which knobs matter: {g.label}", also=[f for f in files if f != png]))
+            blocks.append(Block("p", tuning.tuned_sentence(g)))
+        for flag in (f for f in flags if f["backend"] == backend):
+            blocks.append(Block("warn", f"{WARNING_MARK} {flag['text']}"))
+    header, rows = tuning.library_table(found)
+    blocks += [Block("h3", "Libraries at their defaults and tuned"),
+               Block("p", "Per workload and slot count, each library at its defaults and with every knob at its "
+                          "best significant value, as measured (geometric means over repeats, n runs each)."),
+               Block("table", header=header, rows=rows)]
+    return blocks
+
+
 # --- the report ---------------------------------------------------------------------------------------
 
 
@@ -630,6 +680,7 @@ def build_blocks(results: Results, out_dir: Path) -> tuple[list[Block], list[cha
         for note in warnings_for(results, chart.run_ids, per_run, per_cell, CHART_METRICS.get(chart.name)):
             blocks.append(Block("warn", note))
 
+    blocks += knob_blocks(results, figures_dir)
     blocks += fault_blocks(results, figures_dir)
     blocks.append(Block("h2", "Capacity notes"))
     blocks += _text_blocks(capacity_notes(results))  # a Results: the plan rule reads raw rows
