@@ -39,6 +39,11 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 #: Stored as the task's ``scheduled_ns`` so end-to-end latency is anchored at the schedule.
 SCHEDULED_AT_HEADER = "X-Scheduled-At"
 
+#: Optional request header: the load generator's own id for this request (letters, digits, ``.``, ``_``,
+#: ``-``, ``:``; at most 64). Stored in the task's ``sent`` ledger row as ``request_id``, so a request
+#: whose answer the generator never saw (unanswered when the load stopped) can be found in the ledger.
+REQUEST_ID_HEADER = "X-Request-Id"
+
 #: The fields a ``POST /tasks`` body may have.
 BODY_FIELDS = ("task", "args", "queue")
 
@@ -55,6 +60,7 @@ BACKEND_EXTENSION = "queuebench.backend"
 
 # Plain ASCII digits only: int() alone would also take "+5", " 5", "1_000" and other scripts' digits.
 _NS_RE = re.compile(r"[0-9]{1,19}")
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _PATH_INT_RE = re.compile(r"-?[0-9]{1,20}")
 _MAX_NS = 2**63 - 1
 
@@ -202,6 +208,17 @@ def scheduled_ns_from(headers: Headers) -> int | None:
     return int(text)
 
 
+def request_id_from(headers: Headers) -> str | None:
+    """The ``X-Request-Id`` header; None when absent; `ApiError` when malformed or repeated."""
+    values = headers.getlist(REQUEST_ID_HEADER)
+    if not values:
+        return None
+    if len(values) > 1 or not _REQUEST_ID_RE.fullmatch(values[0]):
+        raise ApiError(f"{REQUEST_ID_HEADER} must be one id of 1 to 64 letters, digits, '.', '_', ':' or '-' "
+                       f"(got {', '.join(values)[:60]!r})")
+    return values[0]
+
+
 def _path_int(name: str, text: str) -> int:
     """A path segment of the tutorial's ``/add/<x>/<y>``: any integer, negative ones too."""
     if not _PATH_INT_RE.fullmatch(text):
@@ -295,8 +312,9 @@ def create_app(backend: QueueBackend) -> Flask:
 
     def submit(task: str, args: Mapping[str, int], queue: str | None) -> EnqueueReceipt:
         scheduled_ns = scheduled_ns_from(request.headers)
+        request_id = request_id_from(request.headers)
         return _call_backend(backend, lambda: dispatch.submit(backend, task, args, queue=queue,
-                                                               scheduled_ns=scheduled_ns))
+                                                               scheduled_ns=scheduled_ns, request_id=request_id))
 
     @app.post("/tasks")
     def post_task() -> tuple[Response, int, dict[str, str]]:

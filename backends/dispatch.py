@@ -79,16 +79,17 @@ def make_job(settings: BackendSettings, task: str, args: Mapping[str, Any], *, q
 
 def submit(backend: QueueBackend, task: str, args: Mapping[str, Any], *, queue: str | None = None,
            scheduled_ns: int | None = None, task_id: str | None = None,
-           probe: bool = False) -> EnqueueReceipt:
+           probe: bool = False, request_id: str | None = None) -> EnqueueReceipt:
     """Enqueue one task through `backend` and write its `sent` ledger row.
 
     `args` are the validated task arguments; the message carries `workload.message_args(task, args)`
     (an `echo` task's payload is made here, so it travels through the broker and serializer).
+    `request_id` is the client's id for the HTTP request (``X-Request-Id``), kept in the `sent` row.
     """
     job = make_job(backend.settings, task, args, queue=queue, scheduled_ns=scheduled_ns, task_id=task_id,
                    probe=probe)
     receipt = backend.enqueue(job)
     ledger.record_sent(task_id=job.id, task=task, args=args, queue=receipt.queue,
                        scheduled_ns=scheduled_ns, sent_ns=job.sent_ns,
-                       enqueued_ns=receipt.enqueued_ns, probe=probe)
+                       enqueued_ns=receipt.enqueued_ns, probe=probe, request_id=request_id)
     return receipt

@@ -10,7 +10,8 @@ the broker's Redis instance, so measuring does not load what is measured.
 Timestamps are wall clock nanoseconds (`time.time_ns`) because rows cross processes.
 
 Row fields: ``ev`` (sent | started | finished), ``id``, ``task``, ``pid``, ``host``; sent rows add
-``queue``, ``digest``, ``scheduled_ns``, ``sent_ns``, ``enqueued_ns``; started/finished add
+``queue``, ``digest``, ``scheduled_ns``, ``sent_ns``, ``enqueued_ns`` and, when the HTTP request carried
+one, ``request_id`` (its ``X-Request-Id``); started/finished add
 ``attempt`` and ``t_ns``; finished adds ``outcome`` (ok | error) and ``error``. ``probe`` marks the
 harness's own round-trip checks.
 """
@@ -77,10 +78,13 @@ def args_digest(task: str, args: Mapping[str, Any]) -> str:
 
 
 def record_sent(*, task_id: str, task: str, args: Mapping[str, Any], queue: str,
-                scheduled_ns: int | None, sent_ns: int, enqueued_ns: int, probe: bool = False) -> None:
+                scheduled_ns: int | None, sent_ns: int, enqueued_ns: int, probe: bool = False,
+                request_id: str | None = None) -> None:
     row: dict[str, Any] = {"ev": "sent", "id": task_id, "task": task, "queue": queue,
                            "digest": args_digest(task, args), "scheduled_ns": scheduled_ns,
                            "sent_ns": sent_ns, "enqueued_ns": enqueued_ns}
+    if request_id is not None:
+        row["request_id"] = request_id
     if probe:
         row["probe"] = True
     _writer.write(row)
@@ -128,7 +132,7 @@ def read_rows(directory: str | os.PathLike[str], *, include_probes: bool = False
 
     rows = [r for r in iter_rows(directory) if include_probes or not r.get("probe")]
     frame = pd.DataFrame(rows)
-    for column in ("ev", "id", "task", "outcome", "queue", "host", "error", "digest"):
+    for column in ("ev", "id", "task", "outcome", "queue", "host", "error", "digest", "request_id"):
         if column not in frame.columns:
             frame[column] = pd.NA
     # pandas 3's Arrow-backed strings cannot merge an empty key column: keep ids as plain objects.
@@ -143,12 +147,14 @@ def executions(directory: str | os.PathLike[str], *, include_probes: bool = Fals
     """One row per (task id, attempt): sent/enqueued/scheduled from the sent row, started/finished
     from the worker rows; a task that never started keeps one row with attempt 0 and no times.
 
-    Columns: id, task, digest (of task and args: `args_digest`), queue, attempt, scheduled_ns, sent_ns, enqueued_ns, started_ns, finished_ns,
+    Columns: id, task, digest (of task and args: `args_digest`), queue, request_id (the client's
+    ``X-Request-Id``, when it sent one), attempt, scheduled_ns, sent_ns, enqueued_ns, started_ns, finished_ns,
     outcome, error, worker_pid, worker_host, n_started, n_finished.
     """
 
     rows = read_rows(directory, include_probes=include_probes)
-    sent = rows[rows["ev"] == "sent"][["id", "task", "digest", "queue", "scheduled_ns", "sent_ns", "enqueued_ns"]]
+    sent = rows[rows["ev"] == "sent"][["id", "task", "digest", "queue", "scheduled_ns", "sent_ns", "enqueued_ns",
+                                       "request_id"]]
     sent = sent.drop_duplicates("id")
     started = rows[rows["ev"] == "started"]
     finished = rows[rows["ev"] == "finished"]
