@@ -587,18 +587,21 @@ class Sweep:
 
 
 @contextlib.contextmanager
-def sweep(out_dir: Path, matrix_name: str = "", *, broker_url: str | None = None) -> Iterator[Sweep]:
+def sweep(out_dir: Path, matrix_name: str = "", *, broker_url: str | None = None,
+          take_lock: bool = True) -> Iterator[Sweep]:
     """What every sweep runs under: the measuring lock, SIGINT/SIGTERM turned into `Interrupted` (the cell
     in progress stops everything it started), one private redis-server for every Redis cell (`SharedRedis`,
     started on first use, emptied before each cell, stopped at the end; not when `broker_url` names a
-    user's Redis), and ``summary.csv`` and ``sweep.json`` (when a cell ran) rewritten however it ends."""
+    user's Redis), and ``summary.csv`` and ``sweep.json`` (when a cell ran) rewritten however it ends.
+    `take_lock` False: the caller already holds the measuring lock (`queuebench overhead` holds it across
+    its floor measurements and the sweep between them)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     current: Sweep | None = None
     workdir: Path | None = None
     ended = "error"
     try:
-        with measuring_lock():
+        with measuring_lock() if take_lock else contextlib.nullcontext():
             workdir = Path(tempfile.mkdtemp(prefix="queuebench-sweep-"))
             redis = None if broker_url else SharedRedis(workdir)
             current = Sweep(out_dir, matrix_name, redis=redis, broker_url=broker_url)
@@ -644,7 +647,7 @@ def run_cell(cell: Cell, matrix_name: str, out_dir: Path, *, amqp_url: str | Non
 
 def run_matrix(matrix: Matrix, out_dir: Path, *, force: bool = False, amqp_url: str | None = None,
                broker_url: str | None = None, progress: Any = None,
-               log: Callable[[str], None] = print) -> list[CellResult]:
+               log: Callable[[str], None] = print, take_lock: bool = True) -> list[CellResult]:
     """Run every cell not already done; write ``summary.csv``; return each cell's result.
 
     `broker_url` names a user's Redis for every Redis cell (never emptied; each cell purges what it
@@ -657,7 +660,7 @@ def run_matrix(matrix: Matrix, out_dir: Path, *, force: bool = False, amqp_url: 
     todo, done = plan(matrix, out_dir, force=force)
     results = [CellResult(c.run_id, read_run(out_dir / c.run_id)["status"], "already done", out_dir / c.run_id)
                for c in done]
-    with sweep(out_dir, matrix.name, broker_url=broker_url) as current:
+    with sweep(out_dir, matrix.name, broker_url=broker_url, take_lock=take_lock) as current:
         if progress is not None:
             progress.start_sweep(todo, len(done))
         for cell in todo:
