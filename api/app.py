@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 
 from backends import dispatch, workload
@@ -39,6 +38,11 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 #: Stored as the task's ``scheduled_ns`` so end-to-end latency is anchored at the schedule.
 SCHEDULED_AT_HEADER = "X-Scheduled-At"
 
+#: Optional request header: the load generator's own id for this request (letters, digits, ``.``, ``_``,
+#: ``-``, ``:``; at most 64). Stored in the task's ``sent`` ledger row as ``request_id``, so a request
+#: whose answer the generator never saw (unanswered when the load stopped) can be found in the ledger.
+REQUEST_ID_HEADER = "X-Request-Id"
+
 #: The fields a ``POST /tasks`` body may have.
 BODY_FIELDS = ("task", "args", "queue")
 
@@ -55,6 +59,7 @@ BACKEND_EXTENSION = "queuebench.backend"
 
 # Plain ASCII digits only: int() alone would also take "+5", " 5", "1_000" and other scripts' digits.
 _NS_RE = re.compile(r"[0-9]{1,19}")
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _PATH_INT_RE = re.compile(r"-?[0-9]{1,20}")
 _MAX_NS = 2**63 - 1
 
@@ -190,16 +195,34 @@ def validate_task_body(body: Mapping[str, Any], queues: tuple[str, ...]) -> tupl
     return task, args, queue
 
 
-def scheduled_ns_from(headers: Headers) -> int | None:
+def _one_header(environ: Mapping[str, Any], name: str) -> str | None:
+    """A request header read straight from the WSGI environ (werkzeug's `Headers.getlist` walks every
+    header of the request, on every request). A header sent twice arrives joined with a comma, which
+    no valid value contains, so a repeat is refused by the value checks below."""
+    return environ.get("HTTP_" + name.upper().replace("-", "_"))
+
+
+def scheduled_ns_from(environ: Mapping[str, Any]) -> int | None:
     """The ``X-Scheduled-At`` header (unix nanoseconds) as an int; None when absent; `ApiError` when malformed."""
-    values = headers.getlist(SCHEDULED_AT_HEADER)
-    if not values:
+    value = _one_header(environ, SCHEDULED_AT_HEADER)
+    if value is None:
         return None
-    text = values[0].strip()
-    if len(values) > 1 or not _NS_RE.fullmatch(text) or int(text) > _MAX_NS:
+    text = value.strip()
+    if not _NS_RE.fullmatch(text) or int(text) > _MAX_NS:
         raise ApiError(f"{SCHEDULED_AT_HEADER} must be one non-negative integer: unix time in nanoseconds "
-                       f"(got {', '.join(values)[:60]!r})")
+                       f"(got {value[:60]!r})")
     return int(text)
+
+
+def request_id_from(environ: Mapping[str, Any]) -> str | None:
+    """The ``X-Request-Id`` header; None when absent; `ApiError` when malformed or repeated."""
+    value = _one_header(environ, REQUEST_ID_HEADER)
+    if value is None:
+        return None
+    if not _REQUEST_ID_RE.fullmatch(value):
+        raise ApiError(f"{REQUEST_ID_HEADER} must be one id of 1 to 64 letters, digits, '.', '_', ':' or '-' "
+                       f"(got {value[:60]!r})")
+    return value
 
 
 def _path_int(name: str, text: str) -> int:
@@ -294,9 +317,10 @@ def create_app(backend: QueueBackend) -> Flask:
     _register_error_handlers(app)
 
     def submit(task: str, args: Mapping[str, int], queue: str | None) -> EnqueueReceipt:
-        scheduled_ns = scheduled_ns_from(request.headers)
+        scheduled_ns = scheduled_ns_from(request.environ)
+        request_id = request_id_from(request.environ)
         return _call_backend(backend, lambda: dispatch.submit(backend, task, args, queue=queue,
-                                                               scheduled_ns=scheduled_ns))
+                                                               scheduled_ns=scheduled_ns, request_id=request_id))
 
     @app.post("/tasks")
     def post_task() -> tuple[Response, int, dict[str, str]]:

@@ -11,11 +11,10 @@ The HMAC key comes from ``QUEUEBENCH_ID_KEY`` (`queuebench serve` sets a fresh o
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
+import random
 import re
-import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -40,11 +39,28 @@ def _key() -> bytes:
 
 
 def _tag(random_part: str) -> str:
-    return hmac.new(_key(), random_part.encode(), hashlib.sha256).hexdigest()[:8]
+    return hmac.digest(_key(), random_part.encode(), "sha256").hex()[:8]
+
+
+_rng: random.Random | None = None
+_rng_pid: int | None = None
+
+
+def _random_hex24() -> str:
+    """96 random bits as 24 hex digits, from a generator seeded once per process from the OS.
+
+    Ids need to be unique, not secret (the HMAC tag is what proves an id was issued here), and reading
+    the OS's randomness for every request is a system call on the API's hot path. Reseeded after a fork,
+    so forked workers never repeat their parent's sequence."""
+    global _rng, _rng_pid
+    pid = os.getpid()
+    if _rng is None or _rng_pid != pid:
+        _rng, _rng_pid = random.Random(os.urandom(32)), pid
+    return f"{_rng.getrandbits(96):024x}"
 
 
 def new_task_id() -> str:
-    random_part = secrets.token_hex(12)
+    random_part = _random_hex24()
     return random_part + _tag(random_part)
 
 
@@ -79,16 +95,17 @@ def make_job(settings: BackendSettings, task: str, args: Mapping[str, Any], *, q
 
 def submit(backend: QueueBackend, task: str, args: Mapping[str, Any], *, queue: str | None = None,
            scheduled_ns: int | None = None, task_id: str | None = None,
-           probe: bool = False) -> EnqueueReceipt:
+           probe: bool = False, request_id: str | None = None) -> EnqueueReceipt:
     """Enqueue one task through `backend` and write its `sent` ledger row.
 
     `args` are the validated task arguments; the message carries `workload.message_args(task, args)`
     (an `echo` task's payload is made here, so it travels through the broker and serializer).
+    `request_id` is the client's id for the HTTP request (``X-Request-Id``), kept in the `sent` row.
     """
     job = make_job(backend.settings, task, args, queue=queue, scheduled_ns=scheduled_ns, task_id=task_id,
                    probe=probe)
     receipt = backend.enqueue(job)
     ledger.record_sent(task_id=job.id, task=task, args=args, queue=receipt.queue,
                        scheduled_ns=scheduled_ns, sent_ns=job.sent_ns,
-                       enqueued_ns=receipt.enqueued_ns, probe=probe)
+                       enqueued_ns=receipt.enqueued_ns, probe=probe, request_id=request_id)
     return receipt

@@ -438,36 +438,54 @@ def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps
               show_default=True, help="Where the overhead runs and overhead.json go.")
 @click.option("--force", is_flag=True, help="Redo the runs already done.")
 def overhead(out: Path, force: bool) -> None:
-    """Measure what the harness costs: the ledger per task, and the API + Locust path's ceiling.
+    """Measure what the harness costs: the bare floor, the harness's own paths beside it, and the ledger.
 
-    Runs benchmarks/matrices/overhead.toml (discard vs baseline backends) and a ledger micro-benchmark,
-    prints the ratios and writes them to OUT/overhead.json. See benchmarks/NOTES.md.
+    Under the measuring lock: the bare floor (benchmarks/floor_app.py, one Redis INCR per request, the
+    API's gunicorn settings, plain Locust, on a private redis-server), then
+    benchmarks/matrices/overhead.toml (the discard and baseline backends at rising offered rates), then
+    the floor again; then a ledger micro-benchmark. Prints the floor and each path side by side with its
+    ratio to the floor, and writes everything to OUT/overhead.json. See benchmarks/NOTES.md.
     """
     import json
-
-
+    import tempfile
 
     console = Console(stderr=True)
-    console.print("ledger micro-benchmark ...")
-    ledger = oh.ledger_cost()
     progress = SweepProgress(console)
     matrix = matrix_mod.load(oh.matrix_path())
-    with _sweep_exits(progress, console, f"completed runs are kept in {out}"):
-        runner.run_matrix(matrix, out, force=force, progress=progress)
+    floors: list[dict[str, Any]] = []
+    with (_sweep_exits(progress, console, f"completed runs are kept in {out}"), runner.measuring_lock(),
+          tempfile.TemporaryDirectory(prefix="queuebench-floor-") as workdir):
+        console.print(f"bare floor (before): {oh.FLOOR_WARMUP_S:g} s warm-up + {oh.FLOOR_DURATION_S:g} s ...")
+        floors.append(oh.measure_floor(Path(workdir) / "before"))
+        runner.run_matrix(matrix, out, force=force, progress=progress, take_lock=False)
+        progress.stop()
+        console.print("bare floor (after) ...")
+        floors.append(oh.measure_floor(Path(workdir) / "after"))
+    console.print("ledger micro-benchmark ...")
+    ledger = oh.ledger_cost()
     records = [r for r in (runner.read_run(out / cell.run_id) for cell in matrix.cells) if r]
-    rows = oh.ceiling_table(records)
-    result = {"ledger": ledger, "ceiling": rows, "ratios": oh.ratios(rows),
+    floor = oh.floor_summary(floors)
+    rows = oh.with_floor_ratios(oh.ceiling_table(records), floor["requests_per_s"])
+    result = {"floor": floor, "ceiling": rows, "ratios": oh.ratios(rows), "over_offered": oh.over_offered(rows),
+              "ledger": ledger, "generator": runner.generator_record(),
               "machine": records[0]["environment"] if records else None}
     (out / "overhead.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    table = Table("backend", "offered/s", "achieved/s (median)", "min-max", "CPU us/task", "verdicts",
-                  title="API + Locust path")
+    table = Table("path", "offered/s", "achieved/s (median)", "min-max", "x floor", "CPU us/task", "verdicts",
+                  title="The bare floor and the harness's own paths")
+    table.add_row("floor (Flask + 1 INCR, plain Locust)", "closed loop", f"{floor['requests_per_s']:.0f}",
+                  f"{floor['min']:.0f}-{floor['max']:.0f}", "1.00", "-", f"before {floor['before']:.0f}, after "
+                  f"{floor['after']:.0f}")
     for row in rows:
         table.add_row(row["backend"], f"{row['offered_per_s']:g}", f"{row['achieved_per_s']:.0f}",
                       f"{row['achieved_min']:.0f}-{row['achieved_max']:.0f}",
+                      f"{row['over_floor']:.2f}" if row["over_floor"] is not None else "-",
                       f"{row['cpu_us_per_task']:.0f}" if row["cpu_us_per_task"] else "-", ", ".join(row["verdicts"]))
     table_console().print(table)
     for ratio in result["ratios"]:
         click.echo(f"offered {ratio['offered_per_s']:g}/s: baseline/discard = {ratio['baseline_over_discard']:.2f}")
+    for item in result["over_offered"]:
+        click.echo(f"{item['backend']}: achieved at {item['high_per_s']:g}/s offered / at {item['low_per_s']:g}/s = "
+                   f"{item['ratio']:.2f}")
     click.echo(f"ledger: {ledger['ledger_us_per_task']:.1f} us per task (3 rows; {ledger['with_ledger_us_per_task']:.1f} "
                f"with vs {ledger['without_ledger_us_per_task']:.1f} us without)")
     click.echo(f"written: {out / 'overhead.json'}")

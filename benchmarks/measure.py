@@ -17,6 +17,10 @@ Everything `run.json` reports is computed here from those two tables, so anyone 
   Locust's side), queue wait (first attempt's started - enqueued), service (finished - started of the
   successful attempt), end to end (success finished - scheduled; anchored at the schedule, so a stalled
   generator cannot hide latency). Percentiles are numpy's default (linear interpolation) over raw rows.
+- Accounting: every request is a raw row (answered, or status -1 when unanswered at the end of the
+  load phase and its bounded wait); a request answered 202 names its task's `sent` row, any other is
+  looked up in the ledger by its ``X-Request-Id`` (`request_accounting`). Locust's own count is compared
+  with the raw rows that got an answer, since that is what Locust counts.
 - Little's law: executions finished in the window / length <= slots / mean service time of those
   executions (all attempts hold a slot). Above the bound is a harness bug, never a result.
 """
@@ -40,6 +44,9 @@ LAG_P99_LIMIT_MS = 100.0
 LITTLE_SLACK = 1.02
 
 LATENCY_NAMES = ("http_enqueue_ms", "queue_wait_ms", "service_ms", "e2e_ms")
+#: A raw request row's status when its answer had not come when the load phase ended and the generator's
+#: bounded wait ran out (`scenarios/inflight.py`); such a request is looked up in the ledger by its id.
+UNANSWERED_STATUS = -1
 
 
 @dataclass(frozen=True)
@@ -106,8 +113,8 @@ def per_task(tasks: pd.DataFrame) -> pd.DataFrame:
     ok = attempts[attempts["outcome"] == "ok"].sort_values("attempt").drop_duplicates("id")
     ok = ok[["id", "started_ns", "finished_ns"]].rename(
         columns={"started_ns": "ok_started_ns", "finished_ns": "ok_finished_ns"})
-    base = frame.drop_duplicates("id")[["id", "task", "queue", "arrival_ns", "scheduled_ns", "sent_ns",
-                                         "enqueued_ns"]]
+    columns = ["id", "task", "queue", "arrival_ns", "scheduled_ns", "sent_ns", "enqueued_ns"]
+    base = frame.drop_duplicates("id")[columns + (["request_id"] if "request_id" in frame else [])]
     out = base.merge(first.rename(columns={"started_ns": "first_started_ns"}), on="id", how="left")
     out = out.merge(ok, on="id", how="left")
     counts = attempts.groupby("id").agg(executions=("attempt", "size"),
@@ -131,6 +138,47 @@ def latencies(tasks: pd.DataFrame, requests: pd.DataFrame | None, window: Window
         req = requests[window.contains(requests["scheduled_ns"])]
         out = {"http_enqueue_ms": stats(_ms(req["done_ns"], req["sent_ns"])), **out}
     return out
+
+
+def request_accounting(requests: pd.DataFrame, sent: pd.DataFrame) -> dict[str, Any]:
+    """Every request against the ledger's `sent` rows (`sent`: one row per task sent, as `per_task` gives).
+
+    A request answered 202 names its task id: that task must have a sent row. Any other request (refused,
+    no answer, or unanswered when the load stopped: status -1) may still have been accepted by the API
+    (its answer lost or not awaited): it is looked up by its request id (``X-Request-Id``, stored in the
+    sent row). The ledger and the requests agree when every 202 has its sent row and every sent row is
+    a 202's task or a request found by id; a sent row that is neither is unexplained. Returns figures,
+    and under ``_requests_match`` the check's (ok, detail).
+    """
+    status = requests["status"]
+    answered_ok = requests[status == 202]
+    others = requests[status != 202]
+    unanswered = int((status == UNANSWERED_STATUS).sum())
+    sent_ids = set(sent["id"])
+    ok_ids = set(answered_ok["task_id"].dropna()) if "task_id" in answered_ok else set()
+    missing = len(answered_ok) - len(ok_ids & sent_ids)  # a 202 whose task has no sent row
+    by_request = {}
+    if "request_id" in sent and "request_id" in requests:
+        by_request = dict(zip(sent["request_id"], sent["id"], strict=True))
+        by_request.pop(None, None)
+        by_request = {k: v for k, v in by_request.items() if isinstance(k, str)}
+    found = {by_request[r] for r in others["request_id"].dropna()
+             if r in by_request} if "request_id" in others else set()
+    found_unanswered = sum(1 for r in requests.loc[status == UNANSWERED_STATUS, "request_id"].dropna()
+                           if r in by_request) if "request_id" in requests else 0
+    unexplained = sent_ids - ok_ids - found
+    ok = missing == 0 and not unexplained
+    detail = f"{len(answered_ok)} requests answered 202, {len(sent_ids)} sent rows in the ledger"
+    if len(others):
+        detail += (f"; {len(others)} not answered 202 ({unanswered} unanswered at stop), of which "
+                   f"{len(found)} found in the ledger by request id")
+    if missing:
+        detail += f"; {missing} answered 202 without a sent row"
+    if unexplained:
+        detail += f"; {len(unexplained)} sent rows match no request, e.g. {sorted(unexplained)[:3]}"
+    return {"requests": int(len(requests)), "requests_failed": int(len(others)),
+            "unanswered_at_stop": unanswered, "unanswered_accepted": int(found_unanswered),
+            "not_202_accepted": int(len(found)), "_requests_match": (ok, detail)}
 
 
 def summarise(tasks: pd.DataFrame, requests: pd.DataFrame | None, window: Window, *, slots: int,
@@ -206,7 +254,6 @@ def summarise(tasks: pd.DataFrame, requests: pd.DataFrame | None, window: Window
         lag = stats(_ms(req["sent_ns"], req["scheduled_ns"]))
         lag_ok = lag["p99"] is not None and lag["p99"] <= LAG_P99_LIMIT_MS
         figures |= {"offered_rate_per_s": offered_rate_per_s, "achieved_rate_per_s": achieved,
-                    "requests": int(len(requests)), "requests_failed": int((requests["status"] != 202).sum()),
                     "schedule_lag_ms": lag}
         generator_ok = accepted >= needed and lag_ok
         checks["generator_kept_up"] = {
@@ -215,21 +262,30 @@ def summarise(tasks: pd.DataFrame, requests: pd.DataFrame | None, window: Window
                       f"{needed / length_s if length_s else 0:.1f}/s); schedule lag p99 "
                       f"{lag['p99'] if lag['p99'] is not None else float('nan'):.1f} ms (limit "
                       f"{LAG_P99_LIMIT_MS:g} ms)"}
-        accepted_all = int((requests["status"] == 202).sum())
-        checks["requests_match_ledger"] = {
-            "ok": accepted_all == len(sent_ids),
-            "detail": f"{accepted_all} requests answered 202, {len(sent_ids)} sent rows in the ledger"}
+        figures |= request_accounting(requests, sent_ids)
+        matched = figures.pop("_requests_match")
+        checks["requests_match_ledger"] = {"ok": matched[0], "detail": matched[1]}
     if locust_post_counts is not None:
-        # Locust's successful POST /tasks are the tasks the API accepted: they must be the ledger's sent
-        # rows. A request Locust counted as failed (no answer, or not 202) was refused or never arrived;
-        # it is reported, and the achieved rate check sees what it cost.
+        # Compare like with like: Locust counts a request once its answer (or the client's error) came
+        # back, so its counts are the raw rows that have one. A request unanswered when the load stopped
+        # (status -1) is in neither Locust's count nor, necessarily, the ledger; the ledger side is
+        # `requests_match_ledger`'s, which looks it up by request id.
         posted, failed = locust_post_counts
         figures["locust_failed_posts"] = failed
-        checks["locust_count_matches"] = {
-            "ok": posted - failed == len(sent_ids),
-            "detail": f"Locust counted {posted - failed} successful POST /tasks"
+        if requests is not None and len(requests):
+            answered = requests[requests["status"] != UNANSWERED_STATUS]
+            ok_rows = int((answered["status"] == 202).sum())
+            ok = posted - failed == ok_rows and posted == len(answered)
+            detail = (f"Locust counted {posted - failed} successful POST /tasks"
                       + (f" (and {failed} failed)" if failed else "")
-                      + f", the ledger has {len(sent_ids)} sent rows"}
+                      + f"; the raw log has {ok_rows} answered 202"
+                      + (f" (and {len(answered) - ok_rows} answered otherwise)" if len(answered) > ok_rows else ""))
+        else:  # no raw rows to compare with: Locust's successes must be the ledger's sent rows
+            ok = posted - failed == len(sent_ids)
+            detail = (f"Locust counted {posted - failed} successful POST /tasks"
+                      + (f" (and {failed} failed)" if failed else "")
+                      + f", the ledger has {len(sent_ids)} sent rows")
+        checks["locust_count_matches"] = {"ok": ok, "detail": detail}
 
     hard = [name for name, check in checks.items() if not check["ok"] and name != "generator_kept_up"]
     verdict = "failed" if hard else ("ok" if generator_ok else "generator-limited")

@@ -60,8 +60,19 @@ from benchmarks.store import RESULT_SCHEMA_VERSION, is_done, read_run
 ROUTING_MIX: list[list[Any]] = [[90, "sleep_ms", {"ms": 10}], [10, "sleep_ms", {"ms": 1000}]]
 #: What `payload` sends: echo payloads of these sizes in equal shares, in bytes.
 PAYLOAD_SIZES = (100, 10_000, 100_000)
-#: Seconds Locust may take, after its run time, for sends already under way to finish.
-LOCUST_STOP_TIMEOUT_S = 30
+#: How the open-loop generator treats a schedule it cannot keep (scenarios/openloop.py): each Locust
+#: process keeps at most `GENERATOR_MAX_IN_FLIGHT` requests awaiting answers; past that the next arrival
+#: waits for a free slot and is sent late, its lag recorded, so an over-offered run sends at the ceiling
+#: of the generator and API instead of piling up requests that time out. Recorded in run.json's
+#: ``generator``.
+GENERATOR_POLICY = "send-late"
+GENERATOR_MAX_IN_FLIGHT = 64
+#: Seconds the generator waits, when the load phase ends, for answers to requests under way; those still
+#: unanswered are written as raw rows with status -1 and looked up in the ledger by request id.
+GENERATOR_STOP_WAIT_S = 10.0
+#: Seconds Locust may take, after its run time, for its users to stop: the stop wait and a margin to write
+#: off what is still unanswered (Locust kills a user still running after it).
+LOCUST_STOP_TIMEOUT_S = int(GENERATOR_STOP_WAIT_S) + 5
 #: Seconds Locust keeps sending after the measured window ends (not measured), so the tasks scheduled in
 #: the window's last moments still meet a steady flow of arrivals behind them. One second is many times
 #: the service time of the short tasks the matrices send (10-50 ms) and as long as routing_mix's long
@@ -117,12 +128,23 @@ def locust_argv(spec: Mapping[str, Any], api_url: str, run_dir: Path) -> list[st
             "--html", str(run_dir / f"{store.LOCUST_PREFIX}.html"), "--json-file", str(run_dir / store.LOCUST_PREFIX),
             "--qb-rate", f"{spec['rate']:g}", "--qb-arrival", spec.get("arrival", "constant"),
             "--qb-task", spec.get("task", "noop"), "--qb-args", json.dumps(spec.get("args", {})),
-            "--qb-log-dir", str(run_dir / store.REQUEST_LOGS_DIR)]
+            "--qb-log-dir", str(run_dir / store.REQUEST_LOGS_DIR),
+            "--qb-max-in-flight", str(GENERATOR_MAX_IN_FLIGHT), "--qb-stop-wait-s", f"{GENERATOR_STOP_WAIT_S:g}"]
     if spec["scenario"] == "routing_mix":
         argv += ["--qb-mix", json.dumps(ROUTING_MIX)]
     if spec["scenario"] == "payload":
         argv += ["--qb-sizes", ",".join(str(s) for s in PAYLOAD_SIZES)]
     return argv
+
+
+def generator_record() -> dict[str, Any]:
+    """run.json's ``generator``: how the open-loop generator treats a schedule it cannot keep."""
+    return {"policy": GENERATOR_POLICY, "max_in_flight": GENERATOR_MAX_IN_FLIGHT,
+            "stop_wait_s": GENERATOR_STOP_WAIT_S, "locust_processes": 1,
+            "meaning": "past max_in_flight requests awaiting answers in a Locust process, the next arrival "
+                       "waits and is sent late with its lag recorded (latency still counts from its schedule); "
+                       "at the end of the load phase, answers are awaited up to stop_wait_s and requests "
+                       "still unanswered are written as status -1 and looked up in the ledger by request id"}
 
 
 # --- waiting for a drain ---------------------------------------------------------------------------------
@@ -305,6 +327,7 @@ class CellRun:
         self._record_kinds()
         self.record["api"] = {"server": "gunicorn gthread", "workers": self.config.api_workers,
                               "threads": self.config.api_threads}
+        self.record["generator"] = generator_record()
         follower = ledger.Follower(stack.ledger_dir)
         if self.faults is not None:
             self.faults.prepare(stack)
@@ -606,18 +629,21 @@ class Sweep:
 
 
 @contextlib.contextmanager
-def sweep(out_dir: Path, matrix_name: str = "", *, broker_url: str | None = None) -> Iterator[Sweep]:
+def sweep(out_dir: Path, matrix_name: str = "", *, broker_url: str | None = None,
+          take_lock: bool = True) -> Iterator[Sweep]:
     """What every sweep runs under: the measuring lock, SIGINT/SIGTERM turned into `Interrupted` (the cell
     in progress stops everything it started), one private redis-server for every Redis cell (`SharedRedis`,
     started on first use, emptied before each cell, stopped at the end; not when `broker_url` names a
-    user's Redis), and ``summary.csv`` and ``sweep.json`` (when a cell ran) rewritten however it ends."""
+    user's Redis), and ``summary.csv`` and ``sweep.json`` (when a cell ran) rewritten however it ends.
+    `take_lock` False: the caller already holds the measuring lock (`queuebench overhead` holds it across
+    its floor measurements and the sweep between them)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     current: Sweep | None = None
     workdir: Path | None = None
     ended = "error"
     try:
-        with measuring_lock():
+        with measuring_lock() if take_lock else contextlib.nullcontext():
             workdir = Path(tempfile.mkdtemp(prefix="queuebench-sweep-"))
             redis = None if broker_url else SharedRedis(workdir)
             current = Sweep(out_dir, matrix_name, redis=redis, broker_url=broker_url)
@@ -663,7 +689,7 @@ def run_cell(cell: Cell, matrix_name: str, out_dir: Path, *, amqp_url: str | Non
 
 def run_matrix(matrix: Matrix, out_dir: Path, *, force: bool = False, amqp_url: str | None = None,
                broker_url: str | None = None, progress: Any = None,
-               log: Callable[[str], None] = print) -> list[CellResult]:
+               log: Callable[[str], None] = print, take_lock: bool = True) -> list[CellResult]:
     """Run every cell not already done; write ``summary.csv``; return each cell's result.
 
     `broker_url` names a user's Redis for every Redis cell (never emptied; each cell purges what it
@@ -676,7 +702,7 @@ def run_matrix(matrix: Matrix, out_dir: Path, *, force: bool = False, amqp_url: 
     todo, done = plan(matrix, out_dir, force=force)
     results = [CellResult(c.run_id, read_run(out_dir / c.run_id)["status"], "already done", out_dir / c.run_id)
                for c in done]
-    with sweep(out_dir, matrix.name, broker_url=broker_url) as current:
+    with sweep(out_dir, matrix.name, broker_url=broker_url, take_lock=take_lock) as current:
         if progress is not None:
             progress.start_sweep(todo, len(done))
         for cell in todo:

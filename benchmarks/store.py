@@ -41,6 +41,9 @@ from benchmarks import measure
 #:       drain_ended_by, drain_idle_s, drain_outstanding (and drain_workers_gone); the spec's drain_stall_s;
 #:       fault runs: the spec's fault keys, run.json's ``faults`` (docs/FAULTS.md), drain_ended_by
 #:       ``fault-deadline``, and ``replaced_by`` on the checks a fault breaks by design.
+#:       run.json's generator (overload policy, max_in_flight, stop_wait_s, processes) and the figures
+#:       unanswered_at_stop, unanswered_accepted, not_202_accepted; request_id in tasks.parquet and
+#:       requests.parquet, and status -1 (unanswered at stop) in requests.parquet.
 RESULT_SCHEMA_VERSION = 1
 #: Version of a search record (``searches/<search_id>.json``). Changes:
 #:   1 - first version: config, slo, factor, steps, knee_rate_per_s, first_unsustained_rate_per_s,
@@ -166,8 +169,11 @@ def read_requests_table(run_dir: Path) -> pd.DataFrame | None:
 
 
 def read_requests(directory: Path) -> pd.DataFrame:
-    """The scenario's raw request rows (one CSV per Locust process) as one frame, ns as int64."""
-    frames = [pd.read_csv(p, dtype={"task_id": "string", "task": "string"}) for p in sorted(directory.glob("*.csv"))]
+    """The scenario's raw request rows (one CSV per Locust process) as one frame, ns as int64. Status -1: the
+    request was unanswered when the load phase ended (`scenarios/inflight.py`); request_id is its
+    ``X-Request-Id`` (absent in runs made before it existed)."""
+    frames = [pd.read_csv(p, dtype={"task_id": "string", "task": "string", "request_id": "string"})
+              for p in sorted(directory.glob("*.csv"))]
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype="int64") for c in ("scheduled_ns", "sent_ns", "done_ns", "status")})

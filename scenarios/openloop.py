@@ -10,8 +10,18 @@ Options (Locust's own mechanism, so the same file serves the runner and a person
 ``--qb-rate`` (tasks/s offered, over all users), ``--qb-arrival``, ``--qb-task``, ``--qb-args`` (JSON),
 ``--qb-log-dir`` (raw per-request rows for exact figures: one CSV per Locust process).
 
-When Locust stops the run (``-t`` over, or the shape's last stage) with ``--stop-timeout`` > 0, the user
-stops scheduling and waits for its sends under way, so Locust's request count equals what the API saw.
+Overload policy, "send late": a process keeps at most ``--qb-max-in-flight`` requests (default 64)
+waiting for their answers. When that bound is reached the schedule is not dropped: the next arrival
+waits for a free slot and is sent late, with its scheduled time still in ``X-Scheduled-At``, and its
+lag is recorded. So an offered rate above what the API (or this generator) can carry is sent at that
+ceiling instead of piling up requests the server cannot answer, and end-to-end latency still counts
+from the schedule.
+
+Every request carries an ``X-Request-Id`` (``<pid>-<counter>``, hex), which the API stores in the task's
+`sent` ledger row. When Locust stops the run (``-t`` over, or the shape's last stage; ``--stop-timeout``
+must exceed the wait below), each user stops scheduling, waits up to ``--qb-stop-wait-s`` (default 10)
+for the answers of requests under way, and writes any still unanswered as a raw row with status -1 and
+its request id (`inflight.InFlight`), so the runner matches it against the ledger by id.
 
 Every request also goes to Locust's stats under the name ``POST /tasks``; the schedule lag goes under
 request type ``LAG`` (not a request: it is kept apart from the request count).
@@ -26,11 +36,21 @@ import time
 from typing import Any
 
 import gevent
+from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
+from inflight import RAW_COLUMNS, InFlight, request_ids
 from locust import FastHttpUser, events, task
 from locust.user.task import LOCUST_STATE_STOPPING
 
-RAW_COLUMNS = ("scheduled_ns", "sent_ns", "done_ns", "status", "task", "task_id")
+#: Requests a Locust process keeps waiting for answers at most (``--qb-max-in-flight``): past it, sends
+#: go late. 64 is 8x the API's 8 threads (2 gunicorn workers x 4): enough to keep every API thread busy
+#: with requests queued behind it, few enough that the requests the API cannot serve wait in the
+#: generator's schedule (counted as lag) instead of in sockets, where they would time out.
+DEFAULT_MAX_IN_FLIGHT = 64
+#: Seconds a stopping user waits for the answers of requests under way (``--qb-stop-wait-s``).
+DEFAULT_STOP_WAIT_S = 10.0
+REQUEST_ID_HEADER = "X-Request-Id"
+SCHEDULED_AT_HEADER = "X-Scheduled-At"
 
 
 @events.init_command_line_parser.add_listener
@@ -57,25 +77,39 @@ def _add_options(parser: Any) -> None:
                        help="poll: milliseconds between status polls.")
     group.add_argument("--qb-log-dir", default="", env_var="QB_LOG_DIR",
                        help="Write one raw row per request (CSV, one file per Locust process) here.")
+    group.add_argument("--qb-max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT, env_var="QB_MAX_IN_FLIGHT",
+                       help="Requests a Locust process keeps waiting for answers at most; past it, the next "
+                            "arrival waits and is sent late (its lag recorded).")
+    group.add_argument("--qb-stop-wait-s", type=float, default=DEFAULT_STOP_WAIT_S, env_var="QB_STOP_WAIT_S",
+                       help="Seconds a stopping user waits for answers under way; those still unanswered are "
+                            "written as status -1 (keep --stop-timeout above it).")
 
 
 class RawLog:
-    """Appends one CSV row per request; exact latencies come from these rows, not Locust's buckets."""
+    """Appends one CSV row per request; exact latencies come from these rows, not Locust's buckets.
+
+    Buffered (one write per 64 KiB, not per row): flushed when a user stops and when Locust quits."""
 
     def __init__(self, directory: str) -> None:
         self.fh = None
         if directory:
             os.makedirs(directory, exist_ok=True)
-            self.fh = open(os.path.join(directory, f"requests-{os.getpid()}.csv"), "a", buffering=1)  # noqa: SIM115
+            self.fh = open(os.path.join(directory, f"requests-{os.getpid()}.csv"), "a", buffering=65536)  # noqa: SIM115
             if self.fh.tell() == 0:
                 self.fh.write(",".join(RAW_COLUMNS) + "\n")
 
-    def write(self, *values: Any) -> None:
+    def write(self, values: tuple[Any, ...]) -> None:
         if self.fh is not None:
             self.fh.write(",".join("" if v is None else str(v) for v in values) + "\n")
 
+    def flush(self) -> None:
+        if self.fh is not None:
+            self.fh.flush()
+
 
 _raw_log: RawLog | None = None
+_slots: BoundedSemaphore | None = None
+_next_request_id = request_ids()
 
 
 def raw_log(environment: Any) -> RawLog:
@@ -85,12 +119,31 @@ def raw_log(environment: Any) -> RawLog:
     return _raw_log
 
 
+def in_flight_slots(environment: Any) -> BoundedSemaphore:
+    """The process's bound on requests awaiting answers (shared by its users)."""
+    global _slots
+    if _slots is None:
+        _slots = BoundedSemaphore(max(1, int(getattr(environment.parsed_options, "qb_max_in_flight",
+                                                     DEFAULT_MAX_IN_FLIGHT))))
+    return _slots
+
+
+@events.quitting.add_listener
+def _flush_on_quit(**_kwargs: Any) -> None:
+    if _raw_log is not None:
+        _raw_log.flush()
+
+
+class _AnsweredAfterStop(Exception):
+    """Raised inside Locust's response block so that an answer already written off is not counted."""
+
+
 class OpenLoopUser(FastHttpUser):
     """Sends `choose()`'s task at `rate()` on its own schedule; subclasses pick what to send."""
 
     abstract = True
-    # Enough pooled connections that a slow reply never delays the next scheduled send.
-    concurrency = 200
+    # Pooled connections: more than the in-flight bound, so a send never waits for a connection.
+    concurrency = 256
     network_timeout = 30.0
     connection_timeout = 10.0
 
@@ -102,6 +155,10 @@ class OpenLoopUser(FastHttpUser):
         self.random = random.Random()
         self.senders = Group()
         self.log = raw_log(self.environment)
+        self.slots = in_flight_slots(self.environment)
+        self.in_flight = InFlight(self.log.write)
+        self.stop_wait_s = float(getattr(options, "qb_stop_wait_s", DEFAULT_STOP_WAIT_S))
+        self.stopped = False
 
     def users(self) -> int:
         runner = self.environment.runner
@@ -120,6 +177,13 @@ class OpenLoopUser(FastHttpUser):
         """True once Locust asked this user to stop gracefully (run time over, with --stop-timeout > 0)."""
         return self._state == LOCUST_STATE_STOPPING
 
+    def _take_slot(self) -> bool:
+        """Wait for room under the in-flight bound (the send goes late meanwhile); False if stopping."""
+        while not self.slots.acquire(timeout=0.1):
+            if self.stopping():
+                return False
+        return True
+
     @task
     def arrivals(self) -> None:
         next_ns = time.time_ns()
@@ -133,37 +197,56 @@ class OpenLoopUser(FastHttpUser):
             if next_ns > now:
                 gevent.sleep((next_ns - now) / 1e9)
             task_name, args = self.choose()
-            if self.stopping():
+            if self.stopping() or not self._take_slot():
                 break
             self.senders.spawn(self.send, next_ns, task_name, args)
             gap_s = self.random.expovariate(rate) if self.arrival == "poisson" else 1.0 / rate
             next_ns += int(gap_s * 1e9)
-        # No new arrivals; the sends already under way finish, so Locust counts every request the API saw.
-        self.senders.join(timeout=self.network_timeout)
+        self.finish_sends()
+
+    def finish_sends(self) -> None:
+        """No new arrivals: wait up to `stop_wait_s` for the answers under way, write the rest off as
+        unanswered at stop (status -1, with their request ids), and flush the raw log."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.senders.join(timeout=self.stop_wait_s)
+        if self.in_flight.give_up(time.time_ns()):
+            self.senders.kill(block=True, timeout=1.0)
+        self.log.flush()
 
     def send(self, scheduled_ns: int, task_name: str, args: dict[str, Any]) -> str | None:
-        """POST one task at (or as soon as possible after) its scheduled time; return its id."""
+        """POST one task (holding one in-flight slot) at, or as soon as possible after, its scheduled
+        time; return its id."""
+        request_id = _next_request_id()
         sent_ns = time.time_ns()
-        lag_ms = (sent_ns - scheduled_ns) / 1e6
-        events.request.fire(request_type="LAG", name="schedule lag", response_time=lag_ms, response_length=0,
-                            exception=None, context={}, response=None, url=None, start_time=time.time())
+        events.request.fire(request_type="LAG", name="schedule lag", response_time=(sent_ns - scheduled_ns) / 1e6,
+                            response_length=0, exception=None, context={}, response=None, url=None,
+                            start_time=sent_ns / 1e9)
+        self.in_flight.sent(request_id, scheduled_ns, sent_ns, task_name)
         task_id = None
-        with self.client.post("/tasks", json={"task": task_name, "args": args}, name="POST /tasks",
-                              headers={"X-Scheduled-At": str(scheduled_ns)}, catch_response=True) as response:
-            status = response.status_code
-            if status == 202:
-                try:
-                    task_id = response.json().get("id")
-                except ValueError:
-                    response.failure("202 without a JSON body")
-            else:
-                # Status 0: no answer at all; the client's own error says why (refused, reset, timeout).
-                error = getattr(response, "error", None)
-                detail = repr(error) if error is not None else (response.text or "")[:200]
-                response.failure(f"HTTP {status}: {detail}")
-        self.log.write(scheduled_ns, sent_ns, time.time_ns(), status, task_name, task_id)
+        try:
+            with self.client.post("/tasks", json={"task": task_name, "args": args}, name="POST /tasks",
+                                  headers={SCHEDULED_AT_HEADER: str(scheduled_ns), REQUEST_ID_HEADER: request_id},
+                                  catch_response=True) as response:
+                status = response.status_code
+                if status == 202:
+                    # The id is the Location's last segment: no JSON parse per request.
+                    task_id = (response.headers.get("Location") or "").rpartition("/")[2] or None
+                    if task_id is None:
+                        response.failure("202 without a Location header")
+                else:
+                    # Status 0: no answer at all; the client's own error says why (refused, reset, timeout).
+                    error = getattr(response, "error", None)
+                    detail = repr(error) if error is not None else (response.text or "")[:200]
+                    response.failure(f"HTTP {status}: {detail}")
+                if not self.in_flight.answered(request_id, time.time_ns(), status, task_id):
+                    raise _AnsweredAfterStop
+        except _AnsweredAfterStop:
+            return None
+        finally:
+            self.slots.release()
         return task_id
 
     def on_stop(self) -> None:
-        # Sends already under way finish (bounded by the network timeout) so none is half-counted.
-        self.senders.join(timeout=self.network_timeout)
+        self.finish_sends()

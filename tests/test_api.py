@@ -465,6 +465,29 @@ def test_a_repeated_scheduled_at_header_is_rejected(client):
     assert_json_error(client.post("/tasks", json={"task": "noop"}, headers=headers), 400, "X-Scheduled-At")
 
 
+def test_the_request_id_header_is_stored_in_the_sent_row_so_an_unseen_answer_can_be_found(client, ledger_dir):
+    answered = client.post("/tasks", json={"task": "noop"}, headers={"X-Request-Id": "1f3a-2b"})
+    tutorial = client.get("/add/2/3", headers={"X-Request-Id": "1f3a-2c"})
+    assert answered.status_code == 202 and tutorial.status_code == 202
+    assert post_task(client, "noop").status_code == 202  # no header: no request id, still accepted
+    by_request = {row.get("request_id"): row["id"] for row in sent_rows(ledger_dir)}
+    assert by_request == {"1f3a-2b": answered.get_json()["id"], "1f3a-2c": tutorial.get_json()["task_id"],
+                          None: by_request[None]}
+
+
+@pytest.mark.parametrize("value", ["", "has space", "a,b", "x" * 65, "é"])
+def test_a_malformed_request_id_header_is_rejected_and_writes_no_sent_row(client, ledger_dir, value):
+    assert_json_error(client.post("/tasks", json={"task": "noop"}, headers={"X-Request-Id": value}), 400,
+                      "X-Request-Id")
+    assert sent_rows(ledger_dir) == []
+
+
+def test_a_repeated_request_id_header_is_rejected(client, ledger_dir):
+    headers = [("X-Request-Id", "a-1"), ("X-Request-Id", "a-2")]
+    assert_json_error(client.post("/tasks", json={"task": "noop"}, headers=headers), 400, "X-Request-Id")
+    assert sent_rows(ledger_dir) == []
+
+
 @pytest.mark.parametrize(("task", "args", "queue"), [
     ("sleep_ms", {"ms": 500}, "long"),
     ("cpu_ms", {"ms": 100}, "long"),

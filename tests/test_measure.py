@@ -32,7 +32,8 @@ def task_rows(task_id: str, arrival_ns: int, *, wait_ms: float = 2, service_ms: 
     """(API rows, worker rows) of one task: sent, then one started/finished pair per attempt outcome."""
     enqueued = arrival_ns + 1 * MS
     api = [{"ev": "sent", "id": task_id, "task": "sleep_ms", "queue": "default", "scheduled_ns": arrival_ns,
-            "sent_ns": arrival_ns + MS // 2, "enqueued_ns": enqueued, "pid": 1, "host": "h"}]
+            "sent_ns": arrival_ns + MS // 2, "enqueued_ns": enqueued, "request_id": f"r-{task_id}", "pid": 1,
+            "host": "h"}]
     worker = []
     t = enqueued + int(wait_ms * MS)
     for attempt, outcome in enumerate(attempts, 1):
@@ -44,9 +45,14 @@ def task_rows(task_id: str, arrival_ns: int, *, wait_ms: float = 2, service_ms: 
     return api, worker
 
 
-def requests_for(arrivals: list[int], lag_ms: float = 1.0, status: int = 202) -> pd.DataFrame:
+def requests_for(arrivals: list[int], lag_ms: float = 1.0, status: int = 202,
+                 task_ids: list[str] | None = None) -> pd.DataFrame:
+    """The raw request rows of `arrivals` (by default clean_run's tasks t0000, t0001, ...), each with the
+    request id its task's sent row carries."""
+    task_ids = task_ids or [f"t{i:04d}" for i in range(len(arrivals))]
     return pd.DataFrame({"scheduled_ns": arrivals, "sent_ns": [a + int(lag_ms * MS) for a in arrivals],
-                         "done_ns": [a + int((lag_ms + 3) * MS) for a in arrivals], "status": [status] * len(arrivals)})
+                         "done_ns": [a + int((lag_ms + 3) * MS) for a in arrivals], "status": [status] * len(arrivals),
+                         "task_id": task_ids, "request_id": [f"r-{t}" for t in task_ids]})
 
 
 def clean_run(directory: Path, n: int = 200, rate_per_s: float = 100.0) -> list[int]:
@@ -128,7 +134,8 @@ def test_retries_of_a_flaky_task_are_not_counted_as_duplicates(tmp_path):
     write_rows(tmp_path, "api-1", api)
     write_rows(tmp_path, "worker-11", worker)
     summary, _, _ = summarise(tmp_path, arrivals, locust_post_counts=(len(arrivals) + 1, 0),
-                              requests=requests_for([*arrivals, arrivals[20] + 1]))
+                              requests=requests_for([*arrivals, arrivals[20] + 1],
+                                                    task_ids=[*(f"t{i:04d}" for i in range(len(arrivals))), "flaky"]))
     assert summary["verdict"] == "ok", summary["failed_checks"]
     assert summary["figures"]["retried_tasks"] == 1
 
@@ -154,7 +161,10 @@ def test_locust_counting_other_than_the_ledger_fails_the_run(tmp_path):
 
 def test_a_request_locust_counted_as_failed_is_reported_but_is_not_a_lost_task(tmp_path):
     arrivals = clean_run(tmp_path)
-    summary, _, _ = summarise(tmp_path, arrivals, locust_post_counts=(len(arrivals) + 1, 1))
+    refused = pd.DataFrame({"scheduled_ns": [arrivals[9] + 1], "sent_ns": [arrivals[9] + 2], "done_ns": [arrivals[9] + 3],
+                            "status": [0], "task_id": [None], "request_id": ["r-refused"]})
+    requests = pd.concat([requests_for(arrivals), refused], ignore_index=True)
+    summary, _, _ = summarise(tmp_path, arrivals, locust_post_counts=(len(arrivals) + 1, 1), requests=requests)
     assert "locust_count_matches" not in summary["failed_checks"]
     assert summary["figures"]["locust_failed_posts"] == 1
     assert "1 failed" in summary["checks"]["locust_count_matches"]["detail"]
