@@ -20,8 +20,11 @@ the search starts):
    (at most ``max_steps`` steps);
 3. once a step is not sustained, bisect between the last sustained rate and it ``refine`` times;
 4. the knee is the highest sustained rate; its evidence is that step's run ids and the first
-   unsustained step's. A step that is ``generator-limited`` (the load generator, not the queue, fell
-   behind), failed or errored ends the search without a conclusion beyond it, and says so.
+   unsustained step's. A step that failed or errored ends the search without a conclusion beyond it,
+   and says so. A step whose repeats are ``generator-limited`` (the load generator sent less than was
+   offered) is judged on what was sent: a backlog or an SLO miss there is a miss like any other (the
+   queue failed at even less than the step's rate); a queue that kept up with it ends the search at the
+   generator's ceiling, "the knee is above what this machine can offer", never as a knee.
 
 Every search writes ``<out>/searches/<search_id>.json`` through `benchmarks.store` (schema
 `store.SEARCH_SCHEMA_VERSION`): the configuration, the SLO, every step with its run ids and figures, the
@@ -46,6 +49,8 @@ from benchmarks.verdicts import SUSTAINED_RATIO, Slo, bounds, kept_up, min_sampl
 SEARCHABLE_SCENARIOS = ("latency", "throughput")
 #: The verdict of a step that kept up but whose tasks cannot bound the SLO's quantile.
 TOO_FEW_SAMPLES = "too-few-samples"
+#: A run's status (and a step's verdict) when the load generator sent less than was offered.
+GENERATOR_LIMITED = "generator-limited"
 
 
 @dataclass
@@ -161,14 +166,32 @@ def judge_step(rate: float, records: list[Mapping[str, Any] | None], slo: Slo) -
     run_ids = [r.get("run_id", "?") if r else "?" for r in records]
     statuses = [str(r.get("status")) if r else "missing" for r in records]
     step = Step(rate, run_ids, statuses, "sustained", "")
-    for bad in ("interrupted", "error", "failed", "generator-limited"):
+    for bad in ("interrupted", "error", "failed"):
         if bad in statuses:
             record = records[statuses.index(bad)] or {}
             step.verdict, step.reason = bad, f"{record.get('run_id')}: {bad}: {record.get('detail') or ''}".strip()
             return step
-    if "missing" in statuses or any(s != "ok" for s in statuses):
+    if "missing" in statuses or any(s not in ("ok", GENERATOR_LIMITED) for s in statuses):
         step.verdict, step.reason = "error", f"unexpected statuses {statuses}"
         return step
+    step = _judge_queue(step, records, slo)
+    if GENERATOR_LIMITED in statuses and step.verdict in ("sustained", TOO_FEW_SAMPLES):
+        # The queue kept up with everything that was sent, but less was sent than offered: the
+        # generator, not the queue, is the limit here, so the step says nothing about higher rates.
+        record = records[statuses.index(GENERATOR_LIMITED)] or {}
+        step.verdict = GENERATOR_LIMITED
+        step.reason = (f"the queue kept up with what was sent ({step.sent_rate_per_s:.1f}/s of {rate:g}/s offered, "
+                       f"{record.get('run_id')}), but the load generator could send no more: the knee is above "
+                       "what this machine can offer (more load processes: load_workers, or load machines)")
+    elif GENERATOR_LIMITED in statuses:
+        # Backlog or SLO miss at even less than was offered: a fact about the queue all the same.
+        step.reason += f" (at {step.sent_rate_per_s:.1f}/s sent of {rate:g}/s offered: the generator fell short too)"
+    return step
+
+
+def _judge_queue(step: Step, records: list[Mapping[str, Any] | None], slo: Slo) -> Step:
+    """Judge the queue on what the step's repeats sent: Little's bound, backlog, the SLO's quantile."""
+    rate = step.rate_per_s
     sent, done, e2e, littles, tasks = [], [], [], [], []
     for record in records:
         assert record is not None

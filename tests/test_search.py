@@ -94,7 +94,7 @@ def test_the_worst_repeat_decides_a_step():
     assert judged.run_ids == ["a-rep0", "a-rep1"]
 
 
-@pytest.mark.parametrize("status", ["generator-limited", "failed", "error"])
+@pytest.mark.parametrize("status", ["failed", "error"])
 def test_a_step_whose_run_is_not_ok_ends_without_a_verdict_on_the_queue(status):
     judged = judge_step(40, [record(status=status, detail="why")], SLO)
     assert judged.verdict == status
@@ -102,6 +102,24 @@ def test_a_step_whose_run_is_not_ok_ends_without_a_verdict_on_the_queue(status):
     found = searched(step(20, "sustained"), judged)
     assert next_rate(found, max_steps=8, refine=1) is None
     assert status in found.stopped_because
+
+
+def test_a_generator_limited_step_whose_queue_kept_up_ends_the_search_at_the_generators_ceiling():
+    judged = judge_step(5000, [record(status="generator-limited", sent=1200, done=1199, p95_ms=80, bound=10000)], SLO)
+    assert judged.verdict == "generator-limited" and not judged.conclusive and not judged.sustained
+    assert "1200.0/s of 5000/s offered" in judged.reason and "knee is above" in judged.reason
+    found = searched(step(2000, "sustained"), judged)
+    assert next_rate(found, max_steps=8, refine=1) is None
+    assert found.knee.rate_per_s == 2000 and found.first_unsustained is None
+    assert "generator-limited" in found.stopped_because
+
+
+def test_a_generator_limited_step_whose_queue_fell_behind_what_was_sent_is_a_miss_the_search_bisects():
+    judged = judge_step(400, [record(status="generator-limited", sent=300, done=200, bound=1000)], SLO)
+    assert judged.verdict == "backlog" and judged.conclusive
+    assert "300.0/s sent of 400/s offered" in judged.reason
+    found = searched(step(100, "sustained"), step(200, "sustained"), judged)
+    assert 200 < next_rate(found, max_steps=8, refine=1) < 400
 
 
 def test_the_rate_rises_by_the_factor_while_steps_are_sustained():
