@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import shutil
 import signal
 import sys
@@ -96,8 +97,14 @@ def _print_measured(console: Any, out: Path, since: str) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="queuebench")
-def cli() -> None:
+@click.option("--wait-lock", "wait_lock_s", type=click.FloatRange(0), default=None, metavar="SECONDS",
+              help="When another sweep holds the machine-wide measuring lock, wait up to this long for it "
+                   "(run, search, overhead, tune, plan --verify) instead of exiting 1 at once.  "
+                   "[default: 0, or $QUEUEBENCH_LOCK_WAIT_S]")
+def cli(wait_lock_s: float | None) -> None:
     """Measure, compare and size Python task queues (Celery, RQ, Dramatiq, Huey, arq) behind one Flask API."""
+    if wait_lock_s is not None:
+        os.environ[runner.LOCK_WAIT_ENV] = f"{wait_lock_s:g}"
 
 
 class BackendName(click.ParamType):

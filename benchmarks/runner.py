@@ -85,9 +85,21 @@ LEFTOVER_GRACE_S = 2.0
 LOCK_PATH = Path(tempfile.gettempdir()) / "queuebench-measure.lock"
 
 
+#: How long a sweep waits for the measuring lock before giving up: `QUEUEBENCH_LOCK_WAIT_S`, which
+#: `queuebench --wait-lock SECONDS` sets; 0 (the default) gives up at once.
+LOCK_WAIT_ENV = "QUEUEBENCH_LOCK_WAIT_S"
+#: Seconds between two tries while waiting for the measuring lock.
+LOCK_POLL_S = 1.0
+
+
 def lock_path() -> Path:
     """Where the measuring lock lives now (`QUEUEBENCH_LOCK`, else `LOCK_PATH`)."""
     return Path(os.environ.get("QUEUEBENCH_LOCK") or LOCK_PATH)
+
+
+def lock_wait_s() -> float:
+    """Seconds to wait for the measuring lock (`QUEUEBENCH_LOCK_WAIT_S`, else 0)."""
+    return float(os.environ.get(LOCK_WAIT_ENV) or 0)
 
 
 class Interrupted(Exception):
@@ -536,17 +548,35 @@ def _redact(text: str) -> str:
 
 
 @contextlib.contextmanager
-def measuring_lock(path: Path | None = None) -> Iterator[None]:
-    """Hold the machine-wide measuring lock: two sweeps at once would share the cores and both be wrong."""
+def measuring_lock(path: Path | None = None, *, wait_s: float | None = None,
+                   log: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the machine-wide measuring lock: two sweeps at once would share the cores and both be wrong.
+
+    Another sweep holding it: wait up to `wait_s` (default `lock_wait_s()`), saying once who holds it,
+    then raise RuntimeError. Ctrl-C while waiting raises as usual."""
     path = path or lock_path()
+    wait_s = lock_wait_s() if wait_s is None else wait_s
+    deadline = time.monotonic() + wait_s
     fh = open(path, "a+")  # noqa: SIM115 - held for the whole sweep
     try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            raise RuntimeError(f"another queuebench sweep is measuring on this machine ({path}: "
-                               f"{fh.read().strip() or 'pid unknown'}); wait for it to finish") from None
+        said = False
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "pid unknown"
+                if time.monotonic() >= deadline:
+                    hint = (f"waited {wait_s:g} s; " if wait_s > 0 else "") + (
+                        "wait for it to finish" + ("" if wait_s > 0 else " (or pass --wait-lock SECONDS)"))
+                    raise RuntimeError(f"another queuebench sweep is measuring on this machine ({path}: "
+                                       f"{holder}); {hint}") from None
+                if not said:
+                    (log or _to_stderr)(f"another queuebench sweep is measuring on this machine ({holder}); waiting up to "
+                        f"{wait_s:g} s for it to finish")
+                    said = True
+                time.sleep(LOCK_POLL_S)
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()}\n")
@@ -554,6 +584,10 @@ def measuring_lock(path: Path | None = None) -> Iterator[None]:
         yield
     finally:
         fh.close()
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _raise_interrupted(signum: int, _frame: Any) -> None:

@@ -262,6 +262,46 @@ def test_a_second_sweep_is_refused_while_another_holds_the_measuring_lock(tmp_pa
         pass
 
 
+def test_a_sweep_told_to_wait_for_the_measuring_lock_takes_it_once_the_holder_lets_go(tmp_path):
+    import threading
+
+    path = tmp_path / "measure.lock"
+    holder_in, said = threading.Event(), []
+
+    def hold_then_release() -> None:
+        with runner.measuring_lock(path):
+            holder_in.set()
+            while not said:  # hold until the waiter has said it is waiting
+                threading.Event().wait(0.05)
+
+    holder = threading.Thread(target=hold_then_release)
+    holder.start()
+    holder_in.wait()
+    with runner.measuring_lock(path, wait_s=60, log=said.append):
+        pass
+    holder.join()
+    assert len(said) == 1 and "waiting up to 60 s" in said[0]
+
+
+def test_without_a_wait_the_refusal_names_the_wait_lock_flag(tmp_path, monkeypatch):
+    monkeypatch.delenv(runner.LOCK_WAIT_ENV, raising=False)
+    path = tmp_path / "measure.lock"
+    with runner.measuring_lock(path), pytest.raises(RuntimeError, match="--wait-lock"), \
+            runner.measuring_lock(path):
+        pass
+
+
+def test_the_wait_lock_flag_reaches_every_sweep_through_the_environment(monkeypatch):
+    from click.testing import CliRunner
+
+    from benchmarks.cli import cli
+
+    monkeypatch.setenv(runner.LOCK_WAIT_ENV, "0")  # restored afterwards, whatever the flag sets
+    result = CliRunner().invoke(cli, ["--wait-lock", "30", "backends"])
+    assert result.exit_code == 0, result.output
+    assert runner.lock_wait_s() == 30
+
+
 def test_the_measuring_lock_moves_where_queuebench_lock_points(tmp_path, monkeypatch):
     monkeypatch.setenv("QUEUEBENCH_LOCK", str(tmp_path / "elsewhere.lock"))
     assert runner.lock_path() == tmp_path / "elsewhere.lock"
