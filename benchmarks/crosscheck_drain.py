@@ -2,7 +2,9 @@
 
 It shares no code with queuebench (no backends/, no ledger, no runner): each library's own API
 enqueues N `sleep` tasks on a private redis-server, then each library's own worker CLI drains them;
-the task bodies record when they started and finished in a Redis list, and the throughput is
+the task bodies record when they started and finished (one O_APPEND write per task to a file per worker
+process; `--record redis` pushes to a Redis list instead, as the script did before 2026-12-03), and the
+throughput is
 N / (last finish - first start), the window queuebench's drain mode uses. Library defaults
 everywhere, results off, one thread per process (slots = processes), as in
 benchmarks/matrices/crosscheck.toml, which measures the same configurations through queuebench.
@@ -52,13 +54,13 @@ app.conf.task_ignore_result = True
 r = redis.Redis.from_url(os.environ["X_URL"])
 @app.task(name="sleep")
 def sleep(ms):
-    t0 = time.time(); time.sleep(ms / 1000); r.rpush("{done}", f"{{t0}} {{time.time()}}")
+    t0 = time.time(); time.sleep(ms / 1000); {record}
 ''',
     "x_rq": '''
 import os, time, redis
 r = redis.Redis.from_url(os.environ["X_URL"])
 def sleep(ms):
-    t0 = time.time(); time.sleep(ms / 1000); r.rpush("{done}", f"{{t0}} {{time.time()}}")
+    t0 = time.time(); time.sleep(ms / 1000); {record}
 ''',
     "x_dramatiq": '''
 import os, time, redis, dramatiq
@@ -67,9 +69,35 @@ dramatiq.set_broker(RedisBroker(url=os.environ["X_URL"]))
 r = redis.Redis.from_url(os.environ["X_URL"])
 @dramatiq.actor(max_retries=0)
 def sleep(ms):
-    t0 = time.time(); time.sleep(ms / 1000); r.rpush("{done}", f"{{t0}} {{time.time()}}")
+    t0 = time.time(); time.sleep(ms / 1000); {record}
 ''',
 }
+
+
+#: How a task body records its start and finish: a Redis RPUSH to the script's own server (one round
+#: trip per task), or one O_APPEND write to a file per worker process (about as cheap as queuebench's
+#: ledger). At a few hundred tasks/s either is noise; a no-op drain of several thousand tasks/s spends
+#: most of its time in the round trip, so `--record file` is what a tuned no-op drain is compared with.
+RECORDS = {
+    "redis": 'r.rpush("{done}", f"{{t0}} {{time.time()}}")',
+    "file": 'os.write(_done_fd(), f"{{t0}} {{time.time()}}\\n".encode())',
+}
+DONE_FD = '''
+_FDS = {}
+def _done_fd():
+    pid = os.getpid()  # RQ's default worker forks per job: each process opens its own file
+    if pid not in _FDS:
+        _FDS[pid] = os.open(os.path.join(os.environ["X_DONE_DIR"], f"{pid}.txt"),
+                            os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    return _FDS[pid]
+'''
+
+
+def done_rows(record: str, r: redis.Redis, done_dir: Path) -> list[str]:
+    """The rows the task bodies recorded so far ("start finish" in seconds since the epoch)."""
+    if record == "redis":
+        return [x.decode() for x in r.lrange(DONE_KEY, 0, -1)]
+    return [line for path in done_dir.glob("*.txt") for line in path.read_text().splitlines() if line]
 
 
 def free_port() -> int:
@@ -126,23 +154,27 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def one_run(library: str, processes: int, count: int, sleep_ms: int, url: str, workdir: Path,
-            variant: str = "default") -> float:
+            variant: str = "default", record: str = "file") -> float:
     r = redis.Redis.from_url(url)
     r.flushdb()  # the script's own private redis-server: nothing else lives there
+    done_dir = workdir / "done"
+    shutil.rmtree(done_dir, ignore_errors=True)
+    done_dir.mkdir()
     enqueue(library, count, sleep_ms)
     with open(workdir / f"{library}-p{processes}.log", "ab") as log:
         proc = subprocess.Popen(worker_argv(library, processes, variant), cwd=workdir, stdout=log, stderr=log,
                                 start_new_session=True,
-                                env=os.environ | {"PYTHONPATH": str(workdir)} | worker_env(library, variant))
+                                env=os.environ | {"PYTHONPATH": str(workdir), "X_DONE_DIR": str(done_dir)}
+                                | worker_env(library, variant))
     try:
         deadline = time.monotonic() + 60 + count * sleep_ms / 1000
-        while r.llen(DONE_KEY) < count:
+        while (done := len(done_rows(record, r, done_dir))) < count:
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"{library} p{processes}: {r.llen(DONE_KEY)} of {count} done")
+                raise RuntimeError(f"{library} p{processes}: {done} of {count} done")
             time.sleep(0.05)
     finally:
         stop(proc)
-    rows = [tuple(map(float, x.split())) for x in r.lrange(DONE_KEY, 0, -1)]
+    rows = [tuple(map(float, x.split())) for x in done_rows(record, r, done_dir)]
     if len(rows) != count:
         raise RuntimeError(f"{library} p{processes}: {len(rows)} executions of {count} tasks")
     return count / (max(f for _, f in rows) - min(s for s, _ in rows))
@@ -163,6 +195,10 @@ def main() -> None:
                         help="dramatiq_queue_prefetch values to run, 'default' for Dramatiq's own (2 x threads)")
     parser.add_argument("--rq-worker-class", nargs="+", default=["default"], metavar="CLASS",
                         help="rq worker classes to run (Worker, SimpleWorker, SpawnWorker), 'default' for RQ's own")
+    parser.add_argument("--record", choices=tuple(RECORDS), default="file",
+                        help="how task bodies record start and finish: one O_APPEND write per task to a file "
+                             "per process (default, about as cheap as queuebench's ledger) or one Redis RPUSH "
+                             "(what this script did before 2026-12-03: a round trip per task)")
     options = parser.parse_args()
     variants = {"celery": ["default"], "rq": options.rq_worker_class, "dramatiq": options.dramatiq_prefetch}
 
@@ -175,7 +211,8 @@ def main() -> None:
             fcntl.flock(lock, fcntl.LOCK_EX)
     workdir = Path(tempfile.mkdtemp(prefix="crosscheck-"))
     for name, text in TASK_MODULES.items():
-        (workdir / f"{name}.py").write_text(text.format(done=DONE_KEY))
+        body = text.replace("{record}", RECORDS[options.record].format(done=DONE_KEY))
+        (workdir / f"{name}.py").write_text(body + (DONE_FD if options.record == "file" else ""))
     sys.path.insert(0, str(workdir))
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
@@ -195,7 +232,8 @@ def main() -> None:
             for processes in options.processes:
                 for library in options.libraries:
                     for variant in variants[library]:
-                        rate = one_run(library, processes, options.tasks, options.sleep_ms, url, workdir, variant)
+                        rate = one_run(library, processes, options.tasks, options.sleep_ms, url, workdir, variant,
+                                       options.record)
                         key = f"{library}-p{processes}" + ("" if variant == "default" else f"-{variant}")
                         figures.setdefault(key, []).append(rate)
                         print(f"repeat {repeat} {key}: {rate:.1f} tasks/s", file=sys.stderr)
