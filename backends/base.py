@@ -295,6 +295,9 @@ class QueueBackend(Protocol):
     tune_knobs: ClassVar[tuple[str, ...]]
     #: No-op tasks a tuning drain preloads: enough for a window of seconds at the library's default.
     tune_drain_tasks: ClassVar[int]
+    #: Knobs whose default (None) the backend derives from threads per process: name -> threads -> the
+    #: value used. ``queuebench tune`` does not try that value again as a candidate.
+    derived_defaults: ClassVar[Mapping[str, Callable[[int], Any]]]
     packages: ClassVar[tuple[str, ...]]
     concurrency: ClassVar[str]
     environment: ClassVar[tuple[str, ...]]
@@ -354,6 +357,7 @@ class BackendBase:
     spec_knobs: ClassVar[Mapping[str, Knob]] = {}
     tune_knobs: ClassVar[tuple[str, ...]] = ()
     tune_drain_tasks: ClassVar[int] = 2000
+    derived_defaults: ClassVar[Mapping[str, Callable[[int], Any]]] = {}
     packages: ClassVar[tuple[str, ...]] = ()
     environment: ClassVar[tuple[str, ...]] = ()
     concurrency: ClassVar[str] = "processes x threads"

@@ -80,7 +80,7 @@ import secrets
 import sys
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
 from pathlib import Path
@@ -375,6 +375,11 @@ def _dist(name: str) -> str | None:
 # --- the backend ---------------------------------------------------------------------------------------
 
 
+
+def _default_pool(threads: int) -> str:
+    """The pool when the knob is not set: one task per process (prefork) at 1 thread, else threads."""
+    return "prefork" if threads == 1 else "threads"
+
 class CeleryBackend(BackendBase):
     """Celery on Redis or RabbitMQ: one task, Celery's own retry for `flaky`, Celery's own CLI for workers."""
 
@@ -389,6 +394,7 @@ class CeleryBackend(BackendBase):
                           candidates=(False, True)),
     }
     tune_knobs: ClassVar[tuple[str, ...]] = ("prefetch", "pool", "without_mingle", "without_gossip", "acks_late")
+    derived_defaults: ClassVar[Mapping[str, Callable[[int], Any]]] = {"pool": _default_pool}
     packages: ClassVar[tuple[str, ...]] = ("celery", "kombu", "billiard", "redis", "hiredis", "amqp", "msgpack")
     concurrency: ClassVar[str] = ("threads = 1: one `celery worker -P prefork -c <processes>`; threads > 1: "
                                   "<processes> x `celery worker -P threads -c <threads>`")
@@ -544,7 +550,7 @@ class CeleryBackend(BackendBase):
         check_worker_spec(self.name, spec)
         pool = self.knob_values.get("pool")
         if pool is None:
-            pool = "prefork" if spec.threads == 1 else "threads"
+            pool = self.derived_defaults["pool"](spec.threads)
         if pool in ("prefork", "solo") and spec.threads > 1:
             raise UnsupportedOption("threads", spec.threads, self.name,
                                     f"the {pool} pool runs one task at a time per process; use pool threads "

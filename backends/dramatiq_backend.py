@@ -70,7 +70,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
 from pathlib import Path
@@ -328,6 +328,11 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, dramat
 # --- the backend ---------------------------------------------------------------------------------------
 
 
+
+def _default_queue_prefetch(threads: int) -> int:
+    """Dramatiq's own prefetch per queue when the knob is not set: 2 x threads (at most 65535)."""
+    return min(threads * 2, 65535)
+
 class DramatiqBackend(BackendBase):
     """Dramatiq on Redis or RabbitMQ: one actor, dramatiq's own retries and results, its own CLI for workers."""
 
@@ -337,6 +342,7 @@ class DramatiqBackend(BackendBase):
     knobs: ClassVar[dict[str, Knob]] = KNOBS
     spec_knobs: ClassVar[dict[str, Knob]] = {"threads": THREADS_KNOB}
     tune_knobs: ClassVar[tuple[str, ...]] = ("queue_prefetch", "threads")
+    derived_defaults: ClassVar[Mapping[str, Callable[[int], Any]]] = {"queue_prefetch": _default_queue_prefetch}
     tune_drain_tasks: ClassVar[int] = 3000  # ~500/s at its default prefetch, ~5,000/s at 64 on 2 slots
     packages: ClassVar[tuple[str, ...]] = ("dramatiq", "redis", "hiredis", "pika", "msgpack")
     concurrency: ClassVar[str] = "one `dramatiq -p <processes> -t <threads>` per queue group"
@@ -492,7 +498,7 @@ class DramatiqBackend(BackendBase):
                 "-p", str(spec.processes), "-t", str(spec.threads), "-Q", *spec.queues]
         self._specs[tuple(spec.queues)] = {
             "queues": list(spec.queues), "processes": spec.processes, "threads": spec.threads, "slots": spec.slots,
-            "queue_prefetch": prefetch or min(spec.threads * 2, 65535),
+            "queue_prefetch": prefetch or _default_queue_prefetch(spec.threads),
             "queue_prefetch_source": "set" if prefetch else "dramatiq default (2 x threads)",
             "delay_queue_prefetch": self._knobs["delay_queue_prefetch"] or min(spec.threads * 1000, 65535),
             "acks": "after the actor runs (dramatiq always)",

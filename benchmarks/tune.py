@@ -67,7 +67,9 @@ def values_to_try(backend: str, knob: str, slots: int) -> list[Any]:
     """The knob's candidates other than the library's default (the defaults' cell stands for it); for
     `threads`, only those that divide `slots` (equal slots)."""
     domain = declared(backend)[knob]
-    values = [v for v in domain.candidates if v != domain.default]
+    derived = getattr(backends.backend_class(backend), "derived_defaults", {}).get(knob)
+    default = derived(1) if derived is not None and domain.default is None else domain.default  # tune runs t1
+    values = [v for v in domain.candidates if v != default]
     if knob == "threads":
         values = [v for v in values if slots % v == 0]
     return values
