@@ -31,7 +31,8 @@ Design, in the order a task meets it:
   like a new task), never through the schedule. The attempt number comes from Huey's bookkeeping: the
   task is registered with ``context=True``, so `run` receives Huey's `Task`, whose ``retries`` Huey
   decrements on each re-enqueue; attempt = fail_times - retries + 1 (``fail_times`` is in the task's own
-  arguments, `workload.max_retries_for`). Every other task is enqueued with ``retries=0`` and runs once.
+  arguments, `workload.max_retries_for`). Every other task is enqueued with ``retries=0`` (Huey's default)
+  and runs once: so does `poison`, whose one failure is final (`retry_policy`).
   Instances are built with ``store_intermediate_errors=False``: Huey's default (True) stores each failed
   attempt's error as the task's result before the retry runs, so a `flaky` task would read "failure"
   while its next attempt waits in the queue.
@@ -126,6 +127,7 @@ from backends.base import (
     EnqueueReceipt,
     JobRequest,
     Knob,
+    RetryPolicy,
     TaskStatus,
     UnsupportedOption,
     WorkerCommand,
@@ -566,6 +568,10 @@ class HueyBackend(BackendBase):
             argv.append("-v")
         return [*argv, WORKER_INSTANCE]
 
+    def retry_policy(self) -> RetryPolicy:
+        """Huey retries a task only when it is given ``retries``; its default is 0, so `poison` runs once."""
+        return RetryPolicy(0, "none", "huey task(retries=0) default, https://huey.readthedocs.io/en/latest/guide.html#retrying-tasks-that-fail")
+
     def delivery_contract(self, spec: WorkerSpec) -> DeliveryContract:
         """Huey's docs: no acknowledgement, no at-least-once delivery; a task a worker has taken is gone
         from the queue, and nothing brings it back."""
@@ -661,7 +667,8 @@ class HueyBackend(BackendBase):
             "results": self.settings.results,
             "result_reads": "peek (non-destructive); store_none=True, store_intermediate_errors=False",
             "retry": "flaky only: retries=fail_times, retry_delay=0 (re-enqueued at once, at the back of its "
-                     "queue)",
+                     "queue); every other task retries=0, Huey's default (poison runs once)",
+            "retry_policy": self.retry_policy().record(),
             "delivery": "at most once: no acknowledgement",
             "routing": self.settings.routing,
             "queues": list(self.settings.queues),

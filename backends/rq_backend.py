@@ -11,10 +11,13 @@ Design, in the order a task meets it:
 - Serializer. json -> `rq.serializers.JSONSerializer`, pickle -> RQ's default pickle serializer,
   msgpack -> `MsgpackSerializer` below. The producer's `Queue(serializer=...)` and the worker's
   ``--serializer`` name the same class; RQ puts job data, job meta and results through it.
-- Retries. Only `flaky` needs them: it gets RQ's own ``Retry(max=fail_times, interval=0)`` (re-queued at
-  once, no backoff, so no scheduler round trip). The attempt number comes from RQ's bookkeeping:
-  `job.retries_left` (RQ decrements it on each retry) and the maximum, stored in the job's RQ meta at
-  enqueue.
+- Retries. RQ retries nothing unless a job is enqueued with a ``Retry``. The knob ``retry_max`` (default
+  0, RQ's default: no Retry) gives every job RQ's own ``Retry(max=retry_max, interval=0)``: a failed job,
+  and a job whose work horse died or whose worker was found dead (abandoned), is then re-queued at once
+  (no backoff, so no scheduler round trip) until its retries are spent. `flaky` gets at least the
+  ``fail_times`` retries it needs; `poison` gets exactly ``retry_max`` (`retry_policy`). The attempt
+  number comes from RQ's bookkeeping: `job.retries_left` (RQ decrements it on each retry) and the
+  maximum, stored in the job's RQ meta at enqueue.
 - Results. On: RQ keeps a success for ``result_ttl_s`` (RQ default 500 s) and a failure for
   ``failure_ttl_s`` (RQ default 1 year). Off: jobs are enqueued with ``result_ttl=0``, RQ's own "do not
   keep results": a successful job is deleted, hash and timestamps included, as soon as it finishes, so
@@ -77,6 +80,7 @@ from backends.base import (
     EnqueueReceipt,
     JobRequest,
     Knob,
+    RetryPolicy,
     TaskStatus,
     UnsupportedOption,
     WorkerCommand,
@@ -107,6 +111,9 @@ KNOBS: dict[str, Knob] = {
                           low=-1),
     "logging_level": Knob(str, "INFO", "worker log level (rq worker-pool -l). RQ's INFO logs about three "
                           "lines per job.", choices=LOGGING_LEVELS, candidates=("INFO", "WARNING")),
+    "retry_max": Knob(int, 0, "Retry(max=N, interval=0) on every job: RQ re-queues a job that failed, whose "
+                      "work horse died or whose worker was found dead, up to N times (RQ default 0: no Retry, "
+                      "such a job goes to the failed registry). poison runs 1 + N times.", low=0, high=100),
 }
 
 #: Short worker-class names a spec may use; any other value must be a dotted path.
@@ -262,7 +269,7 @@ _STATES: dict[str, str] = {
 
 
 class RQBackend(BackendBase):
-    """RQ on Redis: one job per task, RQ's own retry for `flaky`, RQ's own CLI for workers."""
+    """RQ on Redis: one job per task, RQ's own Retry when a job may retry, RQ's own CLI for workers."""
 
     name: ClassVar[str] = "rq"
     brokers: ClassVar[frozenset[str]] = frozenset({"redis"})
@@ -287,6 +294,8 @@ class RQBackend(BackendBase):
         #: What jobs are enqueued with: 0 (RQ deletes a success at once) when results are off.
         self.result_ttl_s: int | None = result_ttl_s if settings.results else 0
         self.logging_level: str | None = options.get("logging_level")
+        #: Retry(max=...) given to every job (0: none, RQ's default).
+        self.retry_max = int(options.get("retry_max", 0))
         self.settings = settings
         self._serializer, self._serializer_arg = SERIALIZERS[settings.serializer]
         self._redis = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=PING_TIMEOUT_S,
@@ -315,14 +324,14 @@ class RQBackend(BackendBase):
 
     def _job_options(self, job: JobRequest) -> dict[str, Any]:
         """What `enqueue` gives RQ for `job` (`codec` builds the same job)."""
-        max_retries = workload.max_retries_for(job.task, job.args)
+        max_retries = max(workload.max_retries_for(job.task, job.args), self.retry_max)
         retry = Retry(max=max_retries, interval=0) if max_retries > 0 else None
         return {"args": (job.task, dict(job.args), job.meta()), "job_id": job.id, "timeout": self.job_timeout_s,
                 "result_ttl": self.result_ttl_s, "failure_ttl": self.failure_ttl_s, "description": job.task,
                 "meta": {_META_MAX_RETRIES: max_retries} if retry else None, "retry": retry}
 
     def enqueue(self, job: JobRequest) -> EnqueueReceipt:
-        """Enqueue `job` as one RQ job (id = `job.id`) on `job.queue`; `flaky` gets RQ's `Retry`."""
+        """Enqueue `job` as one RQ job (id = `job.id`) on `job.queue`, with RQ's `Retry` when it may retry."""
         self._queue(job.queue).enqueue_call(RUN_FUNC, **self._job_options(job))
         return EnqueueReceipt(job.id, job.queue, time.time_ns())
 
@@ -427,6 +436,12 @@ class RQBackend(BackendBase):
             "maintenance interval (600 s)",
             "https://python-rq.org/docs/exceptions/ (abandoned jobs), https://python-rq.org/docs/jobs/")
 
+    def retry_policy(self) -> RetryPolicy:
+        """`poison` gets ``Retry(max=retry_max, interval=0)``: RQ retries nothing without a Retry."""
+        return RetryPolicy(self.retry_max, "interval 0: re-queued at once",
+                           "rq.Retry(max=..., interval=...) given at enqueue (the [rq] retry_max knob; RQ's "
+                           "default is no Retry), https://python-rq.org/docs/exceptions/#retrying-failed-jobs")
+
     def held_task_ids(self) -> set[str] | None:
         """Job ids RQ still holds: waiting in a queue, in its intermediate queue (taken by a worker, not yet
         started), or in its started registry (a job whose worker died stays there until the registry's
@@ -494,7 +509,10 @@ class RQBackend(BackendBase):
             "failure_ttl_s": self.failure_ttl_s if self.failure_ttl_s is not None else DEFAULT_FAILURE_TTL,
             "job_timeout_s": self.job_timeout_s if self.job_timeout_s is not None else rq.Queue.DEFAULT_TIMEOUT,
             "logging_level": self.logging_level or "INFO",
-            "retry": "flaky only: Retry(max=fail_times, interval=0), re-queued at once",
+            "retry": "Retry(max=max(retry_max, flaky's fail_times), interval=0) when that is > 0, re-queued "
+                     "at once; poison: Retry(max=retry_max)",
+            "retry_max": self.retry_max,
+            "retry_policy": self.retry_policy().record(),
             "routing": self.settings.routing,
             "queues": list(self.settings.queues),
             "knobs": dict(self.settings.options),

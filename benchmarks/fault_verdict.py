@@ -10,8 +10,11 @@ with outcome ok; the *deadline* is the end of the observation, `observe_s` after
 - ``acknowledged``: tasks with a ``sent`` row (the API or the preloader got the enqueue call back).
 - ``in_flight_at_fault``: tasks with a start at or before the fault and no finished row of that attempt
   by then; ``queued_at_fault``: sent by the fault and not started; ``sent_after_fault``: the rest.
-- ``lost_in_flight`` / ``lost_queued``: acknowledged, no ok finish by the deadline, not held by the
-  broker, split by where they were at the fault (``lost_queued`` counts tasks sent after the fault too).
+- ``failed_as_promised``: tasks that fail every time (`poison`) whose last promised attempt (``final_attempts``:
+  1 + the retries their library's retry policy promises) failed by the deadline: settled, never lost.
+- ``lost_in_flight`` / ``lost_queued``: acknowledged, no ok finish (nor a failure as promised) by the
+  deadline, not held by the broker, split by where they were at the fault (``lost_queued`` counts tasks
+  sent after the fault too).
 - ``stranded``: no ok finish by the deadline but still held by the broker (its unacked hash, acks set,
   started registry...), so a recovery timer may still bring them back: "recovery pending", not lost.
   None when the broker was not read.
@@ -20,7 +23,8 @@ with outcome ok; the *deadline* is the end of the observation, `observe_s` after
   earlier failed attempt (a finished row with outcome error, before it) accounts for.
 - ``unexpected``: tasks that started without ever being sent (never allowed).
 - ``affected``: tasks in flight at the fault, plus those re-executed; ``recovered_s``: from the fault to
-  the last affected task's first ok finish, None if one never finished ok (or none was affected);
+  the last affected task's first ok finish (or its failure as promised), None if one never finished (or
+  none was affected);
   ``first_redelivery_s``: from the fault to the first re-execution start.
 - ``throughput_dip``: ok finishes in 1 s buckets; the baseline is their mean rate before the fault
   (buckets from the first finish), ``depth`` is 1 - the lowest bucket after the fault / baseline, and
@@ -40,6 +44,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from backends import ledger
 
 AT_MOST_ONCE = "at-most-once"
 AT_LEAST_ONCE = "at-least-once"
@@ -98,9 +104,10 @@ class _Task:
     scheduled_ns: int | None = None
     starts: list[tuple[int, Any]] = field(default_factory=list)  # (t_ns, attempt)
     finishes: list[tuple[int, Any, str]] = field(default_factory=list)  # (t_ns, attempt, outcome)
+    final_failures: list[int] = field(default_factory=list)  # t_ns of failures of the last promised attempt
 
 
-def _tasks(rows: Iterable[Mapping[str, Any]]) -> dict[str, _Task]:
+def _tasks(rows: Iterable[Mapping[str, Any]], final_attempts: Mapping[str, int]) -> dict[str, _Task]:
     tasks: dict[str, _Task] = defaultdict(_Task)
     for row in rows:
         if row.get("probe") or row.get("id") is None:
@@ -114,6 +121,8 @@ def _tasks(rows: Iterable[Mapping[str, Any]]) -> dict[str, _Task]:
             task.starts.append((int(row["t_ns"]), row.get("attempt")))
         elif ev == "finished":
             task.finishes.append((int(row["t_ns"]), row.get("attempt"), str(row.get("outcome"))))
+            if ledger.is_final_failure(row, final_attempts):
+                task.final_failures.append(int(row["t_ns"]))
     for task in tasks.values():
         task.starts.sort(key=lambda s: s[0])
         task.finishes.sort(key=lambda f: f[0])
@@ -166,14 +175,15 @@ def _dip(tasks: Mapping[str, _Task], at_ns: int, deadline_ns: int) -> dict[str, 
 
 
 def judge(rows: Iterable[Mapping[str, Any]], fault: Mapping[str, Any], guarantee: str, *,
-          held_ids: Iterable[str] | None = None) -> dict[str, Any]:
+          held_ids: Iterable[str] | None = None, final_attempts: Mapping[str, int] | None = None) -> dict[str, Any]:
     """The counts and the verdict for one run (see the module docstring for every definition).
 
     `fault` needs ``kind``, ``at_ns`` and ``deadline_ns``; ``persistence`` (restart_broker) and
     ``escalated`` (term_worker) refine what is expected. `held_ids`: the task ids the broker still held
-    at the deadline (None: not read, so nothing can be called stranded)."""
+    at the deadline (None: not read, so nothing can be called stranded). `final_attempts`: task name ->
+    the attempt whose failure is final (`poison`: 1 + its library's promised retries)."""
     at_ns, deadline_ns = int(fault["at_ns"]), int(fault["deadline_ns"])
-    tasks = _tasks(rows)
+    tasks = _tasks(rows, final_attempts or {})
     held = set(held_ids) if held_ids is not None else None
     sent = {i: t for i, t in tasks.items() if t.sent_ns is not None}
     unexpected = sorted(i for i, t in tasks.items() if t.sent_ns is None and t.starts)
@@ -184,22 +194,25 @@ def judge(rows: Iterable[Mapping[str, Any]], fault: Mapping[str, Any], guarantee
     after = {i for i, t in sent.items() if t.sent_ns > at_ns}
     ok_first = {i: min(f for f, _, outcome in t.finishes if outcome == "ok" and f <= deadline_ns)
                 for i, t in sent.items() if any(o == "ok" and f <= deadline_ns for f, _, o in t.finishes)}
-    unfinished = set(sent) - set(ok_first)
+    failed_final = {i: min(t.final_failures) for i, t in sent.items()
+                    if i not in ok_first and t.final_failures and min(t.final_failures) <= deadline_ns}
+    settled = ok_first | failed_final
+    unfinished = set(sent) - set(settled)
     stranded = unfinished & held if held is not None else set()
     lost = unfinished - stranded
     duplicated = sorted(i for i, t in sent.items() if sum(1 for _, _, o in t.finishes if o == "ok") > 1)
     redelivered = {i: starts for i, t in sent.items() if (starts := _reexecution_starts(t))}
     affected = in_flight | set(redelivered)
     recovered = None
-    if affected and affected <= set(ok_first):
-        recovered = round((max(ok_first[i] for i in affected) - at_ns) / 1e9, 3)
+    if affected and affected <= set(settled):
+        recovered = round((max(settled[i] for i in affected) - at_ns) / 1e9, 3)
     first_redelivery = (round((min(min(s) for s in redelivered.values()) - at_ns) / 1e9, 3)
                         if redelivered else None)
     e2e = [(ok_first[i] - (sent[i].scheduled_ns or sent[i].sent_ns)) / 1e6 for i in after if i in ok_first]
 
     counts = {
         "acknowledged": len(sent), "in_flight_at_fault": len(in_flight), "queued_at_fault": len(queued),
-        "sent_after_fault": len(after), "finished_ok": len(ok_first),
+        "sent_after_fault": len(after), "finished_ok": len(ok_first), "failed_as_promised": len(failed_final),
         "lost_in_flight": len(lost & in_flight), "lost_queued": len(lost - in_flight),
         "stranded": len(stranded) if held is not None else None,
         "stranded_in_flight": len(stranded & in_flight) if held is not None else None,

@@ -54,8 +54,11 @@ from benchmarks.spec import NO_FAULT
 VICTIM_WAIT_S = 10.0
 #: Seconds a killed process (or a restarted Redis) gets to be gone (or to answer).
 GONE_WAIT_S = 5.0
-#: Self-checks that a fault may break by design: its own counts replace them (`Injector.judge`).
-REPLACED_CHECKS = ("all_finished", "no_duplicates", "no_leftovers", "generator_kept_up", "littles_law")
+#: Self-checks that a fault may break by design: its own counts replace them (`Injector.judge`). A kill
+#: mid-attempt may cost a `poison` task an attempt or add one (a redelivery, a retry after a dead work
+#: horse), so ``retries_as_promised`` gives way to ``failed_as_promised`` too.
+REPLACED_CHECKS = ("all_finished", "no_duplicates", "no_leftovers", "generator_kept_up", "littles_law",
+                   "retries_as_promised")
 #: Faults that take a whole worker away, judged by `DeliveryContract.whole_worker` when a backend declares it.
 WHOLE_WORKER_FAULTS = ("kill_worker", "hang_worker", "term_worker", "restart_broker")
 #: What ends the wait of a fault cell that did not see every task finish: the deadline, observe_s after
@@ -251,9 +254,10 @@ class Injector:
             self.record["error"] = f"{type(self._error).__name__}: {self._error}"
             raise RuntimeError(f"fault {self.kind} could not be injected: {self._error}") from self._error
 
-    def judge(self, summary: dict[str, Any], contract: Any) -> None:
+    def judge(self, summary: dict[str, Any], contract: Any, final_attempts: Mapping[str, int] | None = None) -> None:
         """Count what the fault did from the raw ledger (`fault_verdict.judge`) into `record`, and replace the
-        no-fault self-checks it may break by design (`REPLACED_CHECKS`) in `summary`."""
+        no-fault self-checks it may break by design (`REPLACED_CHECKS`) in `summary`. `final_attempts`: task
+        name -> the attempt whose failure is final (`poison`), so such a task is settled, not lost."""
         self.record["contract"] = {"guarantee": contract.guarantee, "whole_worker": contract.whole_worker,
                                    "in_flight": contract.in_flight, "prefetched": contract.prefetched,
                                    "recovery": contract.recovery, "source": contract.source}
@@ -267,7 +271,8 @@ class Injector:
         rows = list(ledger.iter_rows(self.stack.ledger_dir))
         fault = {"kind": self.kind, "at_ns": self.at_ns, "deadline_ns": self.record["deadline_ns"],
                  "persistence": self.spec.get("persistence", "off"), "escalated": self.record.get("escalated")}
-        self.record |= fault_verdict.judge(rows, fault, guarantee, held_ids=self._held)
+        self.record |= fault_verdict.judge(rows, fault, guarantee, held_ids=self._held,
+                                           final_attempts=final_attempts)
         if self._held is None:
             self.record["stranded_note"] = "the broker was not read: tasks it may still hold count as lost"
         checks = summary["checks"]

@@ -308,6 +308,8 @@ class CellRun:
         assert self.stack is not None and self.stack.backend is not None
         stack = self.stack
         self.record["settings"] = dict(stack.backend.describe())
+        policy = stack.backend.retry_policy()  # what a poison task gets: its attempts are checked against it
+        self.record["retry_policy"] = policy.record() if policy is not None else None
         self.record["backend_environment"] = stack.environment_record()
         self.record["brokers"] = {
             "broker": {"kind": stack.broker.kind, "url": _redact(stack.broker.url), "owned": stack.broker.owned,
@@ -328,7 +330,7 @@ class CellRun:
         self.record["api"] = {"server": "gunicorn gthread", "workers": self.config.api_workers,
                               "threads": self.config.api_threads}
         self.record["generator"] = generator_record()
-        follower = ledger.Follower(stack.ledger_dir)
+        follower = ledger.Follower(stack.ledger_dir, stack.final_attempts())
         if self.faults is not None:
             self.faults.prepare(stack)
         with Sampler(stack.supervisor, self.run_dir, depths=stack.backend.queue_depths) as sampler:
@@ -368,7 +370,7 @@ class CellRun:
                                         offered_rate_per_s=float(spec["rate"]),
                                         arrival=spec.get("arrival", "constant"),
                                         locust_post_counts=store.locust_post_counts(self.run_dir),
-                                        queue_leftovers=leftovers)
+                                        queue_leftovers=leftovers, final_attempts=stack.final_attempts())
             self._add_resources(summary)
             self._judge_fault(summary)
             self.record["summary"] = summary
@@ -399,7 +401,7 @@ class CellRun:
             # "serialization".
             self.record["serialization"] = serialization.after_preload(stack, before, spec)
             depth = sum(stack.backend.queue_depths().values())
-            follower = ledger.Follower(stack.ledger_dir)
+            follower = ledger.Follower(stack.ledger_dir, stack.final_attempts())
             follower.poll()
         with Sampler(stack.supervisor, self.run_dir, depths=stack.backend.queue_depths) as sampler:
             self.log(f"{depth} waiting ({len(probes)} probe(s) first); starting workers")
@@ -430,7 +432,8 @@ class CellRun:
             tasks = self._store_tasks()
             window = measure.drain_window(tasks)
             summary = measure.summarise(tasks, None, window, slots=self.config.slots, offered_rate_per_s=None,
-                                        queue_leftovers=leftovers, expected_sent=count)
+                                        queue_leftovers=leftovers, expected_sent=count,
+                                        final_attempts=stack.final_attempts())
         # The drain block in three parts: the workers booting (to the first start), the measured window
         # (first start to last finish), and the end noticed (last finish to the wait's return).
         boot_s = min(drain_s, max(0.0, (window.start_ns - workers_started_ns) / 1e9))
@@ -450,7 +453,8 @@ class CellRun:
         """faults: what the fault did, against the contract the backend declares for the victim's workers."""
         if self.faults is not None:
             assert self.stack is not None and self.stack.backend is not None
-            self.faults.judge(summary, self.stack.backend.delivery_contract(self.config.worker_specs()[0]))
+            self.faults.judge(summary, self.stack.backend.delivery_contract(self.config.worker_specs()[0]),
+                              self.stack.final_attempts())
 
     def _book_locust(self, started: float, locust_s: float, started_ns: int, ended_ns: int,
                      window: measure.Window) -> None:

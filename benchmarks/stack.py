@@ -310,16 +310,25 @@ class Stack:
         return set(self.submit([{"task": task, "args": dict(args), "queue": queue, "probe": True}
                                 for queue in self.settings.queues for task, args in tasks]))
 
+    def final_attempts(self) -> dict[str, int]:
+        """Task name -> the attempt whose failure is final: `poison` after the retries the backend's library
+        promises (`QueueBackend.retry_policy`); empty when the backend does not say."""
+        policy = self.backend.retry_policy() if self.backend is not None else None
+        return {"poison": policy.attempts} if policy is not None else {}
+
     def await_probes(self, ids: set[str], timeout_s: float = ROUND_TRIP_TIMEOUT_S) -> None:
-        """Wait until every probe in `ids` has finished successfully; TimeoutError naming the queues if not
-        within `timeout_s` (0: check once), ProcessFailed if a process died meanwhile."""
+        """Wait until every probe in `ids` has finished successfully (a `poison` probe: failed for good, after
+        the attempts its library promises); TimeoutError naming the queues if not within `timeout_s` (0:
+        check once), ProcessFailed if a process died meanwhile."""
         assert self.settings is not None
         follower = ledger.Follower(self.ledger_dir)  # reads only what was appended since its last look
+        final = self.final_attempts()
         done: set[str] = set()
 
         def all_done() -> bool:
             done.update(r["id"] for r in follower.poll()
-                        if r.get("probe") and r.get("ev") == "finished" and r.get("outcome") == "ok")
+                        if r.get("probe") and r.get("ev") == "finished"
+                        and (r.get("outcome") == "ok" or ledger.is_final_failure(r, final)))
             return ids <= done
 
         wait_until(all_done, timeout_s=timeout_s, interval_s=START_POLL_S,

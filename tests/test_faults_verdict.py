@@ -21,11 +21,12 @@ class Ledger:
         return self
 
     def ran(self, task_id: str, start_s: float, end_s: float | None = None, *, attempt: int = 1,
-            outcome: str = "ok", pid: int = 100) -> Ledger:
-        self.rows.append({"ev": "started", "id": task_id, "attempt": attempt, "t_ns": int(start_s * S), "pid": pid})
+            outcome: str = "ok", pid: int = 100, task: str = "sleep_ms") -> Ledger:
+        self.rows.append({"ev": "started", "id": task_id, "task": task, "attempt": attempt, "t_ns": int(start_s * S),
+                          "pid": pid})
         if end_s is not None:
-            self.rows.append({"ev": "finished", "id": task_id, "attempt": attempt, "t_ns": int(end_s * S),
-                              "outcome": outcome, "pid": pid})
+            self.rows.append({"ev": "finished", "id": task_id, "task": task, "attempt": attempt,
+                              "t_ns": int(end_s * S), "outcome": outcome, "pid": pid})
         return self
 
 
@@ -127,3 +128,26 @@ def test_the_dip_compares_one_second_buckets_after_the_fault_with_the_rate_befor
 def test_tasks_sent_during_the_fault_give_the_end_to_end_p99():
     book = Ledger().sent("a", 11).ran("a", 12, 13.5).sent("b", 12).ran("b", 12, 12.1)
     assert judge(book.rows, fault("hang_worker"), "at-least-once")["e2e_p99_during_fault_ms"] == 2500.0
+
+
+def poison(book: Ledger, task_id: str, attempts: int, start_s: float = 11.0) -> Ledger:
+    """`attempts` failed attempts of a task that always fails, one a second from `start_s`."""
+    for attempt in range(1, attempts + 1):
+        book.ran(task_id, start_s + attempt - 1, start_s + attempt - 0.5, attempt=attempt, outcome="error",
+                 task="poison")
+    return book
+
+
+def test_a_poison_task_that_failed_after_its_promised_attempts_is_settled_not_lost():
+    book = poison(Ledger().sent("p").sent("a").ran("a", 9, 12), "p", 4)
+    result = judge(book.rows, fault("kill_child"), "at-least-once", final_attempts={"poison": 4})
+    assert result["failed_as_promised"] == 1
+    assert result["lost_in_flight"] == result["lost_queued"] == 0 and result["reexecuted"] == 0
+    assert result["verdict"] == AS_DOCUMENTED
+
+
+def test_a_poison_task_short_of_its_promised_attempts_at_the_deadline_is_not_settled():
+    book = poison(Ledger().sent("p"), "p", 2)
+    result = judge(book.rows, fault("kill_child"), "at-least-once", final_attempts={"poison": 4})
+    assert result["failed_as_promised"] == 0 and result["lost_queued"] == 1
+    assert result["verdict"] == VIOLATES
