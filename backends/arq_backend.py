@@ -546,6 +546,19 @@ class ArqBackend(BackendBase):
             raise self._unavailable(exc) from exc
         return {queue: int(n) for queue, n in zip(self.settings.queues, counts, strict=True)}
 
+    def held_task_ids(self) -> set[str] | None:
+        """Job ids arq still holds: every member of each queue's sorted set. arq keeps a job there until it
+        finishes, so a job whose worker died is still held while its in-progress key lives (job_timeout +
+        10 s), and runs again after. A plain ZRANGE: nothing of arq's runs."""
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for queue in self.settings.queues:
+                    pipe.zrange(queue_key(queue), 0, -1)
+                members = pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return {m.decode() if isinstance(m, bytes) else str(m) for ids in members for m in ids}
+
     def purge(self) -> None:
         """Delete this configuration's queues, their jobs' keys, the workers' health-check keys, and the
         results arq recorded for these queues (read back to find their queue; SCAN, never FLUSHDB).
@@ -618,6 +631,13 @@ class ArqBackend(BackendBase):
                      "(next poll, same score)",
             "retry_policy": self.retry_policy().record(),
             "queue_depth": "ZCARD of the queue: running jobs included (arq keeps a job queued until done)",
+            "recovery": {"killed_worker": "its jobs stay in the queue; each runs again once its in-progress key "
+                                          f"expires ({self.job_timeout_s + IN_PROGRESS_EXTRA_S} s: job_timeout_s + "
+                                          f"{IN_PROGRESS_EXTRA_S})",
+                         "terminated_worker": (f"running jobs get job_completion_wait_s ({self.job_completion_wait_s}"
+                                               " s), then are cancelled and run again at once"),
+                         "tries": f"every start counts toward max_tries ({self.max_tries})",
+                         "stranded_read": "ZRANGE of each queue's sorted set"},
             "routing": self.settings.routing,
             "queues": [queue_key(q) for q in self.settings.queues],
             "knobs": dict(self.settings.options),

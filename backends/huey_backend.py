@@ -598,6 +598,17 @@ class HueyBackend(BackendBase):
             recovery,
             DOCS_URL)
 
+    def held_task_ids(self) -> set[str] | None:
+        """Task ids Huey still holds: waiting in a queue (``pending``) or in its schedule (``scheduled``: a
+        retry with a delay). Both only read the storage. A task a worker has taken is no longer held
+        anywhere: Huey never acknowledges, so nothing can bring it back (lost, not stranded)."""
+        held: set[str] = set()
+        for queue in self.settings.queues:
+            instance, _ = self._instance(queue)
+            with self._guard("held tasks"):
+                held.update(str(task.id) for task in [*instance.pending(), *instance.scheduled()])
+        return held
+
     def queue_depths(self) -> Mapping[str, int]:
         """Tasks waiting per queue of `settings.queues` (Huey's ``pending_count``)."""
         depths = {}
@@ -670,6 +681,12 @@ class HueyBackend(BackendBase):
                      "queue); every other task retries=0, Huey's default (poison runs once)",
             "retry_policy": self.retry_policy().record(),
             "delivery": "at most once: no acknowledgement",
+            "recovery": {"task": "none: a task a worker took is gone from the storage (no acknowledgement)",
+                         "worker": ("replaced by the consumer's health check every "
+                                    f"{consumer['health_check_interval_s']} s" if consumer["health_check"]
+                                    else "not replaced (health check off)"),
+                         "graceful_signal": consumer["graceful_signal"],
+                         "stranded_read": "pending() and scheduled(): the queue and the schedule"},
             "routing": self.settings.routing,
             "queues": list(self.settings.queues),
             "knobs": dict(options),

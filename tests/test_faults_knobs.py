@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from backends import rq_backend
+from backends import backend_class, rq_backend
 from backends.base import BackendSettings, UnsupportedOption, WorkerSpec
 from benchmarks import matrix, runner
+from benchmarks.stack import Stack, StackConfig
 
 UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing is contacted: backends connect lazily
 RECOVERY = {"worker_ttl_s": 20, "maintenance_interval_s": 5, "job_monitoring_interval_s": 5}
@@ -65,3 +66,29 @@ def test_rq_with_a_retry_runs_a_killed_work_horses_job_again_and_loses_nothing(n
     assert faults["lost_in_flight"] == faults["lost_queued"] == 0, faults["ids"]
     assert faults["reexecuted"] >= 1 and faults["verdict"] == "as-documented"
     assert faults["orphans"] == []
+
+
+@pytest.mark.service
+@pytest.mark.parametrize("backend", ["huey", "arq"])
+def test_the_tasks_huey_and_arq_still_hold_are_read_from_what_the_library_itself_wrote(backend, need_redis,
+                                                                                       tmp_path):
+    # Enqueued by the library's own producer (arq's in its own environment), no worker started: the broker
+    # holds every task, and reading it takes nothing away.
+    stack = Stack(StackConfig.of(backend=backend, processes=1), tmp_path)
+    try:
+        stack.start_brokers()
+        ids = set(stack.submit([{"task": "noop"}] * 3))
+        assert stack.backend.held_task_ids() == ids
+        assert stack.backend.held_task_ids() == ids and sum(stack.backend.queue_depths().values()) == 3
+    finally:
+        stack.stop()
+
+
+@pytest.mark.parametrize(("backend", "keys"), [
+    ("huey", {"task", "worker", "graceful_signal"}),
+    ("arq", {"killed_worker", "terminated_worker", "tries"}),
+])
+def test_huey_and_arq_record_how_they_recover_a_dead_workers_tasks(backend, keys):
+    cls = backend_class(backend)
+    described = cls(BackendSettings(broker_url=UNREACHABLE)).describe()
+    assert keys <= set(described["recovery"])
