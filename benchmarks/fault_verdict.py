@@ -74,13 +74,23 @@ class Expected:
 def expected(kind: str, guarantee: str, *, persistence: str = "off", escalated: bool = False) -> Expected:
     """What `kind` of fault may do to tasks under a library's `guarantee` (its declared `DeliveryContract`).
 
-    `persistence` is the broker's for ``restart_broker``; `escalated` says a ``term_worker`` victim had to
-    be SIGKILLed after its grace (it is then judged as a kill)."""
+    `persistence` is the broker's for ``restart_broker``: Redis ``off`` or ``aof``; a RabbitMQ node
+    ``durable-confirmed`` or ``durable-unconfirmed`` (durable queues and persistent messages, published with or
+    without publisher confirms). `escalated` says a ``term_worker`` victim had to be SIGKILLed after its
+    grace (it is then judged as a kill)."""
     alo = guarantee == AT_LEAST_ONCE
     if kind == "restart_broker":
         if persistence == "off":
             return Expected("any", "any", alo, "a broker restarted without persistence forgets every message it "
                             "held (queued and unacknowledged) whatever the library promises")
+        if persistence == "durable-unconfirmed":
+            return Expected("any", "any", alo, "RabbitMQ writes persistent messages to disk in batches and tells "
+                            "the publisher only through confirms: without them, messages it had not yet written "
+                            "when it was killed may be gone, durable queue or not")
+        if persistence == "durable-confirmed":
+            return Expected("none", "none", alo, "a confirmed persistent message in a durable queue is on disk and "
+                            "comes back with the node; unacknowledged deliveries are redelivered (at-least-once "
+                            "libraries may run them twice)")
         return Expected("none", "none", alo, "an append-only file replays every acknowledged write after a "
                         "process restart; at-least-once libraries may re-run tasks whose ack was cut off")
     if kind in KILLS or (kind == "term_worker" and escalated):

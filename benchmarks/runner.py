@@ -249,7 +249,8 @@ class CellRun:
             return self._finish("skipped", self.cell.skip_reason)
         # faults: a cell that restarts its broker starts a redis-server of its own, not the sweep's.
         shared_redis = None if faults.own_broker(self.spec) else self.shared_redis
-        self.stack = Stack(self.config, self.run_dir, phases=self.phases, shared_redis=shared_redis)
+        self.stack = Stack(self.config, self.run_dir, phases=self.phases, shared_redis=shared_redis,
+                           private_rabbitmq=faults.own_broker(self.spec))
         try:
             if self.spec["mode"] == "drain":
                 self._drain()

@@ -107,10 +107,13 @@ class Stack:
     """Brokers, workers and the API of one configuration, under one supervisor."""
 
     def __init__(self, config: StackConfig, run_dir: str | os.PathLike[str], *,
-                 phases: PhaseClock | None = None, shared_redis: brokers.SharedRedis | None = None) -> None:
+                 phases: PhaseClock | None = None, shared_redis: brokers.SharedRedis | None = None,
+                 private_rabbitmq: bool = False) -> None:
         self.config = config
         #: The sweep's private Redis, used instead of starting one (None: start one, stop it with the stack).
         self.shared_redis = shared_redis
+        #: On RabbitMQ, start a node of the stack's own even when one answers (a cell that restarts it).
+        self.private_rabbitmq = private_rabbitmq
         self._shared_procs: list[Any] = []
         #: Where the stack's start-up and shutdown time goes (the runner's clock for the cell, if given).
         self.phases = phases or PhaseClock()
@@ -207,7 +210,8 @@ class Stack:
         elif cfg.broker == "sqlite":
             self.broker = self.result_store = brokers.sqlite_file(self.run_dir)
         else:
-            self.broker = brokers.resolve_rabbitmq(self.supervisor, self.run_dir, cfg.amqp_url)
+            self.broker = (brokers.start_private_rabbitmq(self.supervisor, self.run_dir) if self.private_rabbitmq
+                           else brokers.resolve_rabbitmq(self.supervisor, self.run_dir, cfg.amqp_url))
             if cfg.spec["results"]:
                 # RabbitMQ holds no results: a Redis does (the user's if given, else a private one).
                 if cfg.broker_url:

@@ -151,3 +151,11 @@ def test_a_poison_task_short_of_its_promised_attempts_at_the_deadline_is_not_set
     result = judge(book.rows, fault("kill_child"), "at-least-once", final_attempts={"poison": 4})
     assert result["failed_as_promised"] == 0 and result["lost_queued"] == 1
     assert result["verdict"] == VIOLATES
+
+
+def test_a_rabbitmq_restart_may_lose_unconfirmed_messages_but_not_confirmed_ones():
+    book = Ledger().sent("a").sent("b").ran("a", 9, 10.5)  # b was queued at the restart and never ran
+    unconfirmed = judge(book.rows, fault("restart_broker", persistence="durable-unconfirmed"), "at-least-once")
+    confirmed = judge(book.rows, fault("restart_broker", persistence="durable-confirmed"), "at-least-once")
+    assert unconfirmed["lost_queued"] == confirmed["lost_queued"] == 1
+    assert unconfirmed["verdict"] == AS_DOCUMENTED and confirmed["verdict"] == VIOLATES
