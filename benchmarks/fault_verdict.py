@@ -30,8 +30,10 @@ with outcome ok; the *deadline* is the end of the observation, `observe_s` after
   (buckets from the first finish), ``depth`` is 1 - the lowest bucket after the fault / baseline, and
   ``lost_task_s`` sums the shortfall below the baseline over the buckets from the fault to the deadline.
 - ``e2e_p99_during_fault_ms``: nearest-rank p99 of first ok finish - scheduled (else sent) time, over tasks
-  sent from the fault to the deadline (``e2e_during_fault_n`` of them; fewer than 368 cannot bound a p99 by
-  the quantile rule, so read it as the largest of few); None without such a task.
+  sent from the fault to the deadline (``e2e_during_fault_n`` of them), with its distribution-free 95 %
+  interval (``e2e_p99_during_fault_interval_ms``). By the quantile rule (`verdicts.bounds`) fewer than 368
+  cannot bound a p99: then it is None, ``e2e_p99_during_fault_note`` reads ``too few samples (n=...)``,
+  and only ``e2e_max_during_fault_ms`` (the largest, a fact of any sample) is given.
 
 The verdict compares the counts with what the fault and the contract lead one to expect (`expected`):
 ``as-documented`` when every count is within it, else ``violates-contract`` with the reasons.
@@ -46,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backends import ledger
+from benchmarks import verdicts
 
 AT_MOST_ONCE = "at-most-once"
 AT_LEAST_ONCE = "at-least-once"
@@ -54,6 +57,8 @@ VIOLATES = "violates-contract"
 #: Faults that take a worker away (its tasks in flight are in danger); `hang_worker` and a `term_worker`
 #: whose victim left within its grace only delay them.
 KILLS = ("kill_child", "kill_worker")
+#: The quantile of ``e2e_p99_during_fault_ms``.
+P99 = 0.99
 
 
 @dataclass(frozen=True)
@@ -219,6 +224,7 @@ def judge(rows: Iterable[Mapping[str, Any]], fault: Mapping[str, Any], guarantee
     first_redelivery = (round((min(min(s) for s in redelivered.values()) - at_ns) / 1e9, 3)
                         if redelivered else None)
     e2e = [(ok_first[i] - (sent[i].scheduled_ns or sent[i].sent_ns)) / 1e6 for i in after if i in ok_first]
+    p99_bounded = verdicts.bounds(len(e2e), P99)
 
     counts = {
         "acknowledged": len(sent), "in_flight_at_fault": len(in_flight), "queued_at_fault": len(queued),
@@ -229,7 +235,10 @@ def judge(rows: Iterable[Mapping[str, Any]], fault: Mapping[str, Any], guarantee
         "duplicated": len(duplicated), "reexecuted": len(redelivered), "unexpected": len(unexpected),
         "affected": len(affected), "recovered_s": recovered, "first_redelivery_s": first_redelivery,
         "throughput_dip": _dip(sent, at_ns, deadline_ns),
-        "e2e_p99_during_fault_ms": _p99(e2e), "e2e_during_fault_n": len(e2e),
+        "e2e_p99_during_fault_ms": _p99(e2e) if p99_bounded else None, "e2e_during_fault_n": len(e2e),
+        "e2e_p99_during_fault_interval_ms": list(verdicts.quantile_interval(e2e, P99)) if p99_bounded else None,
+        "e2e_p99_during_fault_note": None if p99_bounded else verdicts.too_few_samples(len(e2e)),
+        "e2e_max_during_fault_ms": max(e2e) if e2e else None,
     }
     want = expected(str(fault["kind"]), guarantee, persistence=str(fault.get("persistence", "off")),
                     escalated=bool(fault.get("escalated")))

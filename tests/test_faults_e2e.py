@@ -175,7 +175,10 @@ def test_a_fault_under_load_marks_the_tasks_sent_while_the_worker_hung(need_redi
     assert faults["injected"] and faults["sent_after_fault"] > 0
     assert faults["lost_in_flight"] == faults["lost_queued"] == 0 and faults["verdict"] == "as-documented"
     # tasks sent while the worker was stopped waited for it: their end-to-end p99 shows the hang
-    assert faults["e2e_p99_during_fault_ms"] > 1000
+    assert faults["e2e_max_during_fault_ms"] > 1000
+    # about 60 tasks cannot bound a p99 (368 can): no number is given for it, and the record says why
+    assert faults["e2e_p99_during_fault_ms"] is None
+    assert faults["e2e_p99_during_fault_note"] == f"too few samples (n={faults['e2e_during_fault_n']})"
     assert faults["orphans"] == [] and left_running(tmp_path) == []
 
 

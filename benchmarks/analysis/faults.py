@@ -14,11 +14,12 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from benchmarks import verdicts
 from benchmarks.analysis import charts
 from benchmarks.analysis.load import Results
 
 HEADER = ["configuration", "fault", "sent", "lost in flight", "lost queued", "stranded", "duplicated",
-          "re-executed", "recovery", "first redelivery", "verdict"]
+          "re-executed", "recovery", "first redelivery", "e2e p99 of tasks sent during the fault", "verdict"]
 #: Seconds per bucket of the throughput-over-time chart.
 BUCKET_S = 1.0
 #: Line styles telling apart the runs of one backend (its colour) in one panel.
@@ -68,6 +69,22 @@ def _value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def p99_text(faults: dict[str, Any]) -> str:
+    """The end-to-end p99 of the tasks sent during the fault, by the quantile rule: a number with its
+    interval and n only when its n can bound a p99 (368), else ``too few samples (n=...)`` and the largest.
+    Runs recorded before the rule was applied here carry the raw figure; it is judged by its n as well."""
+    n = faults.get("e2e_during_fault_n") or 0
+    value = faults.get("e2e_p99_during_fault_ms")
+    if value is None or not verdicts.bounds(n, 0.99):
+        largest = faults.get("e2e_max_during_fault_ms")
+        return verdicts.too_few_samples(n) + (f"; largest {largest:.0f} ms" if largest is not None else "")
+    interval = faults.get("e2e_p99_during_fault_interval_ms")
+    if interval:
+        return (f"{value:.0f} ms ({verdicts.CONFIDENCE_TEXT} CI {interval[0]:.0f} to {interval[1]:.0f}, "
+                f"n={n})")
+    return f"{value:.0f} ms (n={n})"
+
+
 def _seconds(value: Any) -> str:
     return "–" if value is None else f"{value:.1f} s"
 
@@ -79,7 +96,7 @@ def fault_table(results: Results) -> list[list[str]]:
         f = record["faults"]
         if not f.get("injected") or "verdict" not in f or f["verdict"] == "not-injected":
             rows.append([configuration(record), record["spec"]["fault"], "–", "–", "–", "–", "–", "–", "–", "–",
-                         f"not injected: {f.get('error', 'no task ran')}"])
+                         "–", f"not injected: {f.get('error', 'no task ran')}"])
             continue
         stranded = "not read" if f.get("stranded") is None else str(f["stranded"])
         verdict = f["verdict"] if not f.get("reasons") else f"⚠ {f['verdict']}: {'; '.join(f['reasons'])}"
@@ -88,7 +105,7 @@ def fault_table(results: Results) -> list[list[str]]:
         rows.append([configuration(record), record["spec"]["fault"], str(f["acknowledged"]),
                      f"{f['lost_in_flight']} of {f['in_flight_at_fault']}", str(f["lost_queued"]), stranded,
                      str(f["duplicated"]), str(f["reexecuted"]), _recovery(f, float(record["spec"]["observe_s"])),
-                     _seconds(f.get("first_redelivery_s")), verdict])
+                     _seconds(f.get("first_redelivery_s")), p99_text(f), verdict])
     return rows
 
 
