@@ -45,8 +45,8 @@ def configuration(record: dict[str, Any]) -> str:
     if spec.get("acks_late") is not None:
         parts.append(f"acks_late={_value(spec['acks_late'])}")
     parts += [f"{k}={_value(v)}" for k, v in sorted((spec.get("options") or {}).items())]
-    if spec.get("persistence"):
-        parts.append(f"persistence={spec['persistence']}")
+    if spec.get("persistence"):  # a RabbitMQ node's is what the run found (durable, with or without confirms)
+        parts.append(f"persistence={(record.get('faults') or {}).get('persistence') or spec['persistence']}")
     return ", ".join(parts)
 
 
