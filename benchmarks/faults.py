@@ -471,7 +471,6 @@ class Injector:
         self.record["restarted"] = {"pid": new.pid, "after_s": round(time.monotonic() - (self.at_monotonic or 0), 3),
                                     "keys_after_restart": keys}
 
-
     def _restart_rabbitmq(self) -> None:
         """SIGKILL the cell's private RabbitMQ node (its whole tree: the script and the Erlang VM) and start
         ``rabbitmq-server`` again with the environment it had (node name, ports, data directory)."""

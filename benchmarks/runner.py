@@ -48,6 +48,7 @@ from typing import Any
 import pandas as pd
 
 from backends import ledger
+from backends.base import BackendUnavailable
 from benchmarks import __version__, environment, faults, measure, serialization, store
 from benchmarks.brokers import SharedRedis, redact
 from benchmarks.matrix import Cell, Matrix
@@ -485,7 +486,14 @@ class CellRun:
         storing its result; a late ack), so when every task has finished, empty queues get a moment
         (`LEFTOVER_GRACE_S`) to show it before anything left counts."""
         assert self.stack is not None and self.stack.backend is not None
-        depths = dict(self.stack.backend.queue_depths())
+        try:
+            depths = dict(self.stack.backend.queue_depths())
+        except BackendUnavailable:
+            if self.faults is None:
+                raise
+            # faults: a restarted broker left this thread's producer connection dead; the backend dropped it
+            # on that error, and the next call connects afresh.
+            depths = dict(self.stack.backend.queue_depths())
         if self.record.get("drain_ended_by") != "all-finished":
             return depths
         deadline = time.monotonic() + LEFTOVER_GRACE_S
