@@ -233,6 +233,7 @@ def summarise(tasks: pd.DataFrame, requests: pd.DataFrame | None, window: Window
     doomed = sent_ids[sent_ids["task"].isin(list(final))]
     if len(doomed):
         checks["retries_as_promised"], off = retries_check(doomed, attempts, final)
+        figures["poison_tasks"] = int(len(doomed))
         figures["failed_as_promised"] = int(len(doomed)) - off
         sent_ids = sent_ids[~sent_ids["id"].isin(set(doomed["id"]))]
     lost = sent_ids[sent_ids["ok_executions"] == 0]["id"].tolist()

@@ -1,6 +1,6 @@
 """The report's "When things fail" section: per library configuration x fault, what was lost, run twice,
-stranded, how long recovery took, and whether that is what the library documents; and throughput over
-time with the fault marked.
+stranded, how long recovery took, and whether that is what the library documents; throughput over time
+with the fault marked; and retries under failure (`poison` tasks against each library's retry settings).
 
 Read from stored runs only: each fault run's ``faults`` record in run.json (counted from the raw ledger by
 `benchmarks.fault_verdict` when the run ended) and its ``tasks.parquet`` for the throughput chart.
@@ -106,6 +106,32 @@ def fault_table(results: Results) -> list[list[str]]:
                      f"{f['lost_in_flight']} of {f['in_flight_at_fault']}", str(f["lost_queued"]), stranded,
                      str(f["duplicated"]), str(f["reexecuted"]), _recovery(f, float(record["spec"]["observe_s"])),
                      _seconds(f.get("first_redelivery_s")), p99_text(f), verdict])
+    return rows
+
+
+#: Columns of the retries table: runs that sent `poison` tasks (they fail every time).
+RETRY_HEADER = ["configuration", "poison tasks", "attempts promised", "failed as promised", "retry setting"]
+
+
+def retry_table(results: Results) -> list[list[str]]:
+    """One row per run that sent `poison` tasks: the attempts its library's retry settings promise (run.json's
+    ``retry_policy``) and how many of its poison tasks ran exactly that many times and then failed (the
+    self-check ``retries_as_promised``, counted from the ledger)."""
+    rows = []
+    for record in sorted(results.records.values(), key=lambda r: (configuration(r), r["run_id"])):
+        summary = record.get("summary") or {}
+        check = (summary.get("checks") or {}).get("retries_as_promised")
+        if check is None or record.get("status") not in COUNTED_STATUSES:
+            continue
+        figures, policy = summary.get("figures") or {}, record.get("retry_policy") or {}
+        total, settled = figures.get("poison_tasks"), figures.get("failed_as_promised")
+        outcome = f"{settled} of {total}"
+        if not check["ok"]:
+            outcome += f" ⚠ {check['detail']}"
+        elif check.get("replaced_by"):
+            outcome += " (under a fault: judged by the fault's counts)"
+        rows.append([configuration(record), str(total), str(policy.get("attempts", "–")), outcome,
+                     str(policy.get("source", "–"))])
     return rows
 
 
