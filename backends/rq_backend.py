@@ -355,16 +355,15 @@ class RQBackend(BackendBase):
         self.job_timeout_s = _int_knob(options, "job_timeout_s")
         self.failure_ttl_s = _int_knob(options, "failure_ttl_s")
         result_ttl_s = _int_knob(options, "result_ttl_s")
-        self.worker_class = self._worker_class(options.get("worker_class"))
         #: The recovery knobs given (`RECOVERY_KNOBS`); the rest keep RQ's defaults.
         self.recovery: dict[str, int] = {knob: int(options[knob]) for knob in RECOVERY_KNOBS if knob in options}
-        if self.recovery:
-            base = options.get("worker_class", "Worker")
-            if base not in WORKER_CLASSES:
-                raise UnsupportedOption("[rq] worker_class", base, self.name,
-                                        f"{', '.join(sorted(self.recovery))} reach a worker-pool's workers through "
-                                        f"queuebench's subclass of {', '.join(WORKER_CLASSES)} only")
-            self.worker_class = f"{PRELOAD_MODULE}.Pinned{base}"
+        base = options.get("worker_class", "Worker")
+        if self.recovery and base not in WORKER_CLASSES:
+            raise UnsupportedOption("[rq] worker_class", base, self.name,
+                                    f"{', '.join(sorted(self.recovery))} reach a worker-pool's workers through "
+                                    f"queuebench's subclass of {', '.join(WORKER_CLASSES)} only")
+        self.worker_class = (f"{PRELOAD_MODULE}.Pinned{base}" if self.recovery
+                             else self._worker_class(options.get("worker_class")))
         #: What jobs are enqueued with: 0 (RQ deletes a success at once) when results are off.
         self.result_ttl_s: int | None = result_ttl_s if settings.results else 0
         self.logging_level: str | None = options.get("logging_level")

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import matrix, runner
+from benchmarks.analysis.faults import retry_table
+from benchmarks.analysis.load import load_results
 
 pytestmark = pytest.mark.service
 
@@ -57,3 +59,6 @@ def test_a_poison_task_runs_exactly_the_attempts_its_library_promises_then_fails
     assert len(runs) == 2
     for rows in runs.values():
         assert rows == [(n, "error") for n in range(1, attempts + 1)]
+    # The report's "When things fail" tells it from the stored run.
+    (row,) = retry_table(load_results(tmp_path / "runs"))
+    assert row[1:4] == ["2", str(attempts), "2 of 2"]
