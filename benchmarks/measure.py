@@ -231,14 +231,16 @@ def summarise(tasks: pd.DataFrame, requests: pd.DataFrame | None, window: Window
     checks: dict[str, dict[str, Any]] = {}
     final = dict(final_attempts or {})
     doomed = sent_ids[sent_ids["task"].isin(list(final))]
+    should_finish = sent_ids
     if len(doomed):
         checks["retries_as_promised"], off = retries_check(doomed, attempts, final)
         figures["poison_tasks"] = int(len(doomed))
         figures["failed_as_promised"] = int(len(doomed)) - off
-        sent_ids = sent_ids[~sent_ids["id"].isin(set(doomed["id"]))]
-    lost = sent_ids[sent_ids["ok_executions"] == 0]["id"].tolist()
-    checks["all_finished"] = {"ok": not lost, "detail": f"{len(sent_ids) - len(lost)} of {len(sent_ids)} sent "
-                              f"tasks finished ok" + (f"; lost e.g. {lost[:3]}" if lost else "")}
+        should_finish = sent_ids[~sent_ids["id"].isin(set(doomed["id"]))]
+    lost = should_finish[should_finish["ok_executions"] == 0]["id"].tolist()
+    checks["all_finished"] = {"ok": not lost, "detail": f"{len(should_finish) - len(lost)} of {len(should_finish)} "
+                              f"sent tasks finished ok" + (f"; lost e.g. {lost[:3]}" if lost else "")
+                              + (f" ({len(doomed)} poison task(s) left to retries_as_promised)" if len(doomed) else "")}
     unsent = each[~each["was_sent"]]["id"].tolist()
     checks["nothing_unsent_ran"] = {"ok": not unsent, "detail": f"{len(unsent)} executions without a sent row"}
     dup_attempts = int((attempts["n_finished"] > 1).sum()) if len(attempts) else 0
