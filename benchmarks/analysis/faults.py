@@ -74,6 +74,8 @@ def p99_text(faults: dict[str, Any]) -> str:
     interval and n only when its n can bound a p99 (368), else ``too few samples (n=...)`` and the largest.
     Runs recorded before the rule was applied here carry the raw figure; it is judged by its n as well."""
     n = faults.get("e2e_during_fault_n") or 0
+    if not n:
+        return "no task sent during the fault"
     value = faults.get("e2e_p99_during_fault_ms")
     if value is None or not verdicts.bounds(n, 0.99):
         largest = faults.get("e2e_max_during_fault_ms")
