@@ -27,10 +27,11 @@ Design, in the order a task meets it:
   processes per queue group with ``max_jobs = threads``; the shared task body is synchronous (it sleeps
   or burns CPU), so it runs in a thread pool of ``max_jobs`` threads (arq docs' sync_job pattern) and the
   event loop keeps polling. slots = processes x max_jobs.
-- Retries. Only `flaky` needs them: the worker raises arq's own ``Retry(defer=0)`` while
-  ``ctx["job_try"]`` <= ``workload.max_retries_for``; any other exception fails the job. arq counts every
-  start as a try, SIGKILL re-runs included, and fails a job past ``max_tries`` before running it (arq 5):
-  unset, ``max_tries`` here is the most tries the catalogue's `flaky` needs.
+- Retries. Only `flaky` and `poison` need them: the worker raises arq's own ``Retry(defer=0)`` while
+  ``ctx["job_try"]`` <= ``workload.max_retries_for`` (`poison`: every try below ``max_tries``, so it runs
+  ``max_tries`` times: `retry_policy`); any other exception fails the job. arq counts every start as a
+  try, SIGKILL re-runs included, and fails a job past ``max_tries`` before running it (arq 5): unset,
+  ``max_tries`` here is the most tries the catalogue's `flaky` needs.
 - Results. On: arq keeps a success or a failure ``keep_result_s`` (arq 3600 s). Off: ``keep_result = 0``,
   arq stores nothing, and a finished job has no record (status None).
 - Delivery. At least once: a job stays in its queue until it finishes, and a job whose worker died runs
@@ -77,6 +78,7 @@ from backends.base import (
     EnqueueReceipt,
     JobRequest,
     Knob,
+    RetryPolicy,
     TaskStatus,
     UnsupportedOption,
     WorkerCommand,
@@ -510,6 +512,12 @@ class ArqBackend(BackendBase):
                     "(line 465), job_try counted on every start (line 482)"),
         )
 
+    def retry_policy(self) -> RetryPolicy:
+        """`poison` asks arq to retry it (``Retry(defer=0)``) on every try until ``max_tries``."""
+        return RetryPolicy(self.max_tries - 1, "Retry(defer=0): run again at the worker's next poll",
+                           f"arq max_tries ({self.max_tries} here, the [arq] max_tries knob; arq's default "
+                           f"{ARQ_MAX_TRIES}), https://arq-docs.helpmanual.io/#retrying-jobs-and-cancellation")
+
     def _read_limit(self, spec: WorkerSpec) -> int:
         return self.queue_read_limit or max(5 * spec.threads, 100)
 
@@ -537,6 +545,19 @@ class ArqBackend(BackendBase):
         except (redis.RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
         return {queue: int(n) for queue, n in zip(self.settings.queues, counts, strict=True)}
+
+    def held_task_ids(self) -> set[str] | None:
+        """Job ids arq still holds: every member of each queue's sorted set. arq keeps a job there until it
+        finishes, so a job whose worker died is still held while its in-progress key lives (job_timeout +
+        10 s), and runs again after. A plain ZRANGE: nothing of arq's runs."""
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for queue in self.settings.queues:
+                    pipe.zrange(queue_key(queue), 0, -1)
+                members = pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return {m.decode() if isinstance(m, bytes) else str(m) for ids in members for m in ids}
 
     def purge(self) -> None:
         """Delete this configuration's queues, their jobs' keys, the workers' health-check keys, and the
@@ -606,8 +627,17 @@ class ArqBackend(BackendBase):
             "max_tries": self.max_tries,
             "job_completion_wait_s": self.job_completion_wait_s,
             "logging_level": self.logging_level or "INFO",
-            "retry": "flaky only: arq Retry(defer=0) while job_try <= fail_times (next poll, same score)",
+            "retry": "flaky: arq Retry(defer=0) while job_try <= fail_times; poison: while job_try < max_tries "
+                     "(next poll, same score)",
+            "retry_policy": self.retry_policy().record(),
             "queue_depth": "ZCARD of the queue: running jobs included (arq keeps a job queued until done)",
+            "recovery": {"killed_worker": "its jobs stay in the queue; each runs again once its in-progress key "
+                                          f"expires ({self.job_timeout_s + IN_PROGRESS_EXTRA_S} s: job_timeout_s + "
+                                          f"{IN_PROGRESS_EXTRA_S})",
+                         "terminated_worker": (f"running jobs get job_completion_wait_s ({self.job_completion_wait_s}"
+                                               " s), then are cancelled and run again at once"),
+                         "tries": f"every start counts toward max_tries ({self.max_tries})",
+                         "stranded_read": "ZRANGE of each queue's sorted set"},
             "routing": self.settings.routing,
             "queues": [queue_key(q) for q in self.settings.queues],
             "knobs": dict(self.settings.options),

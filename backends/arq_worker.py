@@ -34,15 +34,15 @@ async def run(ctx: dict[str, Any], task: str, args: dict[str, Any], meta: dict[s
     The body is synchronous (it sleeps or burns CPU); run on the event loop it would stall arq's polling,
     its timeouts and every other job of the process. ``ctx["job_try"]`` counts every start of this job
     (retries and re-runs after a killed worker alike), so it is the attempt the ledger records. `flaky`
-    asks arq to run it again at once (``Retry(defer=0)``) while it has retries left; any other failure
-    fails the job.
+    and `poison` ask arq to run them again at once (``Retry(defer=0)``) while they have retries left
+    (`poison`: every try up to ``max_tries``, `ArqBackend.retry_policy`); any other failure fails the job.
     """
     attempt = int(ctx["job_try"])
     loop = asyncio.get_running_loop()
     try:
         return await loop.run_in_executor(ctx[EXECUTOR], workload.execute, task, args, meta, attempt)
-    except workload.FlakyFailure as exc:
-        if attempt <= workload.max_retries_for(task, args):
+    except workload.RETRIED_ERRORS as exc:
+        if attempt <= workload.max_retries_for(task, args, poison_retries=_backend.retry_policy().max_retries):
             raise Retry(defer=0) from exc
         raise
 

@@ -214,6 +214,30 @@ class DeliveryContract:
     whole_worker: Guarantee | None = None
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a library, as configured, retries a task that fails every time (the `poison` task).
+
+    `max_retries` is what the library's own retry setting promises (its default where it retries failures
+    by default, else what this configuration sets), so a poison task runs exactly `attempts` times and
+    then fails for good; `delay` says how long the library waits between attempts here, and `source` names
+    the setting in the library's docs or code.
+    """
+
+    max_retries: int
+    delay: str
+    source: str
+
+    @property
+    def attempts(self) -> int:
+        """Executions a poison task gets: the first, then every retry."""
+        return 1 + self.max_retries
+
+    def record(self) -> dict[str, Any]:
+        return {"max_retries": self.max_retries, "attempts": self.attempts, "delay": self.delay,
+                "source": self.source}
+
+
 def parse_knobs(backend_name: str, declared: Mapping[str, Knob], options: Mapping[str, Any]) -> dict[str, Any]:
     """`options` checked against the backend's declared knobs; raises `UnsupportedOption` naming the knob
     and what it must be. Returns the options that were given (absent knobs keep the library's default)."""
@@ -280,7 +304,7 @@ class QueueBackend(Protocol):
     distributions whose versions every run records), `concurrency` (one line: how processes x threads
     become the library's own workers), `environment` (pip requirements of a private virtual
     environment when the library cannot share the harness's; empty: the harness's own), `slots` and
-    `delivery_contract` (per worker spec).
+    `delivery_contract` (per worker spec) and `retry_policy` (what a task that always fails gets).
     """
 
     name: ClassVar[str]
@@ -324,6 +348,10 @@ class QueueBackend(Protocol):
 
     def delivery_contract(self, spec: WorkerSpec) -> DeliveryContract:
         """What the library promises for tasks of workers started from `spec` with these settings."""
+
+    def retry_policy(self) -> RetryPolicy | None:
+        """How the library retries a `poison` task (fails every time) in this configuration; None when the
+        backend runs no task body (so no attempt can be counted)."""
 
     def codec(self, job: JobRequest) -> Codec:
         """Encode `job` through the library's own serialization path, as `enqueue` would publish it, and
@@ -369,6 +397,11 @@ class BackendBase:
     def codec(self, job: JobRequest) -> Codec:
         raise UnsupportedOption("codec", job.task, getattr(self, "name", type(self).__name__),
                                 "this backend does not expose its message codec")
+
+    def retry_policy(self) -> RetryPolicy | None:
+        """None: this backend does not say how its library retries a `poison` task, so its attempts are not
+        checked. Every shipped backend that runs task bodies says."""
+        return None
 
     def held_task_ids(self) -> set[str] | None:
         """Fault runs (benchmarks/faults.py): the task ids the broker still holds — waiting in a queue, or

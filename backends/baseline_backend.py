@@ -6,8 +6,8 @@ read against it: the gap is what the library costs.
 
 - Message: one JSON object ``{"id", "task", "args", "meta", "attempt", "max_retries"}`` LPUSHed onto
   ``queuebench:baseline:queue:<queue>``; a worker thread BRPOPs it (FIFO), runs `workload.execute`.
-- Retries (`flaky` only): the worker LPUSHes the message again at once with ``attempt + 1`` until
-  ``max_retries`` is spent; no backoff.
+- Retries (`flaky` and `poison`): the worker LPUSHes the message again at once with ``attempt + 1`` until
+  ``max_retries`` is spent (`poison`: `POISON_RETRIES`); no backoff.
 - Results: on, the worker SETs ``queuebench:baseline:result:<id>`` (JSON, kept ``result_ttl_s``, default
   500 s like RQ) when a task ends and ``started`` when it starts; off, nothing is written. A message in a
   queue has no record, so an id without one reports ``queued``.
@@ -40,6 +40,7 @@ from backends.base import (
     EnqueueReceipt,
     JobRequest,
     Knob,
+    RetryPolicy,
     TaskStatus,
     UnsupportedOption,
     WorkerCommand,
@@ -52,6 +53,8 @@ from backends.base import (
 QUEUE_PREFIX = "queuebench:baseline:queue:"
 RESULT_PREFIX = "queuebench:baseline:result:"
 DEFAULT_RESULT_TTL_S = 500
+#: Retries a `poison` task gets from the baseline's worker: Celery's default cap (``Task.max_retries``).
+POISON_RETRIES = 3
 PING_TIMEOUT_S = 2.0
 
 
@@ -113,7 +116,7 @@ class BaselineBackend(BackendBase):
     def encode(job: JobRequest) -> bytes:
         """The value `enqueue` LPUSHes: one JSON object (redis-py sends the str as UTF-8)."""
         message = {"id": job.id, "task": job.task, "args": dict(job.args), "meta": job.meta(), "attempt": 1,
-                   "max_retries": workload.max_retries_for(job.task, job.args)}
+                   "max_retries": workload.max_retries_for(job.task, job.args, poison_retries=POISON_RETRIES)}
         return json.dumps(message, separators=(",", ":")).encode()
 
     def codec(self, job: JobRequest) -> Codec:
@@ -159,6 +162,10 @@ class BaselineBackend(BackendBase):
         return [WorkerCommand(name=f"baseline-{group}-{i}", argv=argv, env=self.settings.to_env())
                 for i in range(spec.processes)]
 
+    def retry_policy(self) -> RetryPolicy:
+        """`poison` is re-pushed `POISON_RETRIES` times (Celery's default cap, so the floor retries alike)."""
+        return RetryPolicy(POISON_RETRIES, "none: re-pushed at once", "backends/baseline_backend.py POISON_RETRIES")
+
     def delivery_contract(self, spec: WorkerSpec) -> DeliveryContract:
         """BRPOP removes the message: a worker killed mid-task loses it (by design, no acknowledgement)."""
         return DeliveryContract("at-most-once", "lost (popped, never acknowledged)",
@@ -197,7 +204,8 @@ class BaselineBackend(BackendBase):
             "serializer": "json",
             "worker_command": "python -m backends.baseline_worker --threads T QUEUE... (one per process)",
             "delivery": "LPUSH / BRPOP, at-most-once, no acknowledgement",
-            "retry": "flaky only: re-pushed at once with attempt + 1",
+            "retry": "flaky and poison: re-pushed at once with attempt + 1 (poison: POISON_RETRIES times)",
+            "retry_policy": self.retry_policy().record(),
             "results": self.settings.results,
             "result_ttl_s": self.result_ttl_s if self.settings.results else None,
             "routing": self.settings.routing,

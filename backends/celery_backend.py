@@ -15,10 +15,12 @@ Design, in the order a task meets it:
   accepts JSON for events). Celery refuses to start a worker that accepts pickle as root unless
   ``C_FORCE_ROOT`` is set: the worker command sets it only for pickle when running as root. The API never
   accepts pickle from clients, and the broker is private to the run.
-- Retries. Only `flaky` fails: it is retried by Celery's own ``self.retry(exc=..., countdown=0,
-  max_retries=workload.max_retries_for(...))`` (re-published at once, no backoff); attempt =
-  ``self.request.retries + 1``. Any other exception propagates (no ``autoretry_for``), so every other task
-  runs once. After the last allowed retry ``self.retry`` re-raises the task's own exception: FAILURE.
+- Retries. Only `flaky` and `poison` fail: they are retried by Celery's own ``self.retry(exc=...,
+  countdown=0, max_retries=workload.max_retries_for(...))`` (re-published at once, no backoff); attempt =
+  ``self.request.retries + 1``. `flaky` gets the retries it needs; `poison` gets Celery's own default cap,
+  ``Task.max_retries`` (3), so it runs 4 times (`retry_policy`). Any other exception propagates (no
+  ``autoretry_for``), so every other task runs once. After the last allowed retry ``self.retry``
+  re-raises the task's own exception: FAILURE.
 - Results. On: ``result_backend`` = the Redis at ``settings.effective_result_url`` (with RabbitMQ too),
   Celery's defaults otherwise (``result_expires`` 1 day). Off: no result backend and
   ``task_ignore_result=True``; the API answers 409 before asking, and `status` answers None.
@@ -111,6 +113,7 @@ from backends.base import (
     EnqueueReceipt,
     JobRequest,
     Knob,
+    RetryPolicy,
     TaskStatus,
     UnsupportedOption,
     WorkerCommand,
@@ -219,14 +222,16 @@ _STATES: dict[str, str] = {
 def run(self: Task, task: str, args: dict[str, Any], meta: dict[str, Any]) -> Any:
     """The one Celery task: run `task` through the shared body with Celery's attempt number.
 
-    `flaky`'s failure is retried by Celery's own ``self.retry`` at once (countdown 0), at most
-    `workload.max_retries_for` times; every other exception propagates and is not retried.
+    `flaky`'s and `poison`'s failures are retried by Celery's own ``self.retry`` at once (countdown 0), at
+    most `workload.max_retries_for` times (`poison`: the task's ``max_retries``, Celery's default 3); every
+    other exception propagates and is not retried.
     """
     attempt = self.request.retries + 1
     try:
         return workload.execute(task, args, meta, attempt)
-    except workload.FlakyFailure as exc:
-        raise self.retry(exc=exc, countdown=0, max_retries=workload.max_retries_for(task, args)) from exc
+    except workload.RETRIED_ERRORS as exc:
+        max_retries = workload.max_retries_for(task, args, poison_retries=self.max_retries)
+        raise self.retry(exc=exc, countdown=0, max_retries=max_retries) from exc
 
 
 # --- the result backend ------------------------------------------------------------------------------
@@ -381,7 +386,8 @@ def _default_pool(threads: int) -> str:
     return "prefork" if threads == 1 else "threads"
 
 class CeleryBackend(BackendBase):
-    """Celery on Redis or RabbitMQ: one task, Celery's own retry for `flaky`, Celery's own CLI for workers."""
+    """Celery on Redis or RabbitMQ: one task, Celery's own retry for `flaky` and `poison`, Celery's own CLI for
+    workers."""
 
     name: ClassVar[str] = "celery"
     brokers: ClassVar[frozenset[str]] = frozenset({"redis", "rabbitmq"})
@@ -616,6 +622,12 @@ class CeleryBackend(BackendBase):
         return DeliveryContract("at-most-once", "lost (acknowledged before it ran)", prefetched, redelivery,
                                 source)
 
+    def retry_policy(self) -> RetryPolicy:
+        """`poison` is retried with ``self.retry`` up to the task's ``max_retries``, Celery's default (3)."""
+        return RetryPolicy(int(self._task.max_retries), "countdown 0: re-published at once",
+                           "celery.app.task.Task.max_retries (Celery's default 3), "
+                           "https://docs.celeryq.dev/en/stable/userguide/tasks.html#retrying")
+
     def held_task_ids(self) -> set[str] | None:
         """Task ids kombu's Redis transport still holds: in a queue's lists (one per priority step) or in its
         ``unacked`` hash (delivered, not acknowledged: restored once the visibility timeout has passed). Read
@@ -736,7 +748,9 @@ class CeleryBackend(BackendBase):
             "gossip": not self.knob_values.get("without_gossip", False),
             "heartbeat": not self.knob_values.get("without_heartbeat", False),
             "task_events": bool(self.knob_values.get("task_events", False)),
-            "retry": "flaky only: self.retry(countdown=0, max_retries=fail_times), re-published at once",
+            "retry": "flaky: self.retry(countdown=0, max_retries=fail_times); poison: self.retry(countdown=0) "
+                     "up to Task.max_retries; re-published at once",
+            "retry_policy": self.retry_policy().record(),
             "knobs": dict(self.settings.options),
         }
 

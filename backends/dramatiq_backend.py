@@ -23,7 +23,8 @@ Design, in the order a task meets it:
   actor 20 times by default with exponential backoff from 15 s; a task that failed for another reason (a
   time limit, a bug) would then run again minutes later, so every task is enqueued with
   ``max_retries=0`` (and the actor is declared with ``max_retries=0`` as well). `flaky` gets
-  ``max_retries=fail_times`` with ``min_backoff=0, max_backoff=0``: dramatiq computes a 0 ms delay. Note
+  ``max_retries=fail_times`` and `poison` dramatiq's own default ``max_retries`` (20, so it runs 21 times:
+  `retry_policy`), both with ``min_backoff=0, max_backoff=0``: dramatiq computes a 0 ms delay. Note
   that dramatiq always re-enqueues a retry through the queue's delay queue (``<queue>.DQ``) with an eta
   of "now": the worker's delay-queue consumer moves it back to the queue at once on RabbitMQ (push), and
   on its next poll on Redis (an idle consumer polls with a back-off capped at ``worker_timeout_ms``,
@@ -66,6 +67,7 @@ Nothing but this module and `backends.dramatiq_worker` imports dramatiq.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 import sys
 import time
@@ -86,7 +88,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import DEFAULT_HEARTBEAT_TIMEOUT, RedisBroker
 from dramatiq.common import dq_name, xq_name
 from dramatiq.middleware import CurrentMessage, TimeLimit, default_middleware
-from dramatiq.middleware.retries import DEFAULT_MAX_BACKOFF, DEFAULT_MIN_BACKOFF
+from dramatiq.middleware.retries import DEFAULT_MAX_BACKOFF, DEFAULT_MIN_BACKOFF, Retries
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend
 from dramatiq.results.errors import ResultFailure
@@ -105,6 +107,7 @@ from backends.base import (
     EnqueueReceipt,
     JobRequest,
     Knob,
+    RetryPolicy,
     TaskStatus,
     UnsupportedOption,
     WorkerCommand,
@@ -310,9 +313,15 @@ def actor_options(settings: BackendSettings) -> dict[str, Any]:
     return options
 
 
+#: Retries the Retries middleware gives a failing message unless told otherwise (its ``max_retries``
+#: default): what a `poison` task gets here.
+DRAMATIQ_MAX_RETRIES: int = inspect.signature(Retries).parameters["max_retries"].default
+
+
 def message_options(task: str, args: Mapping[str, Any]) -> dict[str, Any]:
-    """Per-message options: `flaky` retried by dramatiq at once, everything else never retried."""
-    max_retries = workload.max_retries_for(task, args)
+    """Per-message options: `flaky` (the retries it needs) and `poison` (dramatiq's default 20) retried by
+    dramatiq with no backoff, everything else never retried."""
+    max_retries = workload.max_retries_for(task, args, poison_retries=DRAMATIQ_MAX_RETRIES)
     if max_retries > 0:
         return {"max_retries": max_retries, "min_backoff": 0, "max_backoff": 0}
     return {"max_retries": 0}
@@ -589,6 +598,13 @@ class DramatiqBackend(BackendBase):
         finally:
             connection.close()
 
+    def retry_policy(self) -> RetryPolicy:
+        """`poison` gets the Retries middleware's default ``max_retries`` (20), with no backoff."""
+        return RetryPolicy(DRAMATIQ_MAX_RETRIES, "min_backoff = max_backoff = 0: re-enqueued through the delay "
+                           "queue with eta now",
+                           "dramatiq.middleware.Retries(max_retries=20) default, per-message options, "
+                           "https://dramatiq.io/guide.html#message-retries")
+
     def held_task_ids(self) -> set[str] | None:
         """Task ids the Redis broker still holds: waiting in a queue (or its delay queue) or fetched and not
         acknowledged (an ``__acks__`` set of some worker, requeued by maintenance once that worker's heartbeat
@@ -632,7 +648,8 @@ class DramatiqBackend(BackendBase):
         """Versions (dramatiq, redis-py, pika, servers) and the effective settings, stored with every result."""
         knobs = self._knobs
         results = self.settings.results
-        retries_policy = ("flaky: max_retries=fail_times, min_backoff=max_backoff=0 (re-enqueued through the "
+        retries_policy = ("flaky: max_retries=fail_times, poison: max_retries=dramatiq's default "
+                          f"{DRAMATIQ_MAX_RETRIES}, both min_backoff=max_backoff=0 (re-enqueued through the "
                           "delay queue with eta=now); every other task max_retries=0 (dramatiq default would be "
                           f"20 retries, backoff from {DEFAULT_MIN_BACKOFF} ms up to {DEFAULT_MAX_BACKOFF} ms)")
         return {
@@ -662,6 +679,7 @@ class DramatiqBackend(BackendBase):
             "acks": "after the actor runs (dramatiq always; acks_late=True is a no-op)",
             "middleware": [type(m).__name__ for m in self._broker.middleware],
             "retries": retries_policy,
+            "retry_policy": self.retry_policy().record(),
             "results": results,
             "result_backend": (f"RedisBackend at {redact_url(self.settings.effective_result_url or '')}, "
                                f"keys {RESULTS_NAMESPACE}:<queue>:{ACTOR_NAME}:<id>") if results else None,

@@ -31,7 +31,8 @@ Design, in the order a task meets it:
   like a new task), never through the schedule. The attempt number comes from Huey's bookkeeping: the
   task is registered with ``context=True``, so `run` receives Huey's `Task`, whose ``retries`` Huey
   decrements on each re-enqueue; attempt = fail_times - retries + 1 (``fail_times`` is in the task's own
-  arguments, `workload.max_retries_for`). Every other task is enqueued with ``retries=0`` and runs once.
+  arguments, `workload.max_retries_for`). Every other task is enqueued with ``retries=0`` (Huey's default)
+  and runs once: so does `poison`, whose one failure is final (`retry_policy`).
   Instances are built with ``store_intermediate_errors=False``: Huey's default (True) stores each failed
   attempt's error as the task's result before the retry runs, so a `flaky` task would read "failure"
   while its next attempt waits in the queue.
@@ -126,6 +127,7 @@ from backends.base import (
     EnqueueReceipt,
     JobRequest,
     Knob,
+    RetryPolicy,
     TaskStatus,
     UnsupportedOption,
     WorkerCommand,
@@ -566,6 +568,10 @@ class HueyBackend(BackendBase):
             argv.append("-v")
         return [*argv, WORKER_INSTANCE]
 
+    def retry_policy(self) -> RetryPolicy:
+        """Huey retries a task only when it is given ``retries``; its default is 0, so `poison` runs once."""
+        return RetryPolicy(0, "none", "huey task(retries=0) default, https://huey.readthedocs.io/en/latest/guide.html#retrying-tasks-that-fail")
+
     def delivery_contract(self, spec: WorkerSpec) -> DeliveryContract:
         """Huey's docs: no acknowledgement, no at-least-once delivery; a task a worker has taken is gone
         from the queue, and nothing brings it back."""
@@ -591,6 +597,17 @@ class HueyBackend(BackendBase):
             "none: an idle worker pops one message at a time, so a worker holds only the task it runs",
             recovery,
             DOCS_URL)
+
+    def held_task_ids(self) -> set[str] | None:
+        """Task ids Huey still holds: waiting in a queue (``pending``) or in its schedule (``scheduled``: a
+        retry with a delay). Both only read the storage. A task a worker has taken is no longer held
+        anywhere: Huey never acknowledges, so nothing can bring it back (lost, not stranded)."""
+        held: set[str] = set()
+        for queue in self.settings.queues:
+            instance, _ = self._instance(queue)
+            with self._guard("held tasks"):
+                held.update(str(task.id) for task in [*instance.pending(), *instance.scheduled()])
+        return held
 
     def queue_depths(self) -> Mapping[str, int]:
         """Tasks waiting per queue of `settings.queues` (Huey's ``pending_count``)."""
@@ -661,8 +678,15 @@ class HueyBackend(BackendBase):
             "results": self.settings.results,
             "result_reads": "peek (non-destructive); store_none=True, store_intermediate_errors=False",
             "retry": "flaky only: retries=fail_times, retry_delay=0 (re-enqueued at once, at the back of its "
-                     "queue)",
+                     "queue); every other task retries=0, Huey's default (poison runs once)",
+            "retry_policy": self.retry_policy().record(),
             "delivery": "at most once: no acknowledgement",
+            "recovery": {"task": "none: a task a worker took is gone from the storage (no acknowledgement)",
+                         "worker": ("replaced by the consumer's health check every "
+                                    f"{consumer['health_check_interval_s']} s" if consumer["health_check"]
+                                    else "not replaced (health check off)"),
+                         "graceful_signal": consumer["graceful_signal"],
+                         "stranded_read": "pending() and scheduled(): the queue and the schedule"},
             "routing": self.settings.routing,
             "queues": list(self.settings.queues),
             "knobs": dict(options),

@@ -14,6 +14,7 @@ from backends.base import (
     DeliveryContract,
     EnqueueReceipt,
     JobRequest,
+    RetryPolicy,
     TaskStatus,
     UnsupportedOption,
     WorkerCommand,
@@ -21,6 +22,9 @@ from backends.base import (
     check_common,
     parse_knobs,
 )
+
+#: Retries a `poison` task gets here (Celery's default cap, as the baseline's).
+POISON_RETRIES = 3
 
 
 class InlineBackend(BackendBase):
@@ -39,11 +43,11 @@ class InlineBackend(BackendBase):
 
     def enqueue(self, job: JobRequest) -> EnqueueReceipt:
         enqueued_ns = time.time_ns()
-        attempts = workload.max_retries_for(job.task, job.args) + 1
+        attempts = workload.max_retries_for(job.task, job.args, poison_retries=POISON_RETRIES) + 1
         for attempt in range(1, attempts + 1):  # the inline "retry mechanism": run again at once
             try:
                 result = workload.execute(job.task, job.args, job.meta(), attempt)
-            except workload.FlakyFailure as exc:
+            except workload.RETRIED_ERRORS as exc:
                 self._results[job.id] = TaskStatus(job.id, "failure", None, str(exc))
                 continue
             self._results[job.id] = TaskStatus(job.id, "success", result if self.settings.results else None)
@@ -59,6 +63,9 @@ class InlineBackend(BackendBase):
 
     def worker_commands(self, spec: WorkerSpec) -> list[WorkerCommand]:
         raise UnsupportedOption("workers", spec.slots, self.name, "the inline backend runs tasks in the API process")
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(POISON_RETRIES, "none: run again at once", "backends/inline_backend.py POISON_RETRIES")
 
     def delivery_contract(self, spec: WorkerSpec) -> DeliveryContract:
         return DeliveryContract("at-most-once", "n/a: tasks run in the API process", "none", "none",

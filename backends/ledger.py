@@ -214,13 +214,19 @@ class Follower:
     Keeps a byte offset per file and consumes whole lines only (a line still being written is read next
     time). `poll()` returns the new rows; `done_ids` holds the ids with a successful `finished` row and
     `sent_ids` the ids with a `sent` row (probes left out of both).
+
+    `final_attempts` maps a task name to the attempt whose failure is final (the `poison` task: 1 + the
+    retries its library promises, `QueueBackend.retry_policy`): such a task's failed attempt of that number
+    settles it (`failed_ids`), so a wait for tasks to finish does not wait for a success that cannot come.
     """
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], final_attempts: Mapping[str, int] | None = None) -> None:
         self.directory = Path(directory)
         self._offsets: dict[Path, int] = {}
+        self.final_attempts = dict(final_attempts or {})
         self.sent_ids: set[str] = set()
         self.done_ids: set[str] = set()
+        self.failed_ids: set[str] = set()
         self.finished_rows = 0
 
     def poll(self) -> list[dict[str, Any]]:
@@ -247,8 +253,18 @@ class Follower:
                 self.finished_rows += 1
                 if row.get("outcome") == "ok":
                     self.done_ids.add(row["id"])
+                elif is_final_failure(row, self.final_attempts):
+                    self.failed_ids.add(row["id"])
         return new
 
     def outstanding(self) -> int:
-        """Tasks sent that have not finished successfully yet."""
-        return len(self.sent_ids - self.done_ids)
+        """Tasks sent that have neither finished successfully nor failed for good yet."""
+        return len(self.sent_ids - self.done_ids - self.failed_ids)
+
+
+def is_final_failure(row: Mapping[str, Any], final_attempts: Mapping[str, int]) -> bool:
+    """Whether `row` is a failed `finished` row of the attempt after which its task's library gives up
+    (`final_attempts`: task name -> that attempt; tasks not named there are never settled by a failure)."""
+    final = final_attempts.get(str(row.get("task")))
+    return (final is not None and row.get("ev") == "finished" and row.get("outcome") not in (None, "ok")
+            and int(row.get("attempt") or 0) >= final)

@@ -11,10 +11,13 @@ Design, in the order a task meets it:
 - Serializer. json -> `rq.serializers.JSONSerializer`, pickle -> RQ's default pickle serializer,
   msgpack -> `MsgpackSerializer` below. The producer's `Queue(serializer=...)` and the worker's
   ``--serializer`` name the same class; RQ puts job data, job meta and results through it.
-- Retries. Only `flaky` needs them: it gets RQ's own ``Retry(max=fail_times, interval=0)`` (re-queued at
-  once, no backoff, so no scheduler round trip). The attempt number comes from RQ's bookkeeping:
-  `job.retries_left` (RQ decrements it on each retry) and the maximum, stored in the job's RQ meta at
-  enqueue.
+- Retries. RQ retries nothing unless a job is enqueued with a ``Retry``. The knob ``retry_max`` (default
+  0, RQ's default: no Retry) gives every job RQ's own ``Retry(max=retry_max, interval=0)``: a failed job,
+  and a job whose work horse died or whose worker was found dead (abandoned), is then re-queued at once
+  (no backoff, so no scheduler round trip) until its retries are spent. `flaky` gets at least the
+  ``fail_times`` retries it needs; `poison` gets exactly ``retry_max`` (`retry_policy`). The attempt
+  number comes from RQ's bookkeeping: `job.retries_left` (RQ decrements it on each retry) and the
+  maximum, stored in the job's RQ meta at enqueue.
 - Results. On: RQ keeps a success for ``result_ttl_s`` (RQ default 500 s) and a failure for
   ``failure_ttl_s`` (RQ default 1 year). Off: jobs are enqueued with ``result_ttl=0``, RQ's own "do not
   keep results": a successful job is deleted, hash and timestamps included, as soon as it finishes, so
@@ -31,6 +34,16 @@ Design, in the order a task meets it:
   serializer path imports this module anyway) would be spared.
 - Job timeout. Per job (``job_timeout_s``, RQ default 180 s): RQ stores it in the job and the work
   horse enforces it, so it holds under ``worker-pool`` too, which has no timeout flag of its own.
+- Recovery knobs. ``worker_ttl_s``, ``maintenance_interval_s`` and ``job_monitoring_interval_s`` are the
+  worker's constructor arguments ``worker_ttl``, ``maintenance_interval`` and ``job_monitoring_interval``
+  (``rq worker --worker-ttl / --maintenance-interval / --job-monitoring-interval``; RQ 3.0 defaults 420,
+  600 and 30 s). ``rq worker-pool`` has no flag for them and builds its workers with the class's defaults,
+  so when one is set the pool gets ``-w backends.rq_backend.Pinned<Worker|SimpleWorker|SpawnWorker>``: the
+  chosen class, taking the knobs from ``QUEUEBENCH_SETTINGS`` as those arguments, nothing else changed.
+  They decide when a dead worker's job comes back (`abandoned_after_s`): its started-registry entry
+  expires min(job timeout, job monitoring interval) + 60 s after its last heartbeat, and the next
+  registry clean-up (every maintenance interval; an idle worker looks only between its worker_ttl - 15 s
+  waits for a job) fails it, or re-queues it while its ``Retry`` has retries left.
 
 Codec (`codec`, timed by the serializer benchmark; RQ 3.0 line numbers). Encode: the job RQ's
 ``enqueue_call`` creates (``Queue.create_job``, rq/queue.py:558-665, no Redis call), given the fields
@@ -61,11 +74,19 @@ import msgpack
 import redis
 import rq
 from redis.connection import Encoder
-from rq.defaults import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, DEFAULT_WORKER_CLASS
+from rq.defaults import (
+    DEFAULT_FAILURE_TTL,
+    DEFAULT_JOB_MONITORING_INTERVAL,
+    DEFAULT_MAINTENANCE_TASK_INTERVAL,
+    DEFAULT_RESULT_TTL,
+    DEFAULT_WORKER_CLASS,
+    DEFAULT_WORKER_TTL,
+)
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus, Retry, get_current_job
 from rq.results import Result
 from rq.serializers import DefaultSerializer, JSONSerializer
+from rq.worker import SimpleWorker, SpawnWorker, Worker
 
 from backends import workload
 from backends.base import (
@@ -77,6 +98,7 @@ from backends.base import (
     EnqueueReceipt,
     JobRequest,
     Knob,
+    RetryPolicy,
     TaskStatus,
     UnsupportedOption,
     WorkerCommand,
@@ -107,6 +129,21 @@ KNOBS: dict[str, Knob] = {
                           low=-1),
     "logging_level": Knob(str, "INFO", "worker log level (rq worker-pool -l). RQ's INFO logs about three "
                           "lines per job.", choices=LOGGING_LEVELS, candidates=("INFO", "WARNING")),
+    "worker_ttl_s": Knob(int, DEFAULT_WORKER_TTL, "Worker(worker_ttl=...): seconds a worker's registration lives "
+                         "without a heartbeat; an idle worker blocks worker_ttl - 15 s waiting for a job and looks "
+                         "at the maintenance interval only between waits (rq worker --worker-ttl; worker-pool has "
+                         "no flag: see the module docstring).", low=16, high=86_400),
+    "maintenance_interval_s": Knob(int, DEFAULT_MAINTENANCE_TASK_INTERVAL, "Worker(maintenance_interval=...): "
+                                   "seconds between a worker's registry clean-ups, which fail (or, with a Retry, "
+                                   "re-queue) the jobs of a worker found dead (rq worker --maintenance-interval).",
+                                   low=1, high=86_400),
+    "job_monitoring_interval_s": Knob(int, DEFAULT_JOB_MONITORING_INTERVAL, "Worker(job_monitoring_interval=...): "
+                                      "seconds between a running job's heartbeats; a job is abandoned once its "
+                                      "last heartbeat is min(job timeout, this) + 60 s old (rq worker "
+                                      "--job-monitoring-interval).", low=1, high=86_400),
+    "retry_max": Knob(int, 0, "Retry(max=N, interval=0) on every job: RQ re-queues a job that failed, whose "
+                      "work horse died or whose worker was found dead, up to N times (RQ default 0: no Retry, "
+                      "such a job goes to the failed registry). poison runs 1 + N times.", low=0, high=100),
 }
 
 #: Short worker-class names a spec may use; any other value must be a dotted path.
@@ -115,6 +152,12 @@ WORKER_CLASSES: dict[str, str] = {
     "SimpleWorker": "rq.worker.SimpleWorker",
     "SpawnWorker": "rq.worker.SpawnWorker",
 }
+
+#: Knobs that are `rq.worker.BaseWorker` constructor arguments (`rq worker` flags), -> the argument.
+RECOVERY_KNOBS: dict[str, str] = {"worker_ttl_s": "worker_ttl", "maintenance_interval_s": "maintenance_interval",
+                                  "job_monitoring_interval_s": "job_monitoring_interval"}
+#: RQ adds this to a job's heartbeat TTL in its started registry (rq/worker/base.py get_heartbeat_ttl).
+STARTED_TTL_EXTRA_S = 60
 
 #: The job's RQ meta key holding the retry maximum set at enqueue (only jobs that may retry carry it).
 _META_MAX_RETRIES = "qb_max_retries"
@@ -180,6 +223,35 @@ SERIALIZERS: dict[str, tuple[Any, str]] = {
     "pickle": (DefaultSerializer, "pickle"),
     "msgpack": (MsgpackSerializer, "backends.rq_backend.MsgpackSerializer"),
 }
+
+
+# --- worker classes with the recovery knobs ------------------------------------------------------------
+
+
+def _pinned(base: type[Any]) -> type[Any]:
+    """`base` taking the recovery knobs of this configuration (``QUEUEBENCH_SETTINGS``, `RECOVERY_KNOBS`) as
+    constructor arguments. ``rq worker`` has a flag for each of them; ``rq worker-pool`` has none and builds
+    its workers with the class's defaults, so the pool is given this subclass (``-w``) instead: the same
+    worker with the same arguments ``rq worker --worker-ttl ... --maintenance-interval ...
+    --job-monitoring-interval ...`` would pass."""
+
+    class Pinned(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            options = BackendSettings.from_env().options
+            for knob, argument in RECOVERY_KNOBS.items():
+                if knob in options:
+                    kwargs.setdefault(argument, int(options[knob]))
+            super().__init__(*args, **kwargs)
+
+    Pinned.__name__ = Pinned.__qualname__ = f"Pinned{base.__name__}"
+    Pinned.__module__ = __name__
+    return Pinned
+
+
+# Module-level names: RQ imports the worker class by dotted path, and SpawnWorker pickles it for its horse.
+PinnedWorker = _pinned(Worker)
+PinnedSimpleWorker = _pinned(SimpleWorker)
+PinnedSpawnWorker = _pinned(SpawnWorker)
 
 
 # --- the job function ----------------------------------------------------------------------------------
@@ -262,7 +334,7 @@ _STATES: dict[str, str] = {
 
 
 class RQBackend(BackendBase):
-    """RQ on Redis: one job per task, RQ's own retry for `flaky`, RQ's own CLI for workers."""
+    """RQ on Redis: one job per task, RQ's own Retry when a job may retry, RQ's own CLI for workers."""
 
     name: ClassVar[str] = "rq"
     brokers: ClassVar[frozenset[str]] = frozenset({"redis"})
@@ -283,10 +355,20 @@ class RQBackend(BackendBase):
         self.job_timeout_s = _int_knob(options, "job_timeout_s")
         self.failure_ttl_s = _int_knob(options, "failure_ttl_s")
         result_ttl_s = _int_knob(options, "result_ttl_s")
-        self.worker_class = self._worker_class(options.get("worker_class"))
+        #: The recovery knobs given (`RECOVERY_KNOBS`); the rest keep RQ's defaults.
+        self.recovery: dict[str, int] = {knob: int(options[knob]) for knob in RECOVERY_KNOBS if knob in options}
+        base = options.get("worker_class", "Worker")
+        if self.recovery and base not in WORKER_CLASSES:
+            raise UnsupportedOption("[rq] worker_class", base, self.name,
+                                    f"{', '.join(sorted(self.recovery))} reach a worker-pool's workers through "
+                                    f"queuebench's subclass of {', '.join(WORKER_CLASSES)} only")
+        self.worker_class = (f"{PRELOAD_MODULE}.Pinned{base}" if self.recovery
+                             else self._worker_class(options.get("worker_class")))
         #: What jobs are enqueued with: 0 (RQ deletes a success at once) when results are off.
         self.result_ttl_s: int | None = result_ttl_s if settings.results else 0
         self.logging_level: str | None = options.get("logging_level")
+        #: Retry(max=...) given to every job (0: none, RQ's default).
+        self.retry_max = int(options.get("retry_max", 0))
         self.settings = settings
         self._serializer, self._serializer_arg = SERIALIZERS[settings.serializer]
         self._redis = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=PING_TIMEOUT_S,
@@ -315,14 +397,14 @@ class RQBackend(BackendBase):
 
     def _job_options(self, job: JobRequest) -> dict[str, Any]:
         """What `enqueue` gives RQ for `job` (`codec` builds the same job)."""
-        max_retries = workload.max_retries_for(job.task, job.args)
+        max_retries = max(workload.max_retries_for(job.task, job.args), self.retry_max)
         retry = Retry(max=max_retries, interval=0) if max_retries > 0 else None
         return {"args": (job.task, dict(job.args), job.meta()), "job_id": job.id, "timeout": self.job_timeout_s,
                 "result_ttl": self.result_ttl_s, "failure_ttl": self.failure_ttl_s, "description": job.task,
                 "meta": {_META_MAX_RETRIES: max_retries} if retry else None, "retry": retry}
 
     def enqueue(self, job: JobRequest) -> EnqueueReceipt:
-        """Enqueue `job` as one RQ job (id = `job.id`) on `job.queue`; `flaky` gets RQ's `Retry`."""
+        """Enqueue `job` as one RQ job (id = `job.id`) on `job.queue`, with RQ's `Retry` when it may retry."""
         self._queue(job.queue).enqueue_call(RUN_FUNC, **self._job_options(job))
         return EnqueueReceipt(job.id, job.queue, time.time_ns())
 
@@ -415,17 +497,49 @@ class RQBackend(BackendBase):
                                     f"not an RQ worker class: {exc}") from exc
         return path
 
+    def recovery_knobs(self) -> dict[str, int]:
+        """The worker's recovery timers in effect (the knobs given, else RQ's defaults), in seconds."""
+        defaults = {"worker_ttl_s": DEFAULT_WORKER_TTL, "maintenance_interval_s": DEFAULT_MAINTENANCE_TASK_INTERVAL,
+                    "job_monitoring_interval_s": DEFAULT_JOB_MONITORING_INTERVAL}
+        return defaults | self.recovery
+
+    def abandoned_after_s(self) -> dict[str, int]:
+        """When a dead worker's job comes back: its started-registry entry expires min(job timeout, job
+        monitoring interval) + 60 s after its last heartbeat (RQ's get_heartbeat_ttl), and the next registry
+        clean-up, at most a maintenance interval later (an idle worker looks only between its worker_ttl - 15 s
+        waits for a job), fails it, or re-queues it when it has retries left."""
+        knobs = self.recovery_knobs()
+        timeout = self.job_timeout_s if self.job_timeout_s is not None else rq.Queue.DEFAULT_TIMEOUT
+        expiry = knobs["job_monitoring_interval_s"] if timeout < 0 else min(timeout, knobs["job_monitoring_interval_s"])
+        return {"entry_expires_s": expiry + STARTED_TTL_EXTRA_S,
+                "clean_up_within_s": max(knobs["maintenance_interval_s"], knobs["worker_ttl_s"] - 15)}
+
     def delivery_contract(self, spec: WorkerSpec) -> DeliveryContract:
         """RQ moves a job to its started registry when a worker takes it; a job whose work horse dies is
         failed at once, and one whose whole worker dies is found abandoned by the registry clean-up and
-        failed (retried only when it was enqueued with a `Retry`). RQ has no prefetch."""
+        failed. Either is re-queued instead while the job's `Retry` has retries left (``retry_max``), which
+        makes RQ at-least-once for as many deaths. RQ has no prefetch."""
+        after = self.abandoned_after_s()
+        recovery = (f"a dead work horse: at once; a dead worker: the registry clean-up, once the job's started-"
+                    f"registry entry has expired ({after['entry_expires_s']} s after its last heartbeat), within "
+                    f"{after['clean_up_within_s']} s more (maintenance interval, worker_ttl)")
+        source = ("https://python-rq.org/docs/exceptions/ (abandoned jobs, retrying failed jobs); rq 3.0 "
+                  "rq/worker/base.py handle_job_failure, rq/registry.py StartedJobRegistry.cleanup")
+        if self.retry_max > 0:
+            return DeliveryContract(
+                "at-least-once",
+                f"failed, then re-queued by its Retry (max={self.retry_max}): run again, up to {self.retry_max} "
+                "death(s) or failures",
+                "none: an idle worker takes one job at a time", recovery, source)
         return DeliveryContract(
-            "at-most-once",
-            "failed (moved to the failed registry; re-run only if enqueued with Retry)",
-            "none: an idle worker takes one job at a time",
-            "registry clean-up after the job's started-registry entry expires (job timeout + 60 s), on the "
-            "maintenance interval (600 s)",
-            "https://python-rq.org/docs/exceptions/ (abandoned jobs), https://python-rq.org/docs/jobs/")
+            "at-most-once", "failed (moved to the failed registry; re-run only if enqueued with Retry)",
+            "none: an idle worker takes one job at a time", recovery, source)
+
+    def retry_policy(self) -> RetryPolicy:
+        """`poison` gets ``Retry(max=retry_max, interval=0)``: RQ retries nothing without a Retry."""
+        return RetryPolicy(self.retry_max, "interval 0: re-queued at once",
+                           "rq.Retry(max=..., interval=...) given at enqueue (the [rq] retry_max knob; RQ's "
+                           "default is no Retry), https://python-rq.org/docs/exceptions/#retrying-failed-jobs")
 
     def held_task_ids(self) -> set[str] | None:
         """Job ids RQ still holds: waiting in a queue, in its intermediate queue (taken by a worker, not yet
@@ -494,7 +608,14 @@ class RQBackend(BackendBase):
             "failure_ttl_s": self.failure_ttl_s if self.failure_ttl_s is not None else DEFAULT_FAILURE_TTL,
             "job_timeout_s": self.job_timeout_s if self.job_timeout_s is not None else rq.Queue.DEFAULT_TIMEOUT,
             "logging_level": self.logging_level or "INFO",
-            "retry": "flaky only: Retry(max=fail_times, interval=0), re-queued at once",
+            "retry": "Retry(max=max(retry_max, flaky's fail_times), interval=0) when that is > 0, re-queued "
+                     "at once; poison: Retry(max=retry_max)",
+            "retry_max": self.retry_max,
+            "worker_class": self.worker_class or DEFAULT_WORKER_CLASS,
+            "recovery": self.recovery_knobs() | self.abandoned_after_s()
+            | {"pinned": sorted(self.recovery), "how": "worker-pool -w backends.rq_backend.Pinned<class> (the "
+               "class's constructor arguments; rq worker-pool has no flag for them)" if self.recovery else None},
+            "retry_policy": self.retry_policy().record(),
             "routing": self.settings.routing,
             "queues": list(self.settings.queues),
             "knobs": dict(self.settings.options),

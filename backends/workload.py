@@ -2,7 +2,8 @@
 
 Every adapter's task entry point calls `execute(task, args, meta, attempt)`, which writes the
 `started` and `finished` ledger rows around the body. A task raises `FlakyFailure` on purpose
-(`flaky`) so that each library's own retry mechanism re-runs it.
+(`flaky`) so that each library's own retry mechanism re-runs it, and `PoisonFailure` every time (`poison`),
+so that the library's retry settings are seen to give up after exactly the attempts they promise.
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ from backends import ledger
 
 class FlakyFailure(RuntimeError):
     """Raised by `flaky` until its attempt number exceeds `fail_times`."""
+
+
+class PoisonFailure(RuntimeError):
+    """Raised by `poison` on every attempt: a task no retry can save."""
+
+
+#: The failures raised on purpose: each backend hands them to its library's own retry mechanism.
+RETRIED_ERRORS: tuple[type[Exception], ...] = (FlakyFailure, PoisonFailure)
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,7 @@ CATALOGUE: dict[str, tuple[ArgSpec, ...]] = {
     "cpu_ms": (ArgSpec("ms", 0, 60_000),),
     "echo": (ArgSpec("size", 0, 1_000_000),),
     "flaky": (ArgSpec("fail_times", 0, 10),),
+    "poison": (),
     "add": (ArgSpec("x", -(2**53), 2**53), ArgSpec("y", -(2**53), 2**53)),
 }
 
@@ -55,9 +65,13 @@ def payload_checksum(payload: str) -> int:
     return zlib.crc32(payload.encode("ascii"))
 
 
-def max_retries_for(task: str, args: Mapping[str, Any]) -> int:
-    """Retries a task needs from its library: `flaky` fails `fail_times` times, nothing else fails."""
-    return int(args.get("fail_times", 0)) if task == "flaky" else 0
+def max_retries_for(task: str, args: Mapping[str, Any], poison_retries: int = 0) -> int:
+    """Retries a task gets from its library: `flaky` fails `fail_times` times, `poison` fails every time and
+    gets what the backend's retry policy promises (`poison_retries`, `QueueBackend.retry_policy`); nothing
+    else fails."""
+    if task == "flaky":
+        return int(args.get("fail_times", 0))
+    return poison_retries if task == "poison" else 0
 
 
 def noop() -> None:
@@ -94,6 +108,10 @@ def flaky(fail_times: int, attempt: int = 1) -> int:
     return attempt
 
 
+def poison(attempt: int = 1) -> None:
+    raise PoisonFailure(f"poison: attempt {attempt} fails, as every attempt does")
+
+
 def add(x: int, y: int) -> int:
     return x + y
 
@@ -104,6 +122,7 @@ _BODIES: dict[str, Callable[..., Any]] = {
     "cpu_ms": lambda args, attempt: cpu_ms(int(args["ms"])),
     "echo": lambda args, attempt: echo(int(args["size"]), args.get("payload", "")),
     "flaky": lambda args, attempt: flaky(int(args["fail_times"]), attempt),
+    "poison": lambda args, attempt: poison(attempt),
     "add": lambda args, attempt: add(int(args["x"]), int(args["y"])),
 }
 

@@ -233,13 +233,31 @@ def resolve_rabbitmq(supervisor: Supervisor, workdir: Path, amqp_url: str | None
     raise BrokerError("no RabbitMQ: pass --amqp-url, run one on 127.0.0.1:5672, or install rabbitmq-server")
 
 
+def rabbitmq_server_script() -> str:
+    """The ``rabbitmq-server`` script to run as the harness's own user. Debian's ``/usr/sbin/rabbitmq-server``
+    is a wrapper (``rabbitmq-script-wrapper``) that, run as root, starts the real script as the ``rabbitmq``
+    user through ``su`` from ``/var/lib/rabbitmq``: that user cannot write a data directory under the run's
+    folder, and the node would leave its crash dump in the system node's home. The real script sits beside
+    the wrapper."""
+    found = shutil.which("rabbitmq-server")
+    if found is None:
+        raise BrokerError("rabbitmq-server is not installed")
+    resolved = Path(found).resolve()
+    real = resolved.parent / "rabbitmq-server"
+    return str(real) if resolved.name == "rabbitmq-script-wrapper" and real.exists() else found
+
+
 def start_private_rabbitmq(supervisor: Supervisor, workdir: Path) -> BrokerHandle:
-    """Start a private RabbitMQ node on loopback (its own node name, ports and data dir; no plugins)."""
+    """Start a private RabbitMQ node on loopback (its own node name, ports and data dir; no plugins), as the
+    harness's own user, with its Erlang cookie and any crash dump in its own directory."""
     port = free_port()
     dist_port = free_port()
     base = Path(tempfile.mkdtemp(prefix="rabbit-", dir=workdir))
     plugins = base / "enabled_plugins"
     plugins.write_text("[].\n")
+    # Its own configuration: the system's (/etc/rabbitmq/rabbitmq.conf) may pin the listener to 5672.
+    config = base / "rabbitmq.conf"
+    config.write_text(f"listeners.tcp.local = 127.0.0.1:{port}\n")
     env = dict(os.environ)
     env.update({
         "RABBITMQ_NODENAME": f"qb{port}@localhost",
@@ -249,11 +267,15 @@ def start_private_rabbitmq(supervisor: Supervisor, workdir: Path) -> BrokerHandl
         "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
         "RABBITMQ_LOG_BASE": str(base / "log"),
         "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins),
+        "RABBITMQ_CONFIG_FILE": str(config),
         "RABBITMQ_PID_FILE": str(base / "pid"),
         "ERL_EPMD_ADDRESS": "127.0.0.1",
+        "HOME": str(base),  # the Erlang cookie the node creates stays with the node
+        "ERL_CRASH_DUMP": str(base / "erl_crash.dump"),
     })
-    supervisor.start("rabbitmq", ["rabbitmq-server"], env=env, log_path=workdir / "logs" / "rabbitmq.log")
-    url = f"amqp://guest:guest@127.0.0.1:{port}//"
+    supervisor.start("rabbitmq", [rabbitmq_server_script()], env=env, cwd=base,
+                     log_path=workdir / "logs" / "rabbitmq.log")
+    url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"  # the vhost "/", as kombu and pika both read it
     # The listener opens a moment before the default vhost is ready: wait for a session, not the port.
     wait_until(lambda: amqp_answers(url, 0.5) and _amqp_session_opens(url), timeout_s=60, interval_s=0.1,
                what=f"private RabbitMQ node on port {port}", supervisor=supervisor)

@@ -10,8 +10,11 @@ with outcome ok; the *deadline* is the end of the observation, `observe_s` after
 - ``acknowledged``: tasks with a ``sent`` row (the API or the preloader got the enqueue call back).
 - ``in_flight_at_fault``: tasks with a start at or before the fault and no finished row of that attempt
   by then; ``queued_at_fault``: sent by the fault and not started; ``sent_after_fault``: the rest.
-- ``lost_in_flight`` / ``lost_queued``: acknowledged, no ok finish by the deadline, not held by the
-  broker, split by where they were at the fault (``lost_queued`` counts tasks sent after the fault too).
+- ``failed_as_promised``: tasks that fail every time (`poison`) whose last promised attempt (``final_attempts``:
+  1 + the retries their library's retry policy promises) failed by the deadline: settled, never lost.
+- ``lost_in_flight`` / ``lost_queued``: acknowledged, no ok finish (nor a failure as promised) by the
+  deadline, not held by the broker, split by where they were at the fault (``lost_queued`` counts tasks
+  sent after the fault too).
 - ``stranded``: no ok finish by the deadline but still held by the broker (its unacked hash, acks set,
   started registry...), so a recovery timer may still bring them back: "recovery pending", not lost.
   None when the broker was not read.
@@ -20,14 +23,17 @@ with outcome ok; the *deadline* is the end of the observation, `observe_s` after
   earlier failed attempt (a finished row with outcome error, before it) accounts for.
 - ``unexpected``: tasks that started without ever being sent (never allowed).
 - ``affected``: tasks in flight at the fault, plus those re-executed; ``recovered_s``: from the fault to
-  the last affected task's first ok finish, None if one never finished ok (or none was affected);
+  the last affected task's first ok finish (or its failure as promised), None if one never finished (or
+  none was affected);
   ``first_redelivery_s``: from the fault to the first re-execution start.
 - ``throughput_dip``: ok finishes in 1 s buckets; the baseline is their mean rate before the fault
   (buckets from the first finish), ``depth`` is 1 - the lowest bucket after the fault / baseline, and
   ``lost_task_s`` sums the shortfall below the baseline over the buckets from the fault to the deadline.
 - ``e2e_p99_during_fault_ms``: nearest-rank p99 of first ok finish - scheduled (else sent) time, over tasks
-  sent from the fault to the deadline (``e2e_during_fault_n`` of them; fewer than 368 cannot bound a p99 by
-  the quantile rule, so read it as the largest of few); None without such a task.
+  sent from the fault to the deadline (``e2e_during_fault_n`` of them), with its distribution-free 95 %
+  interval (``e2e_p99_during_fault_interval_ms``). By the quantile rule (`verdicts.bounds`) fewer than 368
+  cannot bound a p99: then it is None, ``e2e_p99_during_fault_note`` reads ``too few samples (n=...)``,
+  and only ``e2e_max_during_fault_ms`` (the largest, a fact of any sample) is given.
 
 The verdict compares the counts with what the fault and the contract lead one to expect (`expected`):
 ``as-documented`` when every count is within it, else ``violates-contract`` with the reasons.
@@ -41,6 +47,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from backends import ledger
+from benchmarks import verdicts
+
 AT_MOST_ONCE = "at-most-once"
 AT_LEAST_ONCE = "at-least-once"
 AS_DOCUMENTED = "as-documented"
@@ -48,6 +57,8 @@ VIOLATES = "violates-contract"
 #: Faults that take a worker away (its tasks in flight are in danger); `hang_worker` and a `term_worker`
 #: whose victim left within its grace only delay them.
 KILLS = ("kill_child", "kill_worker")
+#: The quantile of ``e2e_p99_during_fault_ms``.
+P99 = 0.99
 
 
 @dataclass(frozen=True)
@@ -68,13 +79,23 @@ class Expected:
 def expected(kind: str, guarantee: str, *, persistence: str = "off", escalated: bool = False) -> Expected:
     """What `kind` of fault may do to tasks under a library's `guarantee` (its declared `DeliveryContract`).
 
-    `persistence` is the broker's for ``restart_broker``; `escalated` says a ``term_worker`` victim had to
-    be SIGKILLed after its grace (it is then judged as a kill)."""
+    `persistence` is the broker's for ``restart_broker``: Redis ``off`` or ``aof``; a RabbitMQ node
+    ``durable-confirmed`` or ``durable-unconfirmed`` (durable queues and persistent messages, published with or
+    without publisher confirms). `escalated` says a ``term_worker`` victim had to be SIGKILLed after its
+    grace (it is then judged as a kill)."""
     alo = guarantee == AT_LEAST_ONCE
     if kind == "restart_broker":
         if persistence == "off":
             return Expected("any", "any", alo, "a broker restarted without persistence forgets every message it "
                             "held (queued and unacknowledged) whatever the library promises")
+        if persistence == "durable-unconfirmed":
+            return Expected("any", "any", alo, "RabbitMQ writes persistent messages to disk in batches and tells "
+                            "the publisher only through confirms: without them, messages it had not yet written "
+                            "when it was killed may be gone, durable queue or not")
+        if persistence == "durable-confirmed":
+            return Expected("none", "none", alo, "a confirmed persistent message in a durable queue is on disk and "
+                            "comes back with the node; unacknowledged deliveries are redelivered (at-least-once "
+                            "libraries may run them twice)")
         return Expected("none", "none", alo, "an append-only file replays every acknowledged write after a "
                         "process restart; at-least-once libraries may re-run tasks whose ack was cut off")
     if kind in KILLS or (kind == "term_worker" and escalated):
@@ -98,9 +119,10 @@ class _Task:
     scheduled_ns: int | None = None
     starts: list[tuple[int, Any]] = field(default_factory=list)  # (t_ns, attempt)
     finishes: list[tuple[int, Any, str]] = field(default_factory=list)  # (t_ns, attempt, outcome)
+    final_failures: list[int] = field(default_factory=list)  # t_ns of failures of the last promised attempt
 
 
-def _tasks(rows: Iterable[Mapping[str, Any]]) -> dict[str, _Task]:
+def _tasks(rows: Iterable[Mapping[str, Any]], final_attempts: Mapping[str, int]) -> dict[str, _Task]:
     tasks: dict[str, _Task] = defaultdict(_Task)
     for row in rows:
         if row.get("probe") or row.get("id") is None:
@@ -114,6 +136,8 @@ def _tasks(rows: Iterable[Mapping[str, Any]]) -> dict[str, _Task]:
             task.starts.append((int(row["t_ns"]), row.get("attempt")))
         elif ev == "finished":
             task.finishes.append((int(row["t_ns"]), row.get("attempt"), str(row.get("outcome"))))
+            if ledger.is_final_failure(row, final_attempts):
+                task.final_failures.append(int(row["t_ns"]))
     for task in tasks.values():
         task.starts.sort(key=lambda s: s[0])
         task.finishes.sort(key=lambda f: f[0])
@@ -166,14 +190,15 @@ def _dip(tasks: Mapping[str, _Task], at_ns: int, deadline_ns: int) -> dict[str, 
 
 
 def judge(rows: Iterable[Mapping[str, Any]], fault: Mapping[str, Any], guarantee: str, *,
-          held_ids: Iterable[str] | None = None) -> dict[str, Any]:
+          held_ids: Iterable[str] | None = None, final_attempts: Mapping[str, int] | None = None) -> dict[str, Any]:
     """The counts and the verdict for one run (see the module docstring for every definition).
 
     `fault` needs ``kind``, ``at_ns`` and ``deadline_ns``; ``persistence`` (restart_broker) and
     ``escalated`` (term_worker) refine what is expected. `held_ids`: the task ids the broker still held
-    at the deadline (None: not read, so nothing can be called stranded)."""
+    at the deadline (None: not read, so nothing can be called stranded). `final_attempts`: task name ->
+    the attempt whose failure is final (`poison`: 1 + its library's promised retries)."""
     at_ns, deadline_ns = int(fault["at_ns"]), int(fault["deadline_ns"])
-    tasks = _tasks(rows)
+    tasks = _tasks(rows, final_attempts or {})
     held = set(held_ids) if held_ids is not None else None
     sent = {i: t for i, t in tasks.items() if t.sent_ns is not None}
     unexpected = sorted(i for i, t in tasks.items() if t.sent_ns is None and t.starts)
@@ -184,29 +209,36 @@ def judge(rows: Iterable[Mapping[str, Any]], fault: Mapping[str, Any], guarantee
     after = {i for i, t in sent.items() if t.sent_ns > at_ns}
     ok_first = {i: min(f for f, _, outcome in t.finishes if outcome == "ok" and f <= deadline_ns)
                 for i, t in sent.items() if any(o == "ok" and f <= deadline_ns for f, _, o in t.finishes)}
-    unfinished = set(sent) - set(ok_first)
+    failed_final = {i: min(t.final_failures) for i, t in sent.items()
+                    if i not in ok_first and t.final_failures and min(t.final_failures) <= deadline_ns}
+    settled = ok_first | failed_final
+    unfinished = set(sent) - set(settled)
     stranded = unfinished & held if held is not None else set()
     lost = unfinished - stranded
     duplicated = sorted(i for i, t in sent.items() if sum(1 for _, _, o in t.finishes if o == "ok") > 1)
     redelivered = {i: starts for i, t in sent.items() if (starts := _reexecution_starts(t))}
     affected = in_flight | set(redelivered)
     recovered = None
-    if affected and affected <= set(ok_first):
-        recovered = round((max(ok_first[i] for i in affected) - at_ns) / 1e9, 3)
+    if affected and affected <= set(settled):
+        recovered = round((max(settled[i] for i in affected) - at_ns) / 1e9, 3)
     first_redelivery = (round((min(min(s) for s in redelivered.values()) - at_ns) / 1e9, 3)
                         if redelivered else None)
     e2e = [(ok_first[i] - (sent[i].scheduled_ns or sent[i].sent_ns)) / 1e6 for i in after if i in ok_first]
+    p99_bounded = verdicts.bounds(len(e2e), P99)
 
     counts = {
         "acknowledged": len(sent), "in_flight_at_fault": len(in_flight), "queued_at_fault": len(queued),
-        "sent_after_fault": len(after), "finished_ok": len(ok_first),
+        "sent_after_fault": len(after), "finished_ok": len(ok_first), "failed_as_promised": len(failed_final),
         "lost_in_flight": len(lost & in_flight), "lost_queued": len(lost - in_flight),
         "stranded": len(stranded) if held is not None else None,
         "stranded_in_flight": len(stranded & in_flight) if held is not None else None,
         "duplicated": len(duplicated), "reexecuted": len(redelivered), "unexpected": len(unexpected),
         "affected": len(affected), "recovered_s": recovered, "first_redelivery_s": first_redelivery,
         "throughput_dip": _dip(sent, at_ns, deadline_ns),
-        "e2e_p99_during_fault_ms": _p99(e2e), "e2e_during_fault_n": len(e2e),
+        "e2e_p99_during_fault_ms": _p99(e2e) if p99_bounded else None, "e2e_during_fault_n": len(e2e),
+        "e2e_p99_during_fault_interval_ms": list(verdicts.quantile_interval(e2e, P99)) if p99_bounded else None,
+        "e2e_p99_during_fault_note": None if p99_bounded else verdicts.too_few_samples(len(e2e)),
+        "e2e_max_during_fault_ms": max(e2e) if e2e else None,
     }
     want = expected(str(fault["kind"]), guarantee, persistence=str(fault.get("persistence", "off")),
                     escalated=bool(fault.get("escalated")))

@@ -23,6 +23,9 @@ Everything `run.json` reports is computed here from those two tables, so anyone 
   with the raw rows that got an answer, since that is what Locust counts.
 - Little's law: executions finished in the window / length <= slots / mean service time of those
   executions (all attempts hold a slot). Above the bound is a harness bug, never a result.
+- Retries as promised: a task that fails every time (`poison`) must run exactly 1 + the retries its
+  library's retry policy promises (``final_attempts``, from `QueueBackend.retry_policy`) and end failed; it
+  is then settled, not lost (``all_finished`` leaves it to this check).
 """
 
 from __future__ import annotations
@@ -79,8 +82,11 @@ def load_window(tasks: pd.DataFrame, requests: pd.DataFrame | None, warmup_s: fl
 
 
 def drain_window(tasks: pd.DataFrame) -> Window:
-    """Drain mode: from the first execution's start to the last successful finish."""
+    """Drain mode: from the first execution's start to the last successful finish (to the last finish of
+    any outcome when none succeeded: a drain of `poison` tasks, which fail by design)."""
     ok = tasks[tasks["outcome"] == "ok"]
+    if ok.empty:
+        ok = tasks[tasks["outcome"].notna()]
     if ok.empty:
         raise ValueError("no task finished: nothing to measure")
     return Window(int(tasks["started_ns"].min()), int(ok["finished_ns"].max()))
@@ -184,8 +190,11 @@ def request_accounting(requests: pd.DataFrame, sent: pd.DataFrame) -> dict[str, 
 def summarise(tasks: pd.DataFrame, requests: pd.DataFrame | None, window: Window, *, slots: int,
               offered_rate_per_s: float | None, arrival: str = "constant",
               locust_post_counts: tuple[int, int] | None = None, queue_leftovers: Mapping[str, int] | None = None,
-              expected_sent: int | None = None) -> dict[str, Any]:
+              expected_sent: int | None = None, final_attempts: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Every figure and every self-check of one run, from its raw tables.
+
+    `final_attempts`: task name -> the attempts its library promises a task that fails every time (the
+    `poison` task: 1 + its retry policy's retries); such tasks are judged by ``retries_as_promised``.
 
     Returns ``{"figures": {...}, "checks": {name: {"ok": bool, "detail": str}}, "verdict": str}`` where the
     verdict is ``ok``, ``generator-limited`` (the queue's numbers are real but not its limit) or
@@ -220,9 +229,18 @@ def summarise(tasks: pd.DataFrame, requests: pd.DataFrame | None, window: Window
     }
 
     checks: dict[str, dict[str, Any]] = {}
-    lost = sent_ids[sent_ids["ok_executions"] == 0]["id"].tolist()
-    checks["all_finished"] = {"ok": not lost, "detail": f"{len(sent_ids) - len(lost)} of {len(sent_ids)} sent "
-                              f"tasks finished ok" + (f"; lost e.g. {lost[:3]}" if lost else "")}
+    final = dict(final_attempts or {})
+    doomed = sent_ids[sent_ids["task"].isin(list(final))]
+    should_finish = sent_ids
+    if len(doomed):
+        checks["retries_as_promised"], off = retries_check(doomed, attempts, final)
+        figures["poison_tasks"] = int(len(doomed))
+        figures["failed_as_promised"] = int(len(doomed)) - off
+        should_finish = sent_ids[~sent_ids["id"].isin(set(doomed["id"]))]
+    lost = should_finish[should_finish["ok_executions"] == 0]["id"].tolist()
+    checks["all_finished"] = {"ok": not lost, "detail": f"{len(should_finish) - len(lost)} of {len(should_finish)} "
+                              f"sent tasks finished ok" + (f"; lost e.g. {lost[:3]}" if lost else "")
+                              + (f" ({len(doomed)} poison task(s) left to retries_as_promised)" if len(doomed) else "")}
     unsent = each[~each["was_sent"]]["id"].tolist()
     checks["nothing_unsent_ran"] = {"ok": not unsent, "detail": f"{len(unsent)} executions without a sent row"}
     dup_attempts = int((attempts["n_finished"] > 1).sum()) if len(attempts) else 0
@@ -290,6 +308,25 @@ def summarise(tasks: pd.DataFrame, requests: pd.DataFrame | None, window: Window
     hard = [name for name, check in checks.items() if not check["ok"] and name != "generator_kept_up"]
     verdict = "failed" if hard else ("ok" if generator_ok else "generator-limited")
     return {"figures": figures, "checks": checks, "verdict": verdict, "failed_checks": hard}
+
+
+def retries_check(doomed: pd.DataFrame, attempts: pd.DataFrame,
+                  final: Mapping[str, int]) -> tuple[dict[str, Any], int]:
+    """``retries_as_promised``: each task in `doomed` (`per_task` rows of tasks that fail every time) ran
+    exactly the attempts its library promises (`final`, by task name) and its last attempt failed.
+    Returns the check and how many tasks did not."""
+    last_outcome = attempts.sort_values("attempt").groupby("id")["outcome"].last()
+    promised = doomed["task"].map(final)
+    outcome = doomed["id"].map(last_outcome)
+    failed_last = outcome.eq("error").fillna(False).astype(bool)  # a task never finished has no outcome
+    off = doomed[(doomed["executions"] != promised).to_numpy() | ~failed_last.to_numpy()]
+    expected = ", ".join(f"{task}: {n} attempt(s), the last failed" for task, n in sorted(final.items()))
+    detail = f"{len(doomed)} task(s) that always fail; promised {expected}"
+    if len(off):
+        first = off.iloc[0]
+        detail += (f"; {len(off)} did not, e.g. {first['id']}: {int(first['executions'])} attempt(s), last "
+                   f"{outcome.loc[first.name] if isinstance(outcome.loc[first.name], str) else 'never finished'}")
+    return {"ok": off.empty, "detail": detail}, int(len(off))
 
 
 def flatten(summary: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

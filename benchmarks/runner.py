@@ -48,6 +48,7 @@ from typing import Any
 import pandas as pd
 
 from backends import ledger
+from backends.base import BackendUnavailable
 from benchmarks import __version__, environment, faults, measure, serialization, store
 from benchmarks.brokers import SharedRedis, redact
 from benchmarks.matrix import Cell, Matrix
@@ -261,7 +262,8 @@ class CellRun:
             return self._finish("skipped", self.cell.skip_reason)
         # faults: a cell that restarts its broker starts a redis-server of its own, not the sweep's.
         shared_redis = None if faults.own_broker(self.spec) else self.shared_redis
-        self.stack = Stack(self.config, self.run_dir, phases=self.phases, shared_redis=shared_redis)
+        self.stack = Stack(self.config, self.run_dir, phases=self.phases, shared_redis=shared_redis,
+                           private_rabbitmq=faults.own_broker(self.spec))
         try:
             if self.spec["mode"] == "drain":
                 self._drain()
@@ -320,6 +322,8 @@ class CellRun:
         assert self.stack is not None and self.stack.backend is not None
         stack = self.stack
         self.record["settings"] = dict(stack.backend.describe())
+        policy = stack.backend.retry_policy()  # what a poison task gets: its attempts are checked against it
+        self.record["retry_policy"] = policy.record() if policy is not None else None
         self.record["backend_environment"] = stack.environment_record()
         self.record["brokers"] = {
             "broker": {"kind": stack.broker.kind, "url": _redact(stack.broker.url), "owned": stack.broker.owned,
@@ -340,7 +344,7 @@ class CellRun:
         self.record["api"] = {"server": "gunicorn gthread", "workers": self.config.api_workers,
                               "threads": self.config.api_threads}
         self.record["generator"] = generator_record()
-        follower = ledger.Follower(stack.ledger_dir)
+        follower = ledger.Follower(stack.ledger_dir, stack.final_attempts())
         if self.faults is not None:
             self.faults.prepare(stack)
         with Sampler(stack.supervisor, self.run_dir, depths=stack.backend.queue_depths) as sampler:
@@ -380,7 +384,7 @@ class CellRun:
                                         offered_rate_per_s=float(spec["rate"]),
                                         arrival=spec.get("arrival", "constant"),
                                         locust_post_counts=store.locust_post_counts(self.run_dir),
-                                        queue_leftovers=leftovers)
+                                        queue_leftovers=leftovers, final_attempts=stack.final_attempts())
             self._add_resources(summary)
             self._judge_fault(summary)
             self.record["summary"] = summary
@@ -411,7 +415,7 @@ class CellRun:
             # "serialization".
             self.record["serialization"] = serialization.after_preload(stack, before, spec)
             depth = sum(stack.backend.queue_depths().values())
-            follower = ledger.Follower(stack.ledger_dir)
+            follower = ledger.Follower(stack.ledger_dir, stack.final_attempts())
             follower.poll()
         with Sampler(stack.supervisor, self.run_dir, depths=stack.backend.queue_depths) as sampler:
             self.log(f"{depth} waiting ({len(probes)} probe(s) first); starting workers")
@@ -442,7 +446,8 @@ class CellRun:
             tasks = self._store_tasks()
             window = measure.drain_window(tasks)
             summary = measure.summarise(tasks, None, window, slots=self.config.slots, offered_rate_per_s=None,
-                                        queue_leftovers=leftovers, expected_sent=count)
+                                        queue_leftovers=leftovers, expected_sent=count,
+                                        final_attempts=stack.final_attempts())
         # The drain block in three parts: the workers booting (to the first start), the measured window
         # (first start to last finish), and the end noticed (last finish to the wait's return).
         boot_s = min(drain_s, max(0.0, (window.start_ns - workers_started_ns) / 1e9))
@@ -462,7 +467,8 @@ class CellRun:
         """faults: what the fault did, against the contract the backend declares for the victim's workers."""
         if self.faults is not None:
             assert self.stack is not None and self.stack.backend is not None
-            self.faults.judge(summary, self.stack.backend.delivery_contract(self.config.worker_specs()[0]))
+            self.faults.judge(summary, self.stack.backend.delivery_contract(self.config.worker_specs()[0]),
+                              self.stack.final_attempts())
 
     def _book_locust(self, started: float, locust_s: float, started_ns: int, ended_ns: int,
                      window: measure.Window) -> None:
@@ -492,7 +498,14 @@ class CellRun:
         storing its result; a late ack), so when every task has finished, empty queues get a moment
         (`LEFTOVER_GRACE_S`) to show it before anything left counts."""
         assert self.stack is not None and self.stack.backend is not None
-        depths = dict(self.stack.backend.queue_depths())
+        try:
+            depths = dict(self.stack.backend.queue_depths())
+        except BackendUnavailable:
+            if self.faults is None:
+                raise
+            # faults: a restarted broker left this thread's producer connection dead; the backend dropped it
+            # on that error, and the next call connects afresh.
+            depths = dict(self.stack.backend.queue_depths())
         if self.record.get("drain_ended_by") != "all-finished":
             return depths
         deadline = time.monotonic() + LEFTOVER_GRACE_S

@@ -12,6 +12,7 @@ the README's key table (checked against this declaration by a test).
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -172,7 +173,8 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     _key("fault", "workload", str, NO_FAULT, "what goes wrong, `fault_at_s` after the first task starts: kill_child "
          "(SIGKILL the process running a task the ledger shows started and not finished), kill_worker (SIGKILL a "
          "worker, restarted after `restart_after_s`), hang_worker (SIGSTOP a worker tree for `hang_s`), "
-         "restart_broker (SIGKILL the harness's own redis-server and restart it on the same port), term_worker "
+         "restart_broker (SIGKILL the cell's own broker, a redis-server or a private RabbitMQ node, and restart it "
+         "on the same port), term_worker "
          "(SIGTERM a worker, SIGKILL after `grace_s`); run.json's `faults` counts what was lost, duplicated and "
          "stranded", choices=FAULTS),
     _key("fault_at_s", "workload", float, 3, "seconds after the first task starts (the ledger's first "
@@ -188,7 +190,8 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     _key("hang_s", "workload", float, 10, "hang_worker: seconds the worker tree stays stopped", low=0,
          high=3600),
     _key("persistence", "system", str, "off", "restart_broker: the private Redis keeps nothing (off) or an "
-         "append-only file fsynced every second (aof) across the restart", choices=PERSISTENCES),
+         "append-only file fsynced every second (aof) across the restart (RabbitMQ: off; a node keeps what the "
+         "library declares durable and persistent)", choices=PERSISTENCES),
     _key("grace_s", "workload", float, 10, "term_worker: seconds between SIGTERM and SIGKILL", low=0,
          high=3600),
 )}
@@ -283,9 +286,16 @@ def validate(spec: Mapping[str, Any]) -> None:
 
 def fault_problem(spec: Mapping[str, Any]) -> str | None:
     """Why the spec's fault cannot be injected on its broker (checked without starting anything), or None."""
-    if spec.get("fault", NO_FAULT) == "restart_broker" and spec["broker"] != "redis":
-        return (f"restart_broker restarts the harness's own redis-server; restarting a {spec['broker']} broker is "
-                "not implemented")
+    if spec.get("fault", NO_FAULT) != "restart_broker" or spec["broker"] == "redis":
+        return None
+    if spec["broker"] == "sqlite":
+        return "restart_broker restarts a broker server; a SQLite file has none"
+    if spec.get("persistence", "off") != "off":
+        return ("persistence chooses the private Redis's append-only file; RabbitMQ keeps what the library "
+                "declares durable and persistent (leave persistence unset)")
+    if not shutil.which("rabbitmq-server"):
+        return ("restart_broker on RabbitMQ restarts a private node of the cell's own, and rabbitmq-server is not "
+                "installed here (the system's node and --amqp-url's are never restarted)")
     return None
 
 

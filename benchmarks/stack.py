@@ -107,10 +107,13 @@ class Stack:
     """Brokers, workers and the API of one configuration, under one supervisor."""
 
     def __init__(self, config: StackConfig, run_dir: str | os.PathLike[str], *,
-                 phases: PhaseClock | None = None, shared_redis: brokers.SharedRedis | None = None) -> None:
+                 phases: PhaseClock | None = None, shared_redis: brokers.SharedRedis | None = None,
+                 private_rabbitmq: bool = False) -> None:
         self.config = config
         #: The sweep's private Redis, used instead of starting one (None: start one, stop it with the stack).
         self.shared_redis = shared_redis
+        #: On RabbitMQ, start a node of the stack's own even when one answers (a cell that restarts it).
+        self.private_rabbitmq = private_rabbitmq
         self._shared_procs: list[Any] = []
         #: Where the stack's start-up and shutdown time goes (the runner's clock for the cell, if given).
         self.phases = phases or PhaseClock()
@@ -207,7 +210,8 @@ class Stack:
         elif cfg.broker == "sqlite":
             self.broker = self.result_store = brokers.sqlite_file(self.run_dir)
         else:
-            self.broker = brokers.resolve_rabbitmq(self.supervisor, self.run_dir, cfg.amqp_url)
+            self.broker = (brokers.start_private_rabbitmq(self.supervisor, self.run_dir) if self.private_rabbitmq
+                           else brokers.resolve_rabbitmq(self.supervisor, self.run_dir, cfg.amqp_url))
             if cfg.spec["results"]:
                 # RabbitMQ holds no results: a Redis does (the user's if given, else a private one).
                 if cfg.broker_url:
@@ -310,16 +314,25 @@ class Stack:
         return set(self.submit([{"task": task, "args": dict(args), "queue": queue, "probe": True}
                                 for queue in self.settings.queues for task, args in tasks]))
 
+    def final_attempts(self) -> dict[str, int]:
+        """Task name -> the attempt whose failure is final: `poison` after the retries the backend's library
+        promises (`QueueBackend.retry_policy`); empty when the backend does not say."""
+        policy = self.backend.retry_policy() if self.backend is not None else None
+        return {"poison": policy.attempts} if policy is not None else {}
+
     def await_probes(self, ids: set[str], timeout_s: float = ROUND_TRIP_TIMEOUT_S) -> None:
-        """Wait until every probe in `ids` has finished successfully; TimeoutError naming the queues if not
-        within `timeout_s` (0: check once), ProcessFailed if a process died meanwhile."""
+        """Wait until every probe in `ids` has finished successfully (a `poison` probe: failed for good, after
+        the attempts its library promises); TimeoutError naming the queues if not within `timeout_s` (0:
+        check once), ProcessFailed if a process died meanwhile."""
         assert self.settings is not None
         follower = ledger.Follower(self.ledger_dir)  # reads only what was appended since its last look
+        final = self.final_attempts()
         done: set[str] = set()
 
         def all_done() -> bool:
             done.update(r["id"] for r in follower.poll()
-                        if r.get("probe") and r.get("ev") == "finished" and r.get("outcome") == "ok")
+                        if r.get("probe") and r.get("ev") == "finished"
+                        and (r.get("outcome") == "ok" or ledger.is_final_failure(r, final)))
             return ids <= done
 
         wait_until(all_done, timeout_s=timeout_s, interval_s=START_POLL_S,

@@ -40,7 +40,11 @@ from benchmarks import measure
 #:       Added later without changing any figure (readers may find them absent): run.json's phases_s,
 #:       drain_ended_by, drain_idle_s, drain_outstanding (and drain_workers_gone); the spec's drain_stall_s;
 #:       fault runs: the spec's fault keys, run.json's ``faults`` (docs/FAULTS.md), drain_ended_by
-#:       ``fault-deadline``, and ``replaced_by`` on the checks a fault breaks by design.
+#:       ``fault-deadline``, and ``replaced_by`` on the checks a fault breaks by design. Later: run.json's
+#:       ``retry_policy``, the check ``retries_as_promised`` and the figure ``failed_as_promised`` (the
+#:       ``poison`` task); ``faults.failed_as_promised``, ``faults.e2e_max_during_fault_ms``,
+#:       ``e2e_p99_during_fault_interval_ms`` and ``_note``; ``faults.e2e_p99_during_fault_ms`` is null when its
+#:       n cannot bound a p99 (the quantile rule; runs before this printed the nearest-rank value anyway).
 #:       run.json's generator (overload policy, max_in_flight, stop_wait_s, processes) and the figures
 #:       unanswered_at_stop, unanswered_accepted, not_202_accepted; request_id in tasks.parquet and
 #:       requests.parquet, and status -1 (unanswered at stop) in requests.parquet.

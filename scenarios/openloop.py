@@ -61,7 +61,7 @@ def _add_options(parser: Any) -> None:
     group.add_argument("--qb-arrival", choices=["constant", "poisson"], default="constant", env_var="QB_ARRIVAL",
                        help="Evenly spaced arrivals, or a Poisson process with the same mean rate.")
     group.add_argument("--qb-task", default="noop", env_var="QB_TASK",
-                       help="Task to send: noop, sleep_ms, cpu_ms, echo, flaky, add.")
+                       help="Task to send: noop, sleep_ms, cpu_ms, echo, flaky, poison, add.")
     group.add_argument("--qb-args", default="{}", env_var="QB_ARGS",
                        help='Task arguments as JSON, e.g. \'{"ms": 50}\'.')
     group.add_argument("--qb-mix", default="", env_var="QB_MIX",

@@ -50,6 +50,12 @@ def need_rabbitmq() -> None:
 
 
 @pytest.fixture
+def need_rabbitmq_server() -> None:
+    """rabbitmq-server installed: a test that restarts a node starts one of its own (never the system's)."""
+    _need("rabbitmq-server", bool(shutil.which("rabbitmq-server")), "install rabbitmq-server for a private node")
+
+
+@pytest.fixture
 def ledger_dir(tmp_path, monkeypatch):
     """A fresh ledger directory, set for this process (as the harness sets it for its children)."""
     directory = tmp_path / "ledger"

@@ -175,7 +175,10 @@ def test_a_fault_under_load_marks_the_tasks_sent_while_the_worker_hung(need_redi
     assert faults["injected"] and faults["sent_after_fault"] > 0
     assert faults["lost_in_flight"] == faults["lost_queued"] == 0 and faults["verdict"] == "as-documented"
     # tasks sent while the worker was stopped waited for it: their end-to-end p99 shows the hang
-    assert faults["e2e_p99_during_fault_ms"] > 1000
+    assert faults["e2e_max_during_fault_ms"] > 1000
+    # about 60 tasks cannot bound a p99 (368 can): no number is given for it, and the record says why
+    assert faults["e2e_p99_during_fault_ms"] is None
+    assert faults["e2e_p99_during_fault_note"] == f"too few samples (n={faults['e2e_during_fault_n']})"
     assert faults["orphans"] == [] and left_running(tmp_path) == []
 
 
@@ -191,3 +194,18 @@ def test_celery_with_acks_late_gets_a_killed_workers_tasks_back_once_the_visibil
     assert faults["lost_in_flight"] == faults["lost_queued"] == faults["stranded"] == 0, faults["ids"]
     assert faults["reexecuted"] >= 1 and faults["recovered_s"] is not None
     assert faults["verdict"] == "as-documented"
+
+
+@pytest.mark.service
+def test_dramatiq_publishing_with_confirms_loses_nothing_when_its_private_rabbitmq_node_is_killed_and_restarted(
+        need_rabbitmq_server, need_redis, tmp_path):
+    # The cell starts a RabbitMQ node of its own (never the system's), kills its whole tree mid-drain and
+    # starts it again on the same data directory: durable queues and confirmed persistent messages come back.
+    record = run_cell(tmp_path, 'broker = "rabbitmq"\nfault = "restart_broker"\n[dramatiq]\nconfirm_delivery = true\n',
+                      backend="dramatiq", observe_s=40)
+    faults = check_counts(record, tmp_path)
+    assert record["status"] == "ok", record["detail"]
+    assert faults["persistence"] == "durable-confirmed" and faults["restarted"]["pid"]
+    assert record["brokers"]["broker"]["owned"] and "127.0.0.1:5672" not in record["brokers"]["broker"]["url"]
+    assert faults["lost_in_flight"] == faults["lost_queued"] == 0, faults["ids"]
+    assert faults["verdict"] == "as-documented", faults["reasons"]

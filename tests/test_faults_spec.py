@@ -48,3 +48,20 @@ def test_a_bad_fault_value_is_refused_naming_the_key(text, named):
 def test_restarting_a_broker_that_is_not_the_harnesss_redis_is_skipped_with_the_reason():
     (cell,) = _cells('backend = "huey"\nbroker = "sqlite"\nmode = "drain"\ntasks = 10\nfault = "restart_broker"\n')
     assert cell.skip_reason and "restart_broker" in cell.skip_reason
+
+
+def test_restarting_rabbitmq_needs_a_private_node_and_says_so_when_rabbitmq_server_is_missing(monkeypatch):
+    text = 'backend = "dramatiq"\nbroker = "rabbitmq"\nmode = "drain"\ntasks = 10\nfault = "restart_broker"\n'
+    monkeypatch.setattr(spec.shutil, "which", lambda name: None)
+    (cell,) = _cells(text)
+    assert "rabbitmq-server is not installed" in cell.skip_reason and "never restarted" in cell.skip_reason
+    monkeypatch.setattr(spec.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    (cell,) = _cells(text)
+    assert not cell.skip_reason
+
+
+def test_an_append_only_file_on_rabbitmq_is_refused_as_a_redis_setting(monkeypatch):
+    monkeypatch.setattr(spec.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    (cell,) = _cells('backend = "celery"\nbroker = "rabbitmq"\nmode = "drain"\ntasks = 10\n'
+                     'fault = "restart_broker"\npersistence = "aof"\n')
+    assert "append-only file" in cell.skip_reason

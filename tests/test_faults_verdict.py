@@ -3,6 +3,7 @@ what the library's delivery contract lets that fault do."""
 
 from __future__ import annotations
 
+from benchmarks.analysis.faults import p99_text
 from benchmarks.fault_verdict import AS_DOCUMENTED, VIOLATES, judge
 
 S = 1_000_000_000
@@ -21,11 +22,12 @@ class Ledger:
         return self
 
     def ran(self, task_id: str, start_s: float, end_s: float | None = None, *, attempt: int = 1,
-            outcome: str = "ok", pid: int = 100) -> Ledger:
-        self.rows.append({"ev": "started", "id": task_id, "attempt": attempt, "t_ns": int(start_s * S), "pid": pid})
+            outcome: str = "ok", pid: int = 100, task: str = "sleep_ms") -> Ledger:
+        self.rows.append({"ev": "started", "id": task_id, "task": task, "attempt": attempt, "t_ns": int(start_s * S),
+                          "pid": pid})
         if end_s is not None:
-            self.rows.append({"ev": "finished", "id": task_id, "attempt": attempt, "t_ns": int(end_s * S),
-                              "outcome": outcome, "pid": pid})
+            self.rows.append({"ev": "finished", "id": task_id, "task": task, "attempt": attempt,
+                              "t_ns": int(end_s * S), "outcome": outcome, "pid": pid})
         return self
 
 
@@ -124,6 +126,63 @@ def test_the_dip_compares_one_second_buckets_after_the_fault_with_the_rate_befor
     assert dip["throughput_dip"]["buckets_per_s"][:3] == [0, 0, 2]
 
 
-def test_tasks_sent_during_the_fault_give_the_end_to_end_p99():
+def test_a_p99_of_too_few_tasks_sent_during_the_fault_is_no_number_but_their_largest_is_given():
     book = Ledger().sent("a", 11).ran("a", 12, 13.5).sent("b", 12).ran("b", 12, 12.1)
-    assert judge(book.rows, fault("hang_worker"), "at-least-once")["e2e_p99_during_fault_ms"] == 2500.0
+    result = judge(book.rows, fault("hang_worker"), "at-least-once")
+    assert result["e2e_p99_during_fault_ms"] is None and result["e2e_p99_during_fault_interval_ms"] is None
+    assert result["e2e_p99_during_fault_note"] == "too few samples (n=2)"
+    assert result["e2e_max_during_fault_ms"] == 2500.0 and result["e2e_during_fault_n"] == 2
+
+
+def test_enough_tasks_sent_during_the_fault_give_the_end_to_end_p99_with_its_interval():
+    book = Ledger()
+    for i in range(400):  # end to end 1 ms .. 400 ms
+        book.sent(f"t{i}", 11).ran(f"t{i}", 11, 11 + (i + 1) / 1000)
+    result = judge(book.rows, fault("hang_worker"), "at-least-once")
+    low, high = result["e2e_p99_during_fault_interval_ms"]
+    assert result["e2e_during_fault_n"] == 400 and result["e2e_p99_during_fault_note"] is None
+    assert low <= result["e2e_p99_during_fault_ms"] <= high <= result["e2e_max_during_fault_ms"]
+    assert abs(result["e2e_p99_during_fault_ms"] - 396) < 1  # the 396th of 400 in order, nearest rank
+
+
+def poison(book: Ledger, task_id: str, attempts: int, start_s: float = 11.0) -> Ledger:
+    """`attempts` failed attempts of a task that always fails, one a second from `start_s`."""
+    for attempt in range(1, attempts + 1):
+        book.ran(task_id, start_s + attempt - 1, start_s + attempt - 0.5, attempt=attempt, outcome="error",
+                 task="poison")
+    return book
+
+
+def test_a_poison_task_that_failed_after_its_promised_attempts_is_settled_not_lost():
+    book = poison(Ledger().sent("p").sent("a").ran("a", 9, 12), "p", 4)
+    result = judge(book.rows, fault("kill_child"), "at-least-once", final_attempts={"poison": 4})
+    assert result["failed_as_promised"] == 1
+    assert result["lost_in_flight"] == result["lost_queued"] == 0 and result["reexecuted"] == 0
+    assert result["verdict"] == AS_DOCUMENTED
+
+
+def test_a_poison_task_short_of_its_promised_attempts_at_the_deadline_is_not_settled():
+    book = poison(Ledger().sent("p"), "p", 2)
+    result = judge(book.rows, fault("kill_child"), "at-least-once", final_attempts={"poison": 4})
+    assert result["failed_as_promised"] == 0 and result["lost_queued"] == 1
+    assert result["verdict"] == VIOLATES
+
+
+def test_a_rabbitmq_restart_may_lose_unconfirmed_messages_but_not_confirmed_ones():
+    book = Ledger().sent("a").sent("b").ran("a", 9, 10.5)  # b was queued at the restart and never ran
+    unconfirmed = judge(book.rows, fault("restart_broker", persistence="durable-unconfirmed"), "at-least-once")
+    confirmed = judge(book.rows, fault("restart_broker", persistence="durable-confirmed"), "at-least-once")
+    assert unconfirmed["lost_queued"] == confirmed["lost_queued"] == 1
+    assert unconfirmed["verdict"] == AS_DOCUMENTED and confirmed["verdict"] == VIOLATES
+
+
+def test_the_report_prints_a_fault_p99_only_when_its_tasks_bound_it_even_for_runs_recorded_before_the_rule():
+    older = {"e2e_p99_during_fault_ms": 2500.0, "e2e_during_fault_n": 60}  # a raw figure from before the rule
+    assert p99_text(older) == "too few samples (n=60)"
+    few = judge(Ledger().sent("a", 11).ran("a", 12, 13.5).rows, fault("hang_worker"), "at-least-once")
+    assert p99_text(few) == "too few samples (n=1); largest 2500 ms"
+    book = Ledger()
+    for i in range(400):
+        book.sent(f"t{i}", 11).ran(f"t{i}", 11, 11 + (i + 1) / 1000)
+    text = p99_text(judge(book.rows, fault("hang_worker"), "at-least-once"))
+    assert text.startswith("396 ms (95 % CI ") and text.endswith(", n=400)")

@@ -140,6 +140,52 @@ def test_retries_of_a_flaky_task_are_not_counted_as_duplicates(tmp_path):
     assert summary["figures"]["retried_tasks"] == 1
 
 
+def poison_rows(task_id: str, arrival_ns: int, attempts: int) -> tuple[list[dict], list[dict]]:
+    """A `poison` task's rows: sent, then `attempts` failed attempts."""
+    api, worker = task_rows(task_id, arrival_ns, attempts=("error",) * attempts)
+    for row in api + worker:
+        row["task"] = "poison"
+    return api, worker
+
+
+def summarise_with_poison(directory: Path, attempts: int, promised: int):
+    arrivals = clean_run(directory)
+    api, worker = poison_rows("doomed", arrivals[20] + 1, attempts)
+    write_rows(directory, "api-1", api)
+    write_rows(directory, "worker-11", worker)
+    summary, _, _ = summarise(directory, arrivals, locust_post_counts=(len(arrivals) + 1, 0),
+                              requests=requests_for([*arrivals, arrivals[20] + 1],
+                                                    task_ids=[*(f"t{i:04d}" for i in range(len(arrivals))), "doomed"]),
+                              final_attempts={"poison": promised})
+    return summary
+
+
+def test_a_poison_task_failing_after_exactly_its_promised_attempts_is_settled_not_lost(tmp_path):
+    summary = summarise_with_poison(tmp_path, attempts=4, promised=4)
+    assert summary["verdict"] == "ok", summary["failed_checks"]
+    assert summary["checks"]["retries_as_promised"]["ok"] and summary["checks"]["all_finished"]["ok"]
+    assert summary["figures"]["failed_as_promised"] == 1
+
+
+@pytest.mark.parametrize("attempts", [2, 5])
+def test_a_poison_task_retried_more_or_fewer_times_than_promised_fails_the_run(tmp_path, attempts):
+    summary = summarise_with_poison(tmp_path, attempts=attempts, promised=4)
+    assert summary["failed_checks"] == ["retries_as_promised"]
+    assert f"doomed: {attempts} attempt(s)" in summary["checks"]["retries_as_promised"]["detail"]
+
+
+def test_a_follower_counts_a_poison_task_settled_only_at_its_last_promised_attempt(tmp_path):
+    api, worker = poison_rows("doomed", T0, 3)
+    write_rows(tmp_path, "api-1", api)
+    follower = ledger.Follower(tmp_path, final_attempts={"poison": 3})
+    write_rows(tmp_path, "worker-11", worker[:4])  # two failed attempts: the library retries again
+    follower.poll()
+    assert follower.outstanding() == 1
+    write_rows(tmp_path, "worker-11", worker[4:])
+    follower.poll()
+    assert follower.outstanding() == 0 and follower.failed_ids == {"doomed"} and not follower.done_ids
+
+
 def test_a_lagging_generator_marks_the_run_generator_limited_not_failed(tmp_path):
     arrivals = clean_run(tmp_path)
     summary, _, _ = summarise(tmp_path, arrivals, requests=requests_for(arrivals, lag_ms=500))

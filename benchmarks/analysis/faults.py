@@ -1,6 +1,6 @@
 """The report's "When things fail" section: per library configuration x fault, what was lost, run twice,
-stranded, how long recovery took, and whether that is what the library documents; and throughput over
-time with the fault marked.
+stranded, how long recovery took, and whether that is what the library documents; throughput over time
+with the fault marked; and retries under failure (`poison` tasks against each library's retry settings).
 
 Read from stored runs only: each fault run's ``faults`` record in run.json (counted from the raw ledger by
 `benchmarks.fault_verdict` when the run ended) and its ``tasks.parquet`` for the throughput chart.
@@ -14,11 +14,12 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from benchmarks import verdicts
 from benchmarks.analysis import charts
 from benchmarks.analysis.load import Results
 
 HEADER = ["configuration", "fault", "sent", "lost in flight", "lost queued", "stranded", "duplicated",
-          "re-executed", "recovery", "first redelivery", "verdict"]
+          "re-executed", "recovery", "first redelivery", "e2e p99 of tasks sent during the fault", "verdict"]
 #: Seconds per bucket of the throughput-over-time chart.
 BUCKET_S = 1.0
 #: Line styles telling apart the runs of one backend (its colour) in one panel.
@@ -44,8 +45,8 @@ def configuration(record: dict[str, Any]) -> str:
     if spec.get("acks_late") is not None:
         parts.append(f"acks_late={_value(spec['acks_late'])}")
     parts += [f"{k}={_value(v)}" for k, v in sorted((spec.get("options") or {}).items())]
-    if spec.get("persistence"):
-        parts.append(f"persistence={spec['persistence']}")
+    if spec.get("persistence"):  # a RabbitMQ node's is what the run found (durable, with or without confirms)
+        parts.append(f"persistence={(record.get('faults') or {}).get('persistence') or spec['persistence']}")
     return ", ".join(parts)
 
 
@@ -68,6 +69,24 @@ def _value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def p99_text(faults: dict[str, Any]) -> str:
+    """The end-to-end p99 of the tasks sent during the fault, by the quantile rule: a number with its
+    interval and n only when its n can bound a p99 (368), else ``too few samples (n=...)`` and the largest.
+    Runs recorded before the rule was applied here carry the raw figure; it is judged by its n as well."""
+    n = faults.get("e2e_during_fault_n") or 0
+    if not n:
+        return "no task sent during the fault"
+    value = faults.get("e2e_p99_during_fault_ms")
+    if value is None or not verdicts.bounds(n, 0.99):
+        largest = faults.get("e2e_max_during_fault_ms")
+        return verdicts.too_few_samples(n) + (f"; largest {largest:.0f} ms" if largest is not None else "")
+    interval = faults.get("e2e_p99_during_fault_interval_ms")
+    if interval:
+        return (f"{value:.0f} ms ({verdicts.CONFIDENCE_TEXT} CI {interval[0]:.0f} to {interval[1]:.0f}, "
+                f"n={n})")
+    return f"{value:.0f} ms (n={n})"
+
+
 def _seconds(value: Any) -> str:
     return "–" if value is None else f"{value:.1f} s"
 
@@ -79,7 +98,7 @@ def fault_table(results: Results) -> list[list[str]]:
         f = record["faults"]
         if not f.get("injected") or "verdict" not in f or f["verdict"] == "not-injected":
             rows.append([configuration(record), record["spec"]["fault"], "–", "–", "–", "–", "–", "–", "–", "–",
-                         f"not injected: {f.get('error', 'no task ran')}"])
+                         "–", f"not injected: {f.get('error', 'no task ran')}"])
             continue
         stranded = "not read" if f.get("stranded") is None else str(f["stranded"])
         verdict = f["verdict"] if not f.get("reasons") else f"⚠ {f['verdict']}: {'; '.join(f['reasons'])}"
@@ -88,7 +107,33 @@ def fault_table(results: Results) -> list[list[str]]:
         rows.append([configuration(record), record["spec"]["fault"], str(f["acknowledged"]),
                      f"{f['lost_in_flight']} of {f['in_flight_at_fault']}", str(f["lost_queued"]), stranded,
                      str(f["duplicated"]), str(f["reexecuted"]), _recovery(f, float(record["spec"]["observe_s"])),
-                     _seconds(f.get("first_redelivery_s")), verdict])
+                     _seconds(f.get("first_redelivery_s")), p99_text(f), verdict])
+    return rows
+
+
+#: Columns of the retries table: runs that sent `poison` tasks (they fail every time).
+RETRY_HEADER = ["configuration", "poison tasks", "attempts promised", "failed as promised", "retry setting"]
+
+
+def retry_table(results: Results) -> list[list[str]]:
+    """One row per run that sent `poison` tasks: the attempts its library's retry settings promise (run.json's
+    ``retry_policy``) and how many of its poison tasks ran exactly that many times and then failed (the
+    self-check ``retries_as_promised``, counted from the ledger)."""
+    rows = []
+    for record in sorted(results.records.values(), key=lambda r: (configuration(r), r["run_id"])):
+        summary = record.get("summary") or {}
+        check = (summary.get("checks") or {}).get("retries_as_promised")
+        if check is None or record.get("status") not in COUNTED_STATUSES:
+            continue
+        figures, policy = summary.get("figures") or {}, record.get("retry_policy") or {}
+        total, settled = figures.get("poison_tasks"), figures.get("failed_as_promised")
+        outcome = f"{settled} of {total}"
+        if not check["ok"]:
+            outcome += f" ⚠ {check['detail']}"
+        elif check.get("replaced_by"):
+            outcome += " (under a fault: judged by the fault's counts)"
+        rows.append([configuration(record), str(total), str(policy.get("attempts", "–")), outcome,
+                     str(policy.get("source", "–"))])
     return rows
 
 

@@ -690,18 +690,26 @@ def build_blocks(results: Results, out_dir: Path) -> tuple[list[Block], list[cha
 
 
 def fault_blocks(results: Results, figures_dir: Path) -> list[Block]:
-    """"When things fail" (`benchmarks.analysis.faults`): only when some run injected a fault."""
-    rows = faults.fault_table(results)
-    if not rows:
+    """"When things fail" (`benchmarks.analysis.faults`): only when some run injected a fault or sent
+    `poison` tasks."""
+    rows, retries = faults.fault_table(results), faults.retry_table(results)
+    if not rows and not retries:
         return []
-    blocks = [Block("h2", "When things fail"), Block("p", " ".join(faults.fault_sentences(results))),
-              Block("table", header=faults.HEADER, rows=rows)]
-    chart = faults.throughput_chart(results, figures_dir)
-    if chart.drawn:
-        assert chart.png is not None
-        blocks += [Block("p", " ".join(chart.sentences)),
-                   Block("figure", chart.caption, image=chart.png, alt=chart.title,
-                         also=[p for p in chart.files if p != chart.png])]
+    blocks = [Block("h2", "When things fail")]
+    if rows:
+        blocks += [Block("p", " ".join(faults.fault_sentences(results))),
+                   Block("table", header=faults.HEADER, rows=rows)]
+        chart = faults.throughput_chart(results, figures_dir)
+        if chart.drawn:
+            assert chart.png is not None
+            blocks += [Block("p", " ".join(chart.sentences)),
+                       Block("figure", chart.caption, image=chart.png, alt=chart.title,
+                             also=[p for p in chart.files if p != chart.png])]
+    if retries:
+        blocks += [Block("p", "Retries under failure: each poison task fails every time, so its library must run "
+                              "it exactly the attempts its retry settings promise and then give up; counted "
+                              "from the raw ledger."),
+                   Block("table", header=faults.RETRY_HEADER, rows=retries)]
     return blocks
 
 
