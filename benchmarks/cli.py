@@ -151,7 +151,9 @@ def _serve_options(command):
 @_serve_options
 @click.option("--broker-url", metavar="URL",
               help="Use this existing Redis instead of a private one (never flushed; must be empty "
-                   "unless --allow-dirty). With --broker rabbitmq it holds the results.")
+                   "unless --allow-dirty). With --broker rabbitmq it holds the results. A master watched by "
+                   "Sentinel: redis+sentinel://host:26379[,host:port]/mymaster/db (Celery, RQ, Dramatiq); a "
+                   "Redis Cluster is refused.")
 @click.option("--amqp-url", metavar="URL",
               help="RabbitMQ to use. Default: amqp://guest:guest@127.0.0.1:5672/%2F when it answers, "
                    "else a private node if rabbitmq-server is installed.")
@@ -309,6 +311,19 @@ def _sweep_options(what: str):
     return decorate
 
 
+def _check_broker_url(matrix: Any, broker_url: str) -> None:
+    """Refuse (exit 2, nothing started) a --broker-url some cell's backend cannot use: a malformed URL, a
+    Redis Cluster, or a Sentinel URL for a library whose backend here has no Sentinel connection."""
+    for cell in matrix.cells:
+        if cell.skip_reason or cell.spec.get("broker") == "sqlite":
+            continue
+        try:
+            validate(StackConfig(cell.spec, broker_url=broker_url))
+        except UnsupportedOption as exc:
+            raise click.UsageError(f"--broker-url: {exc} (cell {cell.run_id}; --only backend=... runs the "
+                                   "others)") from exc
+
+
 def _load_matrix(matrix_file: Path, repeats: int | None, only: tuple[str, ...]) -> Any:
     """The matrix file with --repeats and --only applied; a bad one is a usage error (exit 2)."""
 
@@ -328,20 +343,28 @@ def _load_matrix(matrix_file: Path, repeats: int | None, only: tuple[str, ...]) 
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/runs"),
               show_default=True, help="Where run directories (<out>/<run_id>/) and summary.csv go.")
 @_sweep_options("cells")
+@click.option("--broker-url", metavar="URL",
+              help="A Redis you run yourself for every Redis cell (and the results of RabbitMQ cells) instead "
+                   "of the sweep's private one: redis://host:port/db, or a master watched by Sentinel, "
+                   "redis+sentinel://host:26379[,host:port]/mymaster/db. Never flushed; must be empty; each "
+                   "cell purges only what it created. A Redis Cluster is refused.")
 @click.option("--dry-run", is_flag=True, help="List the cells (and which are done or skipped); start nothing.")
 def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeats: int | None,
-        amqp_url: str | None, dry_run: bool) -> None:
+        amqp_url: str | None, broker_url: str | None, dry_run: bool) -> None:
     """Measure every cell of a matrix file with Locust through the API, one cell at a time.
 
     Each cell's raw records and verdict go to OUT/<run_id>/ (run.json, tasks.parquet, ...) and every
     run is listed in OUT/summary.csv. Cells already done are skipped, so an interrupted sweep resumes.
-    One private Redis serves every Redis cell of the sweep, emptied (FLUSHALL) before each. OUT/sweep.json
+    One private Redis serves every Redis cell of the sweep, emptied (FLUSHALL) before each, unless
+    --broker-url names a Redis you run yourself (never emptied; a Cluster is refused). OUT/sweep.json
     says where the sweep's wall time went; the share spent in measured windows is printed at the end.
     Exits 1 if any cell failed or errored, 130 on Ctrl-C (completed cells are kept), 2 on a bad matrix.
     """
 
 
     matrix = _load_matrix(matrix_file, repeats, only)
+    if broker_url:
+        _check_broker_url(matrix, broker_url)
     console = Console(stderr=True)
     todo, done = runner.plan(matrix, out, force=force)
     if dry_run:
@@ -356,7 +379,8 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
     progress = SweepProgress(console)
     since = _now()
     with _sweep_exits(progress, console, f"completed cells are kept in {out}"):
-        results = runner.run_matrix(matrix, out, force=force, amqp_url=amqp_url, progress=progress)
+        results = runner.run_matrix(matrix, out, force=force, amqp_url=amqp_url, broker_url=broker_url,
+                                    progress=progress)
     counts: dict[str, int] = {}
     for result in results:
         counts[result.status] = counts.get(result.status, 0) + 1

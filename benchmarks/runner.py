@@ -309,11 +309,18 @@ class CellRun:
         stack = self.stack
         self.record["settings"] = dict(stack.backend.describe())
         self.record["backend_environment"] = stack.environment_record()
+        # Each broker's own record (topology, version, persistence, queue type, RTT from this host:
+        # `brokers.describe_redis`/`describe_rabbitmq`) beside what the stack knows of it.
+        described = stack.broker_records
         self.record["brokers"] = {
-            "broker": {"kind": stack.broker.kind, "url": _redact(stack.broker.url), "owned": stack.broker.owned,
-                       "version": stack.broker.version, "shared": stack.broker.shared} if stack.broker else None,
-            "result_store": {"url": _redact(stack.result_store.url), "version": stack.result_store.version,
-                             "shared": stack.result_store.shared} if stack.result_store else None,
+            "broker": described.get("broker", {}) | {
+                "kind": stack.broker.kind, "url": _redact(stack.broker.url), "owned": stack.broker.owned,
+                "version": stack.broker.version or described.get("broker", {}).get("version"),
+                "shared": stack.broker.shared} if stack.broker else None,
+            "result_store": described.get("result_store", {}) | {
+                "url": _redact(stack.result_store.url),
+                "version": stack.result_store.version or described.get("result_store", {}).get("version"),
+                "shared": stack.result_store.shared} if stack.result_store else None,
         }
         self.record["processes"] = [{"name": p.name, "argv": [_redact(a) for a in p.argv]}
                                     for p in stack.supervisor.procs]

@@ -23,8 +23,8 @@ from typing import Any
 
 import backends
 from api.wsgi import BACKEND_ENV, gunicorn_argv
-from backends import dispatch, ledger
-from backends.base import BackendSettings, QueueBackend, WorkerSpec
+from backends import dispatch, ledger, redis_url
+from backends.base import BackendSettings, QueueBackend, UnsupportedOption, WorkerSpec, shape_refused
 from benchmarks import brokers, envs
 from benchmarks import spec as spec_mod
 from benchmarks.procs import PhaseClock, Supervisor, wait_until
@@ -99,8 +99,16 @@ class StackConfig:
 
 
 def validate(config: StackConfig) -> None:
-    """Raise `UnsupportedOption` (or KeyError for an unknown backend) before anything starts."""
-    spec_mod.validate(config.spec)
+    """Raise `UnsupportedOption` (or KeyError for an unknown backend) before anything starts: the spec, and
+    the topology of a user's Redis URL (a Cluster URL is refused naming the library's issue; a malformed
+    one saying what is wrong)."""
+    if config.broker_url:
+        try:
+            redis_url.parse(config.broker_url)
+        except redis_url.RedisURLError as exc:
+            raise UnsupportedOption("--broker-url", redis_url.redact(config.broker_url), config.backend,
+                                    str(exc)) from exc
+    spec_mod.validate(config.spec, broker_url=config.broker_url)
 
 
 class Stack:
@@ -121,6 +129,8 @@ class Stack:
         self._broker_procs: list[Any] = []
         self.broker: brokers.BrokerHandle | None = None
         self.result_store: brokers.BrokerHandle | None = None
+        #: What run.json records of each broker (`brokers.describe_redis`/`describe_rabbitmq`), by role.
+        self.broker_records: dict[str, dict[str, Any]] = {}
         self.backend: QueueBackend | None = None
         self.settings: BackendSettings | None = None
         self.api_url: str | None = None
@@ -189,6 +199,12 @@ class Stack:
         _ = self.python  # a private environment is built (once) before anything starts
         self._start_brokers()
         assert self.broker is not None
+        for handle in (self.broker, self.result_store):
+            if handle is not None and handle.topology == "cluster":  # a Cluster URL, or a server in cluster mode
+                raise shape_refused(backends.backend_class(self.config.backend), "cluster",
+                                    f"{brokers.redact(handle.url)} is a Redis Cluster: ")
+        self.broker_records = {role: self._broker_record(handle) for role, handle in
+                               (("broker", self.broker), ("result_store", self.result_store)) if handle}
         result_url = self.result_store.url if self.result_store else None
         self.settings = self.config.settings(self.broker.url, result_url)
         self.backend = backends.get_backend(self.config.backend, self.settings)
@@ -215,6 +231,14 @@ class Stack:
                 else:
                     self.result_store = self._private_redis("results-redis")
         self._broker_procs = self.supervisor.procs[before:]
+
+    def _broker_record(self, handle: brokers.BrokerHandle) -> dict[str, Any]:
+        if handle.kind == "redis":
+            return brokers.describe_redis(handle)
+        if handle.kind == "rabbitmq":
+            return brokers.describe_rabbitmq(handle, self.config.spec.get("queue_type", "classic"))
+        return {"kind": handle.kind, "topology": "single", "version": handle.version or None,
+                "persistence": "a file", "rtt_ms": None}
 
     def _private_redis(self, name: str) -> brokers.BrokerHandle:
         """The sweep's Redis, emptied for this cell (its process watched and sampled under `name`, never
