@@ -14,17 +14,21 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import shutil
 import socket
 import sqlite3
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import redis
 
@@ -294,7 +298,7 @@ def describe_rabbitmq(handle: BrokerHandle, queue_type: str) -> dict[str, Any]:
     for _ in range(RTT_SAMPLES if amqp_answers(handle.url, 0.5) else 0):
         started = time.perf_counter()
         try:
-            connection = pika.BlockingConnection(pika.URLParameters(_pika_url(handle.url)))
+            connection = pika.BlockingConnection(pika.URLParameters(pika_url(handle.url)))
         except pika.exceptions.AMQPError as exc:
             return record | {"error": f"{type(exc).__name__}: {exc}"}
         try:
@@ -313,7 +317,7 @@ def describe_rabbitmq(handle: BrokerHandle, queue_type: str) -> dict[str, Any]:
     return record
 
 
-def _pika_url(url: str) -> str:
+def pika_url(url: str) -> str:
     """kombu's ``amqp://host//`` (vhost "/") spelled as pika reads it (``/%2F``)."""
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path="/%2F")) if parts.path == "//" else url
@@ -343,13 +347,18 @@ def resolve_rabbitmq(supervisor: Supervisor, workdir: Path, amqp_url: str | None
     raise BrokerError("no RabbitMQ: pass --amqp-url, run one on 127.0.0.1:5672, or install rabbitmq-server")
 
 
-def start_private_rabbitmq(supervisor: Supervisor, workdir: Path) -> BrokerHandle:
-    """Start a private RabbitMQ node on loopback (its own node name, ports and data dir; no plugins)."""
+def start_private_rabbitmq(supervisor: Supervisor, workdir: Path, *,
+                           management_port: int | None = None) -> BrokerHandle:
+    """Start a private RabbitMQ node on loopback (its own node name, ports and data dir; no plugins, or only
+    the management API on `management_port`, loopback too, when one is given)."""
     port = free_port()
     dist_port = free_port()
     base = Path(tempfile.mkdtemp(prefix="rabbit-", dir=workdir))
     plugins = base / "enabled_plugins"
-    plugins.write_text("[].\n")
+    plugins.write_text("[rabbitmq_management].\n" if management_port else "[].\n")
+    config = base / "rabbitmq.conf"
+    if management_port:
+        config.write_text(f"management.tcp.port = {management_port}\nmanagement.tcp.ip = 127.0.0.1\n")
     env = dict(os.environ)
     env.update({
         "RABBITMQ_NODENAME": f"qb{port}@localhost",
@@ -362,12 +371,77 @@ def start_private_rabbitmq(supervisor: Supervisor, workdir: Path) -> BrokerHandl
         "RABBITMQ_PID_FILE": str(base / "pid"),
         "ERL_EPMD_ADDRESS": "127.0.0.1",
     })
+    if management_port:
+        env["RABBITMQ_CONFIG_FILE"] = str(config)
     supervisor.start("rabbitmq", ["rabbitmq-server"], env=env, log_path=workdir / "logs" / "rabbitmq.log")
     url = f"amqp://guest:guest@127.0.0.1:{port}//"
     # The listener opens a moment before the default vhost is ready: wait for a session, not the port.
     wait_until(lambda: amqp_answers(url, 0.5) and _amqp_session_opens(url), timeout_s=60, interval_s=0.1,
                what=f"private RabbitMQ node on port {port}", supervisor=supervisor)
     return BrokerHandle("rabbitmq", url, owned=True, private=True)
+
+
+#: Environment variable naming RabbitMQ's management API for per-run virtual hosts (default: port 15672 on the
+#: AMQP URL's host, with the AMQP URL's user and password).
+AMQP_ADMIN_URL_ENV = "QUEUEBENCH_AMQP_ADMIN_URL"
+MANAGEMENT_PORT = 15672
+
+
+@dataclass(frozen=True)
+class RunVhost:
+    """A virtual host made for one run through RabbitMQ's management API, deleted when the run ends."""
+
+    name: str
+    admin_url: str
+    user: str
+    password: str = ""
+
+    def delete(self) -> None:
+        """Delete the virtual host and everything in it (its queues and exchanges: nothing else's)."""
+        _management(self, "DELETE", f"/api/vhosts/{quote(self.name, safe='')}")
+
+
+def admin_url_for(amqp_url: str) -> str:
+    """The management API to ask: ``$QUEUEBENCH_AMQP_ADMIN_URL``, else http://<AMQP host>:15672."""
+    return os.environ.get(AMQP_ADMIN_URL_ENV) or f"http://{urlsplit(amqp_url).hostname or '127.0.0.1'}:{MANAGEMENT_PORT}"
+
+
+def create_run_vhost(amqp_url: str, name: str, admin_url: str | None = None) -> tuple[str, RunVhost]:
+    """Create the virtual host `name` through RabbitMQ's management API with the AMQP URL's credentials, give
+    that user every permission on it, and return the AMQP URL on it and the handle that deletes it.
+
+    Raises BrokerError naming the API and the cause when it does not answer or refuses (the user needs the
+    management API enabled and the ``administrator`` tag to create virtual hosts)."""
+    parts = urlsplit(amqp_url)
+    vhost = RunVhost(name, (admin_url or admin_url_for(amqp_url)).rstrip("/"), unquote(parts.username or "guest"),
+                     unquote(parts.password or "guest"))
+    quoted = quote(name, safe="")
+    _management(vhost, "PUT", f"/api/vhosts/{quoted}", {"description": "queuebench: one run, deleted after it"})
+    try:
+        _management(vhost, "PUT", f"/api/permissions/{quoted}/{quote(vhost.user, safe='')}",
+                    {"configure": ".*", "write": ".*", "read": ".*"})
+    except BrokerError:
+        with contextlib.suppress(BrokerError):
+            vhost.delete()
+        raise
+    return urlunsplit(parts._replace(path="/" + quoted)), vhost
+
+
+def _management(vhost: RunVhost, method: str, path: str, body: dict[str, Any] | None = None) -> None:
+    request = urllib.request.Request(vhost.admin_url + path, method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"content-type": "application/json"})
+    token = base64.b64encode(f"{vhost.user}:{vhost.password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10):
+            return
+    except urllib.error.HTTPError as exc:
+        raise BrokerError(f"RabbitMQ's management API at {vhost.admin_url} refused {method} {path}: HTTP "
+                          f"{exc.code} {exc.reason} (creating a virtual host needs the administrator tag)") from exc
+    except OSError as exc:
+        raise BrokerError(f"RabbitMQ's management API at {vhost.admin_url} does not answer ({exc}); enable "
+                          f"rabbitmq_management or set ${AMQP_ADMIN_URL_ENV}") from exc
 
 
 def _amqp_session_opens(url: str) -> bool:

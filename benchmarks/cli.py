@@ -158,19 +158,24 @@ def _serve_options(command):
               help="RabbitMQ to use. Default: amqp://guest:guest@127.0.0.1:5672/%2F when it answers, "
                    "else a private node if rabbitmq-server is installed.")
 @click.option("--allow-dirty", is_flag=True, help="Accept a non-empty broker database; nothing is purged then.")
+@click.option("--per-run-vhost", is_flag=True,
+              help="On a RabbitMQ the harness did not start: use a virtual host of this run's own, created "
+                   "through the management API (port 15672 of the AMQP host, or $QUEUEBENCH_AMQP_ADMIN_URL) "
+                   "with the AMQP URL's user, and deleted at the end.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Library knob, repeatable (see `queuebench backends`), e.g. without_mingle=true.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="API port on 127.0.0.1 (0: a free one).")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where ledger and logs go (default: a new temporary directory).")
-def serve(broker_url: str | None, amqp_url: str | None, allow_dirty: bool, options: tuple[str, ...], port: int,
-          run_dir: Path | None, **keys: Any) -> None:
+def serve(broker_url: str | None, amqp_url: str | None, allow_dirty: bool, per_run_vhost: bool,
+          options: tuple[str, ...], port: int, run_dir: Path | None, **keys: Any) -> None:
     """Start a broker, workers and the API for one backend; stop it all on Ctrl-C or SIGTERM.
 
     Prints the API URL once the API is healthy and a task has round-tripped through every queue.
     """
     config = StackConfig.of(broker_url=broker_url, amqp_url=amqp_url, allow_dirty=allow_dirty,
-                            api_port=port or None, options=_parse_options(options), **keys)
+                            per_run_vhost=per_run_vhost, api_port=port or None, options=_parse_options(options),
+                            **keys)
     backend, serializer, routing = config.backend, keys["serializer"], keys["routing"]
     try:
         validate(config)
@@ -348,9 +353,12 @@ def _load_matrix(matrix_file: Path, repeats: int | None, only: tuple[str, ...]) 
                    "of the sweep's private one: redis://host:port/db, or a master watched by Sentinel, "
                    "redis+sentinel://host:26379[,host:port]/mymaster/db. Never flushed; must be empty; each "
                    "cell purges only what it created. A Redis Cluster is refused.")
+@click.option("--per-run-vhost", is_flag=True,
+              help="RabbitMQ cells run in a virtual host of their own, created through the management API "
+                   "(port 15672 of the AMQP host, or $QUEUEBENCH_AMQP_ADMIN_URL) and deleted after each cell.")
 @click.option("--dry-run", is_flag=True, help="List the cells (and which are done or skipped); start nothing.")
 def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeats: int | None,
-        amqp_url: str | None, broker_url: str | None, dry_run: bool) -> None:
+        amqp_url: str | None, broker_url: str | None, per_run_vhost: bool, dry_run: bool) -> None:
     """Measure every cell of a matrix file with Locust through the API, one cell at a time.
 
     Each cell's raw records and verdict go to OUT/<run_id>/ (run.json, tasks.parquet, ...) and every
@@ -380,7 +388,7 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
     since = _now()
     with _sweep_exits(progress, console, f"completed cells are kept in {out}"):
         results = runner.run_matrix(matrix, out, force=force, amqp_url=amqp_url, broker_url=broker_url,
-                                    progress=progress)
+                                    per_run_vhost=per_run_vhost, progress=progress)
     counts: dict[str, int] = {}
     for result in results:
         counts[result.status] = counts.get(result.status, 0) + 1

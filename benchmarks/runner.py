@@ -220,12 +220,12 @@ class CellRun:
 
     def __init__(self, cell: Cell, matrix_name: str, run_dir: Path, *, amqp_url: str | None = None,
                  broker_url: str | None = None, shared_redis: SharedRedis | None = None,
-                 log: Callable[[str], None] = print,
+                 per_run_vhost: bool = False, log: Callable[[str], None] = print,
                  status: Callable[[int, int, float], None] | None = None) -> None:
         self.cell, self.spec, self.run_dir, self.log = cell, dict(cell.spec), run_dir.resolve(), log
         #: Called about once a second while a drain is awaited, with (finished, outstanding, seconds waited).
         self.status = status
-        self.config = StackConfig(self.spec, broker_url=broker_url, amqp_url=amqp_url)
+        self.config = StackConfig(self.spec, broker_url=broker_url, amqp_url=amqp_url, per_run_vhost=per_run_vhost)
         self.shared_redis = shared_redis
         self.record: dict[str, Any] = {
             "schema_version": RESULT_SCHEMA_VERSION, "harness_version": __version__, "run_id": cell.run_id,
@@ -603,6 +603,8 @@ class Sweep:
     redis: SharedRedis | None = None
     #: A user's Redis every cell uses instead (never emptied, only purged of what each cell created).
     broker_url: str | None = None
+    #: RabbitMQ cells run in a virtual host of their own, made and deleted through the management API.
+    per_run_vhost: bool = False
     started: float = field(default_factory=time.monotonic)
     started_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     cells: list[dict[str, Any]] = field(default_factory=list)
@@ -684,6 +686,7 @@ def run_cell(cell: Cell, matrix_name: str, out_dir: Path, *, amqp_url: str | Non
         progress.start_cell(cell)
     result = CellRun(cell, matrix_name, out_dir / cell.run_id, amqp_url=amqp_url,
                      broker_url=sweep.broker_url if sweep is not None else None,
+                     per_run_vhost=sweep.per_run_vhost if sweep is not None else False,
                      shared_redis=sweep.redis if sweep is not None else None,
                      log=progress.note if progress is not None else log,
                      status=progress.draining if progress is not None else None).run()
@@ -695,12 +698,13 @@ def run_cell(cell: Cell, matrix_name: str, out_dir: Path, *, amqp_url: str | Non
 
 
 def run_matrix(matrix: Matrix, out_dir: Path, *, force: bool = False, amqp_url: str | None = None,
-               broker_url: str | None = None, progress: Any = None,
+               broker_url: str | None = None, per_run_vhost: bool = False, progress: Any = None,
                log: Callable[[str], None] = print, take_lock: bool = True) -> list[CellResult]:
     """Run every cell not already done; write ``summary.csv``; return each cell's result.
 
     `broker_url` names a user's Redis for every Redis cell (never emptied; each cell purges what it
     created, as ``queuebench serve --broker-url`` does); without it the sweep keeps one private Redis.
+    `per_run_vhost`: each RabbitMQ cell runs in a virtual host of its own (`StackConfig.per_run_vhost`).
 
     SIGINT/SIGTERM stop the cell in progress (everything it started) and raise `Interrupted` after the
     summary of the completed cells is written.
@@ -710,6 +714,7 @@ def run_matrix(matrix: Matrix, out_dir: Path, *, force: bool = False, amqp_url: 
     results = [CellResult(c.run_id, read_run(out_dir / c.run_id)["status"], "already done", out_dir / c.run_id)
                for c in done]
     with sweep(out_dir, matrix.name, broker_url=broker_url, take_lock=take_lock) as current:
+        current.per_run_vhost = per_run_vhost
         if progress is not None:
             progress.start_sweep(todo, len(done))
         for cell in todo:

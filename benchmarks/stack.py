@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import backends
 from api.wsgi import BACKEND_ENV, gunicorn_argv
@@ -52,6 +53,8 @@ class StackConfig:
     `spec` may be a whole cell spec (workload keys are ignored here); `broker_url` names a user's Redis
     (never flushed; None: a private redis-server), `amqp_url` a RabbitMQ (None: the local default if it
     answers, else a private node), `api_port` the API's port (None: a free loopback port).
+    `per_run_vhost`: on a RabbitMQ the harness did not start, run in a virtual host of the run's own, made
+    through the management API and deleted at the end (`brokers.create_run_vhost`).
     """
 
     spec: Mapping[str, Any]
@@ -59,17 +62,19 @@ class StackConfig:
     amqp_url: str | None = None
     allow_dirty: bool = False
     api_port: int | None = None
+    per_run_vhost: bool = False
 
     @classmethod
     def of(cls, *, broker_url: str | None = None, amqp_url: str | None = None, allow_dirty: bool = False,
-           api_port: int | None = None, **keys: Any) -> StackConfig:
+           api_port: int | None = None, per_run_vhost: bool = False, **keys: Any) -> StackConfig:
         """A config from spec keys given by name (``StackConfig.of(backend="rq", processes=2)``); the others
         take their declared defaults."""
         unknown = set(keys) - set(spec_mod.KEYS) - {"options"}
         if unknown:
             raise TypeError(f"not spec keys: {', '.join(sorted(unknown))}")
         resolved = spec_mod.defaults("system") | {"options": {}} | keys
-        return cls(resolved, broker_url=broker_url, amqp_url=amqp_url, allow_dirty=allow_dirty, api_port=api_port)
+        return cls(resolved, broker_url=broker_url, amqp_url=amqp_url, allow_dirty=allow_dirty, api_port=api_port,
+                   per_run_vhost=per_run_vhost)
 
     @property
     def backend(self) -> str:
@@ -131,6 +136,8 @@ class Stack:
         self.result_store: brokers.BrokerHandle | None = None
         #: What run.json records of each broker (`brokers.describe_redis`/`describe_rabbitmq`), by role.
         self.broker_records: dict[str, dict[str, Any]] = {}
+        #: The run's own RabbitMQ virtual host (`StackConfig.per_run_vhost`), deleted by `stop`.
+        self.run_vhost: brokers.RunVhost | None = None
         self.backend: QueueBackend | None = None
         self.settings: BackendSettings | None = None
         self.api_url: str | None = None
@@ -224,6 +231,11 @@ class Stack:
             self.broker = self.result_store = brokers.sqlite_file(self.run_dir)
         else:
             self.broker = brokers.resolve_rabbitmq(self.supervisor, self.run_dir, cfg.amqp_url)
+            if cfg.per_run_vhost and not self.broker.private:
+                # A virtual host nobody else uses: everything in it is this run's, deleted with it at the end.
+                name = f"queuebench-{self.run_dir.name}-{secrets.token_hex(3)}"
+                url, self.run_vhost = brokers.create_run_vhost(self.broker.url, name)
+                self.broker = dataclasses.replace(self.broker, url=url, owned=True)
             if cfg.spec["results"]:
                 # RabbitMQ holds no results: a Redis does (the user's if given, else a private one).
                 if cfg.broker_url:
@@ -236,7 +248,9 @@ class Stack:
         if handle.kind == "redis":
             return brokers.describe_redis(handle)
         if handle.kind == "rabbitmq":
-            return brokers.describe_rabbitmq(handle, self.config.spec.get("queue_type", "classic"))
+            record = brokers.describe_rabbitmq(handle, self.config.spec.get("queue_type", "classic"))
+            vhost = self.run_vhost.name if self.run_vhost else unquote(urlsplit(handle.url).path[1:] or "/")
+            return record | {"vhost": vhost or "/", "namespace": "per-run vhost" if self.run_vhost else "the URL's vhost"}
         return {"kind": handle.kind, "topology": "single", "version": handle.version or None,
                 "persistence": "a file", "rtt_ms": None}
 
@@ -391,6 +405,13 @@ class Stack:
         self._shared_procs = []
         while self.supervisor.procs:
             self._stop_procs([self.supervisor.procs.pop()])
+        if self.run_vhost is not None:
+            vhost, self.run_vhost = self.run_vhost, None
+            try:
+                vhost.delete()  # everything the run declared in it goes with it
+            except brokers.BrokerError as exc:  # said, not raised: stopping must finish
+                print(f"queuebench: the run's virtual host {vhost.name} is left on the broker: {exc}",
+                      file=sys.stderr)
 
     def __enter__(self) -> Stack:
         try:
