@@ -233,8 +233,10 @@ def borrow_redis(url: str, *, allow_dirty: bool) -> BrokerHandle:
     return BrokerHandle("redis", url, owned=not size, version=version, topology=topology)
 
 
-#: Round trips timed for a broker's RTT (the minimum is kept: the network's floor, not the broker's load).
+#: Round trips timed for a broker's RTT (the minimum is kept: the network's floor, not the broker's load):
+#: PINGs on Redis; AMQP connection + channel opens on RabbitMQ (each costs a handshake, so fewer).
 RTT_SAMPLES = 5
+AMQP_RTT_SAMPLES = 3
 
 
 def describe_redis(handle: BrokerHandle) -> dict[str, Any]:
@@ -286,7 +288,7 @@ def describe_redis(handle: BrokerHandle) -> dict[str, Any]:
 
 def describe_rabbitmq(handle: BrokerHandle, queue_type: str) -> dict[str, Any]:
     """What a run records about a RabbitMQ broker: version (the server's own, from the AMQP handshake), the
-    queue type the run declares, and the RTT from this host: the minimum over `RTT_SAMPLES` of opening an
+    queue type the run declares, and the RTT from this host: the minimum over `AMQP_RTT_SAMPLES` of opening an
     AMQP connection and a channel (TCP + AMQP handshake, ms). Persistence is per queue and per message in
     RabbitMQ (durable queues, delivery mode), set by each library: see the backend's settings."""
     import pika  # the harness's own connection, as for a private node
@@ -295,7 +297,7 @@ def describe_rabbitmq(handle: BrokerHandle, queue_type: str) -> dict[str, Any]:
                               "persistence": "per queue and message (set by the library)",
                               "rtt_from": socket.gethostname()}
     rtts = []
-    for _ in range(RTT_SAMPLES if amqp_answers(handle.url, 0.5) else 0):
+    for _ in range(AMQP_RTT_SAMPLES if amqp_answers(handle.url, 0.5) else 0):
         started = time.perf_counter()
         try:
             connection = pika.BlockingConnection(pika.URLParameters(pika_url(handle.url)))
@@ -373,12 +375,27 @@ def start_private_rabbitmq(supervisor: Supervisor, workdir: Path, *,
     })
     if management_port:
         env["RABBITMQ_CONFIG_FILE"] = str(config)
-    supervisor.start("rabbitmq", ["rabbitmq-server"], env=env, log_path=workdir / "logs" / "rabbitmq.log")
+    # HOME: the node's Erlang cookie goes with its data; cwd: so does a crash dump.
+    env["HOME"] = str(base)
+    supervisor.start("rabbitmq", [_rabbitmq_server()], env=env, cwd=base, log_path=workdir / "logs" / "rabbitmq.log")
     url = f"amqp://guest:guest@127.0.0.1:{port}//"
     # The listener opens a moment before the default vhost is ready: wait for a session, not the port.
     wait_until(lambda: amqp_answers(url, 0.5) and _amqp_session_opens(url), timeout_s=60, interval_s=0.1,
                what=f"private RabbitMQ node on port {port}", supervisor=supervisor)
     return BrokerHandle("rabbitmq", url, owned=True, private=True)
+
+
+def _rabbitmq_server() -> str:
+    """The rabbitmq-server to run. Debian's wrapper on PATH re-runs itself as the ``rabbitmq`` user when
+    started as root (``su rabbitmq``), and that user cannot write to the run's directory: as root, the
+    script it wraps (/usr/lib/rabbitmq/bin/rabbitmq-server) is run instead, so the node runs as the harness."""
+    found = shutil.which("rabbitmq-server") or "rabbitmq-server"
+    wrapped = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+    if os.geteuid() == 0 and wrapped.exists() and Path(found).resolve() != wrapped.resolve():
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            if "su rabbitmq" in Path(found).read_text():
+                return str(wrapped)
+    return found
 
 
 #: Environment variable naming RabbitMQ's management API for per-run virtual hosts (default: port 15672 on the
@@ -449,7 +466,7 @@ def _amqp_session_opens(url: str) -> bool:
     import pika  # only a private RabbitMQ node needs it here
 
     try:
-        connection = pika.BlockingConnection(pika.URLParameters(url))
+        connection = pika.BlockingConnection(pika.URLParameters(pika_url(url)))
     except pika.exceptions.AMQPError:
         return False
     try:
