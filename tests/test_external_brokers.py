@@ -112,13 +112,16 @@ def test_classic_queues_leave_a_cells_spec_and_run_id_as_they_were():
 def test_a_redis_server_in_cluster_mode_behind_a_plain_url_is_refused_before_workers_start(need_redis, tmp_path):
     supervisor = Supervisor()
     port = brokers.free_port()
+    while port > 55_000:  # a cluster node also binds port + 10000 (its bus), which must be a valid port
+        port = brokers.free_port()
     try:
         supervisor.start("cluster-node", [brokers.redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
                                           "--save", "", "--appendonly", "no", "--cluster-enabled", "yes",
                                           "--cluster-config-file", str(tmp_path / "nodes.conf"),
                                           "--dir", str(tmp_path)], log_path=tmp_path / "node.log")
         url = f"redis://127.0.0.1:{port}/0"
-        wait_until(lambda: _pings(url), timeout_s=10, interval_s=0.05, what="the cluster-mode node")
+        wait_until(lambda: _pings(url), timeout_s=10, interval_s=0.05, what="the cluster-mode node",
+                   supervisor=supervisor)
         stack = Stack(StackConfig.of(backend="rq", broker_url=url), tmp_path / "run")
         try:
             with pytest.raises(UnsupportedOption, match="cluster") as refused:
