@@ -93,6 +93,8 @@ class BrokerHandle:
     shared: dict[str, Any] | None = None
     #: Redis: "single", "sentinel" (a master found through Sentinel) or "cluster" (`backends.redis_url`).
     topology: str = "single"
+    #: A user's Redis in a sweep: keys found at the start that the sweep's previous cell left there.
+    left_by_previous_cell: int = 0
 
 
 def sqlite_file(workdir: Path) -> BrokerHandle:
@@ -203,10 +205,18 @@ def _answers(client: redis.Redis) -> bool:
         return False
 
 
-def borrow_redis(url: str, *, allow_dirty: bool) -> BrokerHandle:
+#: Key names `key_names` reads at most (a database left with more is not the harness's leftovers).
+MAX_LEFT_KEYS = 10_000
+
+
+def borrow_redis(url: str, *, allow_dirty: bool, left_by_sweep: frozenset[str] = frozenset()) -> BrokerHandle:
     """Use the user's Redis at `url` (one server, or the master a Sentinel URL names): check it answers and,
     unless `allow_dirty`, that its database is empty. A Cluster, by its URL or by a server in cluster
-    mode, comes back with topology "cluster" and is not touched further: the backend refuses it."""
+    mode, comes back with topology "cluster" and is not touched further: the backend refuses it.
+
+    `left_by_sweep`: in a sweep, the names of the keys the previous cell left in this database after its
+    purge (Celery's queue bindings, RQ's short-lived locks and worker records: `key_names`); they do not
+    make it dirty, and how many were found is recorded."""
     try:
         topology = redis_url.parse(url).topology
     except redis_url.RedisURLError as exc:
@@ -219,6 +229,11 @@ def borrow_redis(url: str, *, allow_dirty: bool) -> BrokerHandle:
         if str(client.info("cluster").get("cluster_enabled", 0)) == "1":
             return BrokerHandle("redis", url, owned=False, topology="cluster")
         size = int(client.dbsize())
+        left = 0
+        if size and left_by_sweep and size <= MAX_LEFT_KEYS:
+            names = {k.decode(errors="replace") for k in client.scan_iter(count=1000)}
+            left = len(names & left_by_sweep)
+            size = len(names - left_by_sweep)
         version = str(client.info("server").get("redis_version", ""))
     except redis.RedisError as exc:
         raise BrokerError(f"Redis at {redact(url)} does not answer: {exc}") from exc
@@ -230,7 +245,19 @@ def borrow_redis(url: str, *, allow_dirty: bool) -> BrokerHandle:
                           "database it did not create. Point --broker-url at an empty database "
                           "(e.g. redis://host:6379/15) or pass --allow-dirty (nothing is purged then).")
     # Empty at start: everything in it afterwards is ours to purge.
-    return BrokerHandle("redis", url, owned=not size, version=version, topology=topology)
+    return BrokerHandle("redis", url, owned=not size, version=version, topology=topology,
+                        left_by_previous_cell=left)
+
+
+def key_names(url: str) -> frozenset[str]:
+    """The names of the keys in the database at `url` (empty when it holds more than `MAX_LEFT_KEYS`)."""
+    client = redis_url.client(url, socket_connect_timeout=2, socket_timeout=10)
+    try:
+        if int(client.dbsize()) > MAX_LEFT_KEYS:
+            return frozenset()
+        return frozenset(k.decode(errors="replace") for k in client.scan_iter(count=1000))
+    finally:
+        client.close()
 
 
 #: Round trips timed for a broker's RTT (the minimum is kept: the network's floor, not the broker's load):

@@ -220,13 +220,16 @@ class CellRun:
 
     def __init__(self, cell: Cell, matrix_name: str, run_dir: Path, *, amqp_url: str | None = None,
                  broker_url: str | None = None, shared_redis: SharedRedis | None = None,
-                 per_run_vhost: bool = False, log: Callable[[str], None] = print,
+                 per_run_vhost: bool = False, left_by_sweep: frozenset[str] = frozenset(),
+                 log: Callable[[str], None] = print,
                  status: Callable[[int, int, float], None] | None = None) -> None:
         self.cell, self.spec, self.run_dir, self.log = cell, dict(cell.spec), run_dir.resolve(), log
         #: Called about once a second while a drain is awaited, with (finished, outstanding, seconds waited).
         self.status = status
         self.config = StackConfig(self.spec, broker_url=broker_url, amqp_url=amqp_url, per_run_vhost=per_run_vhost)
         self.shared_redis = shared_redis
+        #: On a user's Redis: the keys the sweep's previous cell left after its purge (`Stack.left_keys`).
+        self.left_by_sweep = left_by_sweep
         self.record: dict[str, Any] = {
             "schema_version": RESULT_SCHEMA_VERSION, "harness_version": __version__, "run_id": cell.run_id,
             "matrix": matrix_name, "repeat": cell.repeat, "spec": self.spec, "slots": self.config.slots,
@@ -249,7 +252,8 @@ class CellRun:
             return self._finish("skipped", self.cell.skip_reason)
         # faults: a cell that restarts its broker starts a redis-server of its own, not the sweep's.
         shared_redis = None if faults.own_broker(self.spec) else self.shared_redis
-        self.stack = Stack(self.config, self.run_dir, phases=self.phases, shared_redis=shared_redis)
+        self.stack = Stack(self.config, self.run_dir, phases=self.phases, shared_redis=shared_redis,
+                           left_by_sweep=self.left_by_sweep)
         try:
             if self.spec["mode"] == "drain":
                 self._drain()
@@ -316,7 +320,8 @@ class CellRun:
             "broker": described.get("broker", {}) | {
                 "kind": stack.broker.kind, "url": _redact(stack.broker.url), "owned": stack.broker.owned,
                 "version": stack.broker.version or described.get("broker", {}).get("version"),
-                "shared": stack.broker.shared} if stack.broker else None,
+                "shared": stack.broker.shared,
+                "left_by_previous_cell": stack.broker.left_by_previous_cell} if stack.broker else None,
             "result_store": described.get("result_store", {}) | {
                 "url": _redact(stack.result_store.url),
                 "version": stack.result_store.version or described.get("result_store", {}).get("version"),
@@ -605,6 +610,8 @@ class Sweep:
     broker_url: str | None = None
     #: RabbitMQ cells run in a virtual host of their own, made and deleted through the management API.
     per_run_vhost: bool = False
+    #: On `broker_url`: the keys the last cell left there after its purge, which the next cell tolerates.
+    left_keys: frozenset[str] = frozenset()
     started: float = field(default_factory=time.monotonic)
     started_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     cells: list[dict[str, Any]] = field(default_factory=list)
@@ -684,13 +691,17 @@ def run_cell(cell: Cell, matrix_name: str, out_dir: Path, *, amqp_url: str | Non
     booking its time in `sweep`."""
     if progress is not None:
         progress.start_cell(cell)
-    result = CellRun(cell, matrix_name, out_dir / cell.run_id, amqp_url=amqp_url,
-                     broker_url=sweep.broker_url if sweep is not None else None,
-                     per_run_vhost=sweep.per_run_vhost if sweep is not None else False,
-                     shared_redis=sweep.redis if sweep is not None else None,
-                     log=progress.note if progress is not None else log,
-                     status=progress.draining if progress is not None else None).run()
+    cell_run = CellRun(cell, matrix_name, out_dir / cell.run_id, amqp_url=amqp_url,
+                       broker_url=sweep.broker_url if sweep is not None else None,
+                       per_run_vhost=sweep.per_run_vhost if sweep is not None else False,
+                       left_by_sweep=sweep.left_keys if sweep is not None else frozenset(),
+                       shared_redis=sweep.redis if sweep is not None else None,
+                       log=progress.note if progress is not None else log,
+                       status=progress.draining if progress is not None else None)
+    result = cell_run.run()
     if sweep is not None:
+        if cell_run.stack is not None and cell_run.stack.left_keys is not None:
+            sweep.left_keys = cell_run.stack.left_keys
         sweep.add(result)
     if progress is not None:
         progress.end_cell(cell, result)

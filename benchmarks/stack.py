@@ -120,8 +120,14 @@ class Stack:
     """Brokers, workers and the API of one configuration, under one supervisor."""
 
     def __init__(self, config: StackConfig, run_dir: str | os.PathLike[str], *,
-                 phases: PhaseClock | None = None, shared_redis: brokers.SharedRedis | None = None) -> None:
+                 phases: PhaseClock | None = None, shared_redis: brokers.SharedRedis | None = None,
+                 left_by_sweep: frozenset[str] = frozenset()) -> None:
         self.config = config
+        #: On a user's Redis in a sweep: the keys the previous cell left after its purge (`brokers.borrow_redis`).
+        self.left_by_sweep = left_by_sweep
+        #: On a user's Redis that was empty at the start: the keys still there after `stop` purged it (None:
+        #: no such Redis, or no purge).
+        self.left_keys: frozenset[str] | None = None
         #: The sweep's private Redis, used instead of starting one (None: start one, stop it with the stack).
         self.shared_redis = shared_redis
         self._shared_procs: list[Any] = []
@@ -223,7 +229,8 @@ class Stack:
         before = len(self.supervisor.procs)
         if cfg.broker == "redis":
             if cfg.broker_url:
-                self.broker = brokers.borrow_redis(cfg.broker_url, allow_dirty=cfg.allow_dirty)
+                self.broker = brokers.borrow_redis(cfg.broker_url, allow_dirty=cfg.allow_dirty,
+                                                   left_by_sweep=self.left_by_sweep)
             else:
                 self.broker = self._private_redis("redis")
             self.result_store = self.broker
@@ -239,7 +246,8 @@ class Stack:
             if cfg.spec["results"]:
                 # RabbitMQ holds no results: a Redis does (the user's if given, else a private one).
                 if cfg.broker_url:
-                    self.result_store = brokers.borrow_redis(cfg.broker_url, allow_dirty=cfg.allow_dirty)
+                    self.result_store = brokers.borrow_redis(cfg.broker_url, allow_dirty=cfg.allow_dirty,
+                                                             left_by_sweep=self.left_by_sweep)
                 else:
                     self.result_store = self._private_redis("results-redis")
         self._broker_procs = self.supervisor.procs[before:]
@@ -395,9 +403,16 @@ class Stack:
         self._stop_procs(others, **self._teardown())
         if self.backend is not None:
             # The sweep's shared Redis is emptied whole before the next cell: purging it first is wasted.
+            purged = False
             if self._purge_allowed and not (self.broker is not None and self.broker.shared is not None):
                 with contextlib.suppress(Exception):
                     self.backend.purge()  # leave a borrowed broker as clean as it was found
+                    purged = True
+            borrowed = [h for h in (self.broker, self.result_store)
+                        if h is not None and h.kind == "redis" and h.owned and not h.private]
+            if purged and borrowed:  # what the library keeps beyond its purge: the next cell tolerates it
+                with contextlib.suppress(Exception):
+                    self.left_keys = brokers.key_names(borrowed[0].url)
             with contextlib.suppress(Exception):
                 self.backend.close()
             self.backend = None
