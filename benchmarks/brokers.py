@@ -269,7 +269,7 @@ AMQP_RTT_SAMPLES = 3
 def describe_redis(handle: BrokerHandle) -> dict[str, Any]:
     """What a run records about a Redis broker: topology, version, role, persistence, eviction policy,
     the master a Sentinel URL led to, and the round-trip time of a PING from this host (the minimum of
-    `RTT_SAMPLES`, ms). Read with INFO only (a managed Redis may refuse CONFIG)."""
+    `RTT_SAMPLES`, ms). Read with INFO, and CONFIG GET where the server allows it (a managed one may not)."""
     record: dict[str, Any] = {"kind": "redis", "topology": handle.topology, "version": handle.version or None,
                               "rtt_from": socket.gethostname()}
     if handle.topology == "cluster":
@@ -317,10 +317,13 @@ def describe_rabbitmq(handle: BrokerHandle, queue_type: str) -> dict[str, Any]:
     """What a run records about a RabbitMQ broker: version (the server's own, from the AMQP handshake), the
     queue type the run declares, and the RTT from this host: the minimum over `AMQP_RTT_SAMPLES` of opening an
     AMQP connection and a channel (TCP + AMQP handshake, ms). Persistence is per queue and per message in
-    RabbitMQ (durable queues, delivery mode), set by each library: see the backend's settings."""
+    RabbitMQ (durable queues, delivery mode), set by each library: see the backend's settings. Whether the
+    node is one of a cluster does not show over AMQP: topology is "single" for the harness's own node and
+    null otherwise (the server's `cluster_name` is recorded)."""
     import pika  # the harness's own connection, as for a private node
 
-    record: dict[str, Any] = {"kind": "rabbitmq", "topology": "single", "queue_type": queue_type,
+    record: dict[str, Any] = {"kind": "rabbitmq", "topology": "single" if handle.private else None,
+                              "queue_type": queue_type,
                               "persistence": "per queue and message (set by the library)",
                               "rtt_from": socket.gethostname()}
     rtts = []

@@ -2,8 +2,11 @@
 starts, quorum queues on RabbitMQ.
 
 The Sentinel is real: a private redis-server (the master) and ``redis-server --sentinel`` watching it, on free
-loopback ports in the test's directory, both stopped at the end. Refusals are checked without starting any
-process. No assertion depends on how fast the machine is.
+loopback ports in the test's directory, both stopped at the end. Refusals of a URL are checked without
+starting any process (a redis-server in cluster mode stands in for a cluster behind a plain URL). Quorum
+queues use the RabbitMQ the harness would use; the per-run virtual host a private node with the management
+API (the harness never creates virtual hosts on the machine's own RabbitMQ). No assertion depends on how
+fast the machine is.
 """
 
 from __future__ import annotations
