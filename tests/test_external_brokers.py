@@ -3,10 +3,10 @@ starts, quorum queues on RabbitMQ.
 
 The Sentinel is real: a private redis-server (the master) and ``redis-server --sentinel`` watching it, on free
 loopback ports in the test's directory, both stopped at the end. Refusals of a URL are checked without
-starting any process (a redis-server in cluster mode stands in for a cluster behind a plain URL). Quorum
-queues use the RabbitMQ the harness would use; the per-run virtual host a private node with the management
-API (the harness never creates virtual hosts on the machine's own RabbitMQ). No assertion depends on how
-fast the machine is.
+starting any process (a redis-server in cluster mode stands in for a cluster behind a plain URL). The
+RabbitMQ runs use a private node with the management API, each in a virtual host of its own: quorum
+queues make Celery's worker declare delayed-delivery queues it never deletes, and those must not land on
+the machine's own RabbitMQ. No assertion depends on how fast the machine is.
 """
 
 from __future__ import annotations
@@ -218,44 +218,7 @@ def test_a_sweep_of_tiny_runs_through_sentinel_passes_its_self_checks_and_record
     users.delete("the-users-key")
 
 
-# --- quorum queues on RabbitMQ --------------------------------------------------------------------------
-
-
-def _version(text: str | None) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", text or "")[:2])
-
-
-def test_a_tiny_celery_run_on_quorum_queues_passes_its_self_checks(need_rabbitmq, need_redis, tmp_path):
-    supervisor = Supervisor()
-    try:
-        # The RabbitMQ the harness would use (the local one, else a private node), and its version.
-        rabbit = brokers.resolve_rabbitmq(supervisor, tmp_path, None)
-        version = brokers.describe_rabbitmq(rabbit, "quorum").get("version")
-        if _version(version) < (3, 8):
-            pytest.skip(f"RabbitMQ {version} has no quorum queues (they came in 3.8)")
-        stack = Stack(StackConfig.of(backend="celery", broker="rabbitmq", queue_type="quorum", processes=1,
-                                     amqp_url=rabbit.url), tmp_path / "stack")
-        with stack:
-            # A quorum queue refuses to be declared again as classic: the queue Celery declared is a quorum queue.
-            connection = pika.BlockingConnection(pika.URLParameters(brokers.pika_url(rabbit.url)))
-            try:
-                with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="x-queue-type"):
-                    connection.channel().queue_declare("default", durable=True,
-                                                       arguments={"x-queue-type": "classic"})
-            finally:
-                connection.close()
-        grid = matrix.parse('backend = "celery"\nbroker = "rabbitmq"\nqueue_type = "quorum"\nprocesses = 1\n'
-                            'mode = "drain"\ntask = "noop"\ntasks = 20\n', name="quorum")
-        results = runner.run_matrix(grid, tmp_path / "runs", amqp_url=rabbit.url)
-    finally:
-        supervisor.stop_all()
-    assert [r.status for r in results] == ["ok"], [r.detail for r in results]
-    record = json.loads((results[0].run_dir / "run.json").read_text())
-    assert record["brokers"]["broker"]["queue_type"] == "quorum"
-    assert record["brokers"]["broker"]["rtt_ms"] > 0
-
-
-# --- a virtual host of the run's own ----------------------------------------------------------------------
+# --- RabbitMQ: quorum queues, and a virtual host of the run's own -------------------------------------------
 
 
 def _vhosts(admin_url: str) -> list[str] | None:
@@ -268,29 +231,68 @@ def _vhosts(admin_url: str) -> list[str] | None:
         return None
 
 
-def test_a_rabbitmq_run_in_a_per_run_vhost_leaves_no_vhost_behind(need_rabbitmq, need_redis, tmp_path,
-                                                                   monkeypatch):
+@pytest.fixture(scope="module")
+def rabbit_node(tmp_path_factory):
+    """A private RabbitMQ node with the management API, standing in for the user's own: the runs here leave
+    things in a virtual host (Celery's delayed-delivery queues beside quorum queues) and create virtual hosts,
+    which the machine's own RabbitMQ must not get. Yields (its AMQP URL, its management API URL)."""
     if not shutil.which("rabbitmq-server"):
         message = "rabbitmq-server is not installed: a private node with the management API is needed"
         if os.environ.get("CI"):
             pytest.fail(f"{message} (CI is set, so this is a failure, not a skip)")
         pytest.skip(message)
+    work = tmp_path_factory.mktemp("rabbit")
     supervisor = Supervisor()
     management_port = brokers.free_port()
     admin_url = f"http://127.0.0.1:{management_port}"
     try:
-        # A node of its own stands in for the user's RabbitMQ: the harness never creates vhosts on the system one.
-        rabbit = brokers.start_private_rabbitmq(supervisor, tmp_path, management_port=management_port)
+        node = brokers.start_private_rabbitmq(supervisor, work, management_port=management_port)
         wait_until(lambda: _vhosts(admin_url) is not None, timeout_s=60, interval_s=0.2,
                    what="the private node's management API", supervisor=supervisor)
-        monkeypatch.setenv(brokers.AMQP_ADMIN_URL_ENV, admin_url)
-        grid = matrix.parse('backend = "celery"\nbroker = "rabbitmq"\nprocesses = 1\nmode = "drain"\n'
-                            'task = "noop"\ntasks = 20\n', name="vhost")
-        results = runner.run_matrix(grid, tmp_path / "runs", amqp_url=rabbit.url, per_run_vhost=True)
-        assert [r.status for r in results] == ["ok"], [r.detail for r in results]
-        broker = json.loads((results[0].run_dir / "run.json").read_text())["brokers"]["broker"]
-        assert broker["namespace"] == "per-run vhost"
-        assert broker["vhost"].startswith("queuebench-") and broker["url"].endswith("/" + broker["vhost"])
-        assert _vhosts(admin_url) == ["/"]
+        yield node.url, admin_url
     finally:
         supervisor.stop_all()
+
+
+def _version(text: str | None) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text or "")[:2])
+
+
+def test_a_tiny_celery_run_on_quorum_queues_passes_its_self_checks(need_redis, tmp_path, rabbit_node,
+                                                                    monkeypatch):
+    amqp_url, admin_url = rabbit_node
+    version = brokers.describe_rabbitmq(brokers.BrokerHandle("rabbitmq", amqp_url, owned=False), "quorum")["version"]
+    if _version(version) < (3, 8):
+        pytest.skip(f"RabbitMQ {version} has no quorum queues (they came in 3.8)")
+    monkeypatch.setenv(brokers.AMQP_ADMIN_URL_ENV, admin_url)
+    stack = Stack(StackConfig.of(backend="celery", broker="rabbitmq", queue_type="quorum", processes=1,
+                                 amqp_url=amqp_url, per_run_vhost=True), tmp_path / "stack")
+    with stack:
+        # A quorum queue refuses to be declared again as classic: the queue Celery declared is a quorum queue.
+        assert stack.broker is not None
+        connection = pika.BlockingConnection(pika.URLParameters(brokers.pika_url(stack.broker.url)))
+        try:
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="x-queue-type"):
+                connection.channel().queue_declare("default", durable=True, arguments={"x-queue-type": "classic"})
+        finally:
+            connection.close()
+    grid = matrix.parse('backend = "celery"\nbroker = "rabbitmq"\nqueue_type = "quorum"\nprocesses = 1\n'
+                        'mode = "drain"\ntask = "noop"\ntasks = 20\n', name="quorum")
+    results = runner.run_matrix(grid, tmp_path / "runs", amqp_url=amqp_url, per_run_vhost=True)
+    assert [r.status for r in results] == ["ok"], [r.detail for r in results]
+    broker = json.loads((results[0].run_dir / "run.json").read_text())["brokers"]["broker"]
+    assert broker["queue_type"] == "quorum" and broker["rtt_ms"] > 0
+    assert _vhosts(admin_url) == ["/"], "each run's virtual host, with Celery's delayed-delivery queues, is gone"
+
+
+def test_a_rabbitmq_run_in_a_per_run_vhost_leaves_no_vhost_behind(need_redis, tmp_path, rabbit_node, monkeypatch):
+    amqp_url, admin_url = rabbit_node
+    monkeypatch.setenv(brokers.AMQP_ADMIN_URL_ENV, admin_url)
+    grid = matrix.parse('backend = "celery"\nbroker = "rabbitmq"\nprocesses = 1\nmode = "drain"\n'
+                        'task = "noop"\ntasks = 20\n', name="vhost")
+    results = runner.run_matrix(grid, tmp_path / "runs", amqp_url=amqp_url, per_run_vhost=True)
+    assert [r.status for r in results] == ["ok"], [r.detail for r in results]
+    broker = json.loads((results[0].run_dir / "run.json").read_text())["brokers"]["broker"]
+    assert broker["namespace"] == "per-run vhost"
+    assert broker["vhost"].startswith("queuebench-") and broker["url"].endswith("/" + broker["vhost"])
+    assert _vhosts(admin_url) == ["/"]
