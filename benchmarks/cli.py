@@ -351,8 +351,9 @@ def _load_matrix(matrix_file: Path, repeats: int | None, only: tuple[str, ...]) 
 @click.option("--broker-url", metavar="URL",
               help="A Redis you run yourself for every Redis cell (and the results of RabbitMQ cells) instead "
                    "of the sweep's private one: redis://host:port/db, or a master watched by Sentinel, "
-                   "redis+sentinel://host:26379[,host:port]/mymaster/db. Never flushed; must be empty; each "
-                   "cell purges only what it created. A Redis Cluster is refused.")
+                   "redis+sentinel://host:26379[,host:port]/mymaster/db. Never flushed; must be empty (but for "
+                   "what the sweep's previous cell left after its purge); each cell purges only what it "
+                   "created. A Redis Cluster is refused.")
 @click.option("--per-run-vhost", is_flag=True,
               help="RabbitMQ cells run in a virtual host of their own, created through the management API "
                    "(port 15672 of the AMQP host, or $QUEUEBENCH_AMQP_ADMIN_URL) and deleted after each cell.")
