@@ -222,7 +222,8 @@ def _role(name: str) -> str:
 @cli.command(name="backends")
 @click.argument("name", required=False, type=BackendName(tuple(backends.REGISTRY)))
 def list_backends(name: str | None) -> None:
-    """List every backend (brokers, serializers, concurrency, knobs), or one backend's knobs in detail.
+    """List every backend (brokers, broker shapes beyond one server and classic queues: Redis Sentinel,
+    RabbitMQ quorum queues; serializers, concurrency, knobs), or one backend's knobs in detail.
 
     With NAME: each knob's allowed values, the library's own default, the values worth tuning and what it
     does (set one with `serve --option KNOB=VALUE` or in the matrix's [NAME] table).
@@ -230,11 +231,12 @@ def list_backends(name: str | None) -> None:
 
 
     if name is None:
-        table = Table("backend", "role", "brokers", "serializers", "slots (processes x threads) map to",
+        table = Table("backend", "role", "brokers", "also on", "serializers", "slots (processes x threads) map to",
                       "knobs (`queuebench backends NAME`)", "environment")
         for registered in backends.REGISTRY:
             cls = backend_class(registered)
-            table.add_row(registered, _role(registered), ", ".join(sorted(cls.brokers)),
+            shapes = ", ".join(sorted(getattr(cls, "broker_shapes", ()))) or "-"
+            table.add_row(registered, _role(registered), ", ".join(sorted(cls.brokers)), shapes,
                           ", ".join(sorted(cls.serializers)), cls.concurrency, ", ".join(cls.knobs) or "-",
                           "own: " + " ".join(cls.environment) if cls.environment else "harness's")
         table_console().print(table)
