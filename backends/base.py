@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
+from backends import redis_url
+
 SETTINGS_ENV = "QUEUEBENCH_SETTINGS"
 
 Broker = Literal["redis", "rabbitmq", "sqlite"]
@@ -31,6 +33,12 @@ State = Literal["queued", "started", "success", "failure"]
 BROKERS: tuple[str, ...] = ("redis", "rabbitmq", "sqlite")
 SERIALIZERS: tuple[str, ...] = ("json", "pickle", "msgpack")
 ROUTINGS: tuple[str, ...] = ("shared", "dedicated")
+#: RabbitMQ queue types: classic (RabbitMQ's default) or quorum (replicated, Raft; RabbitMQ 3.8+).
+QUEUE_TYPES: tuple[str, ...] = ("classic", "quorum")
+#: Broker shapes beyond one Redis server and classic RabbitMQ queues. A backend may use one only when it
+#: declares it (`QueueBackend.broker_shapes`): a Redis master found through Redis Sentinel
+#: (``redis+sentinel://`` URLs, `backends.redis_url`), a Redis Cluster, RabbitMQ quorum queues.
+SHAPES: tuple[str, ...] = ("sentinel", "cluster", "quorum")
 
 #: Queue names. `shared` routing sends everything to DEFAULT_QUEUE; `dedicated` splits SHORT/LONG.
 DEFAULT_QUEUE = "default"
@@ -76,6 +84,17 @@ class BackendSettings:
     routing: str = "shared"
     long_threshold_ms: int = DEFAULT_LONG_THRESHOLD_MS
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: RabbitMQ only: the type of the queues the library declares (`QUEUE_TYPES`).
+    queue_type: str = "classic"
+
+    @property
+    def shapes(self) -> tuple[str, ...]:
+        """The broker shapes (`SHAPES`) these settings use: the topology of each Redis URL that is not a
+        single server, and ``quorum`` for quorum queues."""
+        found = [redis_url.topology(url) for url in (self.broker_url, self.result_url) if url]
+        if self.queue_type != "classic":
+            found.append(self.queue_type)
+        return tuple(dict.fromkeys(t for t in found if t != "single"))
 
     @property
     def effective_result_url(self) -> str | None:
@@ -325,6 +344,11 @@ class QueueBackend(Protocol):
     packages: ClassVar[tuple[str, ...]]
     concurrency: ClassVar[str]
     environment: ClassVar[tuple[str, ...]]
+    #: Broker shapes (`SHAPES`: ``sentinel``, ``cluster``, ``quorum``) the library's connection is built for
+    #: here; any other is refused before anything starts (`check_shapes`).
+    broker_shapes: ClassVar[frozenset[str]]
+    #: Why a shape is refused, in words naming the library's own issue (``{"cluster": "..."}``).
+    refused_shapes: ClassVar[Mapping[str, str]]
     settings: BackendSettings
 
     def ping(self) -> None:
@@ -389,6 +413,8 @@ class BackendBase:
     packages: ClassVar[tuple[str, ...]] = ()
     environment: ClassVar[tuple[str, ...]] = ()
     concurrency: ClassVar[str] = "processes x threads"
+    broker_shapes: ClassVar[frozenset[str]] = frozenset()
+    refused_shapes: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def slots(cls, spec: WorkerSpec) -> int:
@@ -426,6 +452,33 @@ def check_common(backend_name: str, brokers: frozenset[str], serializers: frozen
     if settings.results and settings.effective_result_url is None:
         raise UnsupportedOption("results", True, backend_name,
                                 "results need a Redis result store (result_url) when the broker is RabbitMQ")
+
+
+def check_shapes(backend: type[Any], settings: BackendSettings) -> None:
+    """Raise `UnsupportedOption` for a broker shape (`BackendSettings.shapes`) the backend class does not
+    declare, with its stated reason (the library's issue) or, when it gives none, the backends that do."""
+    name = getattr(backend, "name", backend.__name__)
+    if settings.queue_type not in QUEUE_TYPES:
+        raise UnsupportedOption("queue_type", settings.queue_type, name, f"known: {', '.join(QUEUE_TYPES)}")
+    if settings.queue_type != "classic" and settings.broker != "rabbitmq":
+        raise UnsupportedOption("queue_type", settings.queue_type, name,
+                                f"quorum queues are RabbitMQ's; the broker is {settings.broker}")
+    declared = getattr(backend, "broker_shapes", frozenset())
+    for shape in settings.shapes:
+        if shape not in declared:
+            raise shape_refused(backend, shape)
+
+
+def shape_refused(backend: type[Any], shape: str, where: str = "") -> UnsupportedOption:
+    """The refusal of a broker shape the backend class does not declare: its own reason (naming the
+    library's issue) or, when it gives none, that queuebench's backend does not build that connection.
+    `where` says where the shape was found (a server found in cluster mode behind a ``redis://`` URL)."""
+    name = getattr(backend, "name", backend.__name__)
+    option = "queue_type" if shape == "quorum" else "Redis topology"
+    reason = getattr(backend, "refused_shapes", {}).get(shape) or (
+        f"queuebench's {name} backend does not build its connection for "
+        f"{'quorum queues' if shape == 'quorum' else 'a Redis ' + shape}")
+    return UnsupportedOption(option, shape, name, f"{where}{reason}")
 
 
 def check_worker_spec(backend_name: str, spec: WorkerSpec) -> None:

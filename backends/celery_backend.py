@@ -96,14 +96,14 @@ import kombu.serialization
 import kombu.utils.json
 import redis
 from celery import Celery, Task, states
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from kombu.exceptions import OperationalError
 from kombu.transport.virtual.base import Base64
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.url import maybe_sanitize_url
 from kombu.utils.uuid import uuid as kombu_uuid
 
-from backends import workload
+from backends import redis_url, workload
 from backends.base import (
     BackendBase,
     BackendSettings,
@@ -119,6 +119,7 @@ from backends.base import (
     WorkerCommand,
     WorkerSpec,
     check_common,
+    check_shapes,
     check_worker_spec,
 )
 from backends.base import parse_knobs as base_parse_knobs
@@ -287,7 +288,13 @@ class QueuebenchRedisBackend(RedisBackend):
         self.client.transaction(write, key)
 
 
+class QueuebenchSentinelBackend(QueuebenchRedisBackend, SentinelBackend):
+    """The same two changes on Celery's Redis Sentinel result backend (results kept on a master found
+    through Sentinel: ``sentinel://`` URLs and ``result_backend_transport_options`` ``master_name``)."""
+
+
 _RESULT_BACKEND_PATH = f"{__name__}:{QueuebenchRedisBackend.__name__}"
+_SENTINEL_RESULT_BACKEND_PATH = f"{__name__}:{QueuebenchSentinelBackend.__name__}"
 
 
 # --- knobs and the app ---------------------------------------------------------------------------------
@@ -316,7 +323,13 @@ def build_app(settings: BackendSettings, *, producer: bool = False, acks_late: b
     """
     knobs = parse_knobs(settings)
     result_url = settings.effective_result_url if settings.results else None
-    app = Celery(APP_NAME, broker=settings.broker_url, backend=result_url, set_as_current=not producer)
+    # A Sentinel URL becomes kombu's ``sentinel://`` transport (and Celery's Sentinel result backend) with the
+    # master group in the transport options; any other URL is Celery's own.
+    broker_url, broker_sentinel = redis_url.kombu_url(settings.broker_url)
+    result_sentinel: Mapping[str, Any] = {}
+    if result_url is not None:
+        result_url, result_sentinel = redis_url.kombu_url(result_url)
+    app = Celery(APP_NAME, broker=broker_url, backend=result_url, set_as_current=not producer)
     conf: dict[str, Any] = {
         "task_serializer": settings.serializer,
         "result_serializer": settings.serializer,
@@ -341,13 +354,21 @@ def build_app(settings: BackendSettings, *, producer: bool = False, acks_late: b
     transport = {option: knobs[knob] for knob, option in (
         ("visibility_timeout_s", "visibility_timeout"), ("unacked_restore_interval_s", "unacked_restore_interval"),
         ("unacked_restore_throttle", "unacked_restore_throttle")) if knob in knobs}
+    transport |= dict(broker_sentinel)
     if transport:
         conf["broker_transport_options"] = transport
+    if result_sentinel:
+        conf["result_backend_transport_options"] = dict(result_sentinel)
+    if settings.queue_type == "quorum":
+        # Celery 5.5+: the queues it declares for -Q and for routing (created as missing) are quorum queues;
+        # worker_detect_quorum_queues (default on) then turns global QoS off, which quorum queues refuse.
+        conf["task_create_missing_queue_type"] = "quorum"
     app.conf.update(conf)
     if result_url is not None:
         # Celery's "<backend class>+<url>" form: the Redis at result_url through our subclass of Celery's
-        # Redis backend. ``result_backend`` itself keeps the plain URL (shown in the worker's banner).
-        app.backend_cls = f"{_RESULT_BACKEND_PATH}+{result_url}"
+        # Redis (or Redis Sentinel) backend. ``result_backend`` keeps the plain URL (the worker's banner).
+        path = _SENTINEL_RESULT_BACKEND_PATH if result_sentinel else _RESULT_BACKEND_PATH
+        app.backend_cls = f"{path}+{result_url}"
     app.task(name=TASK_NAME, bind=True)(run)
     return app
 
@@ -357,7 +378,12 @@ def build_app(settings: BackendSettings, *, producer: bool = False, acks_late: b
 
 def redact_url(url: str | None) -> str | None:
     """The URL with its password replaced by ``***`` (kombu's own sanitiser)."""
-    return maybe_sanitize_url(url, mask="***")
+    if url is None:
+        return None
+    if redis_url.topology(url) != "single":
+        return redis_url.redact(url)
+    # kombu's Sentinel form lists one URL per Sentinel, separated by ";".
+    return ";".join(str(maybe_sanitize_url(part, mask="***")) for part in url.split(";"))
 
 
 def _last_line(text: str | None) -> str | None:
@@ -401,12 +427,18 @@ class CeleryBackend(BackendBase):
     }
     tune_knobs: ClassVar[tuple[str, ...]] = ("prefetch", "pool", "without_mingle", "without_gossip", "acks_late")
     derived_defaults: ClassVar[Mapping[str, Callable[[int], Any]]] = {"pool": _default_pool}
+    #: kombu's ``sentinel://`` transport and Celery's Sentinel result backend; quorum queues (Celery 5.5+).
+    broker_shapes: ClassVar[frozenset[str]] = frozenset({"sentinel", "quorum"})
+    refused_shapes: ClassVar[dict[str, str]] = {
+        "cluster": "kombu has no Redis Cluster transport (celery/celery#2852 and celery/kombu#526, open; the "
+                   "transport in celery/kombu#2204 is not merged)"}
     packages: ClassVar[tuple[str, ...]] = ("celery", "kombu", "billiard", "redis", "hiredis", "amqp", "msgpack")
     concurrency: ClassVar[str] = ("threads = 1: one `celery worker -P prefork -c <processes>`; threads > 1: "
                                   "<processes> x `celery worker -P threads -c <threads>`")
 
     def __init__(self, settings: BackendSettings) -> None:
         check_common(self.name, self.brokers, self.serializers, settings)
+        check_shapes(type(self), settings)
         self.knob_values = parse_knobs(settings)
         self.settings = settings
         self.loglevel: str = self.knob_values.get("loglevel", DEFAULT_LOGLEVEL)
@@ -460,8 +492,8 @@ class CeleryBackend(BackendBase):
             pass
         result_url = self.settings.effective_result_url if self.settings.results else None
         if result_url and result_url != self.settings.broker_url:
-            client = redis.Redis.from_url(result_url, socket_connect_timeout=PING_TIMEOUT_S,
-                                          socket_timeout=PING_TIMEOUT_S)
+            client = redis_url.client(result_url, socket_connect_timeout=PING_TIMEOUT_S,
+                                      socket_timeout=PING_TIMEOUT_S)
             try:
                 client.ping()
             except (redis.RedisError, OSError) as exc:
@@ -635,8 +667,8 @@ class CeleryBackend(BackendBase):
         messages cannot be read without consuming them)."""
         if self.settings.broker != "redis":
             return None
-        client = redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=PING_TIMEOUT_S,
-                                      socket_timeout=10)
+        client = redis_url.client(self.settings.broker_url, socket_connect_timeout=PING_TIMEOUT_S,
+                                  socket_timeout=10)
         held: set[str] = set()
         try:
             for queue in self.settings.queues:
@@ -690,7 +722,7 @@ class CeleryBackend(BackendBase):
         if result_url is None:
             return
         prefix = RedisBackend.task_keyprefix
-        client = redis.Redis.from_url(result_url, socket_connect_timeout=PING_TIMEOUT_S, socket_timeout=10)
+        client = redis_url.client(result_url, socket_connect_timeout=PING_TIMEOUT_S, socket_timeout=10)
         try:
             batch: list[bytes] = []
             for key in client.scan_iter(match=f"{prefix}*", count=1000):
@@ -718,8 +750,11 @@ class CeleryBackend(BackendBase):
             "msgpack_version": _dist("msgpack"),
             "hiredis": _dist("hiredis"),
             "broker": self.settings.broker,
-            "broker_url": redact_url(self.settings.broker_url),
+            "broker_url": redis_url.redact(self.settings.broker_url),
             "broker_server_version": self._broker_version(),
+            "broker_topology": redis_url.topology(self.settings.broker_url),
+            "queue_type": self.settings.queue_type if self.settings.broker == "rabbitmq" else None,
+            "worker_detect_quorum_queues": conf.worker_detect_quorum_queues,
             "serializer": self.settings.serializer,
             "accept_content": list(conf.accept_content),
             "results": self.settings.results,
@@ -772,8 +807,7 @@ class CeleryBackend(BackendBase):
 
     @staticmethod
     def _redis_version(url: str) -> Any:
-        client = redis.Redis.from_url(url, socket_connect_timeout=PING_TIMEOUT_S,
-                                      socket_timeout=PING_TIMEOUT_S)
+        client = redis_url.client(url, socket_connect_timeout=PING_TIMEOUT_S, socket_timeout=PING_TIMEOUT_S)
         try:
             return client.info("server").get("redis_version")
         except (redis.RedisError, OSError) as exc:

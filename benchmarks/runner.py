@@ -233,13 +233,16 @@ class CellRun:
 
     def __init__(self, cell: Cell, matrix_name: str, run_dir: Path, *, amqp_url: str | None = None,
                  broker_url: str | None = None, shared_redis: SharedRedis | None = None,
+                 per_run_vhost: bool = False, left_by_sweep: frozenset[str] = frozenset(),
                  log: Callable[[str], None] = print,
                  status: Callable[[int, int, float], None] | None = None) -> None:
         self.cell, self.spec, self.run_dir, self.log = cell, dict(cell.spec), run_dir.resolve(), log
         #: Called about once a second while a drain is awaited, with (finished, outstanding, seconds waited).
         self.status = status
-        self.config = StackConfig(self.spec, broker_url=broker_url, amqp_url=amqp_url)
+        self.config = StackConfig(self.spec, broker_url=broker_url, amqp_url=amqp_url, per_run_vhost=per_run_vhost)
         self.shared_redis = shared_redis
+        #: On a user's Redis: the keys the sweep's previous cell left after its purge (`Stack.left_keys`).
+        self.left_by_sweep = left_by_sweep
         self.record: dict[str, Any] = {
             "schema_version": RESULT_SCHEMA_VERSION, "harness_version": __version__, "run_id": cell.run_id,
             "matrix": matrix_name, "repeat": cell.repeat, "spec": self.spec, "slots": self.config.slots,
@@ -263,7 +266,8 @@ class CellRun:
         # faults: a cell that restarts its broker starts a redis-server of its own, not the sweep's.
         shared_redis = None if faults.own_broker(self.spec) else self.shared_redis
         self.stack = Stack(self.config, self.run_dir, phases=self.phases, shared_redis=shared_redis,
-                           private_rabbitmq=faults.own_broker(self.spec))
+                           private_rabbitmq=faults.own_broker(self.spec),
+                           left_by_sweep=self.left_by_sweep)
         try:
             if self.spec["mode"] == "drain":
                 self._drain()
@@ -325,11 +329,19 @@ class CellRun:
         policy = stack.backend.retry_policy()  # what a poison task gets: its attempts are checked against it
         self.record["retry_policy"] = policy.record() if policy is not None else None
         self.record["backend_environment"] = stack.environment_record()
+        # Each broker's own record (topology, version, persistence, queue type, RTT from this host:
+        # `brokers.describe_redis`/`describe_rabbitmq`) beside what the stack knows of it.
+        described = stack.broker_records
         self.record["brokers"] = {
-            "broker": {"kind": stack.broker.kind, "url": _redact(stack.broker.url), "owned": stack.broker.owned,
-                       "version": stack.broker.version, "shared": stack.broker.shared} if stack.broker else None,
-            "result_store": {"url": _redact(stack.result_store.url), "version": stack.result_store.version,
-                             "shared": stack.result_store.shared} if stack.result_store else None,
+            "broker": described.get("broker", {}) | {
+                "kind": stack.broker.kind, "url": _redact(stack.broker.url), "owned": stack.broker.owned,
+                "version": stack.broker.version or described.get("broker", {}).get("version"),
+                "shared": stack.broker.shared,
+                "left_by_previous_cell": stack.broker.left_by_previous_cell} if stack.broker else None,
+            "result_store": described.get("result_store", {}) | {
+                "url": _redact(stack.result_store.url),
+                "version": stack.result_store.version or described.get("result_store", {}).get("version"),
+                "shared": stack.result_store.shared} if stack.result_store else None,
         }
         self.record["processes"] = [{"name": p.name, "argv": [_redact(a) for a in p.argv]}
                                     for p in stack.supervisor.procs]
@@ -643,6 +655,10 @@ class Sweep:
     redis: SharedRedis | None = None
     #: A user's Redis every cell uses instead (never emptied, only purged of what each cell created).
     broker_url: str | None = None
+    #: RabbitMQ cells run in a virtual host of their own, made and deleted through the management API.
+    per_run_vhost: bool = False
+    #: On `broker_url`: the keys the last cell left there after its purge, which the next cell tolerates.
+    left_keys: frozenset[str] = frozenset()
     started: float = field(default_factory=time.monotonic)
     started_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     cells: list[dict[str, Any]] = field(default_factory=list)
@@ -722,12 +738,17 @@ def run_cell(cell: Cell, matrix_name: str, out_dir: Path, *, amqp_url: str | Non
     booking its time in `sweep`."""
     if progress is not None:
         progress.start_cell(cell)
-    result = CellRun(cell, matrix_name, out_dir / cell.run_id, amqp_url=amqp_url,
-                     broker_url=sweep.broker_url if sweep is not None else None,
-                     shared_redis=sweep.redis if sweep is not None else None,
-                     log=progress.note if progress is not None else log,
-                     status=progress.draining if progress is not None else None).run()
+    cell_run = CellRun(cell, matrix_name, out_dir / cell.run_id, amqp_url=amqp_url,
+                       broker_url=sweep.broker_url if sweep is not None else None,
+                       per_run_vhost=sweep.per_run_vhost if sweep is not None else False,
+                       left_by_sweep=sweep.left_keys if sweep is not None else frozenset(),
+                       shared_redis=sweep.redis if sweep is not None else None,
+                       log=progress.note if progress is not None else log,
+                       status=progress.draining if progress is not None else None)
+    result = cell_run.run()
     if sweep is not None:
+        if cell_run.stack is not None and cell_run.stack.left_keys is not None:
+            sweep.left_keys = cell_run.stack.left_keys
         sweep.add(result)
     if progress is not None:
         progress.end_cell(cell, result)
@@ -735,12 +756,13 @@ def run_cell(cell: Cell, matrix_name: str, out_dir: Path, *, amqp_url: str | Non
 
 
 def run_matrix(matrix: Matrix, out_dir: Path, *, force: bool = False, amqp_url: str | None = None,
-               broker_url: str | None = None, progress: Any = None,
+               broker_url: str | None = None, per_run_vhost: bool = False, progress: Any = None,
                log: Callable[[str], None] = print, take_lock: bool = True) -> list[CellResult]:
     """Run every cell not already done; write ``summary.csv``; return each cell's result.
 
     `broker_url` names a user's Redis for every Redis cell (never emptied; each cell purges what it
     created, as ``queuebench serve --broker-url`` does); without it the sweep keeps one private Redis.
+    `per_run_vhost`: each RabbitMQ cell runs in a virtual host of its own (`StackConfig.per_run_vhost`).
 
     SIGINT/SIGTERM stop the cell in progress (everything it started) and raise `Interrupted` after the
     summary of the completed cells is written.
@@ -750,6 +772,7 @@ def run_matrix(matrix: Matrix, out_dir: Path, *, force: bool = False, amqp_url: 
     results = [CellResult(c.run_id, read_run(out_dir / c.run_id)["status"], "already done", out_dir / c.run_id)
                for c in done]
     with sweep(out_dir, matrix.name, broker_url=broker_url, take_lock=take_lock) as current:
+        current.per_run_vhost = per_run_vhost
         if progress is not None:
             progress.start_sweep(todo, len(done))
         for cell in todo:

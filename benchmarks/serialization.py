@@ -39,7 +39,7 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 
-from backends import codec, dispatch
+from backends import codec, dispatch, redis_url
 
 #: Above this many keys in the broker's database, the per-key ``MEMORY USAGE`` sum is skipped.
 MAX_SCANNED_KEYS = 200_000
@@ -155,7 +155,7 @@ def broker_bytes_per_message(stack: Any, before: Mapping[str, Any], count: int) 
 def redis_memory(url: str, max_keys: int = MAX_SCANNED_KEYS) -> dict[str, Any]:
     """``used_memory`` of the Redis at `url` and, unless its database holds more than `max_keys` keys,
     the number of keys and the sum of their ``MEMORY USAGE`` (SAMPLES 0: every element counted)."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=30)
+    client = redis_url.client(url, socket_connect_timeout=2, socket_timeout=30)  # a Sentinel URL: its master
     try:
         out: dict[str, Any] = {"used_memory": int(client.info("memory")["used_memory"])}
         size = int(client.dbsize())

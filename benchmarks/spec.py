@@ -25,6 +25,7 @@ from backends.base import (
     BROKERS,
     DEFAULT_QUEUE,
     LONG_QUEUE,
+    QUEUE_TYPES,
     ROUTINGS,
     SERIALIZERS,
     SHORT_QUEUE,
@@ -32,6 +33,7 @@ from backends.base import (
     Knob,
     UnsupportedOption,
     WorkerSpec,
+    check_shapes,
 )
 
 Kind = Literal["system", "workload"]
@@ -134,6 +136,11 @@ KEYS: dict[str, Key] = {k.name: k for k in (
          low=0, high=60_000, serve=True),
     _key("results", "system", bool, True, "keep task results in the library's result store (GET "
          "/tasks/<id> needs them)", serve=True),
+    # Absent from a spec that keeps RabbitMQ's classic queues, so cells and run ids of matrices that name no
+    # queue type are what they were before this key existed.
+    _key("queue_type", "system", str, "classic", "RabbitMQ queue type the library declares: classic, or "
+         "quorum (replicated; Celery only: Dramatiq's broker declares classic queues only)",
+         choices=QUEUE_TYPES, serve=True),
     _key("api_workers", "system", int, 2, "gunicorn gthread workers serving the API", low=1, high=64,
          modes=("load",), serve=True),
     _key("api_threads", "system", int, 4, "threads per gunicorn worker", low=1, high=256, modes=("load",),
@@ -227,6 +234,8 @@ def applies(key: str, spec: dict[str, Any]) -> bool:
         return fault != NO_FAULT
     if key in FAULT_PARAMS:
         return fault in FAULT_PARAMS[key]
+    if key == "queue_type":
+        return spec.get("queue_type", KEYS["queue_type"].default) != KEYS["queue_type"].default
     mode = spec.get("mode", "load")
     if mode not in declared.modes:
         return False
@@ -240,7 +249,8 @@ def settings_for(spec: Mapping[str, Any], broker_url: str, result_url: str | Non
     """The `BackendSettings` the API and the workers of `spec` share, on these broker URLs."""
     return BackendSettings(broker=spec["broker"], broker_url=broker_url, result_url=result_url,
                            serializer=spec["serializer"], results=spec["results"], routing=spec["routing"],
-                           long_threshold_ms=spec["long_threshold_ms"], options=dict(spec.get("options", {})))
+                           long_threshold_ms=spec["long_threshold_ms"], options=dict(spec.get("options", {})),
+                           queue_type=spec.get("queue_type", KEYS["queue_type"].default))
 
 
 def worker_specs(spec: Mapping[str, Any]) -> list[WorkerSpec]:
@@ -265,9 +275,12 @@ _PLACEHOLDER_URLS = {"redis": "redis://127.0.0.1:6379/0", "rabbitmq": "amqp://gu
                      "sqlite": f"sqlite:///{Path(tempfile.gettempdir()) / 'queuebench-check.sqlite3'}"}
 
 
-def validate(spec: Mapping[str, Any]) -> None:
+def validate(spec: Mapping[str, Any], broker_url: str | None = None) -> None:
     """Raise `UnsupportedOption` when the spec's backend cannot honour it (checked without starting or
-    connecting to anything), KeyError/ImportError for a backend that does not resolve."""
+    connecting to anything), KeyError/ImportError for a backend that does not resolve.
+
+    `broker_url` is a user's Redis (``--broker-url``: the broker, or the result store beside RabbitMQ): its
+    topology (a Sentinel URL, a Cluster URL) is checked against what the backend declares, too."""
     cls = backends.backend_class(spec["backend"])
     if spec["broker"] not in cls.brokers:
         raise UnsupportedOption("broker", spec["broker"], cls.name,
@@ -275,8 +288,11 @@ def validate(spec: Mapping[str, Any]) -> None:
     problem = fault_problem(spec)
     if problem:
         raise UnsupportedOption("fault", spec["fault"], cls.name, problem)
-    result_url = None if spec["broker"] != "rabbitmq" else _PLACEHOLDER_URLS["redis"]
-    backend = cls(settings_for(spec, _PLACEHOLDER_URLS[spec["broker"]], result_url))
+    result_url = None if spec["broker"] != "rabbitmq" else (broker_url or _PLACEHOLDER_URLS["redis"])
+    url = broker_url if broker_url and spec["broker"] == "redis" else _PLACEHOLDER_URLS[spec["broker"]]
+    settings = settings_for(spec, url, result_url)
+    check_shapes(cls, settings)
+    backend = cls(settings)
     try:
         for group in worker_specs(spec):
             backend.worker_commands(group)

@@ -20,11 +20,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import backends
 from api.wsgi import BACKEND_ENV, gunicorn_argv
-from backends import dispatch, ledger
-from backends.base import BackendSettings, QueueBackend, WorkerSpec
+from backends import dispatch, ledger, redis_url
+from backends.base import BackendSettings, QueueBackend, UnsupportedOption, WorkerSpec, shape_refused
 from benchmarks import brokers, envs
 from benchmarks import spec as spec_mod
 from benchmarks.procs import PhaseClock, Supervisor, wait_until
@@ -52,6 +53,8 @@ class StackConfig:
     `spec` may be a whole cell spec (workload keys are ignored here); `broker_url` names a user's Redis
     (never flushed; None: a private redis-server), `amqp_url` a RabbitMQ (None: the local default if it
     answers, else a private node), `api_port` the API's port (None: a free loopback port).
+    `per_run_vhost`: on a RabbitMQ the harness did not start, run in a virtual host of the run's own, made
+    through the management API and deleted at the end (`brokers.create_run_vhost`).
     """
 
     spec: Mapping[str, Any]
@@ -59,17 +62,19 @@ class StackConfig:
     amqp_url: str | None = None
     allow_dirty: bool = False
     api_port: int | None = None
+    per_run_vhost: bool = False
 
     @classmethod
     def of(cls, *, broker_url: str | None = None, amqp_url: str | None = None, allow_dirty: bool = False,
-           api_port: int | None = None, **keys: Any) -> StackConfig:
+           api_port: int | None = None, per_run_vhost: bool = False, **keys: Any) -> StackConfig:
         """A config from spec keys given by name (``StackConfig.of(backend="rq", processes=2)``); the others
         take their declared defaults."""
         unknown = set(keys) - set(spec_mod.KEYS) - {"options"}
         if unknown:
             raise TypeError(f"not spec keys: {', '.join(sorted(unknown))}")
         resolved = spec_mod.defaults("system") | {"options": {}} | keys
-        return cls(resolved, broker_url=broker_url, amqp_url=amqp_url, allow_dirty=allow_dirty, api_port=api_port)
+        return cls(resolved, broker_url=broker_url, amqp_url=amqp_url, allow_dirty=allow_dirty, api_port=api_port,
+                   per_run_vhost=per_run_vhost)
 
     @property
     def backend(self) -> str:
@@ -99,8 +104,16 @@ class StackConfig:
 
 
 def validate(config: StackConfig) -> None:
-    """Raise `UnsupportedOption` (or KeyError for an unknown backend) before anything starts."""
-    spec_mod.validate(config.spec)
+    """Raise `UnsupportedOption` (or KeyError for an unknown backend) before anything starts: the spec, and
+    the topology of a user's Redis URL (a Cluster URL is refused naming the library's issue; a malformed
+    one saying what is wrong)."""
+    if config.broker_url:
+        try:
+            redis_url.parse(config.broker_url)
+        except redis_url.RedisURLError as exc:
+            raise UnsupportedOption("--broker-url", redis_url.redact(config.broker_url), config.backend,
+                                    str(exc)) from exc
+    spec_mod.validate(config.spec, broker_url=config.broker_url)
 
 
 class Stack:
@@ -108,8 +121,13 @@ class Stack:
 
     def __init__(self, config: StackConfig, run_dir: str | os.PathLike[str], *,
                  phases: PhaseClock | None = None, shared_redis: brokers.SharedRedis | None = None,
-                 private_rabbitmq: bool = False) -> None:
+                 private_rabbitmq: bool = False, left_by_sweep: frozenset[str] = frozenset()) -> None:
         self.config = config
+        #: On a user's Redis in a sweep: the keys the previous cell left after its purge (`brokers.borrow_redis`).
+        self.left_by_sweep = left_by_sweep
+        #: On a user's Redis that was empty at the start: the keys still there after `stop` purged it (None:
+        #: no such Redis, or no purge).
+        self.left_keys: frozenset[str] | None = None
         #: The sweep's private Redis, used instead of starting one (None: start one, stop it with the stack).
         self.shared_redis = shared_redis
         #: On RabbitMQ, start a node of the stack's own even when one answers (a cell that restarts it).
@@ -124,6 +142,10 @@ class Stack:
         self._broker_procs: list[Any] = []
         self.broker: brokers.BrokerHandle | None = None
         self.result_store: brokers.BrokerHandle | None = None
+        #: What run.json records of each broker (`brokers.describe_redis`/`describe_rabbitmq`), by role.
+        self.broker_records: dict[str, dict[str, Any]] = {}
+        #: The run's own RabbitMQ virtual host (`StackConfig.per_run_vhost`), deleted by `stop`.
+        self.run_vhost: brokers.RunVhost | None = None
         self.backend: QueueBackend | None = None
         self.settings: BackendSettings | None = None
         self.api_url: str | None = None
@@ -192,6 +214,12 @@ class Stack:
         _ = self.python  # a private environment is built (once) before anything starts
         self._start_brokers()
         assert self.broker is not None
+        for handle in (self.broker, self.result_store):
+            if handle is not None and handle.topology == "cluster":  # a Cluster URL, or a server in cluster mode
+                raise shape_refused(backends.backend_class(self.config.backend), "cluster",
+                                    f"{brokers.redact(handle.url)} is a Redis Cluster: ")
+        self.broker_records = {role: self._broker_record(handle) for role, handle in
+                               (("broker", self.broker), ("result_store", self.result_store)) if handle}
         result_url = self.result_store.url if self.result_store else None
         self.settings = self.config.settings(self.broker.url, result_url)
         self.backend = backends.get_backend(self.config.backend, self.settings)
@@ -203,7 +231,8 @@ class Stack:
         before = len(self.supervisor.procs)
         if cfg.broker == "redis":
             if cfg.broker_url:
-                self.broker = brokers.borrow_redis(cfg.broker_url, allow_dirty=cfg.allow_dirty)
+                self.broker = brokers.borrow_redis(cfg.broker_url, allow_dirty=cfg.allow_dirty,
+                                                   left_by_sweep=self.left_by_sweep)
             else:
                 self.broker = self._private_redis("redis")
             self.result_store = self.broker
@@ -212,13 +241,29 @@ class Stack:
         else:
             self.broker = (brokers.start_private_rabbitmq(self.supervisor, self.run_dir) if self.private_rabbitmq
                            else brokers.resolve_rabbitmq(self.supervisor, self.run_dir, cfg.amqp_url))
+            if cfg.per_run_vhost and not self.broker.private:
+                # A virtual host nobody else uses: everything in it is this run's, deleted with it at the end.
+                name = f"queuebench-{self.run_dir.name}-{secrets.token_hex(3)}"
+                url, self.run_vhost = brokers.create_run_vhost(self.broker.url, name)
+                self.broker = dataclasses.replace(self.broker, url=url, owned=True)
             if cfg.spec["results"]:
                 # RabbitMQ holds no results: a Redis does (the user's if given, else a private one).
                 if cfg.broker_url:
-                    self.result_store = brokers.borrow_redis(cfg.broker_url, allow_dirty=cfg.allow_dirty)
+                    self.result_store = brokers.borrow_redis(cfg.broker_url, allow_dirty=cfg.allow_dirty,
+                                                             left_by_sweep=self.left_by_sweep)
                 else:
                     self.result_store = self._private_redis("results-redis")
         self._broker_procs = self.supervisor.procs[before:]
+
+    def _broker_record(self, handle: brokers.BrokerHandle) -> dict[str, Any]:
+        if handle.kind == "redis":
+            return brokers.describe_redis(handle)
+        if handle.kind == "rabbitmq":
+            record = brokers.describe_rabbitmq(handle, self.config.spec.get("queue_type", "classic"))
+            vhost = self.run_vhost.name if self.run_vhost else unquote(urlsplit(handle.url).path[1:] or "/")
+            return record | {"vhost": vhost or "/", "namespace": "per-run vhost" if self.run_vhost else "the URL's vhost"}
+        return {"kind": handle.kind, "topology": "single", "version": handle.version or None,
+                "persistence": "a file", "rtt_ms": None}
 
     def _private_redis(self, name: str) -> brokers.BrokerHandle:
         """The sweep's Redis, emptied for this cell (its process watched and sampled under `name`, never
@@ -370,9 +415,16 @@ class Stack:
         self._stop_procs(others, **self._teardown())
         if self.backend is not None:
             # The sweep's shared Redis is emptied whole before the next cell: purging it first is wasted.
+            purged = False
             if self._purge_allowed and not (self.broker is not None and self.broker.shared is not None):
                 with contextlib.suppress(Exception):
                     self.backend.purge()  # leave a borrowed broker as clean as it was found
+                    purged = True
+            borrowed = [h for h in (self.broker, self.result_store)
+                        if h is not None and h.kind == "redis" and h.owned and not h.private]
+            if purged and borrowed:  # what the library keeps beyond its purge: the next cell tolerates it
+                with contextlib.suppress(Exception):
+                    self.left_keys = brokers.key_names(borrowed[0].url)
             with contextlib.suppress(Exception):
                 self.backend.close()
             self.backend = None
@@ -380,6 +432,13 @@ class Stack:
         self._shared_procs = []
         while self.supervisor.procs:
             self._stop_procs([self.supervisor.procs.pop()])
+        if self.run_vhost is not None:
+            vhost, self.run_vhost = self.run_vhost, None
+            try:
+                vhost.delete()  # everything the run declared in it goes with it
+            except brokers.BrokerError as exc:  # said, not raised: stopping must finish
+                print(f"queuebench: the run's virtual host {vhost.name} is left on the broker: {exc}",
+                      file=sys.stderr)
 
     def __enter__(self) -> Stack:
         try:

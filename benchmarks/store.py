@@ -48,6 +48,9 @@ from benchmarks import measure
 #:       run.json's generator (overload policy, max_in_flight, stop_wait_s, processes) and the figures
 #:       unanswered_at_stop, unanswered_accepted, not_202_accepted; request_id in tasks.parquet and
 #:       requests.parquet, and status -1 (unanswered at stop) in requests.parquet.
+#:       run.json's brokers records each broker's topology (single | sentinel | cluster), persistence,
+#:       queue type (RabbitMQ), role, eviction policy and rtt_ms (the fastest of a few round trips from the
+#:       coordinator, rtt_from); the spec's queue_type (present only when not classic).
 RESULT_SCHEMA_VERSION = 1
 #: Version of a search record (``searches/<search_id>.json``). Changes:
 #:   1 - first version: config, slo, factor, steps, knee_rate_per_s, first_unsustained_rate_per_s,
