@@ -151,6 +151,12 @@ KEYS: dict[str, Key] = {k.name: k for k in (
          else "a number > 0", values_text="number > 0"),
     _key("arrival", "workload", str, "constant", "open-loop arrival process", choices=ARRIVALS,
          modes=("load",)),
+    # Absent from a spec at its default (1), like the fault keys, so cells and run ids of matrices that do
+    # not name it are what they were before it existed.
+    _key("load_workers", "workload", int, 1, "Locust processes sending the load: 1 runs Locust alone; N > 1 "
+         "runs a headless master (loopback only) and N worker processes, each sending rate / N on its own "
+         "share of the schedule (so the offered rate is their sum); every worker must report its end, else "
+         "the generator check fails", low=1, high=64, modes=("load",)),
     _key("tasks", "workload", int, 1000, "tasks preloaded before the workers start", low=1, high=10_000_000,
          modes=("drain",)),
     _key("warmup_s", "workload", float, 2, "warm-up, discarded, seconds", low=0, modes=("load",)),
@@ -227,6 +233,8 @@ def applies(key: str, spec: dict[str, Any]) -> bool:
     mode = spec.get("mode", "load")
     if mode not in declared.modes:
         return False
+    if key == "load_workers":  # absent at its default: see the declaration
+        return spec.get("load_workers", KEYS["load_workers"].default) != KEYS["load_workers"].default
     return not (key in ("task", "args") and mode == "load" and spec.get("scenario") in MIXED_SCENARIOS)
 
 
