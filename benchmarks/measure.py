@@ -205,8 +205,10 @@ def load_workers_reported(roll_call: Mapping[str, Any] | None, expected: int) ->
         parts.append("the master never asked its workers to end the load (it gave up waiting for them, or "
                      "exited early)")
     elif silent:
-        parts.append(f"connected but did not report the end of their load (exited or stopped answering): "
-                     f"index {', '.join(map(str, silent))}")
+        named = {int(w["index"]): w for w in workers}
+        parts.append("connected but did not report the end of their load (exited or stopped answering): "
+                     + ", ".join(f"index {i}" + (f" (pid {named[i]['pid']} on {named[i].get('host')})"
+                                                 if named[i].get("pid") else "") for i in silent))
     if not roll_call:
         parts.append("the master kept no roll call")
     ok = bool(roll_call) and roll_call.get("end_requested_ns") is not None and not never and not silent

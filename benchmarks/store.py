@@ -177,14 +177,20 @@ def read_requests_table(run_dir: Path) -> pd.DataFrame | None:
 def read_requests(directory: Path) -> pd.DataFrame:
     """The scenario's raw request rows (one CSV per Locust process) as one frame, ns as int64. Status -1: the
     request was unanswered when the load phase ended (`scenarios/inflight.py`); request_id is its
-    ``X-Request-Id`` (absent in runs made before it existed)."""
+    ``X-Request-Id`` (absent in runs made before it existed).
+
+    A Locust process killed before its buffered log was written leaves an empty file, or a last line cut
+    short: those hold no complete row and are skipped (its requests then lack raw rows, which the
+    ledger check reports)."""
+    numbers = ("scheduled_ns", "sent_ns", "done_ns", "status")
     frames = [pd.read_csv(p, dtype={"task_id": "string", "task": "string", "request_id": "string"})
-              for p in sorted(directory.glob("*.csv"))]
+              for p in sorted(directory.glob("*.csv")) if p.stat().st_size]
+    frames = [f.dropna(subset=[c for c in numbers if c in f]) for f in frames if len(f)]
     frames = [f for f in frames if len(f)]
     if not frames:
-        return pd.DataFrame({c: pd.Series(dtype="int64") for c in ("scheduled_ns", "sent_ns", "done_ns", "status")})
+        return pd.DataFrame({c: pd.Series(dtype="int64") for c in numbers})
     frame = pd.concat(frames, ignore_index=True)
-    for column in ("scheduled_ns", "sent_ns", "done_ns", "status"):
+    for column in numbers:
         frame[column] = frame[column].astype("int64")
     return frame.sort_values("scheduled_ns").reset_index(drop=True)
 

@@ -70,6 +70,8 @@ SCHEDULED_AT_HEADER = "X-Scheduled-At"
 #: answers with the other once its last stats are sent.
 END_REQUEST = "qb_end_load"
 END_REPORT = "qb_load_ended"
+#: A worker names its process (pid, host) to the master when its test starts, for the roll call.
+HELLO = "qb_worker_hello"
 #: Seconds the master waits for its workers' end reports beyond the stop wait (their last stats and the
 #: report itself, on loopback or a LAN).
 END_REPORT_MARGIN_S = 3.0
@@ -189,6 +191,12 @@ class RollCall:
         self.workers.setdefault(client_id, {"index": index, "connected_ns": time.time_ns(), "ended": False})
         self.write()
 
+    def hello(self, client_id: str, data: dict[str, Any]) -> None:
+        worker = self.workers.setdefault(client_id, {"index": data.get("index"), "connected_ns": None,
+                                                     "ended": False})
+        worker |= {"pid": data.get("pid"), "host": data.get("host")}
+        self.write()
+
     def ended(self, client_id: str, data: dict[str, Any]) -> None:
         worker = self.workers.setdefault(client_id, {"index": data.get("index"), "connected_ns": None})
         worker |= {"ended": True, "ended_ns": time.time_ns(), "pid": data.get("pid"), "rows": data.get("rows"),
@@ -216,6 +224,8 @@ def _distributed_roles(environment: Any, **_kwargs: Any) -> None:
     if isinstance(runner, WorkerRunner):
         # Concurrent: the worker's message loop (heartbeats) goes on while its users finish their sends.
         runner.register_message(END_REQUEST, _end_load, concurrent=True)
+        environment.events.test_start.add_listener(
+            lambda environment, **_kw: runner.send_message(HELLO, _whoami(runner)))
     elif isinstance(runner, MasterRunner):
         global _roll_call
         options = environment.parsed_options
@@ -223,6 +233,8 @@ def _distributed_roles(environment: Any, **_kwargs: Any) -> None:
                               float(getattr(options, "expect_workers_max_wait", 0) or 0))
         runner.register_message(END_REPORT, lambda environment, msg, **_kw: _roll_call.ended(msg.node_id,
                                                                                              msg.data or {}))
+        runner.register_message(HELLO, lambda environment, msg, **_kw: _roll_call.hello(msg.node_id,
+                                                                                        msg.data or {}))
         environment.events.worker_connect.add_listener(
             lambda client_id, **_kw: _roll_call.connected(client_id, runner.get_worker_index(client_id)))
         environment.events.test_stopping.add_listener(_end_workers_load)
@@ -256,8 +268,12 @@ def _end_load(environment: Any, msg: Any = None, **_kwargs: Any) -> None:
     log.flush()
     runner = environment.runner
     runner._send_stats()  # what Locust's own worker sends on quit: its last samples, before the report
-    runner.send_message(END_REPORT, {"index": runner.worker_index, "pid": os.getpid(), "rows": log.rows,
-                                     "host": os.uname().nodename})
+    runner.send_message(END_REPORT, _whoami(runner) | {"rows": log.rows})
+
+
+def _whoami(runner: Any) -> dict[str, Any]:
+    """A worker's Locust worker index and its process (pid, host), as the master's roll call keeps them."""
+    return {"index": runner.worker_index, "pid": os.getpid(), "host": os.uname().nodename}
 
 
 class _AnsweredAfterStop(Exception):

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -247,4 +251,42 @@ def test_a_worker_that_never_connects_ends_the_bounded_wait_and_fails_the_genera
     assert record["locust_exit_code"] != 0
     roll = store.read_locust_workers(result.run_dir)
     assert roll["expected"] == 2 and [w["index"] for w in roll["workers"].values()] == [0]
+    assert left_running(tmp_path) == []
+
+
+@pytest.mark.service
+def test_a_worker_killed_during_the_load_is_named_by_the_generator_check_and_nothing_is_left(
+        need_redis, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "GENERATOR_STOP_WAIT_S", 2.0)  # the master waits this + 3 s for end reports
+    start_workers = runner.CellRun._start_load_workers
+    killed: list[int] = []
+
+    def start_and_kill_one(self, spec, master):
+        procs = start_workers(self, spec, master)
+
+        def kill_once_both_send() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                roll = store.read_locust_workers(self.run_dir) or {}
+                if sum(1 for w in roll.get("workers", {}).values() if w.get("pid")) == 2:
+                    time.sleep(0.5)
+                    killed.append(procs[1].pid)
+                    os.kill(procs[1].pid, signal.SIGKILL)
+                    return
+                time.sleep(0.05)
+
+        threading.Thread(target=kill_once_both_send, daemon=True).start()
+        return procs
+
+    monkeypatch.setattr(runner.CellRun, "_start_load_workers", start_and_kill_one)
+    grid = matrix.parse(CELL + "load_workers = 2\n", name="killed")
+    (result,) = runner.run_matrix(grid, tmp_path / "runs", log=lambda _: None)
+    record = json.loads((result.run_dir / "run.json").read_text())
+    assert killed, "the worker was never killed"
+    # Requests it sent whose raw rows were still buffered are lost with it (requests_match_ledger then
+    # fails too); either way the generator check names it.
+    assert record["status"] in ("generator-limited", "failed"), record.get("detail")
+    check = record["summary"]["checks"]["generator_kept_up"]
+    assert not check["ok"] and f"pid {killed[0]}" in check["detail"] and f"pid {killed[0]}" in record["detail"]
+    assert not record["summary"]["figures"]["load_workers"]["ok"]
     assert left_running(tmp_path) == []
