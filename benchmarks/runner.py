@@ -666,8 +666,9 @@ def cell_seconds(cell: Cell) -> float:
     if spec["mode"] == "drain":  # seen on 2 cores: 2-12 s for 300 tasks, 1.5-22 s for 1500
         return 2 + spec["tasks"] / 150
     # seen: 8-12.5 s for 5-7 s of load. analysis/cover.py's CELL_OVERHEAD_S counts the same 3 + tail.
-    # Several Locust workers: their start and the master's wait for them (up to a second), and the end.
-    distributed_s = 2 if load_workers(spec) > 1 else 0
+    # Several Locust workers, seen on 2 cores: about 3 s more per cell (the master looks for its workers
+    # once a second while they boot, and sleeps 0.5 s twice for their last reports as it quits).
+    distributed_s = 3 if load_workers(spec) > 1 else 0
     return 3 + LOCUST_TAIL_S + spec["warmup_s"] + spec["duration_s"] + distributed_s
 
 
