@@ -319,7 +319,7 @@ def apply_only(matrix: Matrix, only: list[str]) -> Matrix:
                 table, knob = key.split(".", 1)
                 if backends.label(cell.spec["backend"]) != table or cell.spec["options"].get(knob) != value:
                     return False
-            elif cell.spec.get(key) != value:
+            elif cell.spec.get(key, KEYS[key].default if key in spec_mod.ABSENT_AT_DEFAULT else None) != value:
                 return False
         return True
 

@@ -199,6 +199,10 @@ KEYS: dict[str, Key] = {k.name: k for k in (
          high=3600),
 )}
 
+#: Keys left out of a spec at their default, so run ids of specs that do not name them stay as they were:
+#: where such a key is absent, its value is the default.
+ABSENT_AT_DEFAULT: tuple[str, ...] = ("fault", "load_workers")
+
 #: How often each cell runs (one integer at the top of a matrix file; not part of a cell's spec).
 REPEATS = Knob(int, 1, "each cell runs this many times (separate run ids, interleaved)", low=1, high=100)
 

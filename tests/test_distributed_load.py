@@ -78,6 +78,13 @@ def test_the_load_workers_flag_sets_every_load_cell_and_is_checked_like_the_file
         matrix.parse(CELL, overrides={"load_workers": 0})
 
 
+def test_only_finds_cells_by_their_load_workers_the_default_included():
+    grid = matrix.parse(CELL + "load_workers = [1, 2]\n")
+    assert [c.spec.get("load_workers", 1) for c in matrix.apply_only(grid, ["load_workers=1"]).cells] == [1]
+    grid = matrix.parse(CELL + "load_workers = [1, 2]\n")
+    assert [c.spec["load_workers"] for c in matrix.apply_only(grid, ["load_workers=2"]).cells] == [2]
+
+
 def test_queuebench_run_refuses_a_bad_load_workers_flag_before_starting_anything(tmp_path):
     (tmp_path / "m.toml").write_text(CELL)
     result = subprocess.run([sys.executable, "-m", "benchmarks", "run", str(tmp_path / "m.toml"), "--out",
