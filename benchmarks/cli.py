@@ -308,7 +308,7 @@ def smoke(backend_names: tuple[str, ...], broker_names: tuple[str, ...], out: Pa
 
 
 def _sweep_options(what: str):
-    """--only, --force, --repeats and --amqp-url, as `run` and `search` both take them."""
+    """--only, --force, --repeats, --amqp-url and --load-workers, as `run` and `search` both take them."""
     options = [
         click.option("--only", "only", multiple=True, metavar="KEY=VALUE",
                      help=f"Only the {what} whose spec has this value (repeatable), e.g. --only backend=rq."),
@@ -316,6 +316,11 @@ def _sweep_options(what: str):
         click.option("--repeats", type=click.IntRange(1, 100), help="Override the matrix's repeats."),
         click.option("--amqp-url", metavar="URL", help="RabbitMQ for rabbitmq cells (default: the local one, "
                                                         "else a private node)."),
+        click.option("--load-workers", type=click.IntRange(spec_mod.KEYS["load_workers"].domain.low,
+                                                           spec_mod.KEYS["load_workers"].domain.high),
+                     help="Locust processes sending the load of every load-mode cell (sets the matrix key "
+                          "load_workers; default: the matrix's, else 1). N > 1: a headless master on "
+                          "127.0.0.1 and N workers, each sending 1/N of the rate."),
     ]
 
     def decorate(command):
@@ -338,11 +343,13 @@ def _check_broker_url(matrix: Any, broker_url: str) -> None:
                                    "others)") from exc
 
 
-def _load_matrix(matrix_file: Path, repeats: int | None, only: tuple[str, ...]) -> Any:
-    """The matrix file with --repeats and --only applied; a bad one is a usage error (exit 2)."""
+def _load_matrix(matrix_file: Path, repeats: int | None, only: tuple[str, ...],
+                 load_workers: int | None = None) -> Any:
+    """The matrix file with --repeats, --load-workers and --only applied; a bad one is a usage error (exit 2)."""
 
+    overrides = {"load_workers": load_workers} if load_workers is not None else None
     try:
-        matrix = matrix_mod.load(matrix_file, repeats=repeats)
+        matrix = matrix_mod.load(matrix_file, repeats=repeats, overrides=overrides)
         if only:
             matrix = matrix_mod.apply_only(matrix, list(only))
     except matrix_mod.MatrixError as exc:
@@ -368,7 +375,8 @@ def _load_matrix(matrix_file: Path, repeats: int | None, only: tuple[str, ...]) 
                    "(port 15672 of the AMQP host, or $QUEUEBENCH_AMQP_ADMIN_URL) and deleted after each cell.")
 @click.option("--dry-run", is_flag=True, help="List the cells (and which are done or skipped); start nothing.")
 def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeats: int | None,
-        amqp_url: str | None, broker_url: str | None, per_run_vhost: bool, dry_run: bool) -> None:
+        amqp_url: str | None, broker_url: str | None, per_run_vhost: bool, load_workers: int | None,
+        dry_run: bool) -> None:
     """Measure every cell of a matrix file with Locust through the API, one cell at a time.
 
     Each cell's raw records and verdict go to OUT/<run_id>/ (run.json, tasks.parquet, ...) and every
@@ -380,7 +388,7 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
     """
 
 
-    matrix = _load_matrix(matrix_file, repeats, only)
+    matrix = _load_matrix(matrix_file, repeats, only, load_workers)
     if broker_url:
         _check_broker_url(matrix, broker_url)
     console = Console(stderr=True)
@@ -423,7 +431,8 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
               help="Bisections between the last sustained rate and the first that was not.")
 @_sweep_options("configurations")
 def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps: int, refine: int,
-           only: tuple[str, ...], force: bool, repeats: int | None, amqp_url: str | None) -> None:
+           only: tuple[str, ...], force: bool, repeats: int | None, amqp_url: str | None,
+           load_workers: int | None) -> None:
     """Find each configuration's knee: raise the offered rate until backlog grows or the SLO breaks.
 
     A step counts as sustained only below Little's bound (slots / mean service time), with every
@@ -443,7 +452,7 @@ def search(matrix_file: Path, slo_text: str, out: Path, factor: float, max_steps
         slo = parse_slo(slo_text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--slo") from exc
-    matrix = _load_matrix(matrix_file, repeats, only)
+    matrix = _load_matrix(matrix_file, repeats, only, load_workers)
     try:
         configs = search_mod.configurations(matrix)
     except ValueError as exc:

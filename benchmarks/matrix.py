@@ -207,7 +207,8 @@ def _normalise(flat: Mapping[str, Any]) -> dict[str, Any]:
     mode = {"mode": flat.get("mode", KEYS["mode"].default), "scenario": flat.get("scenario",
                                                                                KEYS["scenario"].default),
             "fault": flat.get("fault", KEYS["fault"].default),
-            "queue_type": flat.get("queue_type", KEYS["queue_type"].default)}
+            "queue_type": flat.get("queue_type", KEYS["queue_type"].default),
+            "load_workers": flat.get("load_workers", KEYS["load_workers"].default)}
     spec = {key: flat.get(key, declared.default) for key, declared in KEYS.items()
             if spec_mod.applies(key, mode)}
     if "args" in spec:
@@ -228,21 +229,30 @@ def _skip_reason(spec: Mapping[str, Any]) -> str | None:
     return None
 
 
-def parse(text: str, *, name: str = "matrix", repeats: int | None = None) -> Matrix:
+def parse(text: str, *, name: str = "matrix", repeats: int | None = None,
+          overrides: Mapping[str, Any] | None = None) -> Matrix:
     """Validate and expand a matrix document. Raises `MatrixError` before anything could start."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise MatrixError(f"not valid TOML: {exc}") from exc
-    return from_tables(raw, name=name, repeats=repeats, source=text)
+    return from_tables(raw, name=name, repeats=repeats, source=text, overrides=overrides)
 
 
 def from_tables(raw: Mapping[str, Any], *, name: str = "matrix", repeats: int | None = None,
-                source: str = "") -> Matrix:
+                source: str = "", overrides: Mapping[str, Any] | None = None) -> Matrix:
     """Validate and expand a matrix given as the tables a TOML file would hold (a command that builds its
-    matrix in code, such as ``queuebench tune``, passes them here): the same checks, the same cells."""
+    matrix in code, such as ``queuebench tune``, passes them here): the same checks, the same cells.
+
+    `overrides` (spec key -> one value, from a command's flags such as ``--load-workers``) replace the
+    file's value of that key in every cell, includes too; checked like the file's own values."""
     tables = knob_tables(raw)
     _check_table(raw, tables, "", partial=False)
+    overrides = dict(overrides or {})
+    for key, value in overrides.items():
+        if key not in KEYS or isinstance(value, list):
+            raise MatrixError(f"override {key}: must be one value of a spec key ({', '.join(KEYS)})")
+        _check_value(key, value, "")
     if raw.get("schema_version", MATRIX_SCHEMA_VERSION) != MATRIX_SCHEMA_VERSION:
         raise MatrixError(f"schema_version = {raw['schema_version']!r} is not allowed: must be "
                           f"{MATRIX_SCHEMA_VERSION}")
@@ -254,6 +264,7 @@ def from_tables(raw: Mapping[str, Any], *, name: str = "matrix", repeats: int | 
         sub = axes | _axes(extra, tables)
         _check_args(sub.get("task", [KEYS["task"].default]), sub.get("args", [{}]), f"include[{i}].")
         flat_cells += _product(sub)
+    flat_cells = [c | overrides for c in flat_cells]
     flat_cells = [c for c in flat_cells
                   if not any(_matches(_normalise(c), pattern, tables) for pattern in raw.get("exclude", []))]
 
@@ -277,13 +288,13 @@ def from_tables(raw: Mapping[str, Any], *, name: str = "matrix", repeats: int | 
     return matrix
 
 
-def load(path: str | Path, *, repeats: int | None = None) -> Matrix:
+def load(path: str | Path, *, repeats: int | None = None, overrides: Mapping[str, Any] | None = None) -> Matrix:
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise MatrixError(f"cannot read matrix file {path}: {exc.strerror}") from exc
-    return parse(text, name=path.stem, repeats=repeats)
+    return parse(text, name=path.stem, repeats=repeats, overrides=overrides)
 
 
 def apply_only(matrix: Matrix, only: list[str]) -> Matrix:
@@ -309,7 +320,7 @@ def apply_only(matrix: Matrix, only: list[str]) -> Matrix:
                 table, knob = key.split(".", 1)
                 if backends.label(cell.spec["backend"]) != table or cell.spec["options"].get(knob) != value:
                     return False
-            elif cell.spec.get(key) != value:
+            elif cell.spec.get(key, KEYS[key].default if key in spec_mod.ABSENT_AT_DEFAULT else None) != value:
                 return False
         return True
 

@@ -26,6 +26,10 @@ Everything `run.json` reports is computed here from those two tables, so anyone 
 - Retries as promised: a task that fails every time (`poison`) must run exactly 1 + the retries its
   library's retry policy promises (``final_attempts``, from `QueueBackend.retry_policy`) and end failed; it
   is then settled, not lost (``all_finished`` leaves it to this check).
+- Distributed load (several Locust workers under one master): the raw rows are every worker's, merged,
+  and Locust's count is the master's (the sum of its workers' reports); every worker the master expected
+  must have reported the end of its load in the master's roll call (`load_workers_reported`), else the
+  generator check fails: the offered rate was not sent.
 """
 
 from __future__ import annotations
@@ -187,14 +191,48 @@ def request_accounting(requests: pd.DataFrame, sent: pd.DataFrame) -> dict[str, 
             "not_202_accepted": int(len(found)), "_requests_match": (ok, detail)}
 
 
+def load_workers_reported(roll_call: Mapping[str, Any] | None, expected: int) -> dict[str, Any]:
+    """Whether each of the `expected` Locust workers of a distributed run reported the end of its load,
+    from the master's roll call (``locust_workers.json``; None: the master kept none). Returns expected,
+    connected, reported, ok and a detail naming each missing worker by its Locust worker index."""
+    roll_call = roll_call or {}
+    workers = [w for w in roll_call.get("workers", {}).values() if w.get("index") is not None]
+    connected = sorted({int(w["index"]) for w in workers})
+    reported = sorted({int(w["index"]) for w in workers if w.get("ended")})
+    never = [i for i in range(expected) if i not in connected]
+    silent = [i for i in range(expected) if i in connected and i not in reported]
+    wait = roll_call.get("max_wait_s")
+    parts = [f"{sum(i in reported for i in range(expected))} of {expected} Locust workers reported the end of "
+             "their load"]
+    if never:
+        parts.append(f"never connected: index {', '.join(map(str, never))}"
+                     + (f" (the master waited up to {wait:g} s)" if wait else ""))
+    if roll_call and roll_call.get("end_requested_ns") is None:
+        parts.append("the master never asked its workers to end the load (it gave up waiting for them, or "
+                     "exited early)")
+    elif silent:
+        named = {int(w["index"]): w for w in workers}
+        parts.append("connected but did not report the end of their load (exited or stopped answering): "
+                     + ", ".join(f"index {i}" + (f" (pid {named[i]['pid']} on {named[i].get('host')})"
+                                                 if named[i].get("pid") else "") for i in silent))
+    if not roll_call:
+        parts.append("the master kept no roll call")
+    ok = bool(roll_call) and roll_call.get("end_requested_ns") is not None and not never and not silent
+    return {"expected": expected, "connected": len(connected), "reported": len(reported), "ok": ok,
+            "detail": "; ".join(parts)}
+
+
 def summarise(tasks: pd.DataFrame, requests: pd.DataFrame | None, window: Window, *, slots: int,
               offered_rate_per_s: float | None, arrival: str = "constant",
               locust_post_counts: tuple[int, int] | None = None, queue_leftovers: Mapping[str, int] | None = None,
-              expected_sent: int | None = None, final_attempts: Mapping[str, int] | None = None) -> dict[str, Any]:
+              expected_sent: int | None = None, final_attempts: Mapping[str, int] | None = None,
+              load_workers: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every figure and every self-check of one run, from its raw tables.
 
     `final_attempts`: task name -> the attempts its library promises a task that fails every time (the
     `poison` task: 1 + its retry policy's retries); such tasks are judged by ``retries_as_promised``.
+    `load_workers` (a distributed run: `load_workers_reported`'s verdict) joins the generator check: a
+    Locust worker that did not report the end of its load fails it.
 
     Returns ``{"figures": {...}, "checks": {name: {"ok": bool, "detail": str}}, "verdict": str}`` where the
     verdict is ``ok``, ``generator-limited`` (the queue's numbers are real but not its limit) or
@@ -274,12 +312,15 @@ def summarise(tasks: pd.DataFrame, requests: pd.DataFrame | None, window: Window
         figures |= {"offered_rate_per_s": offered_rate_per_s, "achieved_rate_per_s": achieved,
                     "schedule_lag_ms": lag}
         generator_ok = accepted >= needed and lag_ok
-        checks["generator_kept_up"] = {
-            "ok": generator_ok,
-            "detail": f"achieved {achieved:.1f}/s of {offered_rate_per_s:g}/s offered (needs >= "
-                      f"{needed / length_s if length_s else 0:.1f}/s); schedule lag p99 "
-                      f"{lag['p99'] if lag['p99'] is not None else float('nan'):.1f} ms (limit "
-                      f"{LAG_P99_LIMIT_MS:g} ms)"}
+        detail = (f"achieved {achieved:.1f}/s of {offered_rate_per_s:g}/s offered (needs >= "
+                  f"{needed / length_s if length_s else 0:.1f}/s); schedule lag p99 "
+                  f"{lag['p99'] if lag['p99'] is not None else float('nan'):.1f} ms (limit "
+                  f"{LAG_P99_LIMIT_MS:g} ms)")
+        if load_workers is not None:
+            figures["load_workers"] = dict(load_workers)
+            generator_ok = generator_ok and bool(load_workers["ok"])
+            detail += f"; {load_workers['detail']}"
+        checks["generator_kept_up"] = {"ok": generator_ok, "detail": detail}
         figures |= request_accounting(requests, sent_ids)
         matched = figures.pop("_requests_match")
         checks["requests_match_ledger"] = {"ok": matched[0], "detail": matched[1]}

@@ -50,7 +50,7 @@ import pandas as pd
 from backends import ledger
 from backends.base import BackendUnavailable
 from benchmarks import __version__, environment, faults, measure, serialization, store
-from benchmarks.brokers import SharedRedis, redact
+from benchmarks.brokers import SharedRedis, free_port, redact
 from benchmarks.matrix import Cell, Matrix
 from benchmarks.procs import PhaseClock
 from benchmarks.sampler import Sampler
@@ -79,6 +79,14 @@ LOCUST_STOP_TIMEOUT_S = int(GENERATOR_STOP_WAIT_S) + 5
 #: the service time of the short tasks the matrices send (10-50 ms) and as long as routing_mix's long
 #: tasks; a longer tail costs every load cell its length in wall time and measures nothing.
 LOCUST_TAIL_S = 1
+#: Distributed load (``load_workers`` > 1): seconds the Locust master waits for all its workers to connect
+#: (``--expect-workers-max-wait``) before it gives up and exits. A worker connects within 1-2 s of its
+#: start on 2 cores; 30 s leaves room for a loaded machine and bounds what a worker that never comes costs.
+LOCUST_WORKERS_MAX_WAIT_S = 30
+#: Where a distributed run's master listens: loopback only.
+LOCUST_MASTER_HOST = "127.0.0.1"
+#: Seconds the Locust workers get to exit on their own once their master has (it tells them to quit).
+LOCUST_WORKERS_EXIT_S = 5.0
 #: Seconds empty queues get to show it after the last task finished (see `CellRun._leftovers`).
 LEFTOVER_GRACE_S = 2.0
 #: The machine-wide measuring lock. `QUEUEBENCH_LOCK` moves it: the test suite points it at its own file,
@@ -129,13 +137,23 @@ def sent_tasks(spec: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [(spec["task"], dict(spec["args"]))]
 
 
-def locust_argv(spec: Mapping[str, Any], api_url: str, run_dir: Path) -> list[str]:
-    """Locust, headless, on the cell's scenario file with the cell's rate and task."""
+def load_workers(spec: Mapping[str, Any]) -> int:
+    """Locust worker processes the cell's load is split between (1: one Locust process, no master)."""
+    return int(spec.get("load_workers", 1))
+
+
+def locust_argv(spec: Mapping[str, Any], api_url: str, run_dir: Path, *,
+                master: tuple[str, int] | None = None) -> list[str]:
+    """Locust, headless, on the cell's scenario file with the cell's rate and task: the one process that
+    writes Locust's CSV/HTML/JSON. With `master` (host, port), a distributed run's master, bound there,
+    which waits at most `LOCUST_WORKERS_MAX_WAIT_S` for ``load_workers`` workers (`locust_worker_argv`),
+    runs one user on each, and keeps its roll call of them in ``locust_workers.json``."""
     # Arrivals go on a little past the measured window, so the window's end sees steady load too.
     run_time_s = max(1, math.ceil(spec["warmup_s"] + spec["duration_s"] + LOCUST_TAIL_S))
+    users = str(load_workers(spec)) if master is not None else "1"  # one user per Locust process
     argv = [str(Path(sys.executable).parent / "locust"), "-f", str(PROJECT_ROOT / "scenarios" /
                                                                        f"{spec['scenario']}.py"),
-            "--host", api_url, "--headless", "-u", "1", "-r", "1", "-t", f"{run_time_s}s",
+            "--host", api_url, "--headless", "-u", users, "-r", users, "-t", f"{run_time_s}s",
             "--stop-timeout", str(LOCUST_STOP_TIMEOUT_S), "--only-summary", "--loglevel", "WARNING",
             "--csv", str(run_dir / store.LOCUST_PREFIX), "--csv-full-history",
             "--html", str(run_dir / f"{store.LOCUST_PREFIX}.html"), "--json-file", str(run_dir / store.LOCUST_PREFIX),
@@ -147,17 +165,40 @@ def locust_argv(spec: Mapping[str, Any], api_url: str, run_dir: Path) -> list[st
         argv += ["--qb-mix", json.dumps(ROUTING_MIX)]
     if spec["scenario"] == "payload":
         argv += ["--qb-sizes", ",".join(str(s) for s in PAYLOAD_SIZES)]
+    if master is not None:
+        host, port = master
+        argv += ["--master", "--master-bind-host", host, "--master-bind-port", str(port),
+                 "--expect-workers", str(load_workers(spec)),
+                 "--expect-workers-max-wait", f"{LOCUST_WORKERS_MAX_WAIT_S:g}",
+                 "--qb-workers-file", str(run_dir / store.LOCUST_WORKERS_JSON)]
     return argv
 
 
-def generator_record() -> dict[str, Any]:
-    """run.json's ``generator``: how the open-loop generator treats a schedule it cannot keep."""
-    return {"policy": GENERATOR_POLICY, "max_in_flight": GENERATOR_MAX_IN_FLIGHT,
-            "stop_wait_s": GENERATOR_STOP_WAIT_S, "locust_processes": 1,
-            "meaning": "past max_in_flight requests awaiting answers in a Locust process, the next arrival "
-                       "waits and is sent late with its lag recorded (latency still counts from its schedule); "
-                       "at the end of the load phase, answers are awaited up to stop_wait_s and requests "
-                       "still unanswered are written as status -1 and looked up in the ledger by request id"}
+def locust_worker_argv(spec: Mapping[str, Any], master: tuple[str, int]) -> list[str]:
+    """One Locust worker of a distributed run, connecting to its master at `master` (host, port). It takes
+    every queuebench option (rate, task, raw log directory...) from the master when the test starts."""
+    host, port = master
+    return [str(Path(sys.executable).parent / "locust"), "-f",
+            str(PROJECT_ROOT / "scenarios" / f"{spec['scenario']}.py"),
+            "--worker", "--master-host", host, "--master-port", str(port), "--loglevel", "WARNING"]
+
+
+def generator_record(workers: int = 1) -> dict[str, Any]:
+    """run.json's ``generator``: how the open-loop generator treats a schedule it cannot keep, and how many
+    Locust processes send the load (`workers` > 1: that many workers under one master)."""
+    record = {"policy": GENERATOR_POLICY, "max_in_flight": GENERATOR_MAX_IN_FLIGHT,
+              "stop_wait_s": GENERATOR_STOP_WAIT_S, "locust_processes": 1 if workers == 1 else workers + 1,
+              "load_workers": workers,
+              "meaning": "past max_in_flight requests awaiting answers in a Locust process, the next arrival "
+                         "waits and is sent late with its lag recorded (latency still counts from its "
+                         "schedule); at the end of the load phase, answers are awaited up to stop_wait_s and "
+                         "requests still unanswered are written as status -1 and looked up in the ledger by "
+                         "request id"}
+    if workers > 1:
+        record["distributed"] = (f"a headless Locust master and {workers} workers (locust_processes counts the "
+                                 "master, which sends nothing); each worker sends rate / load_workers and keeps "
+                                 "its own max_in_flight; the master's count of POST /tasks is the workers' sum")
+    return record
 
 
 # --- waiting for a drain ---------------------------------------------------------------------------------
@@ -276,6 +317,9 @@ class CellRun:
             summary = self.record["summary"]
             failed = ", ".join(summary["failed_checks"])
             detail = f"failed checks: {failed}" if failed else ""
+            missing = summary["figures"].get("load_workers")
+            if missing is not None and not missing["ok"]:  # a Locust worker missing: say which
+                detail = "; ".join(filter(None, [detail, f"generator check: {missing['detail']}"]))
             if self.record.get("drain_ended_by", "all-finished") not in ("all-finished", faults.FAULT_DEADLINE):
                 detail += f"; {self._drain_detail()}"
             if self.faults is not None:  # faults: a broken contract is flagged, not a failed run
@@ -355,33 +399,40 @@ class CellRun:
         self._record_kinds()
         self.record["api"] = {"server": "gunicorn gthread", "workers": self.config.api_workers,
                               "threads": self.config.api_threads}
-        self.record["generator"] = generator_record()
+        workers = load_workers(spec)
+        self.record["generator"] = generator_record(workers)
         follower = ledger.Follower(stack.ledger_dir, stack.final_attempts())
         if self.faults is not None:
             self.faults.prepare(stack)
         with Sampler(stack.supervisor, self.run_dir, depths=stack.backend.queue_depths) as sampler:
-            argv = locust_argv(spec, stack.api_url, self.run_dir)
+            master = (LOCUST_MASTER_HOST, free_port()) if workers > 1 else None
+            argv = locust_argv(spec, stack.api_url, self.run_dir, master=master)
             self.log(f"Locust: {spec['rate']:g} tasks/s for {spec['warmup_s']:g} s warm-up + "
-                     f"{spec['duration_s']:g} s measured")
+                     f"{spec['duration_s']:g} s measured" + (f", {workers} Locust workers" if master else ""))
             locust_started, locust_started_ns = time.monotonic(), time.time_ns()
             locust = stack.supervisor.start("locust", argv, env=stack.base_env(), cwd=self.run_dir,
                                             log_path=stack.logs_dir / "locust.log")
+            load_procs = [locust] + self._start_load_workers(spec, master)
             if self.faults is not None:
                 self.faults.start()
             self._describe()
             limit_s = spec["warmup_s"] + spec["duration_s"] + LOCUST_STOP_TIMEOUT_S + 60
+            if master is not None:
+                limit_s += LOCUST_WORKERS_MAX_WAIT_S
             deadline = time.monotonic() + limit_s
             while locust.alive():
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"Locust still running after {limit_s:.0f} s")
                 for proc in list(stack.supervisor.procs):
-                    if proc is not locust and not proc.alive() and self.faults is None:
+                    # A Locust worker that exits early is the generator check's (the master's roll call).
+                    if proc not in load_procs and not proc.alive() and self.faults is None:
                         raise RuntimeError(f"{proc.name} exited during the run:\n{proc.log_tail()}")
                 time.sleep(0.2)
-            stack.supervisor.procs.remove(locust)
-            stack.supervisor.stop(locust, timeout_s=0)  # it has exited: this closes its log (and its session)
+            self._stop_load(load_procs)
             locust_s, locust_ended_ns = time.monotonic() - locust_started, time.time_ns()
             self.record["locust_exit_code"] = locust.popen.returncode
+            if master is not None:
+                self.record["generator"]["workers"] = self._load_workers_record(load_procs[1:])
             self.log("draining")
             with self.phases.phase("tail_drain"):
                 self._drain_wait(follower)
@@ -391,16 +442,54 @@ class CellRun:
             tasks = self._store_tasks()
             requests = store.read_requests(self.run_dir / store.REQUEST_LOGS_DIR)
             store.write_requests_table(self.run_dir, requests)
+            roll_call = None
+            if workers > 1:
+                roll_call = measure.load_workers_reported(store.read_locust_workers(self.run_dir), workers)
+                if not len(requests) and not roll_call["ok"]:
+                    raise RuntimeError(f"generator check failed, nothing was sent: {roll_call['detail']} "
+                                       f"(Locust master exit code {self.record['locust_exit_code']}; "
+                                       f"{stack.logs_dir / 'locust.log'})")
             window = measure.load_window(tasks, requests, spec["warmup_s"], spec["duration_s"])
             summary = measure.summarise(tasks, requests, window, slots=self.config.slots,
                                         offered_rate_per_s=float(spec["rate"]),
                                         arrival=spec.get("arrival", "constant"),
                                         locust_post_counts=store.locust_post_counts(self.run_dir),
-                                        queue_leftovers=leftovers, final_attempts=stack.final_attempts())
+                                        queue_leftovers=leftovers, final_attempts=stack.final_attempts(),
+                                        load_workers=roll_call)
             self._add_resources(summary)
             self._judge_fault(summary)
             self.record["summary"] = summary
         self._book_locust(locust_started, locust_s, locust_started_ns, locust_ended_ns, window)
+
+    def _start_load_workers(self, spec: Mapping[str, Any], master: tuple[str, int] | None) -> list[Any]:
+        """Start a distributed run's Locust workers on this machine (none for one Locust process), under
+        the supervisor like everything else."""
+        assert self.stack is not None
+        if master is None:
+            return []
+        stack = self.stack
+        return [stack.supervisor.start(f"locust-worker-{i}", locust_worker_argv(spec, master), env=stack.base_env(),
+                                       cwd=self.run_dir, log_path=stack.logs_dir / f"locust-worker-{i}.log")
+                for i in range(load_workers(spec))]
+
+    def _stop_load(self, procs: list[Any]) -> None:
+        """Once the Locust master (the first of `procs`) has exited: give its workers a moment to follow
+        (it told them to quit), stop any still running, and take them all off the supervisor's list (this
+        closes their logs)."""
+        assert self.stack is not None
+        supervisor = self.stack.supervisor
+        deadline = time.monotonic() + LOCUST_WORKERS_EXIT_S
+        while any(p.alive() for p in procs[1:]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for proc in procs:
+            supervisor.procs.remove(proc)
+        supervisor.stop_many(procs, timeout_s=2.0 if any(p.alive() for p in procs) else 0)
+
+    def _load_workers_record(self, procs: list[Any]) -> dict[str, Any]:
+        """run.json's ``generator.workers``: each local worker process's exit code beside the master's roll
+        call (``locust_workers.json``)."""
+        return {"processes": [{"name": p.name, "pid": p.pid, "exit_code": p.popen.returncode} for p in procs],
+                "roll_call": store.LOCUST_WORKERS_JSON}
 
     def _drain(self) -> None:
         spec, stack = self.spec, self.stack
@@ -637,7 +726,10 @@ def cell_seconds(cell: Cell) -> float:
     if spec["mode"] == "drain":  # seen on 2 cores: 2-12 s for 300 tasks, 1.5-22 s for 1500
         return 2 + spec["tasks"] / 150
     # seen: 8-12.5 s for 5-7 s of load. analysis/cover.py's CELL_OVERHEAD_S counts the same 3 + tail.
-    return 3 + LOCUST_TAIL_S + spec["warmup_s"] + spec["duration_s"]
+    # Several Locust workers, seen on 2 cores: about 3 s more per cell (the master looks for its workers
+    # once a second while they boot, and sleeps 0.5 s twice for their last reports as it quits).
+    distributed_s = 3 if load_workers(spec) > 1 else 0
+    return 3 + LOCUST_TAIL_S + spec["warmup_s"] + spec["duration_s"] + distributed_s
 
 
 @dataclass

@@ -37,6 +37,8 @@ def component_of(name: str) -> str:
         return "result_store"
     if name in ("api", "locust"):
         return name
+    if name.startswith("locust-"):  # a distributed run's Locust workers, beside their master
+        return "locust"
     return "workers"
 
 

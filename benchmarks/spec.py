@@ -159,6 +159,12 @@ KEYS: dict[str, Key] = {k.name: k for k in (
          else "a number > 0", values_text="number > 0"),
     _key("arrival", "workload", str, "constant", "open-loop arrival process", choices=ARRIVALS,
          modes=("load",)),
+    # Absent from a spec at its default (1), like the fault keys, so cells and run ids of matrices that do
+    # not name it are what they were before it existed.
+    _key("load_workers", "workload", int, 1, "Locust processes sending the load: 1 runs Locust alone; N > 1 "
+         "runs a headless master (loopback only) and N worker processes, each sending rate / N on its own "
+         "share of the schedule (so the offered rate is their sum); every worker must report its end, else "
+         "the generator check fails", low=1, high=64, modes=("load",)),
     _key("tasks", "workload", int, 1000, "tasks preloaded before the workers start", low=1, high=10_000_000,
          modes=("drain",)),
     _key("warmup_s", "workload", float, 2, "warm-up, discarded, seconds", low=0, modes=("load",)),
@@ -203,6 +209,10 @@ KEYS: dict[str, Key] = {k.name: k for k in (
          high=3600),
 )}
 
+#: Keys left out of a spec at their default, so run ids of specs that do not name them stay as they were:
+#: where such a key is absent, its value is the default.
+ABSENT_AT_DEFAULT: tuple[str, ...] = ("fault", "load_workers")
+
 #: How often each cell runs (one integer at the top of a matrix file; not part of a cell's spec).
 REPEATS = Knob(int, 1, "each cell runs this many times (separate run ids, interleaved)", low=1, high=100)
 
@@ -239,6 +249,8 @@ def applies(key: str, spec: dict[str, Any]) -> bool:
     mode = spec.get("mode", "load")
     if mode not in declared.modes:
         return False
+    if key == "load_workers":  # absent at its default: see the declaration
+        return spec.get("load_workers", KEYS["load_workers"].default) != KEYS["load_workers"].default
     return not (key in ("task", "args") and mode == "load" and spec.get("scenario") in MIXED_SCENARIOS)
 
 

@@ -12,6 +12,8 @@ what each file holds):
         requests.parquet          load mode: one row per HTTP request (`write_requests_table`, ...)
         requests/*.csv            the scenario's raw request logs, one per Locust process (`read_requests`)
         locust*                   Locust's own CSV, HTML and JSON output (`locust_post_counts` reads it)
+        locust_workers.json       load_workers > 1: the Locust master's roll call of its workers
+                                  (`read_locust_workers`)
         resources.csv             the sampler's CPU and memory rows (`read_resources`)
         queue_depths.csv          the sampler's queue depths
         ledger/ logs/             the stack's raw ledger and process logs (`benchmarks.stack` names them)
@@ -51,6 +53,8 @@ from benchmarks import measure
 #:       run.json's brokers records each broker's topology (single | sentinel | cluster), persistence,
 #:       queue type (RabbitMQ), role, eviction policy and rtt_ms (the fastest of a few round trips from the
 #:       coordinator, rtt_from); the spec's queue_type (present only when not classic).
+#:       Distributed load (the spec's load_workers > 1): locust_workers.json, run.json's generator
+#:       load_workers and workers, and the figure load_workers (the roll call's verdict).
 RESULT_SCHEMA_VERSION = 1
 #: Version of a search record (``searches/<search_id>.json``). Changes:
 #:   1 - first version: config, slo, factor, steps, knee_rate_per_s, first_unsustained_rate_per_s,
@@ -74,6 +78,8 @@ REQUESTS_TABLE = "requests.parquet"
 REQUEST_LOGS_DIR = "requests"
 #: Prefix of Locust's own output files (``locust_stats.csv``..., ``locust.html``, ``locust.json``).
 LOCUST_PREFIX = "locust"
+#: A distributed run's roll call of Locust workers, kept by its master (scenarios/openloop.py's RollCall).
+LOCUST_WORKERS_JSON = "locust_workers.json"
 RESOURCES_CSV = "resources.csv"
 QUEUE_DEPTHS_CSV = "queue_depths.csv"
 SUMMARY_CSV = "summary.csv"
@@ -178,14 +184,20 @@ def read_requests_table(run_dir: Path) -> pd.DataFrame | None:
 def read_requests(directory: Path) -> pd.DataFrame:
     """The scenario's raw request rows (one CSV per Locust process) as one frame, ns as int64. Status -1: the
     request was unanswered when the load phase ended (`scenarios/inflight.py`); request_id is its
-    ``X-Request-Id`` (absent in runs made before it existed)."""
+    ``X-Request-Id`` (absent in runs made before it existed).
+
+    A Locust process killed before its buffered log was written leaves an empty file, or a last line cut
+    short: those hold no complete row and are skipped (its requests then lack raw rows, which the
+    ledger check reports)."""
+    numbers = ("scheduled_ns", "sent_ns", "done_ns", "status")
     frames = [pd.read_csv(p, dtype={"task_id": "string", "task": "string", "request_id": "string"})
-              for p in sorted(directory.glob("*.csv"))]
+              for p in sorted(directory.glob("*.csv")) if p.stat().st_size]
+    frames = [f.dropna(subset=[c for c in numbers if c in f]) for f in frames if len(f)]
     frames = [f for f in frames if len(f)]
     if not frames:
-        return pd.DataFrame({c: pd.Series(dtype="int64") for c in ("scheduled_ns", "sent_ns", "done_ns", "status")})
+        return pd.DataFrame({c: pd.Series(dtype="int64") for c in numbers})
     frame = pd.concat(frames, ignore_index=True)
-    for column in ("scheduled_ns", "sent_ns", "done_ns", "status"):
+    for column in numbers:
         frame[column] = frame[column].astype("int64")
     return frame.sort_values("scheduled_ns").reset_index(drop=True)
 
@@ -198,6 +210,16 @@ def locust_post_counts(run_dir: Path) -> tuple[int, int] | None:
     entries = [e for e in json.loads(path.read_text()) if e.get("name") == "POST /tasks"]
     return (sum(int(e.get("num_requests", 0)) for e in entries),
             sum(int(e.get("num_failures", 0)) for e in entries))
+
+
+def read_locust_workers(run_dir: Path) -> dict[str, Any] | None:
+    """The Locust master's roll call of its workers (``locust_workers.json``: expected, max_wait_s, and per
+    client id its worker index, whether it reported the end of its load and the raw rows it wrote), or
+    None when the run has none (one Locust process, or a master that never started)."""
+    try:
+        return json.loads((Path(run_dir) / LOCUST_WORKERS_JSON).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def read_resources(run_dir: Path) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from pathlib import Path
 import backends
 
 ROOT = Path(__file__).resolve().parent.parent
-FIRST_PARTY = {"api", "backends", "benchmarks", "scenarios", "openloop", "mix", "inflight", "tests",
+FIRST_PARTY = {"api", "backends", "benchmarks", "scenarios", "openloop", "mix", "inflight", "share", "tests",
                # modules benchmarks/crosscheck_drain.py writes next to itself at run time
                "x_celery", "x_rq", "x_dramatiq"}
 SOURCE_DIRS = ("api", "backends", "benchmarks", "scenarios")
