@@ -30,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 LEDGER_ENV = "QUEUEBENCH_LEDGER_DIR"
+#: The host name rows carry, when set (a deployment names each process's inventory host, so rows written by
+#: several hosts sharing one machine still say which host wrote them); else the machine's host name.
+HOST_ENV = "QUEUEBENCH_HOST"
 LEDGER_SCHEMA_VERSION = 1
 INT_COLUMNS = ("attempt", "t_ns", "scheduled_ns", "sent_ns", "enqueued_ns", "pid")
 #: One encoder for every row: `json.dumps` with separators builds a new encoder per call, which the API
@@ -44,7 +47,7 @@ class _Writer:
         self._fd: int | None = None
         self._pid: int | None = None
         self._dir: str | None = None
-        self.host = socket.gethostname()
+        self.host = os.environ.get(HOST_ENV) or socket.gethostname()
 
     def _ensure(self) -> int | None:
         directory = os.environ.get(LEDGER_ENV)

@@ -28,6 +28,10 @@ from benchmarks import matrix as matrix_mod
 from benchmarks import overhead as oh
 from benchmarks import search as search_mod
 from benchmarks import spec as spec_mod
+from benchmarks.deploy import cell as hosts_cell
+from benchmarks.deploy.inventory import InventoryError
+from benchmarks.deploy.inventory import load as load_inventory
+from benchmarks.deploy.plan import PlanError
 from benchmarks.progress import SweepProgress, table_console
 from benchmarks.smoke import KINDS, smoke_one
 from benchmarks.stack import Stack, StackConfig, validate
@@ -329,20 +333,30 @@ def _load_matrix(matrix_file: Path, repeats: int | None, only: tuple[str, ...]) 
               show_default=True, help="Where run directories (<out>/<run_id>/) and summary.csv go.")
 @_sweep_options("cells")
 @click.option("--dry-run", is_flag=True, help="List the cells (and which are done or skipped); start nothing.")
+@click.option("--inventory", "inventory_file", type=click.Path(dir_okay=False, path_type=Path), metavar="HOSTS.ini",
+              help="Run each cell on the hosts of this Ansible inventory (roles loadgen, api, workers, broker; "
+                   "needs the `hosts` extra): queuebench installs itself there, starts and stops everything "
+                   "through Ansible and collects every host's ledger. Run ids end in -on-<inventory name>.")
 def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeats: int | None,
-        amqp_url: str | None, dry_run: bool) -> None:
+        amqp_url: str | None, dry_run: bool, inventory_file: Path | None) -> None:
     """Measure every cell of a matrix file with Locust through the API, one cell at a time.
 
     Each cell's raw records and verdict go to OUT/<run_id>/ (run.json, tasks.parquet, ...) and every
     run is listed in OUT/summary.csv. Cells already done are skipped, so an interrupted sweep resumes.
     One private Redis serves every Redis cell of the sweep, emptied (FLUSHALL) before each. OUT/sweep.json
     says where the sweep's wall time went; the share spent in measured windows is printed at the end.
-    Exits 1 if any cell failed or errored, 130 on Ctrl-C (completed cells are kept), 2 on a bad matrix.
+    With --inventory, each cell runs on the inventory's hosts instead (load mode on Redis), each host's
+    ledger is collected into OUT/<run_id>/hosts/<host>/ with its manifest, and run.json records every
+    host's clock offset. Exits 1 if any cell failed or errored, 130 on Ctrl-C (completed cells are kept),
+    2 on a bad matrix or inventory.
     """
 
 
     matrix = _load_matrix(matrix_file, repeats, only)
     console = Console(stderr=True)
+    if inventory_file is not None:
+        _run_on_inventory(matrix, inventory_file, out, force, dry_run, console)
+        return
     todo, done = runner.plan(matrix, out, force=force)
     if dry_run:
         for cell in matrix.cells:
@@ -357,6 +371,45 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
     since = _now()
     with _sweep_exits(progress, console, f"completed cells are kept in {out}"):
         results = runner.run_matrix(matrix, out, force=force, amqp_url=amqp_url, progress=progress)
+    _end_run(console, results, out, since)
+
+
+def _run_on_inventory(matrix: Any, inventory_file: Path, out: Path, force: bool, dry_run: bool, console: Any) -> None:
+    """`run --inventory`: check the inventory and every cell before anything starts (exit 2), then run."""
+    try:
+        inventory = load_inventory(inventory_file)
+        hosts_cell.check(matrix, inventory)
+    except (InventoryError, PlanError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    roles = ", ".join(f"{role}: {' '.join(names)}" for role, names in inventory.roles.items())
+    if dry_run:
+        for cell in matrix.cells:
+            run_id = hosts_cell.run_id(cell, inventory)
+            state = ("skip: " + cell.skip_reason if cell.skip_reason
+                     else "done" if store.is_done(out / run_id) and not force else "to run")
+            click.echo(f"{run_id}\t{state}")
+        console.print(f"{len(matrix.cells)} cells on {len(inventory.hosts)} host(s) ({roles})")
+        return
+    console.print(f"queuebench run {matrix.name} on {inventory_file} ({roles}): {len(matrix.cells)} cell(s), "
+                  f"results in {out}")
+    progress = SweepProgress(console)
+    since = _now()
+    with _sweep_exits(progress, console, f"completed cells are kept in {out}"):
+        results = hosts_cell.run_matrix(matrix, inventory, out, force=force, progress=progress)
+    for result in results:
+        if result.run_dir is not None and (record := store.read_run(result.run_dir)) and record.get("clocks"):
+            hosts = record["clocks"].get("hosts", {})
+            console.print(f"{result.run_id}: {result.status}; " + "; ".join(
+                f"{name} offset {c['start']['offset_ns'] / 1e6:+.3f} ms +- {c['start']['uncertainty_ns'] / 1e6:.3f} ms"
+                + (f", drift {c['drift_ppm']:+.1f} ppm" if c.get("drift_ppm") is not None else "")
+                for name, c in hosts.items())
+                + (f"; executions by host {record['summary']['figures'].get('executions_by_host')}"
+                   if record.get("summary") else ""))
+    _end_run(console, results, out, since)
+
+
+def _end_run(console: Any, results: list[Any], out: Path, since: str) -> None:
+    """The sweep's statuses, where its results are, the measured share; exit 1 if a cell failed or errored."""
     counts: dict[str, int] = {}
     for result in results:
         counts[result.status] = counts.get(result.status, 0) + 1
