@@ -28,6 +28,7 @@ import datetime as dt
 import json
 import secrets
 import shutil
+import tarfile
 import tempfile
 import time
 import urllib.request
@@ -270,8 +271,14 @@ class HostsCellRun:
             with contextlib.suppress(Exception):
                 self.backend.close()
         self.log("stopping the hosts' services; collecting ledgers and logs")
+        collected = self.run_dir / HOSTS_DIR
         with self.phases.phase("hosts_stop_collect"):
-            self._playbook("stop", qb_collect=str(self.run_dir / HOSTS_DIR))
+            self._playbook("stop", qb_collect=str(collected))
+            for name in self.inventory.hosts:
+                archive = collected / f"{name}.tar.gz"
+                with tarfile.open(archive) as tar:
+                    tar.extractall(collected / name, filter="data")
+                archive.unlink()
 
     def _judge(self) -> str:
         """Manifests, clock correction, tables and figures; returns the run's detail line."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tarfile
 import tempfile
 from collections.abc import Mapping
@@ -64,11 +63,12 @@ def run_playbook(name: str, inventory: Inventory, variables: Mapping[str, Any], 
 
     private = Path(tempfile.mkdtemp(prefix="queuebench-ansible-"))
     env = {k: v for k, v in ansible_env().items() if k.startswith("ANSIBLE_")}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    # ansible-runner starts `ansible-playbook` from PATH: the one beside this interpreter (the virtualenv's) first.
+    env["PATH"] = os.pathsep.join([str(Path(ansible_tool("ansible-playbook")).parent), os.environ.get("PATH", "")])
     try:
         runner = ansible_runner.run(private_data_dir=str(private), playbook=str(PLAYBOOKS / f"{name}.yml"),
                                     inventory=str(inventory.path), extravars=dict(variables), envvars=env,
-                                    binary=ansible_tool("ansible-playbook"), quiet=True, timeout=timeout_s)
+                                    quiet=True, timeout=timeout_s)
         result = PlaybookResult(name, str(runner.status), int(runner.rc if runner.rc is not None else -1))
         for event in runner.events:
             kind = event.get("event", "")

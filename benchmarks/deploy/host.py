@@ -6,7 +6,10 @@
   left after the grace. A pidfile whose process has gone is skipped.
 - ``progress LEDGER_DIR``: the ledger's sent and successfully finished task ids (probes left out) as JSON on
   stdout, so the coordinator can tell when every task sent has finished across hosts.
-- ``manifest RUN_DIR OUT``: the manifest of the host's ledger and request logs (`benchmarks.deploy.manifest`).
+- ``collect RUN_DIR ARCHIVE [--stop PIDFILE]``: stop the broker first if named (so the broker stops last
+  of all, after every host's other services), then write the manifest of the host's ledger and request logs
+  (`benchmarks.deploy.manifest`), then pack what the coordinator collects into one archive for Ansible's
+  fetch (one transfer per host instead of one per file).
 
 Imports nothing but the standard library, psutil and queuebench's own ledger and manifest modules.
 """
@@ -18,6 +21,7 @@ import json
 import os
 import signal
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -27,6 +31,9 @@ import psutil
 from backends import ledger
 from benchmarks.deploy import manifest as manifest_mod
 
+#: What `collect` packs from a host's run directory (names, and prefixes of Locust's own output files).
+COLLECTED = ("ledger", "requests", "logs", "manifest.json")
+COLLECTED_PREFIXES = ("locust",)
 #: A daemon's process starts just before start-stop-daemon writes its pidfile; a process with that pid created
 #: more than this many seconds before (or after) the pidfile is another process that reused the pid.
 PID_REUSE_SLACK_S = 10.0
@@ -62,12 +69,9 @@ def _members(pid: int) -> list[psutil.Process]:
     return list(found.values())
 
 
-@main.command()
-@click.argument("pidfiles", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--grace-s", type=float, default=10.0, show_default=True,
-              help="Seconds the daemons get after SIGTERM before SIGKILL.")
-def stop(pidfiles: tuple[Path, ...], grace_s: float) -> None:
-    """Stop the daemons named by PIDFILES, whole sessions; print what was stopped as JSON."""
+def stop_daemons(pidfiles: tuple[Path, ...], grace_s: float) -> dict[str, object]:
+    """Stop the daemons named by `pidfiles`, whole sessions: SIGTERM to each at once, SIGKILL to whatever of
+    their sessions and descendants is left after `grace_s`. Returns what was stopped."""
     roots, members = [], []
     for path in pidfiles:
         try:
@@ -90,9 +94,18 @@ def stop(pidfiles: tuple[Path, ...], grace_s: float) -> None:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     _, still = psutil.wait_procs(alive, timeout=5)
-    print(json.dumps({"stopped": [name for name, _ in roots], "killed": len(alive), "left": len(still)}))
     if still:
         sys.exit(f"processes still running after SIGKILL: {[p.pid for p in still]}")
+    return {"stopped": [name for name, _ in roots], "killed": len(alive)}
+
+
+@main.command()
+@click.argument("pidfiles", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--grace-s", type=float, default=10.0, show_default=True,
+              help="Seconds the daemons get after SIGTERM before SIGKILL.")
+def stop(pidfiles: tuple[Path, ...], grace_s: float) -> None:
+    """Stop the daemons named by PIDFILES, whole sessions; print what was stopped as JSON."""
+    print(json.dumps(stop_daemons(pidfiles, grace_s)))
 
 
 @main.command()
@@ -108,11 +121,23 @@ def progress(ledger_dir: Path) -> None:
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-def manifest(run_dir: Path, out: Path) -> None:
-    """Write the manifest of RUN_DIR's ledger files and request logs to OUT."""
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--stop", "pidfiles", multiple=True, type=click.Path(path_type=Path),
+              help="Stop this daemon first, whole session (repeatable): the broker, stopped last of all.")
+@click.option("--grace-s", type=float, default=10.0, show_default=True,
+              help="Seconds those daemons get after SIGTERM before SIGKILL.")
+def collect(run_dir: Path, archive: Path, pidfiles: tuple[Path, ...], grace_s: float) -> None:
+    """Write RUN_DIR's manifest (its ledger files and request logs), then pack everything the coordinator
+    collects (ledger, request logs, Locust's output, logs, the manifest) into ARCHIVE, one file for Ansible
+    to fetch."""
+    if pidfiles:
+        stop_daemons(pidfiles, grace_s)
     record = manifest_mod.build(run_dir)
-    manifest_mod.write(out, record)
+    manifest_mod.write(run_dir / manifest_mod.MANIFEST_JSON, record)
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(run_dir.iterdir()):
+            if path.name in COLLECTED or path.name.startswith(COLLECTED_PREFIXES):
+                tar.add(path, arcname=path.name)
     print(json.dumps({"files": len(record["files"]), "rows": sum(f["rows"] for f in record["files"].values())}))
 
 

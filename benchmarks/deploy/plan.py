@@ -167,9 +167,10 @@ def build(spec: Mapping[str, Any], inventory: Inventory, run_id: str, id_key: st
                 "progress": [*helper, "progress", f"{run_dir}/ledger"],
                 "stop_services": [*helper, "stop", *[s["pidfile"] for s in services if s["stage"] != "broker"],
                                   "--grace-s", f"{STOP_GRACE_S:g}"],
-                "stop_broker": ([*helper, "stop", *[s["pidfile"] for s in services if s["stage"] == "broker"],
-                                 "--grace-s", f"{BROKER_STOP_GRACE_S:g}"] if "broker" in host.roles else None),
-                "manifest": [*helper, "manifest", run_dir, f"{run_dir}/manifest.json"],
+                "collect": [*helper, "collect", run_dir, f"{host.root}/runs/{run_id}.tar.gz",
+                            *[arg for s in services if s["stage"] == "broker" for arg in ("--stop", s["pidfile"])],
+                            "--grace-s", f"{BROKER_STOP_GRACE_S:g}"],
+                "archive": f"{host.root}/runs/{run_id}.tar.gz",
             }
             if "loadgen" in host.roles:
                 argv = runner.locust_argv(spec, api_url(inventory), Path(run_dir))
