@@ -45,7 +45,7 @@ from benchmarks.deploy import driver, manifest
 from benchmarks.deploy import plan as plan_mod
 from benchmarks.deploy.inventory import Inventory
 from benchmarks.matrix import Cell, Matrix
-from benchmarks.procs import PhaseClock
+from benchmarks.procs import PhaseClock, wait_until
 from benchmarks.runner import CellResult, Interrupted, sent_tasks
 from benchmarks.store import RESULT_SCHEMA_VERSION
 
@@ -187,18 +187,16 @@ class HostsCellRun:
 
     def _wait_healthy(self) -> None:
         url = f"{plan_mod.api_url(self.inventory)}/healthz"
-        deadline = time.monotonic() + HEALTHY_TIMEOUT_S
-        while True:
+
+        def healthy() -> bool:
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return
+                    return response.status == 200
             except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the API at {url} did not answer within {HEALTHY_TIMEOUT_S:.0f} s; see "
-                                   f"{HOSTS_DIR}/{self.inventory.one('api').name}/logs/api.log")
-            time.sleep(POLL_S)
+                return False
+
+        wait_until(healthy, timeout_s=HEALTHY_TIMEOUT_S, interval_s=POLL_S,
+                   what=f"the API at {url} (its log: {HOSTS_DIR}/{self.inventory.one('api').name}/logs/api.log)")
 
     def _round_trip(self) -> None:
         """One probe per task kind the cell sends, on every queue, enqueued from here; wait until each has
@@ -207,19 +205,15 @@ class HostsCellRun:
         backend = self.backend
         ids = [dispatch.submit(backend, task, args, queue=queue, probe=True).id
                for queue in backend.settings.queues for task, args in sent_tasks(self.spec)]
-        deadline = time.monotonic() + PROBE_TIMEOUT_S
-        while True:
+
+        def done() -> bool:
             if self.spec["results"]:
-                states = [backend.status(i) for i in ids]
-                done = all(s is not None and s.status == "success" for s in states)
-            else:
-                done = not any(backend.queue_depths().values())
-            if done:
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"a probe task did not round-trip through {', '.join(backend.settings.queues)} "
-                                   f"within {PROBE_TIMEOUT_S:.0f} s; see the workers' logs under {HOSTS_DIR}/")
-            time.sleep(POLL_S)
+                return all((s := backend.status(i)) is not None and s.status == "success" for i in ids)
+            return not any(backend.queue_depths().values())
+
+        wait_until(done, timeout_s=PROBE_TIMEOUT_S, interval_s=POLL_S,
+                   what=f"a probe task to round-trip through {', '.join(backend.settings.queues)} (the workers' "
+                        f"logs: {HOSTS_DIR}/<host>/logs/)")
 
     @staticmethod
     def _progress(result: driver.PlaybookResult) -> dict[str, Any]:
