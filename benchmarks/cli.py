@@ -367,11 +367,18 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
         return
     console.print(f"queuebench run {matrix.name}: {len(matrix.cells)} cell(s), {len(todo)} to run, "
                   f"results in {out}")
-    progress = SweepProgress(console)
     since = _now()
-    with _sweep_exits(progress, console, f"completed cells are kept in {out}"):
-        results = runner.run_matrix(matrix, out, force=force, amqp_url=amqp_url, progress=progress)
+    results = _sweep(console, out, lambda progress: runner.run_matrix(matrix, out, force=force, amqp_url=amqp_url,
+                                                                      progress=progress))
     _end_run(console, results, out, since)
+
+
+def _sweep(console: Any, out: Path, run_cells: Any) -> list[Any]:
+    """`run_cells(progress)` under the progress display, with `run`'s exits (130 on Ctrl-C, 1 when the measuring
+    lock is taken)."""
+    progress = SweepProgress(console)
+    with _sweep_exits(progress, console, f"completed cells are kept in {out}"):
+        return run_cells(progress)
 
 
 def _run_on_inventory(matrix: Any, inventory_file: Path, out: Path, force: bool, dry_run: bool, console: Any) -> None:
@@ -392,10 +399,9 @@ def _run_on_inventory(matrix: Any, inventory_file: Path, out: Path, force: bool,
         return
     console.print(f"queuebench run {matrix.name} on {inventory_file} ({roles}): {len(matrix.cells)} cell(s), "
                   f"results in {out}")
-    progress = SweepProgress(console)
     since = _now()
-    with _sweep_exits(progress, console, f"completed cells are kept in {out}"):
-        results = hosts_cell.run_matrix(matrix, inventory, out, force=force, progress=progress)
+    results = _sweep(console, out, lambda progress: hosts_cell.run_matrix(matrix, inventory, out, force=force,
+                                                                          progress=progress))
     for result in results:
         if result.run_dir is not None and (record := store.read_run(result.run_dir)) and record.get("clocks"):
             hosts = record["clocks"].get("hosts", {})

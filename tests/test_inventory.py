@@ -15,10 +15,11 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
+from benchmarks import spec as spec_mod
 from benchmarks import store
 from benchmarks.cli import cli
 from benchmarks.deploy import inventory as inv
-from benchmarks.deploy import manifest
+from benchmarks.deploy import manifest, plan
 from benchmarks.deploy.plan import PlanError, check_spec, split_processes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,6 +117,32 @@ def test_worker_processes_are_split_evenly_between_the_workers_hosts():
         for hosts in range(1, total + 1):
             shares = split_processes(total, hosts)
             assert sum(shares) == total and max(shares) - min(shares) <= 1
+
+
+def test_each_host_runs_its_roles_with_its_own_interpreter_address_and_directory_and_the_workers_are_split():
+    hostvars, groups = two_hosts(host1={"qb_python": "/opt/h1/bin/python"})
+    hostvars["host3"] = {"ansible_connection": "local", "qb_address": "127.0.0.1", "qb_root": "/tmp/qb-test/h3",
+                         "qb_clock_port": 8125}
+    groups["workers"] = ["host2", "host3"]
+    inventory = parse(hostvars, groups)
+    spec = spec_mod.defaults("system") | spec_mod.defaults("workload") | {
+        "backend": "rq", "processes": 3, "options": {}, "args": {}}
+    the_plan = plan.build(spec, inventory, "run-1", "k" * 32)
+    services = {name: {s["name"]: s for s in entry["services"]} for name, entry in the_plan.hosts.items()}
+    assert set(services["host1"]) == {"redis", "clock", "api"}
+    api = services["host1"]["api"]
+    assert api["argv"][0] == "/opt/h1/bin/python" and "127.0.0.1:8000" in api["argv"]
+    assert api["env"]["PYTHONPATH"] == "/tmp/qb-test/h1/queuebench"
+    assert api["env"]["QUEUEBENCH_LEDGER_DIR"] == "/tmp/qb-test/h1/runs/run-1/ledger"
+    workers = {host: [s for s in services[host].values() if s["name"].startswith("rq")] for host in ("host2", "host3")}
+    counts = {host: int(w[0]["argv"][w[0]["argv"].index("-n") + 1]) for host, w in workers.items()}
+    assert sum(counts.values()) == spec["processes"] and set(counts.values()) == {1, 2}
+    roots = {"host2": "/tmp/qb-test/h2", "host3": "/tmp/qb-test/h3"}
+    for host, (worker,) in workers.items():
+        assert worker["argv"][0] == f"{roots[host]}/venv/bin/rq"  # the install playbook's virtualenv
+        assert worker["env"]["QUEUEBENCH_HOST"] == host
+        assert "redis://127.0.0.1:6390/0" in worker["argv"]  # the broker host's address and port
+    assert the_plan.hosts["host1"]["load"]["argv"][0] == "/opt/h1/bin/locust"
 
 
 def test_the_example_inventory_is_read_by_ansible_itself():
