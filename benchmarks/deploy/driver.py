@@ -47,6 +47,10 @@ class PlaybookResult:
 
 
 def _reason(res: Mapping[str, Any]) -> str:
+    """Why a task failed, in Ansible's words (a looped task: each failed item's)."""
+    failed_items = [item for item in res.get("results", []) if isinstance(item, Mapping) and item.get("failed")]
+    if failed_items:
+        return "; ".join(_reason(item) for item in failed_items)
     parts = [str(res.get("msg") or "")]
     for key in ("stderr", "stdout"):
         text = str(res.get(key) or "").strip()
