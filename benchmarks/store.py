@@ -44,6 +44,8 @@ from benchmarks import measure
 #:       run.json's generator (overload policy, max_in_flight, stop_wait_s, processes) and the figures
 #:       unanswered_at_stop, unanswered_accepted, not_202_accepted; request_id in tasks.parquet and
 #:       requests.parquet, and status -1 (unanswered at stop) in requests.parquet.
+#:       Runs on an inventory (`benchmarks.deploy`): run.json's deployment, clocks and queue_leftovers (and
+#:       stop_error), the figure executions_by_host, and the run directory's hosts/<host>/ (collected files).
 RESULT_SCHEMA_VERSION = 1
 #: Version of a search record (``searches/<search_id>.json``). Changes:
 #:   1 - first version: config, slo, factor, steps, knee_rate_per_s, first_unsustained_rate_per_s,
