@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -246,18 +247,26 @@ def loopback_alias_binds(address: str) -> bool:
 
 
 @pytest.fixture
-def need_loopback_aliases() -> None:
-    if all(loopback_alias_binds(a) for a in ("127.0.0.2", "127.0.0.3")):
+def need_two_local_hosts() -> None:
+    """Two hosts on this machine need loopback aliases and start-stop-daemon (Debian's daemonizer): skip on a
+    laptop without them, fail in CI (as tests/conftest.py does for brokers)."""
+    problems = []
+    if not all(loopback_alias_binds(a) for a in ("127.0.0.2", "127.0.0.3")):
+        problems.append("127.0.0.2 and 127.0.0.3 cannot be bound here (Linux routes all of 127/8 to lo; this "
+                        "system does not)")
+    if not shutil.which("start-stop-daemon"):
+        problems.append("start-stop-daemon is not installed (Debian and Ubuntu have it in dpkg)")
+    if not problems:
         return
-    message = "127.0.0.2 and 127.0.0.3 cannot be bound here (Linux routes all of 127/8 to lo; this system does not)"
+    message = "; ".join(problems)
     if os.environ.get("CI"):
-        pytest.fail(message)
+        pytest.fail(f"{message} (CI is set, so this is a failure, not a skip)")
     pytest.skip(message)
 
 
 @pytest.mark.service
 def test_workers_on_a_second_host_drain_tasks_enqueued_through_the_api_on_the_first_exactly_once(
-        tmp_path, need_redis, need_loopback_aliases):
+        tmp_path, need_redis, need_two_local_hosts):
     roots = {"host1": tmp_path / "h1", "host2": tmp_path / "h2"}
     inventory_file = tmp_path / "hosts.ini"
     inventory_file.write_text(f"""
