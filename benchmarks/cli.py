@@ -403,15 +403,34 @@ def _run_on_inventory(matrix: Any, inventory_file: Path, out: Path, force: bool,
     results = _sweep(console, out, lambda progress: hosts_cell.run_matrix(matrix, inventory, out, force=force,
                                                                           progress=progress))
     for result in results:
-        if result.run_dir is not None and (record := store.read_run(result.run_dir)) and record.get("clocks"):
-            hosts = record["clocks"].get("hosts", {})
-            console.print(f"{result.run_id}: {result.status}; " + "; ".join(
-                f"{name} offset {c['start']['offset_ns'] / 1e6:+.3f} ms +- {c['start']['uncertainty_ns'] / 1e6:.3f} ms"
-                + (f", drift {c['drift_ppm']:+.1f} ppm" if c.get("drift_ppm") is not None else "")
-                for name, c in hosts.items())
-                + (f"; executions by host {record['summary']['figures'].get('executions_by_host')}"
-                   if record.get("summary") else ""))
+        record = store.read_run(result.run_dir) if result.run_dir is not None else None
+        if record is not None and record.get("clocks"):
+            console.print(_hosts_lines(record))
     _end_run(console, results, out, since)
+
+
+def _hosts_lines(record: dict[str, Any]) -> str:
+    """What an inventory run shows: per host its clock and its collected ledger, and exactly-once across hosts."""
+    lines = [f"{record['run_id']}: {record['status']}"]
+    manifests = record.get("deployment", {}).get("manifests", {})
+    for name, c in record["clocks"].get("hosts", {}).items():
+        clock = f"offset {c['start']['offset_ns'] / 1e6:+.3f} ms +- {c['start']['uncertainty_ns'] / 1e6:.3f} ms"
+        if c.get("drift_ppm") is not None:
+            clock += f", drift {c['drift_ppm']:+.1f} ppm"
+        files = manifests.get(name)
+        ledger = (f"; ledger {files['ledger_rows']} rows in {files['ledger_files']} file(s)"
+                  + (f", {files['request_rows']} request rows" if files["request_logs"] else "")
+                  + ", as its manifest says") if files else ""
+        lines.append(f"  {name}: clock {clock}{ledger}")
+    summary = record.get("summary")
+    if summary:
+        figures, checks = summary["figures"], summary["checks"]
+        once = all(checks[k]["ok"] for k in ("all_finished", "no_duplicates", "nothing_unsent_ran"))
+        lines.append(f"  tasks: {figures['sent']} sent through the API, executions by host "
+                     f"{figures.get('executions_by_host')}; exactly once across hosts: {'yes' if once else 'NO'}")
+    if record.get("detail"):
+        lines.append(f"  {record['detail']}")
+    return "\n".join(lines)
 
 
 def _end_run(console: Any, results: list[Any], out: Path, since: str) -> None:

@@ -330,6 +330,8 @@ worker_class = "SimpleWorker"
     assert set(ok["worker_host"]) == {"host2"}
     assert record["summary"]["checks"]["no_duplicates"]["ok"] and record["summary"]["checks"]["all_finished"]["ok"]
     assert record["summary"]["figures"]["executions_by_host"] == {"host2": len(sent)}
+    shown = " ".join(done.stderr.split())  # what the command printed, its line wrapping undone
+    assert "exactly once across hosts: yes" in shown and "host2: clock offset" in shown
 
     # Nothing started on the hosts is left running.
     left = []

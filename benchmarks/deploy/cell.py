@@ -289,9 +289,7 @@ class HostsCellRun:
         """Manifests, clock correction, tables and figures; returns the run's detail line."""
         spec, inventory = self.spec, self.inventory
         manifests = {name: manifest.verify(self.run_dir / HOSTS_DIR / name, name) for name in inventory.hosts}
-        self.record["deployment"]["manifests"] = {
-            name: {"files": len(m["files"]), "rows": sum(f["rows"] for f in m["files"].values())}
-            for name, m in manifests.items()}
+        self.record["deployment"]["manifests"] = {name: manifest.totals(m) for name, m in manifests.items()}
         host_clocks = {name: clocks.HostClock(self.clocks_start[name], self.clocks_end.get(name))
                        for name in inventory.hosts}
         loadgen = inventory.one("loadgen").name

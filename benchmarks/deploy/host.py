@@ -138,7 +138,7 @@ def collect(run_dir: Path, archive: Path, pidfiles: tuple[Path, ...], grace_s: f
         for path in sorted(run_dir.iterdir()):
             if path.name in COLLECTED or path.name.startswith(COLLECTED_PREFIXES):
                 tar.add(path, arcname=path.name)
-    print(json.dumps({"files": len(record["files"]), "rows": sum(f["rows"] for f in record["files"].values())}))
+    print(json.dumps(manifest_mod.totals(record)))
 
 
 if __name__ == "__main__":

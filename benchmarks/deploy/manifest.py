@@ -77,6 +77,16 @@ def build(run_dir: Path) -> dict[str, Any]:
     return {"schema_version": MANIFEST_SCHEMA_VERSION, "files": files}
 
 
+def totals(record: dict[str, Any]) -> dict[str, int]:
+    """Files and rows a manifest lists: ledger files and rows, request logs and their rows."""
+    out = {"ledger_files": 0, "ledger_rows": 0, "request_logs": 0, "request_rows": 0}
+    for name, entry in record.get("files", {}).items():
+        kind = ("ledger_files", "ledger_rows") if name.startswith("ledger/") else ("request_logs", "request_rows")
+        out[kind[0]] += 1
+        out[kind[1]] += int(entry["rows"])
+    return out
+
+
 def write(path: Path, record: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
