@@ -28,6 +28,7 @@ imports neither pandas nor numpy: every host runs it as its clock responder.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import struct
 import time
@@ -41,6 +42,9 @@ PROBES = 8
 PROBE_TIMEOUT_S = 0.5
 #: A corrected interval family is flagged when its clock uncertainty exceeds this share of its median.
 UNCERTAINTY_SHARE_LIMIT = 0.10
+#: A host clock made wrong on purpose for tests (ns added to what the responder reports); the same variable
+#: skews a worker's ledger rows (`backends.ledger.CLOCK_SKEW_ENV`, which this leaf module cannot import).
+CLOCK_SKEW_ENV = "QUEUEBENCH_CLOCK_SKEW_NS"
 #: The wire format: a request is a 16-byte nonce; an answer is the nonce, t1 and t2 (big-endian int64 ns).
 _REQUEST = struct.Struct("!16s")
 _ANSWER = struct.Struct("!16sqq")
@@ -255,7 +259,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve_cmd.add_argument("address")
     serve_cmd.add_argument("port", type=int)
     args = parser.parse_args(argv)
-    serve(args.address, args.port, ready=lambda port: print(f"clock responder on {args.address}:{port}", flush=True))
+    skew_ns = int(os.environ.get(CLOCK_SKEW_ENV) or 0)
+    serve(args.address, args.port, clock=lambda: time.time_ns() + skew_ns,
+          ready=lambda port: print(f"clock responder on {args.address}:{port}"
+                                   + (f" (clock skewed by {skew_ns} ns on purpose)" if skew_ns else ""), flush=True))
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ def test_a_group_that_is_no_role_is_refused_naming_the_roles():
     ({"qb_address": "not-an-ip"}, "qb_address .* must be an IPv4 address"),
     ({"qb_api_port": 70000}, "qb_api_port must be a port from 1 to 65535"),
     ({"qb_python": "python3", "ansible_connection": "ssh"}, "qb_python must be an absolute path"),
+    ({"qb_clock_skew_ns": 5}, "qb_clock_skew_ns .* applies to a host whose only role is workers"),
 ])
 def test_a_bad_host_variable_is_refused_naming_the_host_and_key(override, message):
     hostvars, groups = two_hosts(host1=override)
@@ -264,6 +265,11 @@ def need_two_local_hosts() -> None:
     pytest.skip(message)
 
 
+#: host2's clock is made this wrong on purpose (its workers' ledger rows and its clock responder): the run
+#: must measure it and put host2's timestamps back on the coordinator's clock.
+SKEW_NS = 250_000_000
+
+
 @pytest.mark.service
 def test_workers_on_a_second_host_drain_tasks_enqueued_through_the_api_on_the_first_exactly_once(
         tmp_path, need_redis, need_two_local_hosts):
@@ -278,7 +284,8 @@ host1
 [broker]
 host1
 [workers]
-host2 qb_address=127.0.0.3 qb_root={roots['host2']} qb_clock_port={free_port('127.0.0.3', socket.SOCK_DGRAM)}
+host2 qb_address=127.0.0.3 qb_root={roots['host2']} qb_clock_port={free_port('127.0.0.3', socket.SOCK_DGRAM)} \
+qb_clock_skew_ns={SKEW_NS}
 [all:vars]
 ansible_connection=local
 ansible_python_interpreter={sys.executable}
@@ -320,6 +327,17 @@ worker_class = "SimpleWorker"
         clock = record["clocks"]["hosts"][host]
         assert clock["start"]["uncertainty_ns"] >= 0 and clock["end"] is not None
     assert set(record["clocks"]["negative_intervals"]) == {"queue_wait_ms", "service_ms", "e2e_ms"}
+
+    # host2's skewed clock was measured within its bound, and its rows were moved by what was measured.
+    host2 = record["clocks"]["hosts"]["host2"]
+    for estimate in (host2["start"], host2["end"]):
+        assert abs(estimate["offset_ns"] - SKEW_NS) <= estimate["uncertainty_ns"]
+    raw = [json.loads(line) for path in (runs[0] / "hosts" / "host2" / "ledger").glob("*.jsonl")
+           for line in path.read_text().splitlines()]
+    raw_started = {r["id"]: r["t_ns"] for r in raw if r["ev"] == "started" and not r.get("probe")}
+    corrected = pd.read_parquet(runs[0] / store.TASKS_TABLE).set_index("id")["started_ns"]
+    assert raw_started and all(abs(raw_started[i] - int(corrected[i]) - SKEW_NS) <= host2["uncertainty_ns"]
+                               for i in raw_started)
 
     # Exactly once across hosts: every task sent through the API on host1 ran once, on host2.
     tasks = pd.read_parquet(runs[0] / store.TASKS_TABLE)

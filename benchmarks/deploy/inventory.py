@@ -19,6 +19,8 @@ Host variables queuebench reads (`HOST_VARS`; any other ``qb_*`` variable is ref
   responder on that host (defaults `DEFAULT_PORTS`).
 - ``qb_redis_server``: the redis-server binary on the broker host (default: ``redis-server`` as found on this
   machine for a local connection, else ``/usr/bin/redis-server``).
+- ``qb_clock_skew_ns``: for tests, nanoseconds added on purpose to a workers-only host's clock as its workers'
+  ledger rows and its clock responder read it, so a run on one machine shows the offset measured and corrected.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ ROLES = ("loadgen", "api", "workers", "broker")
 ROLE_COUNTS: dict[str, tuple[int, int | None]] = {"loadgen": (1, 1), "api": (1, 1), "workers": (1, None),
                                                   "broker": (1, 1)}
 DEFAULT_PORTS = {"qb_api_port": 8000, "qb_broker_port": 6390, "qb_clock_port": 8123}
-HOST_VARS = ("qb_root", "qb_address", "qb_python", "qb_bind_external", "qb_redis_server", *DEFAULT_PORTS)
+HOST_VARS = ("qb_root", "qb_address", "qb_python", "qb_bind_external", "qb_redis_server", "qb_clock_skew_ns",
+             *DEFAULT_PORTS)
 #: Groups Ansible always has.
 BUILTIN_GROUPS = ("all", "ungrouped")
 _NAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -64,6 +67,8 @@ class Host:
     given_python: str | None
     ports: Mapping[str, int]
     redis_server: str
+    #: For tests: ns added on purpose to the host's clock as its workers and clock responder read it.
+    clock_skew_ns: int = 0
     vars: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -234,7 +239,15 @@ def _host(where: str, name: str, roles: tuple[str, ...], hv: Mapping[str, Any], 
                                                  else "/usr/bin/redis-server")
     if connection == "local":
         _check_binds(where, name, address)
-    return Host(name, roles, address, root.rstrip("/"), connection, python, ports, str(redis_server), dict(hv))
+    skew = hv.get("qb_clock_skew_ns", 0)
+    try:
+        skew = int(skew)
+    except (TypeError, ValueError):
+        raise InventoryError(f"{where}: host {name}: qb_clock_skew_ns must be an integer (ns), got {skew!r}") from None
+    if skew and roles != ("workers",):
+        raise InventoryError(f"{where}: host {name}: qb_clock_skew_ns (a clock made wrong on purpose, for tests) "
+                             f"applies to a host whose only role is workers; {name} is {', '.join(roles)}")
+    return Host(name, roles, address, root.rstrip("/"), connection, python, ports, str(redis_server), skew, dict(hv))
 
 
 def _local_redis_server() -> str:

@@ -136,6 +136,8 @@ def build(spec: Mapping[str, Any], inventory: Inventory, run_id: str, id_key: st
             run_dir = host.run_dir(run_id)
             base_env = {"PYTHONPATH": host.src, ledger.LEDGER_ENV: f"{run_dir}/ledger", dispatch.ID_KEY_ENV: id_key,
                         ledger.HOST_ENV: host.name, "PYTHONUNBUFFERED": "1"}
+            if host.clock_skew_ns:
+                base_env[ledger.CLOCK_SKEW_ENV] = str(host.clock_skew_ns)
             services: list[dict[str, Any]] = []
             service = functools.partial(_service, services, processes, host, run_dir)
             if "broker" in host.roles:
