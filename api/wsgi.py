@@ -83,8 +83,10 @@ def __getattr__(name: str) -> Any:
 
 def gunicorn_argv(port: int, workers: int = DEFAULT_WORKERS, threads: int = DEFAULT_THREADS, *,
                   graceful_timeout_s: int = DEFAULT_GRACEFUL_TIMEOUT_S,
-                  keepalive_s: int = DEFAULT_KEEPALIVE_S, extra: tuple[str, ...] = ()) -> list[str]:
-    """The gunicorn command line serving ``api.wsgi:app`` on 127.0.0.1:`port` (loopback only).
+                  keepalive_s: int = DEFAULT_KEEPALIVE_S, extra: tuple[str, ...] = (),
+                  address: str = "127.0.0.1") -> list[str]:
+    """The gunicorn command line serving ``api.wsgi:app`` on `address`:`port` (127.0.0.1 unless a deployment
+    names its API host's address: `benchmarks.deploy`).
 
     gthread workers with `threads` threads each; `--chdir` to the project so the entry point imports
     from any working directory. gunicorn 25.1+ would also open a control socket at one fixed path per
@@ -101,7 +103,7 @@ def gunicorn_argv(port: int, workers: int = DEFAULT_WORKERS, threads: int = DEFA
         "-k", "gthread",
         "-w", str(workers),
         "--threads", str(threads),
-        "-b", f"127.0.0.1:{port}",
+        "-b", f"{address}:{port}",
         "--graceful-timeout", str(graceful_timeout_s),
         "--keep-alive", str(keepalive_s),
         "--chdir", str(PROJECT_ROOT),

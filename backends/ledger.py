@@ -30,6 +30,15 @@ from pathlib import Path
 from typing import Any
 
 LEDGER_ENV = "QUEUEBENCH_LEDGER_DIR"
+#: The host name rows carry, when set (a deployment names each process's inventory host, so rows written by
+#: several hosts sharing one machine still say which host wrote them); else the machine's host name.
+HOST_ENV = "QUEUEBENCH_HOST"
+#: Nanoseconds added to every timestamp a worker's rows carry, when set: a host clock made wrong on purpose, so
+#: a test can check that a deployment measures the offset and corrects it (`benchmarks.deploy`'s host variable
+#: ``qb_clock_skew_ns``; the clock responder, `benchmarks.clocks`, reads the same variable). Never set by a
+#: measurement.
+CLOCK_SKEW_ENV = "QUEUEBENCH_CLOCK_SKEW_NS"
+_skew_ns = int(os.environ.get(CLOCK_SKEW_ENV) or 0)
 LEDGER_SCHEMA_VERSION = 1
 INT_COLUMNS = ("attempt", "t_ns", "scheduled_ns", "sent_ns", "enqueued_ns", "pid")
 #: One encoder for every row: `json.dumps` with separators builds a new encoder per call, which the API
@@ -44,7 +53,7 @@ class _Writer:
         self._fd: int | None = None
         self._pid: int | None = None
         self._dir: str | None = None
-        self.host = socket.gethostname()
+        self.host = os.environ.get(HOST_ENV) or socket.gethostname()
 
     def _ensure(self) -> int | None:
         directory = os.environ.get(LEDGER_ENV)
@@ -109,7 +118,7 @@ def record_sent(*, task_id: str, task: str, args: Mapping[str, Any], queue: str,
 
 def record_started(meta: Mapping[str, Any], task: str, attempt: int) -> None:
     row: dict[str, Any] = {"ev": "started", "id": meta.get("id"), "task": task, "attempt": attempt,
-                           "t_ns": time.time_ns()}
+                           "t_ns": time.time_ns() + _skew_ns}
     if meta.get("probe"):
         row["probe"] = True
     _writer.write(row)
@@ -118,7 +127,7 @@ def record_started(meta: Mapping[str, Any], task: str, attempt: int) -> None:
 def record_ran(meta: Mapping[str, Any], task: str, attempt: int, *, outcome: str = "ok") -> None:
     """A `started` and a `finished` row at once, in one write: for a producer that completes a task the
     moment it accepts it (the `discard` backend), so its harness path pays one system call, not two."""
-    t_ns = time.time_ns()
+    t_ns = time.time_ns() + _skew_ns
     started: dict[str, Any] = {"ev": "started", "id": meta.get("id"), "task": task, "attempt": attempt, "t_ns": t_ns}
     finished: dict[str, Any] = {"ev": "finished", "id": meta.get("id"), "task": task, "attempt": attempt,
                                 "t_ns": t_ns, "outcome": outcome}
@@ -130,7 +139,7 @@ def record_ran(meta: Mapping[str, Any], task: str, attempt: int, *, outcome: str
 def record_finished(meta: Mapping[str, Any], task: str, attempt: int, *, outcome: str,
                     error: str | None = None) -> None:
     row: dict[str, Any] = {"ev": "finished", "id": meta.get("id"), "task": task, "attempt": attempt,
-                           "t_ns": time.time_ns(), "outcome": outcome}
+                           "t_ns": time.time_ns() + _skew_ns, "outcome": outcome}
     if error is not None:
         row["error"] = error[:500]
     if meta.get("probe"):

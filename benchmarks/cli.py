@@ -29,6 +29,10 @@ from benchmarks import matrix as matrix_mod
 from benchmarks import overhead as oh
 from benchmarks import search as search_mod
 from benchmarks import spec as spec_mod
+from benchmarks.deploy import cell as hosts_cell
+from benchmarks.deploy.inventory import InventoryError
+from benchmarks.deploy.inventory import load as load_inventory
+from benchmarks.deploy.plan import PlanError
 from benchmarks.progress import SweepProgress, table_console
 from benchmarks.smoke import KINDS, smoke_one
 from benchmarks.stack import Stack, StackConfig, validate
@@ -374,9 +378,13 @@ def _load_matrix(matrix_file: Path, repeats: int | None, only: tuple[str, ...],
               help="RabbitMQ cells run in a virtual host of their own, created through the management API "
                    "(port 15672 of the AMQP host, or $QUEUEBENCH_AMQP_ADMIN_URL) and deleted after each cell.")
 @click.option("--dry-run", is_flag=True, help="List the cells (and which are done or skipped); start nothing.")
+@click.option("--inventory", "inventory_file", type=click.Path(dir_okay=False, path_type=Path), metavar="HOSTS.ini",
+              help="Run each cell on the hosts of this Ansible inventory (roles loadgen, api, workers, broker; "
+                   "needs the `hosts` extra): queuebench installs itself there, starts and stops everything "
+                   "through Ansible and collects every host's ledger. Run ids end in -on-<inventory name>.")
 def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeats: int | None,
         amqp_url: str | None, broker_url: str | None, per_run_vhost: bool, load_workers: int | None,
-        dry_run: bool) -> None:
+        dry_run: bool, inventory_file: Path | None) -> None:
     """Measure every cell of a matrix file with Locust through the API, one cell at a time.
 
     Each cell's raw records and verdict go to OUT/<run_id>/ (run.json, tasks.parquet, ...) and every
@@ -384,7 +392,10 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
     One private Redis serves every Redis cell of the sweep, emptied (FLUSHALL) before each, unless
     --broker-url names a Redis you run yourself (never emptied; a Cluster is refused). OUT/sweep.json
     says where the sweep's wall time went; the share spent in measured windows is printed at the end.
-    Exits 1 if any cell failed or errored, 130 on Ctrl-C (completed cells are kept), 2 on a bad matrix.
+    With --inventory, each cell runs on the inventory's hosts instead (load mode on Redis), each host's
+    ledger is collected into OUT/<run_id>/hosts/<host>/ with its manifest, and run.json records every
+    host's clock offset. Exits 1 if any cell failed or errored, 130 on Ctrl-C (completed cells are kept),
+    2 on a bad matrix or inventory.
     """
 
 
@@ -392,6 +403,15 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
     if broker_url:
         _check_broker_url(matrix, broker_url)
     console = Console(stderr=True)
+    if inventory_file is not None:
+        if broker_url or per_run_vhost:
+            raise click.UsageError("--inventory starts its broker on the inventory's broker host: it does not "
+                                   "take --broker-url or --per-run-vhost yet")
+        if any(int(c.spec.get("load_workers", 1)) > 1 for c in matrix.cells):
+            raise click.UsageError("--inventory runs one Locust process on its loadgen host: load_workers > 1 "
+                                   "is not supported there yet")
+        _run_on_inventory(matrix, inventory_file, out, force, dry_run, console)
+        return
     todo, done = runner.plan(matrix, out, force=force)
     if dry_run:
         for cell in matrix.cells:
@@ -402,11 +422,75 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
         return
     console.print(f"queuebench run {matrix.name}: {len(matrix.cells)} cell(s), {len(todo)} to run, "
                   f"results in {out}")
-    progress = SweepProgress(console)
     since = _now()
+    results = _sweep(console, out, lambda progress: runner.run_matrix(
+        matrix, out, force=force, amqp_url=amqp_url, broker_url=broker_url, per_run_vhost=per_run_vhost,
+        progress=progress))
+    _end_run(console, results, out, since)
+
+
+def _sweep(console: Any, out: Path, run_cells: Any) -> list[Any]:
+    """`run_cells(progress)` under the progress display, with `run`'s exits (130 on Ctrl-C, 1 when the measuring
+    lock is taken)."""
+    progress = SweepProgress(console)
     with _sweep_exits(progress, console, f"completed cells are kept in {out}"):
-        results = runner.run_matrix(matrix, out, force=force, amqp_url=amqp_url, broker_url=broker_url,
-                                    per_run_vhost=per_run_vhost, progress=progress)
+        return run_cells(progress)
+
+
+def _run_on_inventory(matrix: Any, inventory_file: Path, out: Path, force: bool, dry_run: bool, console: Any) -> None:
+    """`run --inventory`: check the inventory and every cell before anything starts (exit 2), then run."""
+    try:
+        inventory = load_inventory(inventory_file)
+        hosts_cell.check(matrix, inventory)
+    except (InventoryError, PlanError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    roles = ", ".join(f"{role}: {' '.join(names)}" for role, names in inventory.roles.items())
+    if dry_run:
+        for cell in matrix.cells:
+            run_id = hosts_cell.run_id(cell, inventory)
+            state = ("skip: " + cell.skip_reason if cell.skip_reason
+                     else "done" if store.is_done(out / run_id) and not force else "to run")
+            click.echo(f"{run_id}\t{state}")
+        console.print(f"{len(matrix.cells)} cells on {len(inventory.hosts)} host(s) ({roles})")
+        return
+    console.print(f"queuebench run {matrix.name} on {inventory_file} ({roles}): {len(matrix.cells)} cell(s), "
+                  f"results in {out}")
+    since = _now()
+    results = _sweep(console, out, lambda progress: hosts_cell.run_matrix(matrix, inventory, out, force=force,
+                                                                          progress=progress))
+    for result in results:
+        record = store.read_run(result.run_dir) if result.run_dir is not None else None
+        if record is not None and record.get("clocks"):
+            console.print(_hosts_lines(record))
+    _end_run(console, results, out, since)
+
+
+def _hosts_lines(record: dict[str, Any]) -> str:
+    """What an inventory run shows: per host its clock and its collected ledger, and exactly-once across hosts."""
+    lines = [f"{record['run_id']}: {record['status']}"]
+    manifests = record.get("deployment", {}).get("manifests", {})
+    for name, c in record["clocks"].get("hosts", {}).items():
+        clock = f"offset {c['start']['offset_ns'] / 1e6:+.3f} ms +- {c['start']['uncertainty_ns'] / 1e6:.3f} ms"
+        if c.get("drift_ppm") is not None:
+            clock += f", drift {c['drift_ppm']:+.1f} ppm"
+        files = manifests.get(name)
+        ledger = (f"; ledger {files['ledger_rows']} rows in {files['ledger_files']} file(s)"
+                  + (f", {files['request_rows']} request rows" if files["request_logs"] else "")
+                  + ", as its manifest says") if files else ""
+        lines.append(f"  {name}: clock {clock}{ledger}")
+    summary = record.get("summary")
+    if summary:
+        figures, checks = summary["figures"], summary["checks"]
+        once = all(checks[k]["ok"] for k in ("all_finished", "no_duplicates", "nothing_unsent_ran"))
+        lines.append(f"  tasks: {figures['sent']} sent through the API, executions by host "
+                     f"{figures.get('executions_by_host')}; exactly once across hosts: {'yes' if once else 'NO'}")
+    if record.get("detail"):
+        lines.append(f"  {record['detail']}")
+    return "\n".join(lines)
+
+
+def _end_run(console: Any, results: list[Any], out: Path, since: str) -> None:
+    """The sweep's statuses, where its results are, the measured share; exit 1 if a cell failed or errored."""
     counts: dict[str, int] = {}
     for result in results:
         counts[result.status] = counts.get(result.status, 0) + 1

@@ -1,8 +1,9 @@
 """Every third-party package the code imports is declared, so a fresh install has what it runs.
 
 Imports are read from the source (`ast`, at any depth, so lazy imports count too) and mapped to their
-distributions; each must be a dependency in pyproject.toml, or a requirement of the private environment
-of the backend module that imports it (`QueueBackend.environment`).
+distributions; each must be a dependency in pyproject.toml, a requirement of the private environment
+of the backend module that imports it (`QueueBackend.environment`), or, for a package of an optional
+feature (`OPTIONAL_EXTRAS`), a requirement of that feature's extra.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ FIRST_PARTY = {"api", "backends", "benchmarks", "scenarios", "openloop", "mix", 
                # modules benchmarks/crosscheck_drain.py writes next to itself at run time
                "x_celery", "x_rq", "x_dramatiq"}
 SOURCE_DIRS = ("api", "backends", "benchmarks", "scenarios")
+#: Packages of an optional feature, and the extra that installs what they import (`pip install '.[hosts]'`).
+OPTIONAL_EXTRAS = {"benchmarks.deploy": "hosts"}
 
 
 def _name(requirement: str) -> str:
@@ -43,6 +46,11 @@ def declared() -> set[str]:
     return {_name(r) for r in project["dependencies"]}
 
 
+def extra(name: str) -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return {_name(r) for r in project["optional-dependencies"][name]}
+
+
 def test_every_third_party_import_is_a_declared_dependency():
     distributions = packages_distributions()
     environments = {backends.backend_class(n).__module__: {_name(r) for r in backends.backend_class(n).environment}
@@ -55,6 +63,9 @@ def test_every_third_party_import_is_a_declared_dependency():
             # A library's worker entry (backends/<lib>_worker.py) lives in its backend's environment.
             sibling = module.rsplit("_", 1)[0] + "_backend"
             allowed = deps | environments.get(module, set()) | environments.get(sibling, set())
+            for package, extra_name in OPTIONAL_EXTRAS.items():
+                if module == package or module.startswith(package + "."):
+                    allowed |= extra(extra_name)
             for name in sorted(imported_modules(path) - FIRST_PARTY - set(sys.stdlib_module_names)):
                 dists = {d.lower().replace("_", "-") for d in distributions.get(name, [name])}
                 if not dists & allowed:

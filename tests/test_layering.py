@@ -24,7 +24,7 @@ PROJECT = ("api", "backends", "benchmarks", "scenarios")
 #: The modules that bring a configuration up and measure it: analysis must not see any of them.
 MEASURING = ("benchmarks.runner", "benchmarks.matrix", "benchmarks.stack", "benchmarks.search", "benchmarks.procs",
              "benchmarks.brokers", "benchmarks.sampler", "benchmarks.verify", "benchmarks.plan_verify",
-             "benchmarks.tune")
+             "benchmarks.tune", "benchmarks.deploy")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,10 @@ RULES = (
 LEAVES = {
     "benchmarks.verdicts": ("benchmarks.measure",),
     "benchmarks.store": ("benchmarks.measure",),
+    # What runs on every deployed host (the clock responder, the host-side helpers) stays small.
+    "benchmarks.clocks": (),
+    "benchmarks.deploy.manifest": (),
+    "benchmarks.deploy.host": ("backends.ledger", "benchmarks.deploy.manifest"),
 }
 #: Everything analysis may import from `benchmarks` (its CLI commands included). `benchmarks.spec` (every
 #: matrix key declared once) is meant to be imported by analysis when it exists.

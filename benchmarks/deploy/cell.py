@@ -1,0 +1,422 @@
+"""One matrix cell measured on the hosts of an inventory, and a sweep of them.
+
+A cell here is a local load cell spread over hosts: the broker on the ``broker`` host, the workers (each
+library's own CLI) on the ``workers`` hosts, the API under gunicorn on the ``api`` host, Locust on the
+``loadgen`` host, each started by Ansible under start-stop-daemon (`playbooks/start.yml`). In order:
+
+1. start every host's services; measure every host's clock offset (`benchmarks.clocks`, start estimates);
+2. wait for the API's ``/healthz``, then round-trip one probe per task kind and queue, enqueued from here
+   through the backend (probes are marked and left out of every figure);
+3. run Locust on the loadgen host (`playbooks/load.yml`), then wait while tasks keep finishing, reading each
+   host's ledger progress through Ansible (`playbooks/progress.yml`), under the cell's ``drain_stall_s`` and
+   ``drain_timeout_s``;
+4. measure the offsets again (end estimates: drift), stop everything and collect every host's ledger, request
+   logs, Locust output, logs and manifest into ``OUT/<run>/hosts/<host>/`` (`playbooks/stop.yml`);
+5. check each host's files against its manifest (a missing or truncated file is an error), put every
+   timestamp on the coordinator's clock (``OUT/<run>/ledger/``: the hosts' rows, corrected), and judge the
+   run with the same `benchmarks.measure` checks as a local run (every task ran exactly once, across hosts).
+
+run.json adds ``deployment`` (the inventory's hosts and roles) and ``clocks`` (per host: offsets at start and
+end, uncertainty, drift; per interval family: the clock uncertainty against its median and whether that
+flags the run; negative intervals counted). Run ids are the local cell's with ``-on-<inventory name>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import secrets
+import shutil
+import tarfile
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import backends
+from backends import dispatch, ledger
+from backends.base import QueueBackend
+from benchmarks import __version__, clocks, environment, measure, runner, store
+from benchmarks import spec as spec_mod
+from benchmarks.deploy import driver, manifest
+from benchmarks.deploy import plan as plan_mod
+from benchmarks.deploy.inventory import Inventory
+from benchmarks.matrix import Cell, Matrix
+from benchmarks.procs import PhaseClock, wait_until
+from benchmarks.runner import CellResult, Interrupted, sent_tasks
+from benchmarks.store import RESULT_SCHEMA_VERSION
+
+HOSTS_DIR = "hosts"
+#: Seconds to wait for the API's /healthz, a host's clock responder, and the probes' round trip.
+HEALTHY_TIMEOUT_S = 60.0
+PROBE_TIMEOUT_S = 60.0
+POLL_S = 0.1
+
+
+#: Seconds an inventory cell takes beyond a local one, for the ETA: starting the hosts' services (about 6-7 s
+#: on 2 cores), stopping them and collecting their files (8-10 s), and Ansible around the load, seen on 2 cores
+#: with two hosts on one machine.
+ANSIBLE_OVERHEAD_S = 17.0
+
+
+def cell_seconds(cell: Cell) -> float:
+    """A rough duration of an inventory cell, for the ETA."""
+    return runner.cell_seconds(cell) + (0.0 if cell.skip_reason else ANSIBLE_OVERHEAD_S)
+
+
+def run_id(cell: Cell, inventory: Inventory) -> str:
+    """The local cell's run id, marked with the inventory it ran on."""
+    return f"{cell.run_id}-on-{inventory.name}"
+
+
+def check(matrix: Matrix, inventory: Inventory) -> None:
+    """Refuse, before anything starts, a matrix with a cell this inventory run cannot deploy
+    (`plan.PlanError`, naming the key and what is allowed)."""
+    for cell in matrix.cells:
+        if not cell.skip_reason:
+            plan_mod.check_spec(cell.spec, inventory)
+
+
+class HostsCellRun:
+    """Runs one cell on the inventory's hosts; `run()` always leaves a run.json saying what happened."""
+
+    def __init__(self, cell: Cell, matrix_name: str, out_dir: Path, inventory: Inventory, *,
+                 log: Callable[[str], None] = print,
+                 status: Callable[[int, int, float], None] | None = None) -> None:
+        self.cell, self.inventory, self.spec = cell, inventory, dict(cell.spec)
+        self.run_id = run_id(cell, inventory)
+        self.run_dir = (Path(out_dir) / self.run_id).resolve()
+        self.log, self.status = log, status
+        self.record: dict[str, Any] = {
+            "schema_version": RESULT_SCHEMA_VERSION, "harness_version": __version__, "run_id": self.run_id,
+            "matrix": matrix_name, "repeat": cell.repeat, "spec": self.spec,
+            "status": "running", "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "deployment": {"inventory": inventory.record(), "driver": "ansible-runner",
+                           "daemonizer": "start-stop-daemon", "local_cell_run_id": cell.run_id},
+        }
+        self.phases = PhaseClock()
+        self.plan: plan_mod.CellPlan | None = None
+        self.backend: QueueBackend | None = None
+        self.clocks_start: dict[str, clocks.Estimate] = {}
+        self.clocks_end: dict[str, clocks.Estimate] = {}
+        #: When the load playbook started (monotonic) and how long it took.
+        self.load_s: tuple[float, float] | None = None
+
+    # -- the cell ---------------------------------------------------------------------------------------
+
+    def run(self) -> CellResult:
+        with self.phases.phase("prepare"):
+            if self.run_dir.exists():
+                shutil.rmtree(self.run_dir)
+            (self.run_dir / "logs").mkdir(parents=True)
+            self.phases.log_path = self.run_dir / "logs" / "phases.log"
+            self.record["environment"] = environment.describe(self.spec["backend"])
+        if self.cell.skip_reason:
+            return self._finish("skipped", self.cell.skip_reason)
+        try:
+            self.record["slots"] = spec_mod.slots(self.spec)
+            self.plan = plan_mod.build(self.spec, self.inventory, self.run_id, secrets.token_hex(16))
+            self.record["processes"] = self.plan.processes
+            try:
+                self._measure()
+            except BaseException:
+                try:  # stop everything however the measurement ended; its own error is the one to report
+                    self._stop_and_collect()
+                except Exception as exc:
+                    self.record["stop_error"] = f"{type(exc).__name__}: {exc}"
+                raise
+            self._stop_and_collect()
+            with self.phases.phase("collect"):
+                detail = self._judge()
+            return self._finish(self.record["summary"]["verdict"], detail)
+        except Interrupted:
+            self._finish("interrupted", "stopped by SIGINT/SIGTERM; redone on the next run")
+            raise
+        except Exception as exc:  # recorded, and the sweep goes on
+            return self._finish("error", f"{type(exc).__name__}: {exc}")
+
+    def _playbook(self, name: str, **extra: Any) -> driver.PlaybookResult:
+        assert self.plan is not None
+        return driver.run_playbook(name, self.inventory, self.plan.variables() | extra,
+                                   log_path=self.run_dir / "logs" / f"ansible-{name}.log")
+
+    def _measure(self) -> None:
+        spec = self.spec
+        self.log("starting the hosts' services")
+        with self.phases.phase("hosts_start"):
+            self._playbook("start")
+        with self.phases.phase("clocks_start"):
+            self.clocks_start = self._measure_clocks(wait_s=HEALTHY_TIMEOUT_S)
+        with self.phases.phase("api_healthy"):
+            self._wait_healthy()
+        settings = plan_mod.settings(spec, self.inventory)
+        self.backend = backends.get_backend(spec["backend"], settings)
+        self.backend.ping()
+        with self.phases.phase("probe_round_trip"):
+            self._round_trip()
+        self.record["settings"] = dict(self.backend.describe())
+        self.record["brokers"] = {"broker": {"kind": "redis", "url": plan_mod.broker_url(self.inventory),
+                                             "owned": True, "host": self.inventory.one("broker").name}}
+        self.record["task_kinds"] = [{"task": task, "args": args, "digest": ledger.args_digest(task, args)}
+                                     for task, args in sent_tasks(spec)]
+        self.record["api"] = {"server": "gunicorn gthread", "workers": spec["api_workers"],
+                              "threads": spec["api_threads"], "host": self.inventory.one("api").name}
+        self.record["generator"] = runner.generator_record() | {"host": self.inventory.one("loadgen").name}
+        self.log(f"Locust on {self.inventory.one('loadgen').name}: {spec['rate']:g} tasks/s for "
+                 f"{spec['warmup_s']:g} s warm-up + {spec['duration_s']:g} s measured")
+        started = time.monotonic()
+        progress = self._progress(self._playbook("load"))
+        self.load_s = (started, time.monotonic() - started)  # booked once the window is known (`_book_load`)
+        with self.phases.phase("tail_drain"):
+            self._drain(progress)
+            self.record["queue_leftovers"] = self._leftovers()
+        with self.phases.phase("clocks_end"):
+            self.clocks_end = self._measure_clocks(wait_s=5.0)
+
+    # -- clocks, health, probes, progress -----------------------------------------------------------------
+
+    def _measure_clocks(self, wait_s: float) -> dict[str, clocks.Estimate]:
+        """Each host's offset (minimum-round-trip of `clocks.PROBES` probes), waiting up to `wait_s` for a
+        responder that has not bound its port yet."""
+        out = {}
+        for host in self.inventory.hosts.values():
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    out[host.name] = clocks.measure_host(host.address, host.ports["qb_clock_port"])
+                    break
+                except OSError as exc:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"host {host.name}: clock responder on {host.address}:"
+                                           f"{host.ports['qb_clock_port']} does not answer ({exc}); see "
+                                           f"{HOSTS_DIR}/{host.name}/logs/clock.log") from exc
+                    time.sleep(POLL_S)
+        return out
+
+    def _wait_healthy(self) -> None:
+        url = f"{plan_mod.api_url(self.inventory)}/healthz"
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+
+        wait_until(healthy, timeout_s=HEALTHY_TIMEOUT_S, interval_s=POLL_S,
+                   what=f"the API at {url} (its log: {HOSTS_DIR}/{self.inventory.one('api').name}/logs/api.log)")
+
+    def _round_trip(self) -> None:
+        """One probe per task kind the cell sends, on every queue, enqueued from here; wait until each has
+        succeeded (the library's own status; with results off, until the queues are empty)."""
+        assert self.backend is not None
+        backend = self.backend
+        ids = [dispatch.submit(backend, task, args, queue=queue, probe=True).id
+               for queue in backend.settings.queues for task, args in sent_tasks(self.spec)]
+
+        def done() -> bool:
+            if self.spec["results"]:
+                return all((s := backend.status(i)) is not None and s.status == "success" for i in ids)
+            return not any(backend.queue_depths().values())
+
+        wait_until(done, timeout_s=PROBE_TIMEOUT_S, interval_s=POLL_S,
+                   what=f"a probe task to round-trip through {', '.join(backend.settings.queues)} (the workers' "
+                        f"logs: {HOSTS_DIR}/<host>/logs/)")
+
+    @staticmethod
+    def _progress(result: driver.PlaybookResult) -> dict[str, Any]:
+        sent: set[str] = set()
+        done: set[str] = set()
+        rows = 0
+        for stdout in result.stdout_of("Report ledger progress").values():
+            report = json.loads(stdout)
+            sent.update(report["sent"])
+            done.update(report["done"])
+            rows += int(report["finished_rows"])
+        return {"sent": sent, "done": done, "finished_rows": rows}
+
+    def _drain(self, progress: Mapping[str, Any]) -> None:
+        """Wait while tasks keep finishing (the runner's rules: `drain_stall_s`, `drain_timeout_s`), reading
+        the hosts' ledgers through Ansible."""
+        stall_s, ceiling_s = float(self.spec["drain_stall_s"]), float(self.spec["drain_timeout_s"])
+        started = last_progress = time.monotonic()
+        rows = progress["finished_rows"]
+        while True:
+            now = time.monotonic()
+            outstanding = len(progress["sent"] - progress["done"])
+            if progress["finished_rows"] != rows:
+                rows, last_progress = progress["finished_rows"], now
+            if self.status is not None:
+                self.status(len(progress["done"]), outstanding, now - started)
+            rule = ("all-finished" if outstanding == 0 else "stalled" if now - last_progress >= stall_s
+                    else "ceiling" if now - started >= ceiling_s else None)
+            if rule is not None:
+                self.record |= {"drain_s": now - started, "drain_ended_by": rule,
+                                "drain_idle_s": now - last_progress, "drain_outstanding": outstanding}
+                return
+            time.sleep(POLL_S)
+            progress = self._progress(self._playbook("progress"))
+
+    def _leftovers(self) -> dict[str, int]:
+        assert self.backend is not None
+        depths = dict(self.backend.queue_depths())
+        deadline = time.monotonic() + runner.LEFTOVER_GRACE_S
+        while any(depths.values()) and time.monotonic() < deadline and self.record.get("drain_ended_by") == "all-finished":
+            time.sleep(0.05)
+            depths = dict(self.backend.queue_depths())
+        return depths
+
+    # -- stop, collect, judge -----------------------------------------------------------------------------
+
+    def _stop_and_collect(self) -> None:
+        if self.backend is not None:
+            with contextlib.suppress(Exception):
+                self.backend.close()
+        self.log("stopping the hosts' services; collecting ledgers and logs")
+        collected = self.run_dir / HOSTS_DIR
+        with self.phases.phase("hosts_stop_collect"):
+            self._playbook("stop", qb_collect=str(collected))
+            for name in self.inventory.hosts:
+                archive = collected / f"{name}.tar.gz"
+                with tarfile.open(archive) as tar:
+                    tar.extractall(collected / name, filter="data")
+                archive.unlink()
+
+    def _judge(self) -> str:
+        """Manifests, clock correction, tables and figures; returns the run's detail line."""
+        spec, inventory = self.spec, self.inventory
+        manifests = {name: manifest.verify(self.run_dir / HOSTS_DIR / name, name) for name in inventory.hosts}
+        self.record["deployment"]["manifests"] = {name: manifest.totals(m) for name, m in manifests.items()}
+        host_clocks = {name: clocks.HostClock(self.clocks_start[name], self.clocks_end.get(name))
+                       for name in inventory.hosts}
+        loadgen = inventory.one("loadgen").name
+        correct_ledgers(self.run_dir, host_clocks, loadgen)
+        for path in (self.run_dir / HOSTS_DIR / loadgen).glob(f"{store.LOCUST_PREFIX}*"):
+            shutil.copy2(path, self.run_dir / path.name)
+        requests = store.read_requests(self.run_dir / HOSTS_DIR / loadgen / store.REQUEST_LOGS_DIR)
+        for column in ("scheduled_ns", "sent_ns", "done_ns"):
+            if column in requests:
+                corrected = host_clocks[loadgen].to_coordinator_ns(requests[column])
+                requests[column] = corrected if corrected.isna().any() else corrected.astype("int64")
+        store.write_requests_table(self.run_dir, requests)
+        store.write_tasks_table(self.run_dir, ledger.executions(self.run_dir / "ledger"))
+        tasks = store.read_tasks_table(self.run_dir)
+        window = measure.load_window(tasks, requests, spec["warmup_s"], spec["duration_s"])
+        self._book_load(window)
+        summary = measure.summarise(tasks, requests, window, slots=self.record["slots"],
+                                    offered_rate_per_s=float(spec["rate"]), arrival=spec.get("arrival", "constant"),
+                                    locust_post_counts=store.locust_post_counts(self.run_dir),
+                                    queue_leftovers=self.record.get("queue_leftovers"))
+        attempts = tasks[(tasks["attempt"] > 0) & (tasks["outcome"] == "ok")]
+        summary["figures"]["executions_by_host"] = {str(k): int(v) for k, v in
+                                                    attempts.groupby("worker_host").size().items()}
+        summary["figures"]["resources"] = {}  # not sampled on remote hosts in this version
+        self.record["summary"] = summary
+        latency = summary["figures"]["latency"]
+        intervals = clocks.uncertainty_flags(latency, clocks.role_uncertainty(host_clocks, inventory.roles))
+        negative = clocks.negative_intervals(measure.per_task(tasks))
+        flagged = [family for family, item in intervals.items() if item["flagged"]]
+        self.record["clocks"] = {
+            "method": f"minimum round trip of {clocks.PROBES} UDP probes per host at start and end; offset = host "
+                      "clock - coordinator clock, within +- rtt/2; timestamps corrected by the offset interpolated "
+                      "between the two",
+            "hosts": {name: c.record() for name, c in host_clocks.items()},
+            "intervals": intervals, "negative_intervals": negative, "flagged": bool(flagged),
+            "uncertainty_share_limit": clocks.UNCERTAINTY_SHARE_LIMIT}
+        failed = ", ".join(summary["failed_checks"])
+        parts = [f"failed checks: {failed}" if failed else ""]
+        if self.record.get("drain_ended_by") != "all-finished":
+            parts.append(f"drain {self.record.get('drain_ended_by')} with {self.record.get('drain_outstanding')} "
+                         "task(s) outstanding")
+        if flagged:
+            parts.append("clock uncertainty large against " + ", ".join(
+                f"{f} (+-{intervals[f]['uncertainty_ms']:.3f} ms vs p50 {intervals[f]['p50_ms']:.3f} ms)"
+                for f in flagged))
+        if any(negative.values()):
+            parts.append("negative intervals: " + ", ".join(f"{k} {v}" for k, v in negative.items() if v))
+        return "; ".join(p for p in parts if p)
+
+    def _book_load(self, window: measure.Window) -> None:
+        """The load playbook's time: the measured window, and the rest (Ansible, Locust's start-up, warm-up
+        and tail, the first progress report), so sweep.json's measured fraction holds for these runs too."""
+        if self.load_s is None:
+            return
+        started, seconds = self.load_s
+        window_s = min(seconds, window.length_s)
+        self.phases.add("window", window_s, started)
+        self.phases.add("load_other", seconds - window_s, started + window_s)
+        self.load_s = None
+
+    def _finish(self, status: str, detail: str) -> CellResult:
+        if self.load_s is not None:
+            self.phases.add("load", self.load_s[1], self.load_s[0])
+        self.record |= {"status": status, "detail": detail,
+                        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                        "phases_s": self.phases.record()}
+        if self.clocks_start and "clocks" not in self.record:
+            self.record["clocks"] = {"hosts": {name: {"start": e.record(), "end": self.clocks_end[name].record()
+                                                      if name in self.clocks_end else None}
+                                               for name, e in self.clocks_start.items()}}
+        store.write_run(self.run_dir, self.record)
+        return CellResult(self.run_id, status, detail, self.run_dir, self.record["phases_s"])
+
+
+def correct_ledgers(run_dir: Path, host_clocks: Mapping[str, clocks.HostClock], loadgen: str) -> Path:
+    """Every host's collected ledger rows, on the coordinator's clock, into ``run_dir/ledger/`` (one file per
+    host file). A row's ``sent_ns``/``enqueued_ns``/``t_ns`` were stamped by the host whose ledger holds it,
+    its ``scheduled_ns`` by the loadgen host (Locust's ``X-Scheduled-At``). A line cut short is skipped, as
+    `backends.ledger` does."""
+    out = run_dir / "ledger"
+    out.mkdir(parents=True, exist_ok=True)
+    for host, clock in host_clocks.items():
+        for path in sorted((run_dir / HOSTS_DIR / host / "ledger").glob("*.jsonl")):
+            lines = []
+            for line in path.read_bytes().splitlines(keepends=True):
+                if not line.endswith(b"\n"):
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                for key in ("sent_ns", "enqueued_ns", "t_ns"):
+                    if isinstance(row.get(key), int):
+                        row[key] = clock.to_coordinator_ns(row[key])
+                if isinstance(row.get("scheduled_ns"), int):
+                    row["scheduled_ns"] = host_clocks[loadgen].to_coordinator_ns(row["scheduled_ns"])
+                lines.append(json.dumps(row, separators=(",", ":")))
+            (out / f"{host}--{path.name}").write_text("".join(line + "\n" for line in lines))
+    return out
+
+
+def run_matrix(matrix: Matrix, inventory: Inventory, out_dir: Path, *, force: bool = False, progress: Any = None,
+               log: Callable[[str], None] = print) -> list[CellResult]:
+    """Install queuebench on the hosts once, then run every cell not already done, one at a time, under the
+    measuring lock (as `benchmarks.runner.run_matrix` does for local cells)."""
+    check(matrix, inventory)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in matrix.cells if force or not store.is_done(out_dir / run_id(c, inventory))]
+    results = [CellResult(run_id(c, inventory), store.read_run(out_dir / run_id(c, inventory))["status"],
+                          "already done", out_dir / run_id(c, inventory))
+               for c in matrix.cells if c not in todo]
+    with runner.sweep(out_dir, matrix.name) as current:
+        if progress is not None:
+            progress.cell_seconds = cell_seconds
+            progress.start_sweep(todo, len(results))
+        if todo:
+            (progress.note if progress is not None else log)(f"installing queuebench on {len(inventory.hosts)} host(s)")
+            with tempfile.TemporaryDirectory(prefix="queuebench-install-") as workdir:
+                driver.install(inventory, Path(workdir), out_dir / f"install-{inventory.name}.log")
+        for cell in todo:
+            if progress is not None:
+                progress.start_cell(cell)
+            result = HostsCellRun(cell, matrix.name, out_dir, inventory,
+                                  log=progress.note if progress is not None else log,
+                                  status=progress.draining if progress is not None else None).run()
+            current.add(result)
+            if progress is not None:
+                progress.end_cell(cell, result)
+            results.append(result)
+    return results

@@ -1,0 +1,187 @@
+"""What each host runs for one cell, as data the playbooks loop over (``qb_plan`` in their variables).
+
+The command lines are the ones a local run starts (`backends` ``worker_commands``, `api.wsgi.gunicorn_argv`,
+`benchmarks.runner.locust_argv`, a private redis-server), with this machine's interpreter, console scripts
+and project directory replaced by the host's (`on_host`), bound to the host's address, and with the
+environment a local run gives them plus ``QUEUEBENCH_HOST`` (the inventory name, which ledger rows carry).
+Each service runs under start-stop-daemon with a pidfile, a log and its own session; ``stage`` orders the
+starts (the broker first) and the stops (the broker last).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import backends
+from api.wsgi import BACKEND_ENV, gunicorn_argv
+from backends import dispatch, ledger
+from backends.base import BackendSettings
+from benchmarks import runner, store
+from benchmarks import spec as spec_mod
+from benchmarks.deploy.inventory import Host, Inventory
+from benchmarks.stack import PROJECT_ROOT
+
+#: Seconds the API, workers and clock responders get after SIGTERM once the cell's tasks have all finished
+#: (the measurement is over and the broker is the cell's own); then SIGKILL.
+STOP_GRACE_S = 1.0
+#: The broker is stopped last, with this grace.
+BROKER_STOP_GRACE_S = 2.0
+
+
+class PlanError(ValueError):
+    """The cell cannot run on this inventory; the message names the key and what is allowed."""
+
+
+def check_spec(spec: Mapping[str, Any], inventory: Inventory) -> None:
+    """Refuse, before anything starts, a cell this version cannot deploy (naming the key and allowed values)."""
+    if spec.get("mode") != "load":
+        raise PlanError(f"mode = {spec.get('mode')!r}: an inventory run supports mode = \"load\" only (Locust on the "
+                        "loadgen host through the API)")
+    if spec.get("broker") != "redis":
+        raise PlanError(f"broker = {spec.get('broker')!r}: an inventory run supports broker = \"redis\" only (a "
+                        "redis-server started on the broker host)")
+    if spec.get("fault", "none") != "none":
+        raise PlanError(f"fault = {spec.get('fault')!r}: an inventory run supports fault = \"none\" only")
+    cls = backends.backend_class(spec["backend"])
+    if cls.environment:
+        raise PlanError(f"backend = {spec['backend']!r}: it runs in an environment of its own, which an inventory "
+                        "run does not build on the hosts yet; backends that share the harness's environment: "
+                        + ", ".join(b for b in backends.measurable() if not backends.backend_class(b).environment))
+    hosts = inventory.role("workers")
+    per_host = 2 if spec["routing"] == "dedicated" else 1
+    if spec["processes"] < per_host * len(hosts):
+        raise PlanError(f"processes = {spec['processes']}: the workers are split between {len(hosts)} workers "
+                        f"host(s), so it must be at least {per_host * len(hosts)}"
+                        + (" (dedicated routing: one process per queue on each)" if per_host == 2 else ""))
+
+
+def split_processes(total: int, hosts: int) -> list[int]:
+    """`total` worker processes over `hosts` hosts, as evenly as possible (the first hosts take the rest)."""
+    return [total // hosts + (1 if i < total % hosts else 0) for i in range(hosts)]
+
+
+def on_host(argv: list[str], host: Host) -> list[str]:
+    """A command line built for this machine, with its interpreter, console scripts and project directory
+    replaced by the host's."""
+    bin_dir = str(Path(sys.executable).parent) + "/"
+    root = str(PROJECT_ROOT)
+    out = []
+    for arg in argv:
+        if arg == sys.executable:
+            arg = host.python
+        elif arg.startswith(bin_dir):
+            arg = f"{host.bin_dir}/{arg[len(bin_dir):]}"
+        elif arg == root or arg.startswith(root + "/"):
+            arg = host.src + arg[len(root):]
+        out.append(arg)
+    return out
+
+
+def broker_url(inventory: Inventory) -> str:
+    broker = inventory.one("broker")
+    return f"redis://{broker.address}:{broker.ports['qb_broker_port']}/0"
+
+
+def api_url(inventory: Inventory) -> str:
+    api = inventory.one("api")
+    return f"http://{api.address}:{api.ports['qb_api_port']}"
+
+
+def settings(spec: Mapping[str, Any], inventory: Inventory) -> BackendSettings:
+    url = broker_url(inventory)
+    return spec_mod.settings_for(spec, url, url)  # Redis holds the results too, as in a local run
+
+
+def _service(services: list[dict[str, Any]], processes: list[dict[str, Any]], host: Host, run_dir: str, name: str,
+             stage: str, argv: list[str], env: Mapping[str, str], cwd: str, port: int | None = None) -> None:
+    """One daemon on `host`: its command line, environment, working directory, log, pidfile and (for the
+    start playbook to wait on) the TCP port it listens on."""
+    services.append({"name": name, "stage": stage, "argv": argv, "env": dict(env), "cwd": cwd,
+                     "log": f"{run_dir}/logs/{name}.log", "pidfile": f"{run_dir}/pids/{name}.pid",
+                     "address": host.address, "port": port})
+    processes.append({"host": host.name, "name": name, "argv": argv})
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """Every host's part of one cell."""
+
+    run_id: str
+    hosts: Mapping[str, dict[str, Any]]
+    #: Each service's host, name and command line, for run.json's ``processes``.
+    processes: list[dict[str, Any]]
+
+    def variables(self) -> dict[str, Any]:
+        """The playbooks' variables."""
+        return {"qb_run": self.run_id, "qb_plan": dict(self.hosts)}
+
+
+def build(spec: Mapping[str, Any], inventory: Inventory, run_id: str, id_key: str) -> CellPlan:
+    """The plan of one cell (`check_spec` first)."""
+    check_spec(spec, inventory)
+    the_settings = settings(spec, inventory)
+    backend = backends.get_backend(spec["backend"], the_settings)
+    try:
+        worker_hosts = inventory.role("workers")
+        shares = dict(zip([h.name for h in worker_hosts], split_processes(spec["processes"], len(worker_hosts)),
+                          strict=True))
+        hosts: dict[str, dict[str, Any]] = {}
+        processes: list[dict[str, Any]] = []
+        for host in inventory.hosts.values():
+            run_dir = host.run_dir(run_id)
+            base_env = {"PYTHONPATH": host.src, ledger.LEDGER_ENV: f"{run_dir}/ledger", dispatch.ID_KEY_ENV: id_key,
+                        ledger.HOST_ENV: host.name, "PYTHONUNBUFFERED": "1"}
+            if host.clock_skew_ns:
+                base_env[ledger.CLOCK_SKEW_ENV] = str(host.clock_skew_ns)
+            services: list[dict[str, Any]] = []
+            service = functools.partial(_service, services, processes, host, run_dir)
+            if "broker" in host.roles:
+                port = host.ports["qb_broker_port"]
+                service("redis", "broker", [host.redis_server, "--port", str(port), "--bind", host.address,
+                                            "--save", "", "--appendonly", "no", "--dir", f"{run_dir}/redis-data",
+                                            "--daemonize", "no", "--protected-mode", "yes"], {}, run_dir, port)
+            service("clock", "services", [host.python, "-m", "benchmarks.clocks", "serve", host.address,
+                                          str(host.ports["qb_clock_port"])], base_env, host.src)
+            if "workers" in host.roles:
+                sub_spec = dict(spec) | {"processes": shares[host.name]}
+                for group in spec_mod.worker_specs(sub_spec):
+                    for command in backend.worker_commands(group):
+                        service(command.name, "services", on_host(command.argv, host), base_env | command.env,
+                                run_dir)
+            if "api" in host.roles:
+                port = host.ports["qb_api_port"]
+                argv = gunicorn_argv(port, workers=spec["api_workers"], threads=spec["api_threads"],
+                                     address=host.address)
+                service("api", "services", on_host(argv, host),
+                        base_env | the_settings.to_env() | {BACKEND_ENV: spec["backend"]}, host.src, port)
+            helper = [host.python, "-m", "benchmarks.deploy.host"]
+            entry: dict[str, Any] = {
+                "run_dir": run_dir,
+                "dirs": [run_dir, f"{run_dir}/ledger", f"{run_dir}/logs", f"{run_dir}/pids",
+                         *([f"{run_dir}/redis-data"] if "broker" in host.roles else [])],
+                "services": services,
+                "helper_env": {"PYTHONPATH": host.src},
+                "progress": [*helper, "progress", f"{run_dir}/ledger"],
+                "stop_services": [*helper, "stop", *[s["pidfile"] for s in services if s["stage"] != "broker"],
+                                  "--grace-s", f"{STOP_GRACE_S:g}"],
+                "collect": [*helper, "collect", run_dir, f"{host.root}/runs/{run_id}.tar.gz",
+                            *[arg for s in services if s["stage"] == "broker" for arg in ("--stop", s["pidfile"])],
+                            "--grace-s", f"{BROKER_STOP_GRACE_S:g}"],
+                "archive": f"{host.root}/runs/{run_id}.tar.gz",
+            }
+            if "loadgen" in host.roles:
+                argv = runner.locust_argv(spec, api_url(inventory), Path(run_dir))
+                entry["load"] = {"argv": on_host(argv, host), "env": base_env, "cwd": run_dir,
+                                 "timeout_s": int(spec["warmup_s"] + spec["duration_s"] + runner.LOCUST_TAIL_S
+                                                  + runner.LOCUST_STOP_TIMEOUT_S + 120)}
+                entry["dirs"].append(f"{run_dir}/{store.REQUEST_LOGS_DIR}")
+                processes.append({"host": host.name, "name": "locust", "argv": entry["load"]["argv"]})
+            hosts[host.name] = entry
+    finally:
+        backend.close()
+    return CellPlan(run_id, hosts, processes)
