@@ -47,7 +47,8 @@ from benchmarks import measure
 #:       n cannot bound a p99 (the quantile rule; runs before this printed the nearest-rank value anyway).
 #:       run.json's generator (overload policy, max_in_flight, stop_wait_s, processes) and the figures
 #:       unanswered_at_stop, unanswered_accepted, not_202_accepted; request_id in tasks.parquet and
-#:       requests.parquet, and status -1 (unanswered at stop) in requests.parquet.
+#:       requests.parquet, and status -1 (unanswered at stop) in requests.parquet. ``faults.contract.publish_confirms``
+#:       (a RabbitMQ restart's ``persistence`` now follows it) and Celery's ``settings.recovery``.
 RESULT_SCHEMA_VERSION = 1
 #: Version of a search record (``searches/<search_id>.json``). Changes:
 #:   1 - first version: config, slo, factor, steps, knee_rate_per_s, first_unsustained_rate_per_s,
