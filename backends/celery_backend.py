@@ -48,7 +48,11 @@ Design, in the order a task meets it:
   ``worker_prefetch_multiplier`` 4, acks early, no task events, log level WARNING (Celery's CLI default;
   the tutorials' ``--loglevel=INFO`` logs two lines per task: sweep it with the ``loglevel`` knob). One
   setting is spelled out: ``broker_connection_retry_on_startup`` is True, the behaviour Celery already has
-  when it is unset, to silence Celery's warning about its future default.
+  when it is unset, to silence Celery's warning about its future default. Two that decide what a fault
+  does are pinned at today's defaults unless the matrix sets them, and recorded (``describe()["recovery"]``):
+  ``worker_cancel_long_running_tasks_on_connection_loss`` False (Celery 6.0 turns it on), and on RabbitMQ
+  the transport option ``confirm_publish`` False (py-amqp's default: ``amqp.Connection(confirm_publish=...)``
+  through kombu's transport options; True puts every channel in confirm mode, ``basic_publish_confirm``).
 
 State mapping (Celery's ``AsyncResult(id).state`` -> ours): PENDING -> queued (Celery's answer for any id
 it has no record of, including one still waiting in the queue; the API 404s ids it never issued);
