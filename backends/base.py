@@ -231,6 +231,10 @@ class DeliveryContract:
     #: The guarantee when the whole worker dies rather than the process running the task (None: the same).
     #: Celery with acks_late alone: a dead child's task is acknowledged (lost), a dead worker's comes back.
     whole_worker: Guarantee | None = None
+    #: RabbitMQ: whether the producer publishes with confirms (an enqueue returns once the node has the message),
+    #: which decides what a broker restart may lose from durable queues of persistent messages; None where the
+    #: broker has no such setting.
+    publish_confirms: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,11 @@ Design, in the order a task meets it:
   ``worker_prefetch_multiplier`` 4, acks early, no task events, log level WARNING (Celery's CLI default;
   the tutorials' ``--loglevel=INFO`` logs two lines per task: sweep it with the ``loglevel`` knob). One
   setting is spelled out: ``broker_connection_retry_on_startup`` is True, the behaviour Celery already has
-  when it is unset, to silence Celery's warning about its future default.
+  when it is unset, to silence Celery's warning about its future default. Two that decide what a fault
+  does are pinned at today's defaults unless the matrix sets them, and recorded (``describe()["recovery"]``):
+  ``worker_cancel_long_running_tasks_on_connection_loss`` False (Celery 6.0 turns it on), and on RabbitMQ
+  the transport option ``confirm_publish`` False (py-amqp's default: ``amqp.Connection(confirm_publish=...)``
+  through kombu's transport options; True puts every channel in confirm mode, ``basic_publish_confirm``).
 
 State mapping (Celery's ``AsyncResult(id).state`` -> ours): PENDING -> queued (Celery's answer for any id
 it has no record of, including one still waiting in the queue; the API 404s ids it never issued);
@@ -187,13 +191,25 @@ KNOBS: dict[str, Knob] = {
     "unacked_restore_throttle": Knob(int, 10, "Redis broker only (kombu 5.7+): broker_transport_options "
                                      "unacked_restore_throttle, looks per actual scan (a scan every interval x "
                                      "throttle seconds).", low=1),
+    "confirm_publish": Knob(bool, False, "RabbitMQ broker only: broker_transport_options confirm_publish, "
+                            "py-amqp's publisher confirms (kombu default off): every publish waits for the "
+                            "node's basic.ack, so an enqueue that returned is on the node (with Celery's durable "
+                            "queues and persistent messages, on its disk) and a rejected publish raises.",
+                            candidates=(False, True)),
+    "cancel_long_running_tasks_on_connection_loss": Knob(
+        bool, False, "worker_cancel_long_running_tasks_on_connection_loss (Celery 5.1+; default false, true from "
+        "Celery 6.0): when a worker loses its broker connection, cancel its running acks_late tasks, which can no "
+        "longer be acknowledged and come back from the broker, instead of letting them finish (and run again).",
+        candidates=(False, True)),
     "result_expires_s": Knob(int, 86400, "result_expires: seconds results are kept (0: forever).", low=0),
     "result_subscribe": Knob(bool, False, "keep Celery's per-task SUBSCRIBE of the producer to the result "
                              "channel (stock Celery; never drained by the API, see the module docstring). "
                              "queuebench default false."),
 }
-#: Knobs that only mean something on the Redis broker.
-_REDIS_ONLY = ("visibility_timeout_s", "disable_prefetch", "unacked_restore_interval_s", "unacked_restore_throttle")
+#: Knobs that only mean something on one broker: knob -> that broker.
+_BROKER_ONLY = {"visibility_timeout_s": "redis", "disable_prefetch": "redis", "unacked_restore_interval_s": "redis",
+                "unacked_restore_throttle": "redis", "confirm_publish": "rabbitmq"}
+_BROKER_NAMES = {"redis": "Redis", "rabbitmq": "RabbitMQ"}
 #: Boolean knobs that are worker command-line flags.
 _FLAG_KNOBS = {
     "without_mingle": "--without-mingle",
@@ -307,10 +323,9 @@ def _knob_error(key: str, value: Any, reason: str) -> UnsupportedOption:
 def parse_knobs(settings: BackendSettings) -> dict[str, Any]:
     """The ``[celery]`` knobs of `settings`, checked; raises `UnsupportedOption` for a bad one."""
     knobs = base_parse_knobs(CeleryBackend.name, KNOBS, settings.options)
-    if settings.broker != "redis":
-        for key in _REDIS_ONLY:
-            if key in knobs:
-                raise _knob_error(key, knobs[key], "applies to the Redis broker only")
+    for key, broker in _BROKER_ONLY.items():
+        if key in knobs and settings.broker != broker:
+            raise _knob_error(key, knobs[key], f"applies to the {_BROKER_NAMES[broker]} broker only")
     return knobs
 
 
@@ -341,19 +356,25 @@ def build_app(settings: BackendSettings, *, producer: bool = False, acks_late: b
     }
     if acks_late is not None:
         conf["task_acks_late"] = acks_late
+    # Pinned at Celery 5's default unless the matrix says otherwise: Celery 6.0 turns it on.
+    conf["worker_cancel_long_running_tasks_on_connection_loss"] = False
     config_knobs = {
         "track_started": "task_track_started",
         "reject_on_worker_lost": "task_reject_on_worker_lost",
         "disable_rate_limits": "worker_disable_rate_limits",
         "broker_pool_limit": "broker_pool_limit",
         "result_expires_s": "result_expires",
+        "cancel_long_running_tasks_on_connection_loss": "worker_cancel_long_running_tasks_on_connection_loss",
     }
     for knob, setting in config_knobs.items():
         if knob in knobs:
             conf[setting] = knobs[knob]
     transport = {option: knobs[knob] for knob, option in (
         ("visibility_timeout_s", "visibility_timeout"), ("unacked_restore_interval_s", "unacked_restore_interval"),
-        ("unacked_restore_throttle", "unacked_restore_throttle")) if knob in knobs}
+        ("unacked_restore_throttle", "unacked_restore_throttle"), ("confirm_publish", "confirm_publish"))
+        if knob in knobs}
+    if settings.broker == "rabbitmq":
+        transport.setdefault("confirm_publish", False)  # py-amqp's default, pinned so run.json says it
     transport |= dict(broker_sentinel)
     if transport:
         conf["broker_transport_options"] = transport
@@ -633,7 +654,9 @@ class CeleryBackend(BackendBase):
 
     def delivery_contract(self, spec: WorkerSpec) -> DeliveryContract:
         """Celery acknowledges a task before running it unless ``acks_late``; a child killed mid-task is
-        acknowledged anyway unless ``reject_on_worker_lost`` too (Celery's FAQ and task docs)."""
+        acknowledged anyway unless ``reject_on_worker_lost`` too (Celery's FAQ and task docs). On RabbitMQ
+        the producer publishes with confirms only with ``confirm_publish`` (`DeliveryContract.publish_confirms`:
+        then a restarted node keeps every message an enqueue returned for)."""
         acks_late = spec.acks_late if spec.acks_late is not None else bool(self._app.conf.task_acks_late)
         reject = bool(self.knob_values.get("reject_on_worker_lost", False))
         redis_broker = self.settings.broker == "redis"
@@ -644,15 +667,36 @@ class CeleryBackend(BackendBase):
                       if redis_broker else "when the broker sees the connection close")
         prefetched = f"returned to the queue {redelivery}"
         source = "https://docs.celeryq.dev/en/stable/userguide/tasks.html#Task.acks_late"
+        confirms = None if redis_broker else bool(self.recovery_settings()["confirm_publish"])
         if acks_late and reject:
             return DeliveryContract("at-least-once", "re-queued at once (the child's death rejects it)",
-                                    prefetched, "reject_on_worker_lost; " + redelivery, source)
+                                    prefetched, "reject_on_worker_lost; " + redelivery, source,
+                                    publish_confirms=confirms)
         if acks_late:
             return DeliveryContract("at-most-once", "acknowledged as failed when only the child dies (lost); "
                                     f"redelivered {redelivery} when the whole worker dies", prefetched,
-                                    redelivery, source, whole_worker="at-least-once")
+                                    redelivery, source, whole_worker="at-least-once", publish_confirms=confirms)
         return DeliveryContract("at-most-once", "lost (acknowledged before it ran)", prefetched, redelivery,
-                                source)
+                                source, publish_confirms=confirms)
+
+    def recovery_settings(self) -> dict[str, Any]:
+        """The settings that decide what a fault does to tasks, as this configuration runs them (Celery's and
+        kombu's defaults where the matrix says nothing); the other broker's settings are None."""
+        conf, knobs, redis_broker = self._app.conf, self.knob_values, self.settings.broker == "redis"
+        transport = conf.broker_transport_options or {}
+        return {
+            "reject_on_worker_lost": bool(conf.task_reject_on_worker_lost),
+            "cancel_long_running_tasks_on_connection_loss":
+                bool(conf.worker_cancel_long_running_tasks_on_connection_loss),
+            "visibility_timeout_s": transport.get("visibility_timeout", KNOBS["visibility_timeout_s"].default)
+            if redis_broker else None,
+            "unacked_restore_interval_s": knobs.get("unacked_restore_interval_s",
+                                                    KNOBS["unacked_restore_interval_s"].default)
+            if redis_broker else None,
+            "unacked_restore_throttle": knobs.get("unacked_restore_throttle", KNOBS["unacked_restore_throttle"].default)
+            if redis_broker else None,
+            "confirm_publish": bool(transport.get("confirm_publish")) if not redis_broker else None,
+        }
 
     def retry_policy(self) -> RetryPolicy:
         """`poison` is retried with ``self.retry`` up to the task's ``max_retries``, Celery's default (3)."""
@@ -778,6 +822,7 @@ class CeleryBackend(BackendBase):
             "disable_rate_limits": conf.worker_disable_rate_limits,
             "broker_pool_limit": conf.broker_pool_limit,
             "broker_transport_options": dict(conf.broker_transport_options or {}),
+            "recovery": self.recovery_settings(),
             "loglevel": self.loglevel,
             "mingle": not self.knob_values.get("without_mingle", False),
             "gossip": not self.knob_values.get("without_gossip", False),

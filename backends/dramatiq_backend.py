@@ -536,15 +536,18 @@ class DramatiqBackend(BackendBase):
     def delivery_contract(self, spec: WorkerSpec) -> DeliveryContract:
         """Dramatiq acknowledges a message after its actor has run (at least once). On Redis a dead
         worker's unacknowledged messages come back once its heartbeat is older than the heartbeat timeout
-        and some process runs the broker's maintenance; on RabbitMQ as soon as the connection closes."""
+        and some process runs the broker's maintenance; on RabbitMQ as soon as the connection closes, and the
+        producer publishes with confirms only with ``confirm_delivery`` (`DeliveryContract.publish_confirms`)."""
         if self.settings.broker == "redis":
             timeout_ms = self._knobs["heartbeat_timeout_ms"] or 60_000
             recovery = (f"requeued by broker maintenance once the dead worker's heartbeat is {timeout_ms} ms "
                         "old (maintenance runs on a fraction of commands; an idle cluster may not run it)")
         else:
             recovery = "redelivered by RabbitMQ when the worker's connection closes"
+        confirms = None if self.settings.broker == "redis" else bool(self._knobs["confirm_delivery"])
         return DeliveryContract("at-least-once", "redelivered: " + recovery, "redelivered with it", recovery,
-                                "https://dramatiq.io/guide.html#message-delivery (acks after processing)")
+                                "https://dramatiq.io/guide.html#message-delivery (acks after processing)",
+                                publish_confirms=confirms)
 
     def _prefetch(self, spec_prefetch: int | None) -> int | None:
         knob = self._knobs["queue_prefetch"]

@@ -50,6 +50,7 @@ import psutil
 import redis
 
 from backends import ledger
+from backends.base import DeliveryContract
 from benchmarks import fault_verdict
 from benchmarks.procs import Proc, wait_until
 from benchmarks.spec import NO_FAULT
@@ -130,8 +131,9 @@ class Injector:
 
     # -- the runner's hooks ------------------------------------------------------------------------
 
-    def prepare(self, stack: Any) -> None:
-        """Called once the brokers are up, before anything is enqueued."""
+    def prepare(self, stack: Any, contract: DeliveryContract | None = None) -> None:
+        """Called once the brokers are up, before anything is enqueued. `contract`: what the backend declares
+        for the cell's workers (a RabbitMQ restart needs it: whether the library publishes with confirms)."""
         self.stack = stack
         if self.kind == "restart_broker":
             broker = stack.broker
@@ -139,7 +141,9 @@ class Injector:
                 raise RuntimeError("restart_broker restarts only a broker this cell started itself (a redis-server "
                                    "or a private RabbitMQ node)")
             if broker.kind == "rabbitmq":
-                self.spec["persistence"] = self.record["persistence"] = rabbitmq_durability(stack.backend.describe())
+                if contract is None:
+                    raise RuntimeError("restart_broker on RabbitMQ needs the backend's delivery contract")
+                self.spec["persistence"] = self.record["persistence"] = rabbitmq_durability(contract)
             if self.spec.get("persistence") == "aof":
                 client = redis.Redis.from_url(broker.url, socket_timeout=10)
                 try:
@@ -263,13 +267,14 @@ class Injector:
             self.record["error"] = f"{type(self._error).__name__}: {self._error}"
             raise RuntimeError(f"fault {self.kind} could not be injected: {self._error}") from self._error
 
-    def judge(self, summary: dict[str, Any], contract: Any, final_attempts: Mapping[str, int] | None = None) -> None:
+    def judge(self, summary: dict[str, Any], contract: DeliveryContract, final_attempts: Mapping[str, int] | None = None) -> None:
         """Count what the fault did from the raw ledger (`fault_verdict.judge`) into `record`, and replace the
         no-fault self-checks it may break by design (`REPLACED_CHECKS`) in `summary`. `final_attempts`: task
         name -> the attempt whose failure is final (`poison`), so such a task is settled, not lost."""
         self.record["contract"] = {"guarantee": contract.guarantee, "whole_worker": contract.whole_worker,
                                    "in_flight": contract.in_flight, "prefetched": contract.prefetched,
-                                   "recovery": contract.recovery, "source": contract.source}
+                                   "recovery": contract.recovery, "source": contract.source,
+                                   "publish_confirms": contract.publish_confirms}
         # A fault that takes the whole worker away is judged by what the library promises for that.
         whole = self.kind in WHOLE_WORKER_FAULTS or (self.kind == "kill_child" and any(
             v.get("role") == "worker parent" for v in self.record.get("victims", [])))
@@ -505,13 +510,12 @@ class Injector:
                                     "messages_after_restart": held}
 
 
-def rabbitmq_durability(described: Mapping[str, Any]) -> str:
-    """What a RabbitMQ restart may keep, from the backend's own description: ``durable-confirmed`` when the
-    library publishes with confirms (Dramatiq ``confirm_delivery``, kombu ``confirm_publish``), else
-    ``durable-unconfirmed``. Both libraries here declare durable queues and persistent messages."""
-    transport = described.get("broker_transport_options") or {}
-    confirmed = bool(described.get("confirm_delivery") or transport.get("confirm_publish"))
-    return "durable-confirmed" if confirmed else "durable-unconfirmed"
+def rabbitmq_durability(contract: DeliveryContract) -> str:
+    """What a RabbitMQ restart may keep, from the backend's declared contract: ``durable-confirmed`` when the
+    library publishes with confirms (`DeliveryContract.publish_confirms`: Dramatiq's ``confirm_delivery``,
+    Celery's ``confirm_publish``), else ``durable-unconfirmed``. Both libraries on RabbitMQ here declare
+    durable queues and persistent messages."""
+    return "durable-confirmed" if contract.publish_confirms else "durable-unconfirmed"
 
 
 def _replace(procs: list[Proc], old: Proc, new: Proc) -> None:

@@ -48,7 +48,7 @@ from typing import Any
 import pandas as pd
 
 from backends import ledger
-from backends.base import BackendUnavailable
+from backends.base import BackendUnavailable, DeliveryContract
 from benchmarks import __version__, environment, faults, measure, serialization, store
 from benchmarks.brokers import SharedRedis, free_port, redact
 from benchmarks.matrix import Cell, Matrix
@@ -403,7 +403,7 @@ class CellRun:
         self.record["generator"] = generator_record(workers)
         follower = ledger.Follower(stack.ledger_dir, stack.final_attempts())
         if self.faults is not None:
-            self.faults.prepare(stack)
+            self.faults.prepare(stack, self._contract())
         with Sampler(stack.supervisor, self.run_dir, depths=stack.backend.queue_depths) as sampler:
             master = (LOCUST_MASTER_HOST, free_port()) if workers > 1 else None
             argv = locust_argv(spec, stack.api_url, self.run_dir, master=master)
@@ -499,7 +499,7 @@ class CellRun:
         with phases.phase("broker_start"):
             stack.start_brokers()
             if self.faults is not None:
-                self.faults.prepare(stack)
+                self.faults.prepare(stack, self._contract())
         assert stack.backend is not None
         self._record_kinds()
         count = int(spec["tasks"])
@@ -564,12 +564,16 @@ class CellRun:
         self._judge_fault(summary)
         self.record["summary"] = summary
 
+    def _contract(self) -> DeliveryContract:
+        """What the backend declares for the victim's workers (the first worker spec's)."""
+        assert self.stack is not None and self.stack.backend is not None
+        return self.stack.backend.delivery_contract(self.config.worker_specs()[0])
+
     def _judge_fault(self, summary: dict[str, Any]) -> None:
         """faults: what the fault did, against the contract the backend declares for the victim's workers."""
         if self.faults is not None:
-            assert self.stack is not None and self.stack.backend is not None
-            self.faults.judge(summary, self.stack.backend.delivery_contract(self.config.worker_specs()[0]),
-                              self.stack.final_attempts())
+            assert self.stack is not None
+            self.faults.judge(summary, self._contract(), self.stack.final_attempts())
 
     def _book_locust(self, started: float, locust_s: float, started_ns: int, ended_ns: int,
                      window: measure.Window) -> None:

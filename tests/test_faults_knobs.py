@@ -4,12 +4,13 @@ that follows from them; one short end-to-end check that RQ's Retry brings a kill
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from backends import backend_class, rq_backend
 from backends.base import BackendSettings, UnsupportedOption, WorkerSpec
-from benchmarks import matrix, runner
+from benchmarks import fault_verdict, faults, matrix, runner
 from benchmarks.stack import Stack, StackConfig
 
 UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing is contacted: backends connect lazily
@@ -92,3 +93,75 @@ def test_huey_and_arq_record_how_they_recover_a_dead_workers_tasks(backend, keys
     cls = backend_class(backend)
     described = cls(BackendSettings(broker_url=UNREACHABLE)).describe()
     assert keys <= set(described["recovery"])
+
+
+# --- Celery: publisher confirms and cancelling long-running tasks on a lost connection ------------------
+
+AMQP = "amqp://guest:guest@127.0.0.1:1//"  # nothing is contacted
+
+
+def celery_on(broker: str, **options) -> Any:
+    url = AMQP if broker == "rabbitmq" else UNREACHABLE
+    return backend_class("celery")(BackendSettings(broker=broker, broker_url=url, results=False, options=options))
+
+
+def test_celery_records_confirm_publish_and_cancel_on_connection_loss_at_celerys_defaults_unless_set():
+    default = celery_on("rabbitmq")
+    assert default.describe()["recovery"]["confirm_publish"] is False
+    assert default.describe()["recovery"]["cancel_long_running_tasks_on_connection_loss"] is False
+    asked = celery_on("rabbitmq", confirm_publish=True, cancel_long_running_tasks_on_connection_loss=True)
+    described = asked.describe()
+    assert described["recovery"]["confirm_publish"] is True
+    assert described["recovery"]["cancel_long_running_tasks_on_connection_loss"] is True
+    # where kombu reads it: the py-amqp connection's keyword, through the transport options
+    assert described["broker_transport_options"]["confirm_publish"] is True
+    for backend in (default, asked):
+        backend.close()
+
+
+def test_celerys_workers_get_cancel_on_connection_loss_from_the_app_they_build():
+    from backends.celery_backend import build_app
+    settings = BackendSettings(broker_url=UNREACHABLE, results=False,
+                               options={"cancel_long_running_tasks_on_connection_loss": True})
+    assert build_app(settings).conf.worker_cancel_long_running_tasks_on_connection_loss is True
+    plain = build_app(BackendSettings(broker_url=UNREACHABLE, results=False))
+    assert plain.conf.worker_cancel_long_running_tasks_on_connection_loss is False
+
+
+def test_celery_refuses_publisher_confirms_on_redis_naming_the_knob_and_the_broker():
+    with pytest.raises(UnsupportedOption, match=r"\[celery\] confirm_publish.*RabbitMQ broker only"):
+        celery_on("redis", confirm_publish=True)
+    with pytest.raises(UnsupportedOption, match=r"\[celery\] visibility_timeout_s.*Redis broker only"):
+        celery_on("rabbitmq", visibility_timeout_s=10)
+    on_redis = celery_on("redis", cancel_long_running_tasks_on_connection_loss=True)  # any broker's connection
+    assert on_redis.describe()["recovery"]["confirm_publish"] is None
+    on_redis.close()
+
+
+@pytest.mark.parametrize(("backend", "knob"), [("celery", "confirm_publish"), ("dramatiq", "confirm_delivery")])
+def test_a_rabbitmq_restart_may_lose_what_was_published_without_confirms_and_nothing_published_with_them(
+        backend, knob):
+    # A synthetic ledger: "a" ran before the restart, "b" was queued at it and never came back.
+    S = 1_000_000_000
+    rows = [{"ev": "sent", "id": i, "sent_ns": 0, "scheduled_ns": None} for i in ("a", "b")]
+    rows += [{"ev": "started", "id": "a", "task": "sleep_ms", "attempt": 1, "t_ns": 1 * S, "pid": 1},
+             {"ev": "finished", "id": "a", "task": "sleep_ms", "attempt": 1, "t_ns": 2 * S, "outcome": "ok", "pid": 1}]
+    verdicts = {}
+    for confirms in (False, True):
+        cls = backend_class(backend)
+        instance = cls(BackendSettings(broker="rabbitmq", broker_url=AMQP, results=False, options={knob: confirms}))
+        contract = instance.delivery_contract(WorkerSpec(processes=2))
+        instance.close()
+        assert contract.publish_confirms is confirms
+        fault = {"kind": "restart_broker", "at_ns": 3 * S, "deadline_ns": 30 * S,
+                 "persistence": faults.rabbitmq_durability(contract)}
+        verdicts[confirms] = fault_verdict.judge(rows, fault, contract.whole_worker or contract.guarantee)
+    assert verdicts[False]["lost_queued"] == verdicts[True]["lost_queued"] == 1
+    assert verdicts[False]["verdict"] == fault_verdict.AS_DOCUMENTED
+    assert verdicts[True]["verdict"] == fault_verdict.VIOLATES
+
+
+def test_redis_brokers_declare_no_publisher_confirms():
+    for name in ("celery", "dramatiq", "rq", "huey", "arq"):
+        instance = backend_class(name)(BackendSettings(broker_url=UNREACHABLE, results=False))
+        assert instance.delivery_contract(WorkerSpec()).publish_confirms is None, name

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from backends import libraries
 from benchmarks import matrix, spec
+
+FAULTS_TOML = Path(__file__).resolve().parent.parent / "benchmarks" / "matrices" / "faults.toml"
 
 
 def _cells(text: str) -> list[matrix.Cell]:
@@ -65,3 +70,19 @@ def test_an_append_only_file_on_rabbitmq_is_refused_as_a_redis_setting(monkeypat
     (cell,) = _cells('backend = "celery"\nbroker = "rabbitmq"\nmode = "drain"\ntasks = 10\n'
                      'fault = "restart_broker"\npersistence = "aof"\n')
     assert "append-only file" in cell.skip_reason
+
+
+def test_the_shipped_fault_matrix_kills_a_worker_and_restarts_redis_under_every_library():
+    cells = [c for c in matrix.load(FAULTS_TOML).cells if c.skip_reason is None]
+    for library in libraries():
+        faults = {(c.spec.get("fault"), c.spec.get("persistence")) for c in cells
+                  if c.spec["backend"] == library and c.spec["broker"] == "redis"}
+        assert {("kill_worker", None), ("restart_broker", "off")} <= faults, library
+
+
+def test_the_shipped_fault_matrix_restarts_rabbitmq_under_celery_and_dramatiq_without_and_with_confirms():
+    knob = {"celery": "confirm_publish", "dramatiq": "confirm_delivery"}
+    restarts = [c for c in matrix.load(FAULTS_TOML).cells
+                if c.spec["broker"] == "rabbitmq" and c.spec.get("fault") == "restart_broker"]
+    for library, name in knob.items():
+        assert {c.spec["options"][name] for c in restarts if c.spec["backend"] == library} == {False, True}
