@@ -145,6 +145,17 @@ def test_each_host_runs_its_roles_with_its_own_interpreter_address_and_directory
         assert worker["env"]["QUEUEBENCH_HOST"] == host
         assert "redis://127.0.0.1:6390/0" in worker["argv"]  # the broker host's address and port
     assert the_plan.hosts["host1"]["load"]["argv"][0] == "/opt/h1/bin/locust"
+    for host, entry in the_plan.hosts.items():  # every host times the broker's round trip, with its interpreter
+        assert entry["broker_rtt"][0] == services[host]["clock"]["argv"][0]
+        assert entry["broker_rtt"][-2:] == ["broker-rtt", "redis://127.0.0.1:6390/0"]
+
+
+def test_a_broker_that_does_not_answer_gives_no_round_trip_but_the_error(capsys):
+    from benchmarks.deploy import host
+
+    port = free_port("127.0.0.1")  # nothing listens there
+    result = host.broker_rtt(f"redis://127.0.0.1:{port}/0", samples=2)
+    assert result["rtt_ms"] is None and "Error" in result["error"]
 
 
 def test_the_example_inventory_is_read_by_ansible_itself():
@@ -322,6 +333,11 @@ worker_class = "SimpleWorker"
         manifest.verify(collected, host)
         assert (collected / "logs" / "clock.log").exists()
 
+    # The broker's round trip was timed from every host.
+    rtts = record["brokers"]["broker"]["rtt_ms_by_host"]
+    assert set(rtts) == {"host1", "host2"}
+    assert all(isinstance(ms, float | int) and ms >= 0 for ms in rtts.values()), rtts
+
     # Clock offsets at start and end for both hosts, each with its bound.
     for host in ("host1", "host2"):
         clock = record["clocks"]["hosts"][host]
@@ -349,7 +365,7 @@ worker_class = "SimpleWorker"
     assert record["summary"]["checks"]["no_duplicates"]["ok"] and record["summary"]["checks"]["all_finished"]["ok"]
     assert record["summary"]["figures"]["executions_by_host"] == {"host2": len(sent)}
     shown = " ".join(done.stderr.split())  # what the command printed, its line wrapping undone
-    assert "exactly once across hosts: yes" in shown and "host2: clock offset" in shown
+    assert "exactly once across hosts: yes" in shown and "host2: clock offset" in shown and "broker RTT" in shown
 
     # Nothing started on the hosts is left running.
     left = []

@@ -16,9 +16,11 @@ library's own CLI) on the ``workers`` hosts, the API under gunicorn on the ``api
    timestamp on the coordinator's clock (``OUT/<run>/ledger/``: the hosts' rows, corrected), and judge the
    run with the same `benchmarks.measure` checks as a local run (every task ran exactly once, across hosts).
 
-run.json adds ``deployment`` (the inventory's hosts and roles) and ``clocks`` (per host: offsets at start and
-end, uncertainty, drift; per interval family: the clock uncertainty against its median and whether that
-flags the run; negative intervals counted). Run ids are the local cell's with ``-on-<inventory name>``.
+run.json adds ``deployment`` (the inventory's hosts and roles), the broker's round trip from each host
+(``brokers.broker.rtt_ms_by_host``, timed on each host by `benchmarks.deploy.host` ``broker-rtt`` at the end
+of the start playbook) and ``clocks`` (per host: offsets at start and end, uncertainty, drift; per interval
+family: the clock uncertainty against its median and whether that flags the run; negative intervals
+counted). Run ids are the local cell's with ``-on-<inventory name>``.
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ class HostsCellRun:
         spec = self.spec
         self.log("starting the hosts' services")
         with self.phases.phase("hosts_start"):
-            self._playbook("start")
+            rtt_by_host = broker_rtt_by_host(self._playbook("start"))
         with self.phases.phase("clocks_start"):
             self.clocks_start = self._measure_clocks(wait_s=HEALTHY_TIMEOUT_S)
         with self.phases.phase("api_healthy"):
@@ -159,7 +161,14 @@ class HostsCellRun:
             self._round_trip()
         self.record["settings"] = dict(self.backend.describe())
         self.record["brokers"] = {"broker": {"kind": "redis", "url": plan_mod.broker_url(self.inventory),
-                                             "owned": True, "host": self.inventory.one("broker").name}}
+                                             "owned": True, "host": self.inventory.one("broker").name,
+                                             "rtt_ms_by_host": {h: r["rtt_ms"] for h, r in rtt_by_host.items()},
+                                             "rtt_method": f"fastest of {rtt_samples(rtt_by_host)} Redis PINGs "
+                                                           "from each host, on one connection, after the "
+                                                           "services started"}}
+        errors = {h: r["error"] for h, r in rtt_by_host.items() if r.get("error")}
+        if errors:
+            self.record["brokers"]["broker"]["rtt_errors"] = errors
         self.record["task_kinds"] = [{"task": task, "args": args, "digest": ledger.args_digest(task, args)}
                                      for task, args in sent_tasks(spec)]
         self.record["api"] = {"server": "gunicorn gthread", "workers": spec["api_workers"],
@@ -362,6 +371,17 @@ class HostsCellRun:
                                                for name, e in self.clocks_start.items()}}
         store.write_run(self.run_dir, self.record)
         return CellResult(self.run_id, status, detail, self.run_dir, self.record["phases_s"])
+
+
+def broker_rtt_by_host(result: driver.PlaybookResult) -> dict[str, dict[str, Any]]:
+    """Each host's broker round trip as its `benchmarks.deploy.host` ``broker-rtt`` reported it."""
+    return {host: json.loads(stdout) for host, stdout in
+            sorted(result.stdout_of("Measure the broker's round trip").items())}
+
+
+def rtt_samples(rtt_by_host: Mapping[str, Mapping[str, Any]]) -> int:
+    """How many PINGs each host timed (the most any host did; fewer only where the broker failed)."""
+    return max((int(r.get("samples", 0)) for r in rtt_by_host.values()), default=0)
 
 
 def correct_ledgers(run_dir: Path, host_clocks: Mapping[str, clocks.HostClock], loadgen: str) -> Path:

@@ -167,6 +167,7 @@ def build(spec: Mapping[str, Any], inventory: Inventory, run_id: str, id_key: st
                 "services": services,
                 "helper_env": {"PYTHONPATH": host.src},
                 "progress": [*helper, "progress", f"{run_dir}/ledger"],
+                "broker_rtt": [*helper, "broker-rtt", broker_url(inventory)],
                 "stop_services": [*helper, "stop", *[s["pidfile"] for s in services if s["stage"] != "broker"],
                                   "--grace-s", f"{STOP_GRACE_S:g}"],
                 "collect": [*helper, "collect", run_dir, f"{host.root}/runs/{run_id}.tar.gz",
