@@ -407,9 +407,6 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
         if broker_url or per_run_vhost:
             raise click.UsageError("--inventory starts its broker on the inventory's broker host: it does not "
                                    "take --broker-url or --per-run-vhost yet")
-        if any(int(c.spec.get("load_workers", 1)) > 1 for c in matrix.cells):
-            raise click.UsageError("--inventory runs one Locust process on its loadgen host: load_workers > 1 "
-                                   "is not supported there yet")
         _run_on_inventory(matrix, inventory_file, out, force, dry_run, console)
         return
     todo, done = runner.plan(matrix, out, force=force)

@@ -2,7 +2,8 @@
 
 A cell here is a local load cell spread over hosts: the broker on the ``broker`` host, the workers (each
 library's own CLI) on the ``workers`` hosts, the API under gunicorn on the ``api`` host, Locust on the
-``loadgen`` host, each started by Ansible under start-stop-daemon (`playbooks/start.yml`). In order:
+``loadgen`` host (with ``load_workers`` > 1, its Locust workers are daemons there too, and the load playbook
+runs their master), each started by Ansible under start-stop-daemon (`playbooks/start.yml`). In order:
 
 1. start every host's services; measure every host's clock offset (`benchmarks.clocks`, start estimates);
 2. wait for the API's ``/healthz``, then round-trip one probe per task kind and queue, enqueued from here
@@ -173,9 +174,16 @@ class HostsCellRun:
                                      for task, args in sent_tasks(spec)]
         self.record["api"] = {"server": "gunicorn gthread", "workers": spec["api_workers"],
                               "threads": spec["api_threads"], "host": self.inventory.one("api").name}
-        self.record["generator"] = runner.generator_record() | {"host": self.inventory.one("loadgen").name}
-        self.log(f"Locust on {self.inventory.one('loadgen').name}: {spec['rate']:g} tasks/s for "
-                 f"{spec['warmup_s']:g} s warm-up + {spec['duration_s']:g} s measured")
+        loadgen, workers = self.inventory.one("loadgen").name, runner.load_workers(spec)
+        assert self.plan is not None
+        self.record["generator"] = runner.generator_record(workers) | {"host": loadgen}
+        if workers > 1:
+            self.record["generator"]["workers"] = {
+                "processes": [{"host": p["host"], "name": p["name"]} for p in self.plan.processes
+                              if p["name"].startswith(plan_mod.LOAD_WORKER_PREFIX)],
+                "roll_call": store.LOCUST_WORKERS_JSON}
+        self.log(f"Locust on {loadgen}: {spec['rate']:g} tasks/s for {spec['warmup_s']:g} s warm-up + "
+                 f"{spec['duration_s']:g} s measured" + (f", {workers} Locust workers" if workers > 1 else ""))
         started = time.monotonic()
         progress = self._progress(self._playbook("load"))
         self.load_s = (started, time.monotonic() - started)  # booked once the window is known (`_book_load`)
@@ -313,12 +321,19 @@ class HostsCellRun:
         store.write_requests_table(self.run_dir, requests)
         store.write_tasks_table(self.run_dir, ledger.executions(self.run_dir / "ledger"))
         tasks = store.read_tasks_table(self.run_dir)
+        roll_call = None
+        if runner.load_workers(spec) > 1:  # the master's roll call of its workers, as in a local run
+            roll_call = measure.load_workers_reported(store.read_locust_workers(self.run_dir),
+                                                      runner.load_workers(spec))
+            if not len(requests) and not roll_call["ok"]:
+                raise RuntimeError(f"generator check failed, nothing was sent: {roll_call['detail']} (the "
+                                   f"Locust logs: {HOSTS_DIR}/{loadgen}/logs/)")
         window = measure.load_window(tasks, requests, spec["warmup_s"], spec["duration_s"])
         self._book_load(window)
         summary = measure.summarise(tasks, requests, window, slots=self.record["slots"],
                                     offered_rate_per_s=float(spec["rate"]), arrival=spec.get("arrival", "constant"),
                                     locust_post_counts=store.locust_post_counts(self.run_dir),
-                                    queue_leftovers=self.record.get("queue_leftovers"))
+                                    queue_leftovers=self.record.get("queue_leftovers"), load_workers=roll_call)
         attempts = tasks[(tasks["attempt"] > 0) & (tasks["outcome"] == "ok")]
         summary["figures"]["executions_by_host"] = {str(k): int(v) for k, v in
                                                     attempts.groupby("worker_host").size().items()}
