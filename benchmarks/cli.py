@@ -324,7 +324,8 @@ def _sweep_options(what: str):
                                                            spec_mod.KEYS["load_workers"].domain.high),
                      help="Locust processes sending the load of every load-mode cell (sets the matrix key "
                           "load_workers; default: the matrix's, else 1). N > 1: a headless master on "
-                          "127.0.0.1 and N workers, each sending 1/N of the rate."),
+                          "127.0.0.1 (with --inventory: on the loadgen host's address) and N workers, each "
+                          "sending 1/N of the rate."),
     ]
 
     def decorate(command):

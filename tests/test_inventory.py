@@ -321,28 +321,26 @@ qb_python={sys.executable}
     return inventory_file
 
 
-@pytest.mark.service
-def test_workers_on_a_second_host_drain_tasks_enqueued_through_the_api_on_the_first_exactly_once(
-        tmp_path, need_redis, need_two_local_hosts):
-    inventory_file = write_two_hosts(tmp_path, skew_ns=SKEW_NS)
+def run_tiny_on_two_hosts(tmp_path: Path, skew_ns: int = 0, **keys) -> tuple[subprocess.CompletedProcess, Path]:
+    """`queuebench run --inventory` of one tiny RQ cell (the matrix keys `keys` changed) on `write_two_hosts`;
+    the finished command and its output directory."""
+    inventory_file = write_two_hosts(tmp_path, skew_ns=skew_ns)
+    cell = {"backend": "rq", "processes": 1, "api_workers": 1, "api_threads": 2, "task": "noop", "rate": 10,
+            "warmup_s": 0.5, "duration_s": 2, "drain_timeout_s": 30} | keys
     matrix_file = tmp_path / "tiny.toml"
-    matrix_file.write_text("""name = "tiny-hosts"
-backend = "rq"
-processes = 1
-api_workers = 1
-api_threads = 2
-task = "noop"
-rate = 10
-warmup_s = 0.5
-duration_s = 2
-drain_timeout_s = 30
-[rq]
-worker_class = "SimpleWorker"
-""")
+    matrix_file.write_text('name = "tiny-hosts"\n' + "".join(f"{k} = {json.dumps(v)}\n" for k, v in cell.items())
+                           + '[rq]\nworker_class = "SimpleWorker"\n')
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "benchmarks", "run", str(matrix_file), "--inventory",
                            str(inventory_file), "--out", str(out)], capture_output=True, text=True, timeout=240,
                           cwd=ROOT)
+    return done, out
+
+
+@pytest.mark.service
+def test_workers_on_a_second_host_drain_tasks_enqueued_through_the_api_on_the_first_exactly_once(
+        tmp_path, need_redis, need_two_local_hosts):
+    done, out = run_tiny_on_two_hosts(tmp_path, skew_ns=SKEW_NS)
     runs = store.run_dirs(out)
     assert len(runs) == 1, done.stderr[-3000:]
     record = store.load_run(runs[0])
@@ -405,26 +403,7 @@ worker_class = "SimpleWorker"
 @pytest.mark.service
 def test_two_locust_workers_on_the_loadgen_host_end_ok_with_the_masters_count_equal_to_the_ledgers_sent_rows(
         tmp_path, need_redis, need_two_local_hosts):
-    inventory_file = write_two_hosts(tmp_path)
-    matrix_file = tmp_path / "two-workers.toml"
-    matrix_file.write_text("""name = "two-workers-hosts"
-backend = "rq"
-processes = 1
-api_workers = 1
-api_threads = 2
-task = "noop"
-rate = 10
-warmup_s = 0.5
-duration_s = 1
-drain_timeout_s = 30
-load_workers = 2
-[rq]
-worker_class = "SimpleWorker"
-""")
-    out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "run", str(matrix_file), "--inventory",
-                           str(inventory_file), "--out", str(out)], capture_output=True, text=True, timeout=240,
-                          cwd=ROOT)
+    done, out = run_tiny_on_two_hosts(tmp_path, duration_s=1, load_workers=2)
     (run_dir,) = store.run_dirs(out)
     record = store.load_run(run_dir)
     assert done.returncode == 0 and record["status"] == "ok", (record.get("detail"), done.stderr[-3000:])
