@@ -324,7 +324,8 @@ def _sweep_options(what: str):
                                                            spec_mod.KEYS["load_workers"].domain.high),
                      help="Locust processes sending the load of every load-mode cell (sets the matrix key "
                           "load_workers; default: the matrix's, else 1). N > 1: a headless master on "
-                          "127.0.0.1 and N workers, each sending 1/N of the rate."),
+                          "127.0.0.1 (with --inventory: on the loadgen host's address) and N workers, each "
+                          "sending 1/N of the rate."),
     ]
 
     def decorate(command):
@@ -394,7 +395,7 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
     says where the sweep's wall time went; the share spent in measured windows is printed at the end.
     With --inventory, each cell runs on the inventory's hosts instead (load mode on Redis), each host's
     ledger is collected into OUT/<run_id>/hosts/<host>/ with its manifest, and run.json records every
-    host's clock offset. Exits 1 if any cell failed or errored, 130 on Ctrl-C (completed cells are kept),
+    host's clock offset and the broker's round trip from every host. Exits 1 if any cell failed or errored, 130 on Ctrl-C (completed cells are kept),
     2 on a bad matrix or inventory.
     """
 
@@ -407,9 +408,6 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
         if broker_url or per_run_vhost:
             raise click.UsageError("--inventory starts its broker on the inventory's broker host: it does not "
                                    "take --broker-url or --per-run-vhost yet")
-        if any(int(c.spec.get("load_workers", 1)) > 1 for c in matrix.cells):
-            raise click.UsageError("--inventory runs one Locust process on its loadgen host: load_workers > 1 "
-                                   "is not supported there yet")
         _run_on_inventory(matrix, inventory_file, out, force, dry_run, console)
         return
     todo, done = runner.plan(matrix, out, force=force)
@@ -466,13 +464,17 @@ def _run_on_inventory(matrix: Any, inventory_file: Path, out: Path, force: bool,
 
 
 def _hosts_lines(record: dict[str, Any]) -> str:
-    """What an inventory run shows: per host its clock and its collected ledger, and exactly-once across hosts."""
+    """What an inventory run shows: per host its clock, its broker round trip and its collected ledger, and
+    exactly-once across hosts."""
     lines = [f"{record['run_id']}: {record['status']}"]
     manifests = record.get("deployment", {}).get("manifests", {})
+    rtts = record.get("brokers", {}).get("broker", {}).get("rtt_ms_by_host", {})
     for name, c in record["clocks"].get("hosts", {}).items():
         clock = f"offset {c['start']['offset_ns'] / 1e6:+.3f} ms +- {c['start']['uncertainty_ns'] / 1e6:.3f} ms"
         if c.get("drift_ppm") is not None:
             clock += f", drift {c['drift_ppm']:+.1f} ppm"
+        if rtts.get(name) is not None:
+            clock += f"; broker RTT {rtts[name]:.3f} ms"
         files = manifests.get(name)
         ledger = (f"; ledger {files['ledger_rows']} rows in {files['ledger_files']} file(s)"
                   + (f", {files['request_rows']} request rows" if files["request_logs"] else "")

@@ -56,9 +56,10 @@ from benchmarks import measure
 #:       Distributed load (the spec's load_workers > 1): locust_workers.json, run.json's generator
 #:       load_workers and workers, and the figure load_workers (the roll call's verdict).
 #:       Runs on an inventory (`benchmarks.deploy`): run.json's deployment, clocks and queue_leftovers (and
-#:       stop_error), the figure executions_by_host, and the run directory's hosts/<host>/ (collected files).
-#:       ``faults.contract.publish_confirms``
-#:       (a RabbitMQ restart's ``persistence`` now follows it) and Celery's ``settings.recovery``.
+#:       stop_error), the broker's rtt_ms_by_host and rtt_method (and rtt_errors), the figure
+#:       executions_by_host, and the run directory's hosts/<host>/ (collected files).
+#:       ``faults.contract.publish_confirms`` (a RabbitMQ restart's ``persistence`` now follows it) and
+#:       Celery's ``settings.recovery``.
 RESULT_SCHEMA_VERSION = 1
 #: Version of a search record (``searches/<search_id>.json``). Changes:
 #:   1 - first version: config, slo, factor, steps, knee_rate_per_s, first_unsustained_rate_per_s,

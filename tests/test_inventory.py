@@ -16,8 +16,8 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
+from benchmarks import measure, store
 from benchmarks import spec as spec_mod
-from benchmarks import store
 from benchmarks.cli import cli
 from benchmarks.deploy import inventory as inv
 from benchmarks.deploy import manifest, plan
@@ -145,6 +145,32 @@ def test_each_host_runs_its_roles_with_its_own_interpreter_address_and_directory
         assert worker["env"]["QUEUEBENCH_HOST"] == host
         assert "redis://127.0.0.1:6390/0" in worker["argv"]  # the broker host's address and port
     assert the_plan.hosts["host1"]["load"]["argv"][0] == "/opt/h1/bin/locust"
+    for host, entry in the_plan.hosts.items():  # every host times the broker's round trip, with its interpreter
+        assert entry["broker_rtt"][0] == services[host]["clock"]["argv"][0]
+        assert entry["broker_rtt"][-2:] == ["broker-rtt", "redis://127.0.0.1:6390/0"]
+
+
+def test_with_two_load_workers_the_loadgen_host_runs_two_locust_worker_daemons_and_their_master_binds_its_address():
+    inventory = parse(*two_hosts(host1={"qb_locust_port": 5599}))
+    spec = spec_mod.defaults("system") | spec_mod.defaults("workload") | {
+        "backend": "rq", "processes": 1, "options": {}, "args": {}, "load_workers": 2}
+    the_plan = plan.build(spec, inventory, "run-1", "k" * 32)
+    workers = [s for s in the_plan.hosts["host1"]["services"] if s["name"].startswith(plan.LOAD_WORKER_PREFIX)]
+    assert [w["name"] for w in workers] == ["locust-worker-0", "locust-worker-1"]
+    assert all(w["stage"] == "services" and "--worker" in w["argv"] for w in workers)
+    assert all(w["argv"][w["argv"].index("--master-host") + 1:][:3] == ["127.0.0.1", "--master-port", "5599"]
+               for w in workers)
+    master = the_plan.hosts["host1"]["load"]["argv"]
+    assert master[master.index("--master-bind-host") + 1:][:3] == ["127.0.0.1", "--master-bind-port", "5599"]
+    assert not any(s["name"].startswith("locust") for s in the_plan.hosts["host2"]["services"])
+
+
+def test_a_broker_that_does_not_answer_gives_no_round_trip_but_the_error(capsys):
+    from benchmarks.deploy import host
+
+    port = free_port("127.0.0.1")  # nothing listens there
+    result = host.broker_rtt(f"redis://127.0.0.1:{port}/0", samples=2)
+    assert result["rtt_ms"] is None and "Error" in result["error"]
 
 
 def test_the_example_inventory_is_read_by_ansible_itself():
@@ -270,45 +296,51 @@ def need_two_local_hosts() -> None:
 SKEW_NS = 250_000_000
 
 
-@pytest.mark.service
-def test_workers_on_a_second_host_drain_tasks_enqueued_through_the_api_on_the_first_exactly_once(
-        tmp_path, need_redis, need_two_local_hosts):
+def write_two_hosts(tmp_path: Path, skew_ns: int = 0) -> Path:
+    """An inventory of two hosts on this machine: host1 (127.0.0.2) the loadgen, API and broker, host2
+    (127.0.0.3) the workers, its clock skewed by `skew_ns`; every port free."""
     roots = {"host1": tmp_path / "h1", "host2": tmp_path / "h2"}
     inventory_file = tmp_path / "hosts.ini"
     inventory_file.write_text(f"""
 [loadgen]
 host1 qb_address=127.0.0.2 qb_root={roots['host1']} qb_api_port={free_port('127.0.0.2')} \
-qb_broker_port={free_port('127.0.0.2')} qb_clock_port={free_port('127.0.0.2', socket.SOCK_DGRAM)}
+qb_broker_port={free_port('127.0.0.2')} qb_clock_port={free_port('127.0.0.2', socket.SOCK_DGRAM)} \
+qb_locust_port={free_port('127.0.0.2')}
 [api]
 host1
 [broker]
 host1
 [workers]
 host2 qb_address=127.0.0.3 qb_root={roots['host2']} qb_clock_port={free_port('127.0.0.3', socket.SOCK_DGRAM)} \
-qb_clock_skew_ns={SKEW_NS}
+qb_clock_skew_ns={skew_ns}
 [all:vars]
 ansible_connection=local
 ansible_python_interpreter={sys.executable}
 qb_python={sys.executable}
 """)
+    return inventory_file
+
+
+def run_tiny_on_two_hosts(tmp_path: Path, skew_ns: int = 0, **keys) -> tuple[subprocess.CompletedProcess, Path]:
+    """`queuebench run --inventory` of one tiny RQ cell (the matrix keys `keys` changed) on `write_two_hosts`;
+    the finished command and its output directory."""
+    inventory_file = write_two_hosts(tmp_path, skew_ns=skew_ns)
+    cell = {"backend": "rq", "processes": 1, "api_workers": 1, "api_threads": 2, "task": "noop", "rate": 10,
+            "warmup_s": 0.5, "duration_s": 2, "drain_timeout_s": 30} | keys
     matrix_file = tmp_path / "tiny.toml"
-    matrix_file.write_text("""name = "tiny-hosts"
-backend = "rq"
-processes = 1
-api_workers = 1
-api_threads = 2
-task = "noop"
-rate = 10
-warmup_s = 0.5
-duration_s = 2
-drain_timeout_s = 30
-[rq]
-worker_class = "SimpleWorker"
-""")
+    matrix_file.write_text('name = "tiny-hosts"\n' + "".join(f"{k} = {json.dumps(v)}\n" for k, v in cell.items())
+                           + '[rq]\nworker_class = "SimpleWorker"\n')
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "benchmarks", "run", str(matrix_file), "--inventory",
                            str(inventory_file), "--out", str(out)], capture_output=True, text=True, timeout=240,
                           cwd=ROOT)
+    return done, out
+
+
+@pytest.mark.service
+def test_workers_on_a_second_host_drain_tasks_enqueued_through_the_api_on_the_first_exactly_once(
+        tmp_path, need_redis, need_two_local_hosts):
+    done, out = run_tiny_on_two_hosts(tmp_path, skew_ns=SKEW_NS)
     runs = store.run_dirs(out)
     assert len(runs) == 1, done.stderr[-3000:]
     record = store.load_run(runs[0])
@@ -321,6 +353,11 @@ worker_class = "SimpleWorker"
         assert list((collected / "ledger").glob("*.jsonl")), f"no ledger collected from {host}"
         manifest.verify(collected, host)
         assert (collected / "logs" / "clock.log").exists()
+
+    # The broker's round trip was timed from every host.
+    rtts = record["brokers"]["broker"]["rtt_ms_by_host"]
+    assert set(rtts) == {"host1", "host2"}
+    assert all(isinstance(ms, float | int) and ms >= 0 for ms in rtts.values()), rtts
 
     # Clock offsets at start and end for both hosts, each with its bound.
     for host in ("host1", "host2"):
@@ -349,7 +386,7 @@ worker_class = "SimpleWorker"
     assert record["summary"]["checks"]["no_duplicates"]["ok"] and record["summary"]["checks"]["all_finished"]["ok"]
     assert record["summary"]["figures"]["executions_by_host"] == {"host2": len(sent)}
     shown = " ".join(done.stderr.split())  # what the command printed, its line wrapping undone
-    assert "exactly once across hosts: yes" in shown and "host2: clock offset" in shown
+    assert "exactly once across hosts: yes" in shown and "host2: clock offset" in shown and "broker RTT" in shown
 
     # Nothing started on the hosts is left running.
     left = []
@@ -361,3 +398,35 @@ worker_class = "SimpleWorker"
         if str(tmp_path) in seen:
             left.append(proc.info["cmdline"])
     assert not left
+
+
+@pytest.mark.service
+def test_two_locust_workers_on_the_loadgen_host_end_ok_with_the_masters_count_equal_to_the_ledgers_sent_rows(
+        tmp_path, need_redis, need_two_local_hosts):
+    done, out = run_tiny_on_two_hosts(tmp_path, duration_s=1, load_workers=2)
+    (run_dir,) = store.run_dirs(out)
+    record = store.load_run(run_dir)
+    assert done.returncode == 0 and record["status"] == "ok", (record.get("detail"), done.stderr[-3000:])
+    checks, figures = record["summary"]["checks"], record["summary"]["figures"]
+    for name in ("locust_count_matches", "requests_match_ledger", "generator_kept_up", "all_finished"):
+        assert checks[name]["ok"], (name, checks[name])
+
+    # Each Locust worker on host1 wrote its own raw log, collected and listed in host1's manifest; merged,
+    # they are the master's count of POST /tasks and the ledger's sent rows.
+    logs = sorted((run_dir / "hosts" / "host1" / store.REQUEST_LOGS_DIR).glob("*.csv"))
+    assert len(logs) == 2
+    assert sum(1 for name in manifest.verify(run_dir / "hosts" / "host1", "host1")["files"]
+               if name.startswith(store.REQUEST_LOGS_DIR)) == 2
+    merged = store.read_requests_table(run_dir)
+    posted, failed = store.locust_post_counts(run_dir)
+    assert posted == int((merged["status"] != measure.UNANSWERED_STATUS).sum()) and failed == 0
+    sent = pd.read_parquet(run_dir / store.TASKS_TABLE).dropna(subset=["sent_ns"]).drop_duplicates("id")
+    assert int((merged["status"] == 202).sum()) == len(sent) == figures["sent"] > 0
+    assert merged["request_id"].is_unique
+
+    # The master's roll call: both workers connected and reported their end.
+    assert figures["load_workers"]["ok"] and figures["load_workers"]["reported"] == 2
+    assert record["generator"]["load_workers"] == 2 and record["generator"]["host"] == "host1"
+    assert sorted(p["name"] for p in record["processes"] if p["name"].startswith("locust")) == [
+        "locust", "locust-worker-0", "locust-worker-1"]
+    assert all(p["host"] == "host1" for p in record["processes"] if p["name"].startswith("locust"))

@@ -2,7 +2,8 @@
 
 A cell here is a local load cell spread over hosts: the broker on the ``broker`` host, the workers (each
 library's own CLI) on the ``workers`` hosts, the API under gunicorn on the ``api`` host, Locust on the
-``loadgen`` host, each started by Ansible under start-stop-daemon (`playbooks/start.yml`). In order:
+``loadgen`` host (with ``load_workers`` > 1, its Locust workers are daemons there too, and the load playbook
+runs their master), each started by Ansible under start-stop-daemon (`playbooks/start.yml`). In order:
 
 1. start every host's services; measure every host's clock offset (`benchmarks.clocks`, start estimates);
 2. wait for the API's ``/healthz``, then round-trip one probe per task kind and queue, enqueued from here
@@ -16,9 +17,11 @@ library's own CLI) on the ``workers`` hosts, the API under gunicorn on the ``api
    timestamp on the coordinator's clock (``OUT/<run>/ledger/``: the hosts' rows, corrected), and judge the
    run with the same `benchmarks.measure` checks as a local run (every task ran exactly once, across hosts).
 
-run.json adds ``deployment`` (the inventory's hosts and roles) and ``clocks`` (per host: offsets at start and
-end, uncertainty, drift; per interval family: the clock uncertainty against its median and whether that
-flags the run; negative intervals counted). Run ids are the local cell's with ``-on-<inventory name>``.
+run.json adds ``deployment`` (the inventory's hosts and roles), the broker's round trip from each host
+(``brokers.broker.rtt_ms_by_host``, timed on each host by `benchmarks.deploy.host` ``broker-rtt`` at the end
+of the start playbook) and ``clocks`` (per host: offsets at start and end, uncertainty, drift; per interval
+family: the clock uncertainty against its median and whether that flags the run; negative intervals
+counted). Run ids are the local cell's with ``-on-<inventory name>``.
 """
 
 from __future__ import annotations
@@ -147,7 +150,7 @@ class HostsCellRun:
         spec = self.spec
         self.log("starting the hosts' services")
         with self.phases.phase("hosts_start"):
-            self._playbook("start")
+            rtt_by_host = broker_rtt_by_host(self._playbook("start"))
         with self.phases.phase("clocks_start"):
             self.clocks_start = self._measure_clocks(wait_s=HEALTHY_TIMEOUT_S)
         with self.phases.phase("api_healthy"):
@@ -159,14 +162,28 @@ class HostsCellRun:
             self._round_trip()
         self.record["settings"] = dict(self.backend.describe())
         self.record["brokers"] = {"broker": {"kind": "redis", "url": plan_mod.broker_url(self.inventory),
-                                             "owned": True, "host": self.inventory.one("broker").name}}
+                                             "owned": True, "host": self.inventory.one("broker").name,
+                                             "rtt_ms_by_host": {h: r["rtt_ms"] for h, r in rtt_by_host.items()},
+                                             "rtt_method": f"fastest of {rtt_samples(rtt_by_host)} Redis PINGs "
+                                                           "from each host, on one connection, after the "
+                                                           "services started"}}
+        errors = {h: r["error"] for h, r in rtt_by_host.items() if r.get("error")}
+        if errors:
+            self.record["brokers"]["broker"]["rtt_errors"] = errors
         self.record["task_kinds"] = [{"task": task, "args": args, "digest": ledger.args_digest(task, args)}
                                      for task, args in sent_tasks(spec)]
         self.record["api"] = {"server": "gunicorn gthread", "workers": spec["api_workers"],
                               "threads": spec["api_threads"], "host": self.inventory.one("api").name}
-        self.record["generator"] = runner.generator_record() | {"host": self.inventory.one("loadgen").name}
-        self.log(f"Locust on {self.inventory.one('loadgen').name}: {spec['rate']:g} tasks/s for "
-                 f"{spec['warmup_s']:g} s warm-up + {spec['duration_s']:g} s measured")
+        loadgen, workers = self.inventory.one("loadgen").name, runner.load_workers(spec)
+        assert self.plan is not None
+        self.record["generator"] = runner.generator_record(workers) | {"host": loadgen}
+        if workers > 1:
+            self.record["generator"]["workers"] = {
+                "processes": [{"host": p["host"], "name": p["name"]} for p in self.plan.processes
+                              if p["name"].startswith(plan_mod.LOAD_WORKER_PREFIX)],
+                "roll_call": store.LOCUST_WORKERS_JSON}
+        self.log(f"Locust on {loadgen}: {spec['rate']:g} tasks/s for {spec['warmup_s']:g} s warm-up + "
+                 f"{spec['duration_s']:g} s measured" + (f", {workers} Locust workers" if workers > 1 else ""))
         started = time.monotonic()
         progress = self._progress(self._playbook("load"))
         self.load_s = (started, time.monotonic() - started)  # booked once the window is known (`_book_load`)
@@ -304,12 +321,19 @@ class HostsCellRun:
         store.write_requests_table(self.run_dir, requests)
         store.write_tasks_table(self.run_dir, ledger.executions(self.run_dir / "ledger"))
         tasks = store.read_tasks_table(self.run_dir)
+        roll_call = None
+        if runner.load_workers(spec) > 1:  # the master's roll call of its workers, as in a local run
+            roll_call = measure.load_workers_reported(store.read_locust_workers(self.run_dir),
+                                                      runner.load_workers(spec))
+            if not len(requests) and not roll_call["ok"]:
+                raise RuntimeError(f"generator check failed, nothing was sent: {roll_call['detail']} (the "
+                                   f"Locust logs: {HOSTS_DIR}/{loadgen}/logs/)")
         window = measure.load_window(tasks, requests, spec["warmup_s"], spec["duration_s"])
         self._book_load(window)
         summary = measure.summarise(tasks, requests, window, slots=self.record["slots"],
                                     offered_rate_per_s=float(spec["rate"]), arrival=spec.get("arrival", "constant"),
                                     locust_post_counts=store.locust_post_counts(self.run_dir),
-                                    queue_leftovers=self.record.get("queue_leftovers"))
+                                    queue_leftovers=self.record.get("queue_leftovers"), load_workers=roll_call)
         attempts = tasks[(tasks["attempt"] > 0) & (tasks["outcome"] == "ok")]
         summary["figures"]["executions_by_host"] = {str(k): int(v) for k, v in
                                                     attempts.groupby("worker_host").size().items()}
@@ -362,6 +386,17 @@ class HostsCellRun:
                                                for name, e in self.clocks_start.items()}}
         store.write_run(self.run_dir, self.record)
         return CellResult(self.run_id, status, detail, self.run_dir, self.record["phases_s"])
+
+
+def broker_rtt_by_host(result: driver.PlaybookResult) -> dict[str, dict[str, Any]]:
+    """Each host's broker round trip as its `benchmarks.deploy.host` ``broker-rtt`` reported it."""
+    return {host: json.loads(stdout) for host, stdout in
+            sorted(result.stdout_of("Measure the broker's round trip").items())}
+
+
+def rtt_samples(rtt_by_host: Mapping[str, Mapping[str, Any]]) -> int:
+    """How many PINGs each host timed (the most any host did; fewer only where the broker failed)."""
+    return max((int(r.get("samples", 0)) for r in rtt_by_host.values()), default=0)
 
 
 def correct_ledgers(run_dir: Path, host_clocks: Mapping[str, clocks.HostClock], loadgen: str) -> Path:

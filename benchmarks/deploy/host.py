@@ -6,12 +6,15 @@
   left after the grace. A pidfile whose process has gone is skipped.
 - ``progress LEDGER_DIR``: the ledger's sent and successfully finished task ids (probes left out) as JSON on
   stdout, so the coordinator can tell when every task sent has finished across hosts.
+- ``broker-rtt URL [--samples N]``: the broker's round trip from this host, the fastest of a few Redis
+  PINGs on one connection (the network's floor, not the broker's load), as JSON on stdout; a broker that
+  does not answer gives ``rtt_ms`` null and the error, so the run records it rather than failing.
 - ``collect RUN_DIR ARCHIVE [--stop PIDFILE]``: stop the broker first if named (so the broker stops last
   of all, after every host's other services), then write the manifest of the host's ledger and request logs
   (`benchmarks.deploy.manifest`), then pack what the coordinator collects into one archive for Ansible's
   fetch (one transfer per host instead of one per file).
 
-Imports nothing but the standard library, psutil and queuebench's own ledger and manifest modules.
+Imports nothing but the standard library, psutil, redis-py and queuebench's own ledger and manifest modules.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import click
 import psutil
+import redis
 
 from backends import ledger
 from benchmarks.deploy import manifest as manifest_mod
@@ -37,6 +41,9 @@ COLLECTED_PREFIXES = ("locust",)
 #: A daemon's process starts just before start-stop-daemon writes its pidfile; a process with that pid created
 #: more than this many seconds before (or after) the pidfile is another process that reused the pid.
 PID_REUSE_SLACK_S = 10.0
+#: PINGs timed for the broker's round trip from a host (the fastest is kept), and the seconds one may take.
+BROKER_RTT_SAMPLES = 5
+BROKER_RTT_TIMEOUT_S = 2.0
 
 
 @click.group()
@@ -117,6 +124,34 @@ def progress(ledger_dir: Path) -> None:
         follower.poll()
     print(json.dumps({"sent": sorted(follower.sent_ids), "done": sorted(follower.done_ids),
                       "finished_rows": follower.finished_rows, "t_ns": time.time_ns()}))
+
+
+def broker_rtt(url: str, samples: int) -> dict[str, object]:
+    """The fastest of `samples` PINGs to the Redis at `url` from this host, ms (the connection is opened by
+    a first PING, not timed); on a Redis error, ``rtt_ms`` None and the error."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=BROKER_RTT_TIMEOUT_S,
+                                  socket_timeout=BROKER_RTT_TIMEOUT_S)
+    rtts = []
+    try:
+        client.ping()
+        for _ in range(samples):
+            started = time.perf_counter()
+            client.ping()
+            rtts.append((time.perf_counter() - started) * 1000)
+    except redis.RedisError as exc:
+        return {"rtt_ms": None, "samples": len(rtts), "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        client.close()
+    return {"rtt_ms": round(min(rtts), 3), "samples": len(rtts)}
+
+
+@main.command("broker-rtt")
+@click.argument("url")
+@click.option("--samples", type=click.IntRange(min=1), default=BROKER_RTT_SAMPLES, show_default=True,
+              help="PINGs timed; the fastest is kept.")
+def broker_rtt_command(url: str, samples: int) -> None:
+    """Print the Redis broker at URL's round trip from this host (the fastest of a few PINGs) as JSON."""
+    print(json.dumps(broker_rtt(url, samples)))
 
 
 @main.command()

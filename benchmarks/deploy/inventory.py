@@ -15,8 +15,8 @@ Host variables queuebench reads (`HOST_VARS`; any other ``qb_*`` variable is ref
 - ``qb_python``: an interpreter that already has queuebench's requirements (default: a virtualenv the
   install playbook creates under ``qb_root`` and fills from the package index); with
   ``ansible_connection=local`` it may be relative to the inventory file.
-- ``qb_api_port``, ``qb_broker_port``, ``qb_clock_port``: ports of the API, the broker and the clock
-  responder on that host (defaults `DEFAULT_PORTS`).
+- ``qb_api_port``, ``qb_broker_port``, ``qb_clock_port``, ``qb_locust_port``: ports of the API, the broker,
+  the clock responder and (``load_workers`` > 1) the Locust master on that host (defaults `DEFAULT_PORTS`).
 - ``qb_redis_server``: the redis-server binary on the broker host (default: ``redis-server`` as found on this
   machine for a local connection, else ``/usr/bin/redis-server``).
 - ``qb_clock_skew_ns``: for tests, nanoseconds added on purpose to a workers-only host's clock as its workers'
@@ -42,7 +42,7 @@ ROLES = ("loadgen", "api", "workers", "broker")
 #: How many hosts each role takes in this version: (fewest, most; None for no limit).
 ROLE_COUNTS: dict[str, tuple[int, int | None]] = {"loadgen": (1, 1), "api": (1, 1), "workers": (1, None),
                                                   "broker": (1, 1)}
-DEFAULT_PORTS = {"qb_api_port": 8000, "qb_broker_port": 6390, "qb_clock_port": 8123}
+DEFAULT_PORTS = {"qb_api_port": 8000, "qb_broker_port": 6390, "qb_clock_port": 8123, "qb_locust_port": 5557}
 HOST_VARS = ("qb_root", "qb_address", "qb_python", "qb_bind_external", "qb_redis_server", "qb_clock_skew_ns",
              *DEFAULT_PORTS)
 #: Groups Ansible always has.
@@ -296,4 +296,6 @@ def _ports_used(host: Host) -> list[str]:
         keys.append("qb_api_port")
     if "broker" in host.roles:
         keys.append("qb_broker_port")
+    if "loadgen" in host.roles:
+        keys.append("qb_locust_port")
     return keys

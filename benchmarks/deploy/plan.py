@@ -29,6 +29,8 @@ from benchmarks.stack import PROJECT_ROOT
 #: Seconds the API, workers and clock responders get after SIGTERM once the cell's tasks have all finished
 #: (the measurement is over and the broker is the cell's own); then SIGKILL.
 STOP_GRACE_S = 1.0
+#: The Locust workers' service names on the loadgen host (``load_workers`` > 1), numbered from 0.
+LOAD_WORKER_PREFIX = "locust-worker-"
 #: The broker is stopped last, with this grace.
 BROKER_STOP_GRACE_S = 2.0
 
@@ -80,6 +82,12 @@ def on_host(argv: list[str], host: Host) -> list[str]:
             arg = host.src + arg[len(root):]
         out.append(arg)
     return out
+
+
+def load_master(spec: Mapping[str, Any], host: Host) -> tuple[str, int] | None:
+    """Where the loadgen host's Locust master listens when the cell splits its load between Locust workers
+    (``load_workers`` > 1): the host's address and ``qb_locust_port``; None for one Locust process."""
+    return (host.address, host.ports["qb_locust_port"]) if runner.load_workers(spec) > 1 else None
 
 
 def broker_url(inventory: Inventory) -> str:
@@ -167,6 +175,7 @@ def build(spec: Mapping[str, Any], inventory: Inventory, run_id: str, id_key: st
                 "services": services,
                 "helper_env": {"PYTHONPATH": host.src},
                 "progress": [*helper, "progress", f"{run_dir}/ledger"],
+                "broker_rtt": [*helper, "broker-rtt", broker_url(inventory)],
                 "stop_services": [*helper, "stop", *[s["pidfile"] for s in services if s["stage"] != "broker"],
                                   "--grace-s", f"{STOP_GRACE_S:g}"],
                 "collect": [*helper, "collect", run_dir, f"{host.root}/runs/{run_id}.tar.gz",
@@ -175,10 +184,18 @@ def build(spec: Mapping[str, Any], inventory: Inventory, run_id: str, id_key: st
                 "archive": f"{host.root}/runs/{run_id}.tar.gz",
             }
             if "loadgen" in host.roles:
-                argv = runner.locust_argv(spec, api_url(inventory), Path(run_dir))
+                master = load_master(spec, host)
+                argv = runner.locust_argv(spec, api_url(inventory), Path(run_dir), master=master)
                 entry["load"] = {"argv": on_host(argv, host), "env": base_env, "cwd": run_dir,
                                  "timeout_s": int(spec["warmup_s"] + spec["duration_s"] + runner.LOCUST_TAIL_S
-                                                  + runner.LOCUST_STOP_TIMEOUT_S + 120)}
+                                                  + runner.LOCUST_STOP_TIMEOUT_S + 120
+                                                  + (runner.LOCUST_WORKERS_MAX_WAIT_S if master else 0))}
+                if master is not None:
+                    # Started with the other services, before their master: a Locust worker keeps trying to
+                    # connect for minutes; the master (the load playbook) waits for all of them.
+                    for i in range(runner.load_workers(spec)):
+                        service(f"{LOAD_WORKER_PREFIX}{i}", "services",
+                                on_host(runner.locust_worker_argv(spec, master), host), base_env, run_dir)
                 entry["dirs"].append(f"{run_dir}/{store.REQUEST_LOGS_DIR}")
                 processes.append({"host": host.name, "name": "locust", "argv": entry["load"]["argv"]})
             hosts[host.name] = entry
