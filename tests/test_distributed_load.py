@@ -8,7 +8,6 @@ workers on loopback through the runner, on a private redis-server, gunicorn and 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -21,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+import scenario_files
 
 from backends import ledger
 from benchmarks import matrix, measure, runner, store
@@ -40,11 +40,7 @@ drain_timeout_s = 30
 
 
 def _share_module():
-    # scenarios/ is Locust's folder, not a package: load the file itself (it imports no Locust).
-    spec = importlib.util.spec_from_file_location("share", ROOT / "scenarios" / "share.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return scenario_files.load("share")
 
 
 # --- the key ---------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ Locust process can send, through the runner, on a private redis-server, gunicorn
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import scenario_files
 
 from backends import ledger
 from benchmarks import measure, store
@@ -26,11 +26,7 @@ MS = 1_000_000
 
 
 def _inflight_module():
-    # scenarios/ is Locust's folder, not a package: load the file itself (it imports no Locust).
-    spec = importlib.util.spec_from_file_location("inflight", ROOT / "scenarios" / "inflight.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return scenario_files.load("inflight")
 
 
 def _api_rows(task_id: str, request_id: str, at_ns: int) -> list[dict]:

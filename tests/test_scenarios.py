@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import scenario_files
 
 
 def _mix_module():
-    # scenarios/ is Locust's folder, not a package: load the file itself (it imports no Locust).
-    spec = importlib.util.spec_from_file_location("mix", ROOT / "scenarios" / "mix.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return scenario_files.load("mix")
 
 
 def test_the_routing_mix_sends_exactly_one_long_task_in_ten_evenly_spread():
