@@ -6,14 +6,13 @@ against an independent recount from the raw ledger files, and that nothing the c
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import psutil
 import pytest
+from fault_cells import ledger_rows, run_one
 
 from backends import ledger
-from benchmarks import matrix, runner
 from benchmarks.analysis import report
 from benchmarks.analysis.load import load_results
 
@@ -33,26 +32,17 @@ drain_timeout_s = 120
 
 
 def run_cell(tmp_path: Path, extra: str, *, backend: str = "celery", observe_s: float = 12) -> dict:
-    grid = matrix.parse(CELL.replace('"celery"', f'"{backend}"') + f"observe_s = {observe_s}\n" + extra, name="fault")
-    (result,) = runner.run_matrix(grid, tmp_path / "runs", log=lambda _: None)
-    return json.loads((result.run_dir / "run.json").read_text())
+    return run_one(tmp_path, CELL.replace('"celery"', f'"{backend}"') + f"observe_s = {observe_s}\n" + extra)[1]
 
 
 def recount(run_dir: Path) -> dict[str, int]:
     """Lost and duplicated straight from the ledger files, sharing no code with the verdict."""
     sent, ok = set(), {}
-    for path in sorted((run_dir / "ledger").glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if row.get("probe"):
-                continue
-            if row["ev"] == "sent":
-                sent.add(row["id"])
-            elif row["ev"] == "finished" and row["outcome"] == "ok":
-                ok[row["id"]] = ok.get(row["id"], 0) + 1
+    for row in ledger_rows(run_dir):
+        if row["ev"] == "sent":
+            sent.add(row["id"])
+        elif row["ev"] == "finished" and row["outcome"] == "ok":
+            ok[row["id"]] = ok.get(row["id"], 0) + 1
     return {"acknowledged": len(sent), "not_finished": len(sent - set(ok)),
             "duplicated": sum(1 for n in ok.values() if n > 1)}
 
@@ -165,11 +155,9 @@ def test_dramatiq_on_redis_loses_nothing_when_a_worker_tree_dies_and_its_heartbe
 
 
 def test_a_fault_under_load_marks_the_tasks_sent_while_the_worker_hung(need_redis, tmp_path):
-    grid = matrix.parse('backend = "celery"\nprocesses = 2\nscenario = "latency"\ntask = "sleep_ms"\n'
+    _, record = run_one(tmp_path, 'backend = "celery"\nprocesses = 2\nscenario = "latency"\ntask = "sleep_ms"\n'
                         'args = {ms = 100}\nrate = 10\nwarmup_s = 0\nduration_s = 6\nfault = "hang_worker"\n'
-                        'fault_at_s = 1\nhang_s = 2\nobserve_s = 10\n', name="fault")
-    (result,) = runner.run_matrix(grid, tmp_path / "runs", log=lambda _: None)
-    record = json.loads((result.run_dir / "run.json").read_text())
+                        'fault_at_s = 1\nhang_s = 2\nobserve_s = 10\n')
     faults = record["faults"]
     assert record["status"] == "ok", record["detail"]
     assert faults["injected"] and faults["sent_after_fault"] > 0

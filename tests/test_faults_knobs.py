@@ -3,14 +3,14 @@ that follows from them; one short end-to-end check that RQ's Retry brings a kill
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
+from fault_cells import run_one
 
 from backends import backend_class, rq_backend
 from backends.base import BackendSettings, UnsupportedOption, WorkerSpec
-from benchmarks import fault_verdict, faults, matrix, runner
+from benchmarks import fault_verdict, faults
 from benchmarks.stack import Stack, StackConfig
 
 UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing is contacted: backends connect lazily
@@ -55,11 +55,9 @@ def test_rq_with_a_retry_promises_at_least_once_and_without_one_at_most_once():
 
 @pytest.mark.service
 def test_rq_with_a_retry_runs_a_killed_work_horses_job_again_and_loses_nothing(need_redis, tmp_path):
-    grid = matrix.parse('backend = "rq"\nprocesses = 2\nmode = "drain"\ntask = "sleep_ms"\nargs = {ms = 1000}\n'
-                        'tasks = 4\nfault = "kill_child"\nfault_at_s = 1.5\nobserve_s = 15\ndrain_timeout_s = 60\n'
-                        '[rq]\nretry_max = 1\n', name="fault")
-    (result,) = runner.run_matrix(grid, tmp_path / "runs", log=lambda _: None)
-    record = json.loads((result.run_dir / "run.json").read_text())
+    _, record = run_one(tmp_path, 'backend = "rq"\nprocesses = 2\nmode = "drain"\ntask = "sleep_ms"\n'
+                        'args = {ms = 1000}\ntasks = 4\nfault = "kill_child"\nfault_at_s = 1.5\nobserve_s = 15\n'
+                        'drain_timeout_s = 60\n[rq]\nretry_max = 1\n')
     faults = record["faults"]
     assert record["status"] == "ok", record["detail"]
     assert record["settings"]["retry_max"] == 1

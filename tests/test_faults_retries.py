@@ -7,13 +7,13 @@ the attempts are recounted straight from the raw ledger files.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from fault_cells import ledger_rows, run_one
 
-from benchmarks import matrix, runner
+from backends.arq_backend import FLAKY_TRIES
 from benchmarks.analysis.faults import retry_table
 from benchmarks.analysis.load import load_results
 
@@ -33,11 +33,9 @@ drain_timeout_s = 60
 def attempts_in_ledger(run_dir: Path) -> dict[str, list[tuple[int, str]]]:
     """(attempt, outcome) of every finished execution per task id, probes left out, read from the files."""
     runs: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for path in sorted((run_dir / "ledger").glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            if row["ev"] == "finished" and not row.get("probe"):
-                runs[row["id"]].append((row["attempt"], row["outcome"]))
+    for row in ledger_rows(run_dir):
+        if row["ev"] == "finished":
+            runs[row["id"]].append((row["attempt"], row["outcome"]))
     return {task_id: sorted(rows) for task_id, rows in runs.items()}
 
 
@@ -45,17 +43,17 @@ def attempts_in_ledger(run_dir: Path) -> dict[str, list[tuple[int, str]]]:
     ("celery", "", 4),          # self.retry up to Task.max_retries, Celery's default 3
     ("rq", "[rq]\nretry_max = 2\n", 3),  # RQ retries only with a Retry: retry_max = 2
     ("dramatiq", "", 21),       # the Retries middleware's default max_retries, 20
+    ("huey", "", 1),            # @huey.task(retries=0), Huey's default: no retry
+    ("arq", "", FLAKY_TRIES),   # max_tries unset: the most tries the catalogue's flaky needs (not arq's 5)
 ])
 def test_a_poison_task_runs_exactly_the_attempts_its_library_promises_then_fails(need_redis, tmp_path, backend,
                                                                                   knobs, attempts):
-    grid = matrix.parse(CELL.format(backend=backend) + knobs, name="poison")
-    (result,) = runner.run_matrix(grid, tmp_path / "runs", log=lambda _: None)
-    record = json.loads((result.run_dir / "run.json").read_text())
+    run_dir, record = run_one(tmp_path, CELL.format(backend=backend) + knobs, name="poison")
     assert record["status"] == "ok", record["detail"]
     assert record["retry_policy"]["attempts"] == attempts
     assert record["summary"]["checks"]["retries_as_promised"]["ok"]
     assert record["summary"]["figures"]["failed_as_promised"] == 2
-    runs = attempts_in_ledger(result.run_dir)
+    runs = attempts_in_ledger(run_dir)
     assert len(runs) == 2
     for rows in runs.values():
         assert rows == [(n, "error") for n in range(1, attempts + 1)]
