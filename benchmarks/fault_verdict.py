@@ -79,11 +79,17 @@ class Expected:
 def expected(kind: str, guarantee: str, *, persistence: str = "off", escalated: bool = False) -> Expected:
     """What `kind` of fault may do to tasks under a library's `guarantee` (its declared `DeliveryContract`).
 
+    ``failover_broker`` (Sentinel promotes a replica of a killed master) may lose what was not yet replicated.
     `persistence` is the broker's for ``restart_broker``: Redis ``off`` or ``aof``; a RabbitMQ node
     ``durable-confirmed`` or ``durable-unconfirmed`` (durable queues and persistent messages, published with or
     without publisher confirms). `escalated` says a ``term_worker`` victim had to be SIGKILLed after its
     grace (it is then judged as a kill)."""
     alo = guarantee == AT_LEAST_ONCE
+    if kind == "failover_broker":
+        return Expected("any", "any", alo, "Redis replicates asynchronously and these libraries never wait for "
+                        "a replica (WAIT): a write the master acknowledged but had not yet sent to its replica is "
+                        "gone after Sentinel promotes it, queued or in flight; what was replicated survives, and "
+                        "at-least-once libraries may run a task twice")
     if kind == "restart_broker":
         if persistence == "off":
             return Expected("any", "any", alo, "a broker restarted without persistence forgets every message it "

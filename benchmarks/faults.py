@@ -33,6 +33,10 @@ The faults (see docs/FAULTS.md):
   node's process tree is SIGKILLed and ``rabbitmq-server`` starts again with the same node name, ports and
   data directory, so what the library declared durable and persistent is recovered from disk. Whether the
   library publishes with confirms decides what may be lost (`fault_verdict.expected`).
+- ``failover_broker``: the cell runs on a private Redis Sentinel group of its own (a master, one replica
+  and one Sentinel, `benchmarks.brokers.start_private_sentinel`), its clients reaching the master through
+  the ``redis+sentinel://`` URL; SIGKILL the master (never restarted) and wait until Sentinel names the
+  promoted replica. Replication is asynchronous, so what the master had not yet copied may be gone.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from typing import Any
 import psutil
 import redis
 
-from backends import ledger
+from backends import ledger, redis_url
 from backends.base import DeliveryContract
 from benchmarks import fault_verdict
 from benchmarks.procs import Proc, wait_until
@@ -66,8 +70,13 @@ RABBITMQ_RESTART_WAIT_S = 60.0
 #: horse), so ``retries_as_promised`` gives way to ``failed_as_promised`` too.
 REPLACED_CHECKS = ("all_finished", "no_duplicates", "no_leftovers", "generator_kept_up", "littles_law",
                    "retries_as_promised")
+#: The fault that kills a private Sentinel group's master (`Injector._failover_broker`).
+FAILOVER = "failover_broker"
+#: Seconds Sentinel gets, after the kill, to name a new master (it waits `brokers.SENTINEL_DOWN_AFTER_MS`
+#: before it even calls the master down).
+FAILOVER_WAIT_S = 60.0
 #: Faults that take a whole worker away, judged by `DeliveryContract.whole_worker` when a backend declares it.
-WHOLE_WORKER_FAULTS = ("kill_worker", "hang_worker", "term_worker", "restart_broker")
+WHOLE_WORKER_FAULTS = ("kill_worker", "hang_worker", "term_worker", "restart_broker", FAILOVER)
 #: What ends the wait of a fault cell that did not see every task finish: the deadline, observe_s after
 #: the fault (run.json's ``drain_ended_by``).
 FAULT_DEADLINE = "fault-deadline"
@@ -135,6 +144,10 @@ class Injector:
         """Called once the brokers are up, before anything is enqueued. `contract`: what the backend declares
         for the cell's workers (a RabbitMQ restart needs it: whether the library publishes with confirms)."""
         self.stack = stack
+        if self.kind == FAILOVER:
+            if getattr(stack, "sentinel_group", None) is None:
+                raise RuntimeError("failover_broker fails over only a Sentinel group this cell started itself")
+            self.spec["persistence"] = self.record["persistence"] = "replica"
         if self.kind == "restart_broker":
             broker = stack.broker
             if broker is None or not broker.private or broker.shared is not None:
@@ -475,6 +488,47 @@ class Injector:
             client.close()
         self.record["restarted"] = {"pid": new.pid, "after_s": round(time.monotonic() - (self.at_monotonic or 0), 3),
                                     "keys_after_restart": keys}
+
+    def _failover_broker(self) -> None:
+        """SIGKILL the private Sentinel group's master (the server Sentinel names now) and wait until Sentinel
+        names another; the killed server is not restarted."""
+        stack = self.stack
+        url = stack.broker.url
+        old_address = redis_url.master_address(url)
+        assert old_address is not None
+        port = str(old_address[1])
+        procs = [p for p in stack.supervisor.procs if p.name in ("redis", "redis-replica") and p.alive()
+                 and port in p.argv]
+        if not procs:
+            raise RuntimeError(f"the master Sentinel names (port {port}) is not a server this cell started")
+        old = procs[0]
+        tree = self._tree(old)
+        _signal(tree, signal.SIGKILL)
+        self._mark(victims=[{"pid": old.pid, "name": "redis-server", "role": "master", "port": int(port)}],
+                   persistence="replica")
+        _wait_gone(tree, GONE_WAIT_S)
+        old.popen.poll()
+        stack.supervisor.procs.remove(old)  # gone on purpose: not a child that failed
+        if old in stack._broker_procs:
+            stack._broker_procs.remove(old)
+        self._victim_procs.append(old)
+
+        def promoted() -> bool:
+            try:
+                return redis_url.master_address(url, timeout_s=0.5) not in (None, old_address)
+            except redis.RedisError:  # no master while Sentinel calls the old one down and promotes
+                return False
+
+        wait_until(promoted, timeout_s=FAILOVER_WAIT_S, interval_s=0.05,
+                   what="Sentinel to promote the replica")
+        host, new_port = redis_url.master_address(url) or ("", 0)
+        client = redis_url.client(url, socket_timeout=5)
+        try:
+            keys = int(client.dbsize())
+        finally:
+            client.close()
+        self.record["failed_over"] = {"after_s": round(time.monotonic() - (self.at_monotonic or 0), 3),
+                                      "new_master": f"{host}:{new_port}", "keys_on_new_master": keys}
 
     def _restart_rabbitmq(self) -> None:
         """SIGKILL the cell's private RabbitMQ node (its whole tree: the script and the Erlang VM) and start

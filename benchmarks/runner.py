@@ -308,6 +308,7 @@ class CellRun:
         shared_redis = None if faults.own_broker(self.spec) else self.shared_redis
         self.stack = Stack(self.config, self.run_dir, phases=self.phases, shared_redis=shared_redis,
                            private_rabbitmq=faults.own_broker(self.spec),
+                           private_sentinel=self.spec.get("fault") == faults.FAILOVER,
                            left_by_sweep=self.left_by_sweep)
         try:
             if self.spec["mode"] == "drain":

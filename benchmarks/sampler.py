@@ -31,7 +31,7 @@ DEPTH_COLUMNS = ("t_ns", "queue", "depth")
 
 def component_of(name: str) -> str:
     """The component a supervised process belongs to, from its name."""
-    if name in ("redis", "rabbitmq"):
+    if name in ("redis", "rabbitmq", "redis-replica", "sentinel"):
         return "broker"
     if name == "results-redis":
         return "result_store"

@@ -47,7 +47,7 @@ MODES = ("load", "drain")
 ARRIVALS = ("constant", "poisson")
 #: Faults a cell may inject (`benchmarks.faults`), and what each fault's own keys are.
 NO_FAULT = "none"
-FAULTS = (NO_FAULT, "kill_child", "kill_worker", "hang_worker", "restart_broker", "term_worker")
+FAULTS = (NO_FAULT, "kill_child", "kill_worker", "hang_worker", "restart_broker", "term_worker", "failover_broker")
 VICTIMS = ("tree", "parent")
 PERSISTENCES = ("off", "aof")
 #: Fault keys and the faults they belong to (every fault but "none" has `fault_at_s` and `observe_s`).
@@ -188,7 +188,9 @@ KEYS: dict[str, Key] = {k.name: k for k in (
          "worker, restarted after `restart_after_s`), hang_worker (SIGSTOP a worker tree for `hang_s`), "
          "restart_broker (SIGKILL the cell's own broker, a redis-server or a private RabbitMQ node, and restart it "
          "on the same port), term_worker "
-         "(SIGTERM a worker, SIGKILL after `grace_s`); run.json's `faults` counts what was lost, duplicated and "
+         "(SIGTERM a worker, SIGKILL after `grace_s`), failover_broker (the cell runs on a private Redis Sentinel "
+         "group, a master, a replica and a Sentinel; SIGKILL the master and let Sentinel promote the replica); "
+         "run.json's `faults` counts what was lost, duplicated and "
          "stranded", choices=FAULTS),
     _key("fault_at_s", "workload", float, 3, "seconds after the first task starts (the ledger's first "
          "`started` row: worker boot times differ by seconds between libraries) when the fault is injected",
@@ -286,6 +288,8 @@ def worker_specs(spec: Mapping[str, Any]) -> list[WorkerSpec]:
 _PLACEHOLDER_URLS = {"redis": "redis://127.0.0.1:6379/0", "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
                      "sqlite": f"sqlite:///{Path(tempfile.gettempdir()) / 'queuebench-check.sqlite3'}"}
 
+_SENTINEL_PLACEHOLDER_URL = "redis+sentinel://127.0.0.1:26379/queuebench/0"
+
 
 def validate(spec: Mapping[str, Any], broker_url: str | None = None) -> None:
     """Raise `UnsupportedOption` when the spec's backend cannot honour it (checked without starting or
@@ -302,6 +306,8 @@ def validate(spec: Mapping[str, Any], broker_url: str | None = None) -> None:
         raise UnsupportedOption("fault", spec["fault"], cls.name, problem)
     result_url = None if spec["broker"] != "rabbitmq" else (broker_url or _PLACEHOLDER_URLS["redis"])
     url = broker_url if broker_url and spec["broker"] == "redis" else _PLACEHOLDER_URLS[spec["broker"]]
+    if spec.get("fault") == "failover_broker":  # its clients find the private group's master through Sentinel
+        url = _SENTINEL_PLACEHOLDER_URL
     settings = settings_for(spec, url, result_url)
     check_shapes(cls, settings)
     backend = cls(settings)
@@ -314,6 +320,9 @@ def validate(spec: Mapping[str, Any], broker_url: str | None = None) -> None:
 
 def fault_problem(spec: Mapping[str, Any]) -> str | None:
     """Why the spec's fault cannot be injected on its broker (checked without starting anything), or None."""
+    if spec.get("fault") == "failover_broker" and spec["broker"] != "redis":
+        return ("failover_broker fails over a private Redis Sentinel group (a master, a replica, a Sentinel): "
+                "broker must be redis")
     if spec.get("fault", NO_FAULT) != "restart_broker" or spec["broker"] == "redis":
         return None
     if spec["broker"] == "sqlite":

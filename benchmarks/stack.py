@@ -121,7 +121,8 @@ class Stack:
 
     def __init__(self, config: StackConfig, run_dir: str | os.PathLike[str], *,
                  phases: PhaseClock | None = None, shared_redis: brokers.SharedRedis | None = None,
-                 private_rabbitmq: bool = False, left_by_sweep: frozenset[str] = frozenset()) -> None:
+                 private_rabbitmq: bool = False, private_sentinel: bool = False,
+                 left_by_sweep: frozenset[str] = frozenset()) -> None:
         self.config = config
         #: On a user's Redis in a sweep: the keys the previous cell left after its purge (`brokers.borrow_redis`).
         self.left_by_sweep = left_by_sweep
@@ -132,6 +133,10 @@ class Stack:
         self.shared_redis = shared_redis
         #: On RabbitMQ, start a node of the stack's own even when one answers (a cell that restarts it).
         self.private_rabbitmq = private_rabbitmq
+        #: On Redis, a private Sentinel group of the stack's own (a cell that fails its master over).
+        self.private_sentinel = private_sentinel
+        #: That group's ports and timers (`brokers.start_private_sentinel`), for run.json.
+        self.sentinel_group: dict[str, Any] | None = None
         self._shared_procs: list[Any] = []
         #: Where the stack's start-up and shutdown time goes (the runner's clock for the cell, if given).
         self.phases = phases or PhaseClock()
@@ -230,7 +235,9 @@ class Stack:
         cfg = self.config
         before = len(self.supervisor.procs)
         if cfg.broker == "redis":
-            if cfg.broker_url:
+            if self.private_sentinel:
+                self.broker, self.sentinel_group = brokers.start_private_sentinel(self.supervisor, self.run_dir)
+            elif cfg.broker_url:
                 self.broker = brokers.borrow_redis(cfg.broker_url, allow_dirty=cfg.allow_dirty,
                                                    left_by_sweep=self.left_by_sweep)
             else:
@@ -257,7 +264,8 @@ class Stack:
 
     def _broker_record(self, handle: brokers.BrokerHandle) -> dict[str, Any]:
         if handle.kind == "redis":
-            return brokers.describe_redis(handle)
+            record = brokers.describe_redis(handle)
+            return record | {"private_group": self.sentinel_group} if self.sentinel_group else record
         if handle.kind == "rabbitmq":
             record = brokers.describe_rabbitmq(handle, self.config.spec.get("queue_type", "classic"))
             vhost = self.run_vhost.name if self.run_vhost else unquote(urlsplit(handle.url).path[1:] or "/")

@@ -154,6 +154,21 @@ def test_dramatiq_on_redis_loses_nothing_when_a_worker_tree_dies_and_its_heartbe
     assert faults["reexecuted"] >= 1 and faults["verdict"] == "as-documented"
 
 
+def test_rq_follows_a_sentinel_failover_of_its_private_redis_and_the_run_names_the_promoted_master(need_redis,
+                                                                                                  tmp_path):
+    record = run_cell(tmp_path, 'fault = "failover_broker"\n', backend="rq", observe_s=20)
+    faults = check_counts(record, tmp_path)
+    assert record["status"] == "ok", record["detail"]
+    group = record["brokers"]["broker"]["private_group"]
+    assert record["brokers"]["broker"]["topology"] == "sentinel" and group["replicas"] == 1
+    # The killed master was the one Sentinel named at the start; the run ended on the promoted replica.
+    (victim,) = faults["victims"]
+    assert f"127.0.0.1:{victim['port']}" == record["brokers"]["broker"]["master"]
+    assert faults["failed_over"]["new_master"] in group["servers"]
+    assert faults["failed_over"]["new_master"] != record["brokers"]["broker"]["master"]
+    assert faults["verdict"] == "as-documented"
+
+
 def test_a_fault_under_load_marks_the_tasks_sent_while_the_worker_hung(need_redis, tmp_path):
     _, record = run_one(tmp_path, 'backend = "celery"\nprocesses = 2\nscenario = "latency"\ntask = "sleep_ms"\n'
                         'args = {ms = 100}\nrate = 10\nwarmup_s = 0\nduration_s = 6\nfault = "hang_worker"\n'

@@ -65,6 +65,17 @@ def test_restarting_rabbitmq_needs_a_private_node_and_says_so_when_rabbitmq_serv
     assert not cell.skip_reason
 
 
+def test_a_failover_needs_redis_and_a_library_that_follows_sentinel_and_says_so_otherwise():
+    (rabbit,) = _cells('backend = "dramatiq"\nbroker = "rabbitmq"\nmode = "drain"\ntasks = 10\n'
+                       'fault = "failover_broker"\n')
+    assert "failover_broker" in rabbit.skip_reason and "broker must be redis" in rabbit.skip_reason
+    (huey,) = _cells('backend = "huey"\nmode = "drain"\ntasks = 10\nfault = "failover_broker"\n')
+    assert "sentinel" in huey.skip_reason.lower()
+    for backend in ("celery", "rq", "dramatiq"):
+        (cell,) = _cells(f'backend = "{backend}"\nmode = "drain"\ntasks = 10\nfault = "failover_broker"\n')
+        assert not cell.skip_reason, cell.skip_reason
+
+
 def test_an_append_only_file_on_rabbitmq_is_refused_as_a_redis_setting(monkeypatch):
     monkeypatch.setattr(spec.shutil, "which", lambda name: f"/usr/sbin/{name}")
     (cell,) = _cells('backend = "celery"\nbroker = "rabbitmq"\nmode = "drain"\ntasks = 10\n'

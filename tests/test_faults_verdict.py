@@ -91,6 +91,14 @@ def test_a_queued_task_lost_by_a_broker_without_persistence_is_as_documented_and
     assert off["verdict"] == AS_DOCUMENTED and aof["verdict"] == VIOLATES
 
 
+def test_a_task_lost_in_a_sentinel_failover_is_as_documented_but_running_twice_under_at_most_once_is_not():
+    # Replication is asynchronous: what the master had not yet copied may be gone, whatever the promise.
+    lost = Ledger().sent("a").sent("b").ran("a", 1, 2)
+    assert judge(lost.rows, fault("failover_broker", persistence="replica"), "at-least-once")["verdict"] == AS_DOCUMENTED
+    twice = Ledger().sent("a").ran("a", 9, 11).ran("a", 12, 13, pid=101)
+    assert judge(twice.rows, fault("failover_broker", persistence="replica"), "at-most-once")["verdict"] == VIOLATES
+
+
 def test_a_task_that_finished_only_after_the_deadline_is_lost():
     book = Ledger().sent("a").ran("a", 9, 41)
     assert judge(book.rows, fault("hang_worker"), "at-least-once")["lost_in_flight"] == 1
