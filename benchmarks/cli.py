@@ -464,8 +464,8 @@ def _run_on_inventory(matrix: Any, inventory_file: Path, out: Path, force: bool,
 
 
 def _hosts_lines(record: dict[str, Any]) -> str:
-    """What an inventory run shows: per host its clock, its broker round trip and its collected ledger, and
-    exactly-once across hosts."""
+    """What an inventory run shows: per host its clock, its broker round trip, its collected ledger and its
+    resource use (machine CPU, busiest component), and exactly-once across hosts."""
     lines = [f"{record['run_id']}: {record['status']}"]
     manifests = record.get("deployment", {}).get("manifests", {})
     rtts = record.get("brokers", {}).get("broker", {}).get("rtt_ms_by_host", {})
@@ -480,6 +480,9 @@ def _hosts_lines(record: dict[str, Any]) -> str:
                   + (f", {files['request_rows']} request rows" if files["request_logs"] else "")
                   + ", as its manifest says") if files else ""
         lines.append(f"  {name}: clock {clock}{ledger}")
+        use = ((record.get("summary") or {}).get("figures", {}).get("resources_by_host") or {}).get(name)
+        if use:
+            lines.append(f"    {_host_use_line(use)}")
     summary = record.get("summary")
     if summary:
         figures, checks = summary["figures"], summary["checks"]
@@ -489,6 +492,23 @@ def _hosts_lines(record: dict[str, Any]) -> str:
     if record.get("detail"):
         lines.append(f"  {record['detail']}")
     return "\n".join(lines)
+
+
+def _host_use_line(use: dict[str, Any]) -> str:
+    """One host's resource use: its machine's CPU (in the measured window, else over the run) and memory, and
+    its busiest component, so a user sees which host saturated."""
+    machine, parts = use.get("machine") or {}, []
+    window, run = machine.get("cpu_percent_window"), machine.get("cpu_percent")
+    if window is not None or run is not None:
+        parts.append(f"CPU {window if window is not None else run:.0f} % of {machine['n_cpus']} CPU(s) "
+                     + ("in the window" if window is not None else "over the run"))
+    if machine.get("mem_total_mib"):
+        parts.append(f"memory peak {machine['peak_mem_used_mib']:.0f} of {machine['mem_total_mib']:.0f} MiB")
+    components = use.get("components") or {}
+    if components:
+        busiest = max(components, key=lambda c: components[c]["cpu_s"])
+        parts.append(f"busiest: {busiest} {components[busiest]['cpu_s']:.2f} CPU-s")
+    return "resources: " + ("; ".join(parts) if parts else "not sampled")
 
 
 def _end_run(console: Any, results: list[Any], out: Path, since: str) -> None:

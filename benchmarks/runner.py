@@ -142,6 +142,17 @@ def load_workers(spec: Mapping[str, Any]) -> int:
     return int(spec.get("load_workers", 1))
 
 
+def add_resources(figures: dict[str, Any], resources: pd.DataFrame) -> None:
+    """The resource figures of a run's sampled ``resources.csv`` rows (a local run's, or an inventory's with
+    a host column): per component (`measure.resource_use`), and tasks per worker and per total CPU second."""
+    use = measure.resource_use(resources)
+    figures["resources"] = use
+    worker_cpu = use.get("workers", {}).get("cpu_s")
+    total_cpu = sum(c["cpu_s"] for c in use.values())
+    figures["tasks_per_worker_cpu_s"] = figures["finished_ok"] / worker_cpu if worker_cpu else None
+    figures["tasks_per_cpu_s"] = figures["finished_ok"] / total_cpu if total_cpu else None
+
+
 def locust_argv(spec: Mapping[str, Any], api_url: str, run_dir: Path, *,
                 master: tuple[str, int] | None = None) -> list[str]:
     """Locust, headless, on the cell's scenario file with the cell's rate and task: the one process that
@@ -649,13 +660,7 @@ class CellRun:
         return store.read_tasks_table(self.run_dir)  # figures come from what was stored
 
     def _add_resources(self, summary: dict[str, Any]) -> None:
-        use = measure.resource_use(store.read_resources(self.run_dir))
-        figures = summary["figures"]
-        figures["resources"] = use
-        worker_cpu = use.get("workers", {}).get("cpu_s")
-        total_cpu = sum(c["cpu_s"] for c in use.values())
-        figures["tasks_per_worker_cpu_s"] = figures["finished_ok"] / worker_cpu if worker_cpu else None
-        figures["tasks_per_cpu_s"] = figures["finished_ok"] / total_cpu if total_cpu else None
+        add_resources(summary["figures"], store.read_resources(self.run_dir))
 
 
 def _redact(text: str) -> str:

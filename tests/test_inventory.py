@@ -131,7 +131,10 @@ def test_each_host_runs_its_roles_with_its_own_interpreter_address_and_directory
         "backend": "rq", "processes": 3, "options": {}, "args": {}}
     the_plan = plan.build(spec, inventory, "run-1", "k" * 32)
     services = {name: {s["name"]: s for s in entry["services"]} for name, entry in the_plan.hosts.items()}
-    assert set(services["host1"]) == {"redis", "clock", "api"}
+    assert set(services["host1"]) == {"redis", "clock", "sampler", "api"}
+    # Every host samples its own run directory's daemons; the loadgen host its Locust too.
+    assert services["host1"]["sampler"]["argv"][-4:] == ["sample", "/tmp/qb-test/h1/runs/run-1", "--load", "locust"]
+    assert services["host2"]["sampler"]["argv"][-2:] == ["sample", "/tmp/qb-test/h2/runs/run-1"]
     api = services["host1"]["api"]
     assert api["argv"][0] == "/opt/h1/bin/python" and "127.0.0.1:8000" in api["argv"]
     assert api["env"]["PYTHONPATH"] == "/tmp/qb-test/h1/queuebench"

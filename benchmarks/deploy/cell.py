@@ -11,11 +11,15 @@ runs their master), each started by Ansible under start-stop-daemon (`playbooks/
 3. run Locust on the loadgen host (`playbooks/load.yml`), then wait while tasks keep finishing, reading each
    host's ledger progress through Ansible (`playbooks/progress.yml`), under the cell's ``drain_stall_s`` and
    ``drain_timeout_s``;
-4. measure the offsets again (end estimates: drift), stop everything and collect every host's ledger, request
-   logs, Locust output, logs and manifest into ``OUT/<run>/hosts/<host>/`` (`playbooks/stop.yml`);
+4. measure the offsets again (end estimates: drift), stop every host's resource sampler (a daemon beside the
+   services since step 1: `benchmarks.deploy.host` ``sample``), then everything else, and collect every host's
+   ledger, request logs, resource samples, Locust output, logs and manifest into ``OUT/<run>/hosts/<host>/``
+   (`playbooks/stop.yml`);
 5. check each host's files against its manifest (a missing or truncated file is an error), put every
-   timestamp on the coordinator's clock (``OUT/<run>/ledger/``: the hosts' rows, corrected), and judge the
-   run with the same `benchmarks.measure` checks as a local run (every task ran exactly once, across hosts).
+   timestamp on the coordinator's clock (``OUT/<run>/ledger/``: the hosts' rows, corrected; the hosts'
+   samples into ``OUT/<run>/resources.csv`` and ``machine.csv`` with a ``host`` column), and judge the run
+   with the same `benchmarks.measure` checks and resource figures as a local run (every task ran exactly
+   once, across hosts; ``resources`` per component summed over hosts, ``resources_by_host`` per host).
 
 run.json adds ``deployment`` (the inventory's hosts and roles), the broker's round trip from each host
 (``brokers.broker.rtt_ms_by_host``, timed on each host by `benchmarks.deploy.host` ``broker-rtt`` at the end
@@ -38,6 +42,8 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 import backends
 from backends import dispatch, ledger
@@ -337,7 +343,9 @@ class HostsCellRun:
         attempts = tasks[(tasks["attempt"] > 0) & (tasks["outcome"] == "ok")]
         summary["figures"]["executions_by_host"] = {str(k): int(v) for k, v in
                                                     attempts.groupby("worker_host").size().items()}
-        summary["figures"]["resources"] = {}  # not sampled on remote hosts in this version
+        resources, machine = correct_samples(self.run_dir, host_clocks)
+        runner.add_resources(summary["figures"], resources)
+        summary["figures"]["resources_by_host"] = measure.host_resource_use(resources, machine, window)
         self.record["summary"] = summary
         latency = summary["figures"]["latency"]
         intervals = clocks.uncertainty_flags(latency, clocks.role_uncertainty(host_clocks, inventory.roles))
@@ -424,6 +432,20 @@ def correct_ledgers(run_dir: Path, host_clocks: Mapping[str, clocks.HostClock], 
                 lines.append(json.dumps(row, separators=(",", ":")))
             (out / f"{host}--{path.name}").write_text("".join(line + "\n" for line in lines))
     return out
+
+
+def correct_samples(run_dir: Path, host_clocks: Mapping[str, clocks.HostClock]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every host's collected resource samples on the coordinator's clock, with a ``host`` column, into
+    ``run_dir/resources.csv`` and ``run_dir/machine.csv``; returns both as stored. A host without samples
+    (its sampler did not start) adds no rows."""
+    tables = []
+    for name, read in ((store.RESOURCES_CSV, store.read_resources), (store.MACHINE_CSV, store.read_machine)):
+        frames = [rows.assign(t_ns=clock.to_coordinator_ns(rows["t_ns"]), host=host)
+                  for host, clock in host_clocks.items() if len(rows := read(run_dir / HOSTS_DIR / host))]
+        if frames:
+            pd.concat(frames, ignore_index=True).to_csv(run_dir / name, index=False)
+        tables.append(read(run_dir))
+    return tables[0], tables[1]
 
 
 def run_matrix(matrix: Matrix, inventory: Inventory, out_dir: Path, *, force: bool = False, progress: Any = None,

@@ -5,7 +5,9 @@ The command lines are the ones a local run starts (`backends` ``worker_commands`
 and project directory replaced by the host's (`on_host`), bound to the host's address, and with the
 environment a local run gives them plus ``QUEUEBENCH_HOST`` (the inventory name, which ledger rows carry).
 Each service runs under start-stop-daemon with a pidfile, a log and its own session; ``stage`` orders the
-starts (the broker first) and the stops (the broker last).
+starts (the broker first) and the stops (the broker last). Beside the clock responder, every host runs a
+resource sampler (`benchmarks.deploy.host` ``sample``), stopped first (``stop_sampler``) once the tasks have
+finished.
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ from benchmarks.stack import PROJECT_ROOT
 STOP_GRACE_S = 1.0
 #: The Locust workers' service names on the loadgen host (``load_workers`` > 1), numbered from 0.
 LOAD_WORKER_PREFIX = "locust-worker-"
+#: The resource sampler's name (its pidfile, log and service) and the seconds it gets after SIGTERM for its last
+#: sample; it is stopped once the cell's tasks have finished, before the services it samples.
+SAMPLER = "sampler"
+SAMPLER_STOP_GRACE_S = 5.0
+#: The process the loadgen host's sampler looks for as the load (Locust's console script, `runner.locust_argv`).
+LOAD_PROCESS = "locust"
 #: The broker is stopped last, with this grace.
 BROKER_STOP_GRACE_S = 2.0
 
@@ -155,6 +163,9 @@ def build(spec: Mapping[str, Any], inventory: Inventory, run_id: str, id_key: st
                                             "--daemonize", "no", "--protected-mode", "yes"], {}, run_dir, port)
             service("clock", "services", [host.python, "-m", "benchmarks.clocks", "serve", host.address,
                                           str(host.ports["qb_clock_port"])], base_env, host.src)
+            service(SAMPLER, "services", [host.python, "-m", "benchmarks.deploy.host", "sample", run_dir,
+                                          *(["--load", LOAD_PROCESS] if "loadgen" in host.roles else [])],
+                    {"PYTHONPATH": host.src}, run_dir)
             if "workers" in host.roles:
                 sub_spec = dict(spec) | {"processes": shares[host.name]}
                 for group in spec_mod.worker_specs(sub_spec):
@@ -176,6 +187,8 @@ def build(spec: Mapping[str, Any], inventory: Inventory, run_id: str, id_key: st
                 "helper_env": {"PYTHONPATH": host.src},
                 "progress": [*helper, "progress", f"{run_dir}/ledger"],
                 "broker_rtt": [*helper, "broker-rtt", broker_url(inventory)],
+                "stop_sampler": [*helper, "stop", f"{run_dir}/pids/{SAMPLER}.pid", "--grace-s",
+                                 f"{SAMPLER_STOP_GRACE_S:g}"],
                 "stop_services": [*helper, "stop", *[s["pidfile"] for s in services if s["stage"] != "broker"],
                                   "--grace-s", f"{STOP_GRACE_S:g}"],
                 "collect": [*helper, "collect", run_dir, f"{host.root}/runs/{run_id}.tar.gz",
