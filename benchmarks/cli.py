@@ -393,9 +393,9 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
     One private Redis serves every Redis cell of the sweep, emptied (FLUSHALL) before each, unless
     --broker-url names a Redis you run yourself (never emptied; a Cluster is refused). OUT/sweep.json
     says where the sweep's wall time went; the share spent in measured windows is printed at the end.
-    With --inventory, each cell runs on the inventory's hosts instead (load mode on Redis), each host's
-    ledger is collected into OUT/<run_id>/hosts/<host>/ with its manifest, and run.json records every
-    host's clock offset and the broker's round trip from every host. Exits 1 if any cell failed or errored, 130 on Ctrl-C (completed cells are kept),
+    With --inventory, each cell runs on the inventory's hosts instead (load or drain mode on Redis), each
+    host's ledger and resource samples are collected into OUT/<run_id>/hosts/<host>/ with its manifest,
+    and run.json records every host's clock offset, CPU use and the broker's round trip from every host. Exits 1 if any cell failed or errored, 130 on Ctrl-C (completed cells are kept),
     2 on a bad matrix or inventory.
     """
 
@@ -487,7 +487,8 @@ def _hosts_lines(record: dict[str, Any]) -> str:
     if summary:
         figures, checks = summary["figures"], summary["checks"]
         once = all(checks[k]["ok"] for k in ("all_finished", "no_duplicates", "nothing_unsent_ran"))
-        lines.append(f"  tasks: {figures['sent']} sent through the API, executions by host "
+        source = "enqueued by the coordinator" if record.get("spec", {}).get("mode") == "drain" else "sent through the API"
+        lines.append(f"  tasks: {figures['sent']} {source}, executions by host "
                      f"{figures.get('executions_by_host')}; exactly once across hosts: {'yes' if once else 'NO'}")
     if record.get("detail"):
         lines.append(f"  {record['detail']}")

@@ -65,6 +65,7 @@ from benchmarks import measure
 #:       Inventory runs sample resources on every host: resources.csv gains a ``host`` column (its other
 #:       columns and figures["resources"] as a local run's, summed over hosts), machine.csv (each host's
 #:       whole machine), the figure resources_by_host, and the manifests' resource_files/resource_rows.
+#:       Drain cells on an inventory: the coordinator's sent rows in ledger/ beside the hosts' corrected rows.
 RESULT_SCHEMA_VERSION = 1
 #: Version of a search record (``searches/<search_id>.json``). Changes:
 #:   1 - first version: config, slo, factor, steps, knee_rate_per_s, first_unsustained_rate_per_s,

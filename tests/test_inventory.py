@@ -107,7 +107,8 @@ def test_cells_an_inventory_run_cannot_deploy_are_refused_naming_the_key(tmp_pat
     inventory = parse(*two_hosts())
     base = {"backend": "rq", "broker": "redis", "mode": "load", "fault": "none", "processes": 1, "routing": "shared"}
     check_spec(base, inventory)
-    for key, value in [("mode", "drain"), ("broker", "rabbitmq"), ("fault", "kill_worker"), ("backend", "arq")]:
+    check_spec(base | {"mode": "drain"}, inventory)
+    for key, value in [("broker", "rabbitmq"), ("fault", "kill_worker"), ("backend", "arq")]:
         with pytest.raises(PlanError, match=f"{key} = '{value}'"):
             check_spec(base | {key: value}, inventory)
     with pytest.raises(PlanError, match="processes = 1: .* at least 2"):
@@ -205,11 +206,11 @@ def test_run_with_a_bad_inventory_exits_2_naming_the_role_before_starting_anythi
     assert not (tmp_path / "out").exists()
 
 
-def test_run_refuses_a_drain_cell_on_an_inventory_and_dry_run_lists_the_hosts_run_ids(tmp_path):
-    drain = tmp_path / "drain.toml"
-    drain.write_text('backend = "rq"\nmode = "drain"\n')
-    result = CliRunner().invoke(cli, ["run", str(drain), "--inventory", str(EXAMPLE), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2 and "mode = 'drain'" in result.output
+def test_run_refuses_a_fault_cell_on_an_inventory_and_dry_run_lists_the_hosts_run_ids(tmp_path):
+    fault = tmp_path / "fault.toml"
+    fault.write_text('backend = "rq"\nfault = "kill_worker"\n')
+    result = CliRunner().invoke(cli, ["run", str(fault), "--inventory", str(EXAMPLE), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "fault = 'kill_worker'" in result.output
     result = CliRunner().invoke(cli, ["run", str(ROOT / "benchmarks" / "matrices" / "two-hosts.toml"), "--inventory",
                                       str(EXAMPLE), "--out", str(tmp_path / "out"), "--dry-run"])
     assert result.exit_code == 0, result.output

@@ -17,9 +17,10 @@ import psutil
 import pytest
 
 from benchmarks import clocks, measure, proctree, store
+from benchmarks import spec as spec_mod
 from benchmarks.cli import _hosts_lines
-from benchmarks.deploy import cell, host, manifest
-from tests.test_inventory import ROOT, free_port, loopback_alias_binds
+from benchmarks.deploy import cell, host, manifest, plan
+from tests.test_inventory import ROOT, free_port, loopback_alias_binds, parse, two_hosts
 
 # --- the host's sampler daemon -------------------------------------------------------------------------------
 
@@ -158,6 +159,22 @@ def test_collected_samples_are_put_on_the_coordinators_clock_and_give_figures_pe
     assert "CPU 90 % of 2 CPU(s) in the window" in shown and "busiest: workers 0.50 CPU-s" in shown
 
 
+# --- drain mode's plan ---------------------------------------------------------------------------------------
+
+
+def test_a_drain_cells_workers_wait_for_the_workers_playbook_and_no_api_or_locust_is_planned():
+    spec = spec_mod.defaults("system") | spec_mod.defaults("workload") | {
+        "backend": "rq", "mode": "drain", "processes": 1, "options": {}, "args": {}}
+    the_plan = plan.build(spec, parse(*two_hosts()), "run-1", "k" * 32)
+    stages = {(name, s["name"]): s["stage"] for name, entry in the_plan.hosts.items() for s in entry["services"]}
+    workers = {key: stage for key, stage in stages.items() if key[1].startswith("rq")}
+    assert workers and set(workers.values()) == {plan.WORKERS_STAGE} and {h for h, _ in workers} == {"host2"}
+    assert ("host1", "api") not in stages and "load" not in the_plan.hosts["host1"]
+    # The workers are stopped with the other services, whichever playbook started them.
+    stop = the_plan.hosts["host2"]["stop_services"]
+    assert all(the_plan.hosts["host2"]["run_dir"] + f"/pids/{name}.pid" in stop for _, name in workers)
+
+
 # --- a real run on two hosts ----------------------------------------------------------------------------------
 
 ADDRESSES = ("127.0.0.7", "127.0.0.8")
@@ -246,3 +263,28 @@ def test_an_inventory_run_samples_each_hosts_services_and_machine_and_shows_each
     # The summary row and the report read it as they read a local run's.
     row = store.summary_rows(out)[0]
     assert row["workers_cpu_s"] == figures["resources"]["workers"]["cpu_s"]
+
+
+@pytest.mark.service
+def test_a_drain_cell_on_two_hosts_runs_every_preloaded_task_exactly_once_on_the_workers_host(
+        tmp_path, need_redis, need_hosts_on_7_and_8):
+    done, out = run_on_hosts(tmp_path, mode="drain", tasks=30, processes=2)
+    (run_dir,) = store.run_dirs(out)
+    record = store.load_run(run_dir)
+    assert done.returncode == 0 and record["status"] == "ok", (record.get("detail"), done.stderr[-3000:])
+    assert record["drain_ended_by"] == "all-finished" and record["probe_tasks"] >= 1
+
+    # Every preloaded task (sent from the coordinator, its rows in ledger/) ran exactly once, on host2.
+    tasks = pd.read_parquet(run_dir / store.TASKS_TABLE)
+    sent = tasks.dropna(subset=["sent_ns"]).drop_duplicates("id")
+    ok = tasks[tasks["outcome"] == "ok"]
+    assert len(sent) == 30 and ok.groupby("id").size().eq(1).all() and set(ok["id"]) == set(sent["id"])
+    checks, figures = record["summary"]["checks"], record["summary"]["figures"]
+    assert all(checks[k]["ok"] for k in ("all_finished", "no_duplicates", "nothing_unsent_ran"))
+    assert figures["executions_by_host"] == {"host2": 30}
+    assert figures["wall_from_worker_start_s"] > 0 and figures["resources_by_host"]["host2"]["components"]
+
+    # No API, no Locust: only the broker, the clock responders, the samplers and the workers ran.
+    assert {p["name"] for p in record["processes"] if p["host"] == "host1"} == {"redis", "clock", "sampler"}
+    assert not (run_dir / store.REQUESTS_TABLE).exists()
+    assert "exactly once across hosts: yes" in " ".join(done.stderr.split())
