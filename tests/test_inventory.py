@@ -326,9 +326,13 @@ qb_python={sys.executable}
 
 
 def run_tiny_on_two_hosts(tmp_path: Path, skew_ns: int = 0, **keys) -> tuple[subprocess.CompletedProcess, Path]:
-    """`queuebench run --inventory` of one tiny RQ cell (the matrix keys `keys` changed) on `write_two_hosts`;
+    """`run_tiny` on `write_two_hosts`."""
+    return run_tiny(write_two_hosts(tmp_path, skew_ns=skew_ns), tmp_path, **keys)
+
+
+def run_tiny(inventory_file: Path, tmp_path: Path, **keys) -> tuple[subprocess.CompletedProcess, Path]:
+    """`queuebench run --inventory` of one tiny RQ cell (the matrix keys `keys` changed) on `inventory_file`;
     the finished command and its output directory."""
-    inventory_file = write_two_hosts(tmp_path, skew_ns=skew_ns)
     cell = {"backend": "rq", "processes": 1, "api_workers": 1, "api_threads": 2, "task": "noop", "rate": 10,
             "warmup_s": 0.5, "duration_s": 2, "drain_timeout_s": 30} | keys
     matrix_file = tmp_path / "tiny.toml"

@@ -20,7 +20,7 @@ from benchmarks import clocks, measure, proctree, store
 from benchmarks import spec as spec_mod
 from benchmarks.cli import _hosts_lines
 from benchmarks.deploy import cell, host, manifest, plan
-from tests.test_inventory import ROOT, free_port, loopback_alias_binds, parse, two_hosts
+from tests.test_inventory import ROOT, free_port, loopback_alias_binds, parse, run_tiny, two_hosts
 
 # --- the host's sampler daemon -------------------------------------------------------------------------------
 
@@ -218,16 +218,7 @@ qb_python={sys.executable}
 
 
 def run_on_hosts(tmp_path: Path, **keys) -> tuple[subprocess.CompletedProcess, Path]:
-    cell_keys = {"backend": "rq", "processes": 1, "api_workers": 1, "api_threads": 2, "task": "noop", "rate": 10,
-                 "warmup_s": 0.5, "duration_s": 2, "drain_timeout_s": 30} | keys
-    matrix_file = tmp_path / "tiny.toml"
-    matrix_file.write_text('name = "tiny-hosts"\n' + "".join(f"{k} = {json.dumps(v)}\n" for k, v in cell_keys.items())
-                           + '[rq]\nworker_class = "SimpleWorker"\n')
-    out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "run", str(matrix_file), "--inventory",
-                           str(write_hosts(tmp_path)), "--out", str(out)], capture_output=True, text=True,
-                          timeout=240, cwd=ROOT)
-    return done, out
+    return run_tiny(write_hosts(tmp_path), tmp_path, **keys)
 
 
 @pytest.mark.service
