@@ -393,9 +393,9 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
     One private Redis serves every Redis cell of the sweep, emptied (FLUSHALL) before each, unless
     --broker-url names a Redis you run yourself (never emptied; a Cluster is refused). OUT/sweep.json
     says where the sweep's wall time went; the share spent in measured windows is printed at the end.
-    With --inventory, each cell runs on the inventory's hosts instead (load mode on Redis), each host's
-    ledger is collected into OUT/<run_id>/hosts/<host>/ with its manifest, and run.json records every
-    host's clock offset and the broker's round trip from every host. Exits 1 if any cell failed or errored, 130 on Ctrl-C (completed cells are kept),
+    With --inventory, each cell runs on the inventory's hosts instead (load or drain mode on Redis), each
+    host's ledger and resource samples are collected into OUT/<run_id>/hosts/<host>/ with its manifest,
+    and run.json records every host's clock offset, CPU use and the broker's round trip from every host. Exits 1 if any cell failed or errored, 130 on Ctrl-C (completed cells are kept),
     2 on a bad matrix or inventory.
     """
 
@@ -464,8 +464,8 @@ def _run_on_inventory(matrix: Any, inventory_file: Path, out: Path, force: bool,
 
 
 def _hosts_lines(record: dict[str, Any]) -> str:
-    """What an inventory run shows: per host its clock, its broker round trip and its collected ledger, and
-    exactly-once across hosts."""
+    """What an inventory run shows: per host its clock, its broker round trip, its collected ledger and its
+    resource use (machine CPU, busiest component), and exactly-once across hosts."""
     lines = [f"{record['run_id']}: {record['status']}"]
     manifests = record.get("deployment", {}).get("manifests", {})
     rtts = record.get("brokers", {}).get("broker", {}).get("rtt_ms_by_host", {})
@@ -480,15 +480,36 @@ def _hosts_lines(record: dict[str, Any]) -> str:
                   + (f", {files['request_rows']} request rows" if files["request_logs"] else "")
                   + ", as its manifest says") if files else ""
         lines.append(f"  {name}: clock {clock}{ledger}")
+        use = ((record.get("summary") or {}).get("figures", {}).get("resources_by_host") or {}).get(name)
+        if use:
+            lines.append(f"    {_host_use_line(use)}")
     summary = record.get("summary")
     if summary:
         figures, checks = summary["figures"], summary["checks"]
         once = all(checks[k]["ok"] for k in ("all_finished", "no_duplicates", "nothing_unsent_ran"))
-        lines.append(f"  tasks: {figures['sent']} sent through the API, executions by host "
+        source = "enqueued by the coordinator" if record.get("spec", {}).get("mode") == "drain" else "sent through the API"
+        lines.append(f"  tasks: {figures['sent']} {source}, executions by host "
                      f"{figures.get('executions_by_host')}; exactly once across hosts: {'yes' if once else 'NO'}")
     if record.get("detail"):
         lines.append(f"  {record['detail']}")
     return "\n".join(lines)
+
+
+def _host_use_line(use: dict[str, Any]) -> str:
+    """One host's resource use: its machine's CPU (in the measured window, else over the run) and memory, and
+    its busiest component, so a user sees which host saturated."""
+    machine, parts = use.get("machine") or {}, []
+    window, run = machine.get("cpu_percent_window"), machine.get("cpu_percent")
+    if window is not None or run is not None:
+        parts.append(f"CPU {window if window is not None else run:.0f} % of {machine['n_cpus']} CPU(s) "
+                     + ("in the window" if window is not None else "over the run"))
+    if machine.get("mem_total_mib"):
+        parts.append(f"memory peak {machine['peak_mem_used_mib']:.0f} of {machine['mem_total_mib']:.0f} MiB")
+    components = use.get("components") or {}
+    if components:
+        busiest = max(components, key=lambda c: components[c]["cpu_s"])
+        parts.append(f"busiest: {busiest} {components[busiest]['cpu_s']:.2f} CPU-s")
+    return "resources: " + ("; ".join(parts) if parts else "not sampled")
 
 
 def _end_run(console: Any, results: list[Any], out: Path, since: str) -> None:

@@ -30,6 +30,9 @@ Everything `run.json` reports is computed here from those two tables, so anyone 
   and Locust's count is the master's (the sum of its workers' reports); every worker the master expected
   must have reported the end of its load in the master's roll call (`load_workers_reported`), else the
   generator check fails: the offered rate was not sent.
+- Resources (``resources.csv``, `resource_use`): per component, CPU seconds of its process trees from the
+  first sample to the last, and peak RSS. On an inventory each host also samples its whole machine
+  (``machine.csv``, `machine_use`): busy CPU as a share of all its CPUs, over the run and over the window.
 """
 
 from __future__ import annotations
@@ -388,9 +391,20 @@ def flatten(summary: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def resource_use(resources: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Per component: CPU seconds used while sampled (last - first sample of each process tree, summed)
-    and peak RSS in MiB (the largest sum over the component's trees at one sample time)."""
+    and peak RSS in MiB (the largest sum over the component's trees at one sample time).
+
+    Rows with a ``host`` column (an inventory run) are taken host by host and summed: CPU seconds add up, and
+    peak RSS is the sum of each host's peak (the hosts' samples are not simultaneous: an upper bound)."""
     if resources is None or resources.empty:
         return {}
+    if "host" in resources.columns:
+        total: dict[str, dict[str, float]] = {}
+        for _, rows in resources.groupby("host"):
+            for component, use in resource_use(rows.drop(columns="host")).items():
+                into = total.setdefault(component, {"cpu_s": 0.0, "peak_rss_mib": 0.0})
+                into["cpu_s"] = round(into["cpu_s"] + use["cpu_s"], 3)
+                into["peak_rss_mib"] = round(into["peak_rss_mib"] + use["peak_rss_mib"], 1)
+        return total
     out: dict[str, dict[str, float]] = {}
     cpu = resources.sort_values("t_ns").groupby(["component", "name"])["cpu_s"].agg(["first", "last"])
     used = (cpu["last"] - cpu["first"]).groupby(level="component").sum()
@@ -398,4 +412,39 @@ def resource_use(resources: pd.DataFrame) -> dict[str, dict[str, float]]:
     for component in used.index:
         out[str(component)] = {"cpu_s": round(float(used[component]), 3),
                                "peak_rss_mib": round(float(peak.get(component, 0)) / 2**20, 1)}
+    return out
+
+
+def machine_use(machine: pd.DataFrame, window: Window | None = None) -> dict[str, Any]:
+    """One host's whole-machine figures from its ``machine.csv`` rows (`benchmarks.deploy.host` ``sample``):
+    its CPUs; CPU busy as a percentage of all its CPUs (100 = every CPU busy), over the whole sampled run and
+    over the samples inside `window` (None with fewer than two there); peak and total memory in MiB."""
+    if machine is None or machine.empty:
+        return {}
+    rows = machine.sort_values("t_ns")
+
+    def busy_percent(part: pd.DataFrame) -> float | None:
+        if len(part) < 2:
+            return None
+        all_s = float(part["cpu_all_s"].iloc[-1] - part["cpu_all_s"].iloc[0])
+        busy_s = float(part["cpu_busy_s"].iloc[-1] - part["cpu_busy_s"].iloc[0])
+        return round(100 * busy_s / all_s, 1) if all_s > 0 else None
+
+    inside = rows[window.contains(rows["t_ns"])] if window is not None else rows.iloc[0:0]
+    return {"n_cpus": int(rows["n_cpus"].iloc[-1]), "cpu_percent": busy_percent(rows),
+            "cpu_percent_window": busy_percent(inside),
+            "peak_mem_used_mib": round(float(rows["mem_used_bytes"].max()) / 2**20, 1),
+            "mem_total_mib": round(float(rows["mem_total_bytes"].iloc[-1]) / 2**20, 1)}
+
+
+def host_resource_use(resources: pd.DataFrame, machine: pd.DataFrame, window: Window | None = None
+                      ) -> dict[str, dict[str, Any]]:
+    """An inventory run's resources per host (both frames carry a ``host`` column): each host's components
+    (`resource_use` of its rows) and its whole machine (`machine_use`)."""
+    hosts = sorted({*resources.get("host", pd.Series(dtype=object)), *machine.get("host", pd.Series(dtype=object))})
+    out = {}
+    for host in hosts:
+        mine = resources[resources["host"] == host].drop(columns="host") if "host" in resources else resources
+        its_machine = machine[machine["host"] == host].drop(columns="host") if "host" in machine else machine
+        out[str(host)] = {"components": resource_use(mine), "machine": machine_use(its_machine, window)}
     return out

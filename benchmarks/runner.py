@@ -142,6 +142,31 @@ def load_workers(spec: Mapping[str, Any]) -> int:
     return int(spec.get("load_workers", 1))
 
 
+def add_resources(figures: dict[str, Any], resources: pd.DataFrame) -> None:
+    """The resource figures of a run's sampled ``resources.csv`` rows (a local run's, or an inventory's with
+    a host column): per component (`measure.resource_use`), and tasks per worker and per total CPU second."""
+    use = measure.resource_use(resources)
+    figures["resources"] = use
+    worker_cpu = use.get("workers", {}).get("cpu_s")
+    total_cpu = sum(c["cpu_s"] for c in use.values())
+    figures["tasks_per_worker_cpu_s"] = figures["finished_ok"] / worker_cpu if worker_cpu else None
+    figures["tasks_per_cpu_s"] = figures["finished_ok"] / total_cpu if total_cpu else None
+
+
+def from_worker_start(figures: dict[str, Any], count: int, window: measure.Window, workers_started_ns: int,
+                      all_done_ns: int, drain_s: float) -> list[tuple[str, float]]:
+    """A drain's figures timed from starting the workers, as published comparisons time it (into `figures`),
+    and its block of `drain_s` seconds in three phases: the workers booting (to the first start), the
+    measured window (first start to last finish), and the end noticed (last finish to the wait's return)."""
+    wall_s = (all_done_ns - workers_started_ns) / 1e9
+    figures["workers_started_ns"] = workers_started_ns
+    figures["wall_from_worker_start_s"] = wall_s
+    figures["throughput_from_worker_start_per_s"] = count / wall_s if wall_s > 0 else None
+    boot_s = min(drain_s, max(0.0, (window.start_ns - workers_started_ns) / 1e9))
+    window_s = min(window.length_s, drain_s - boot_s)
+    return [("workers_boot", boot_s), ("window", window_s), ("drain_end", drain_s - boot_s - window_s)]
+
+
 def locust_argv(spec: Mapping[str, Any], api_url: str, run_dir: Path, *,
                 master: tuple[str, int] | None = None) -> list[str]:
     """Locust, headless, on the cell's scenario file with the cell's rate and task: the one process that
@@ -550,17 +575,8 @@ class CellRun:
             summary = measure.summarise(tasks, None, window, slots=self.config.slots, offered_rate_per_s=None,
                                         queue_leftovers=leftovers, expected_sent=count,
                                         final_attempts=stack.final_attempts())
-        # The drain block in three parts: the workers booting (to the first start), the measured window
-        # (first start to last finish), and the end noticed (last finish to the wait's return).
-        boot_s = min(drain_s, max(0.0, (window.start_ns - workers_started_ns) / 1e9))
-        window_s = min(window.length_s, drain_s - boot_s)
-        self._book_spans(drain_started, [("workers_boot", boot_s), ("window", window_s),
-                                         ("drain_end", drain_s - boot_s - window_s)])
-        # Published comparisons time from starting the workers: record that figure too.
-        wall_s = (all_done_ns - workers_started_ns) / 1e9
-        summary["figures"]["workers_started_ns"] = workers_started_ns
-        summary["figures"]["wall_from_worker_start_s"] = wall_s
-        summary["figures"]["throughput_from_worker_start_per_s"] = count / wall_s if wall_s > 0 else None
+        self._book_spans(drain_started, from_worker_start(summary["figures"], count, window, workers_started_ns,
+                                                          all_done_ns, drain_s))
         self._add_resources(summary)
         self._judge_fault(summary)
         self.record["summary"] = summary
@@ -650,13 +666,7 @@ class CellRun:
         return store.read_tasks_table(self.run_dir)  # figures come from what was stored
 
     def _add_resources(self, summary: dict[str, Any]) -> None:
-        use = measure.resource_use(store.read_resources(self.run_dir))
-        figures = summary["figures"]
-        figures["resources"] = use
-        worker_cpu = use.get("workers", {}).get("cpu_s")
-        total_cpu = sum(c["cpu_s"] for c in use.values())
-        figures["tasks_per_worker_cpu_s"] = figures["finished_ok"] / worker_cpu if worker_cpu else None
-        figures["tasks_per_cpu_s"] = figures["finished_ok"] / total_cpu if total_cpu else None
+        add_resources(summary["figures"], store.read_resources(self.run_dir))
 
 
 def _redact(text: str) -> str:

@@ -1,15 +1,9 @@
 """Resource and queue-depth samples taken while a run is measured (psutil, one background thread).
 
 Every `interval_s` the sampler walks each supervised process tree (broker, each worker command, the
-API, Locust) and writes one row per component to ``resources.csv``:
-
-    t_ns, component, name, n_procs, cpu_s, rss_bytes
-
-``cpu_s`` is cumulative CPU seconds of the whole tree: user + system of every live process plus the
-children times each has collected from descendants that already exited (so RQ's fork-per-job work
-horses are counted once they are reaped). ``rss_bytes`` sums the tree's resident sets (shared pages are
-counted in each process: an upper bound). Queue depths from the backend go to ``queue_depths.csv``
-(``t_ns, queue, depth``). Sampling errors never stop a run; they are counted in `errors`.
+API, Locust) and writes one row per component to ``resources.csv`` (`benchmarks.proctree` walks the trees
+and says what each column holds; an inventory's hosts write the same rows). Queue depths from the backend
+go to ``queue_depths.csv`` (``t_ns, queue, depth``). Sampling errors never stop a run; they are counted in `errors`.
 """
 
 from __future__ import annotations
@@ -20,46 +14,11 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import psutil
-
 from benchmarks import store
 from benchmarks.procs import Supervisor
+from benchmarks.proctree import RESOURCE_COLUMNS, tree_row
 
-RESOURCE_COLUMNS = ("t_ns", "component", "name", "n_procs", "cpu_s", "rss_bytes")
 DEPTH_COLUMNS = ("t_ns", "queue", "depth")
-
-
-def component_of(name: str) -> str:
-    """The component a supervised process belongs to, from its name."""
-    if name in ("redis", "rabbitmq", "redis-replica", "sentinel"):
-        return "broker"
-    if name == "results-redis":
-        return "result_store"
-    if name in ("api", "locust"):
-        return name
-    if name.startswith("locust-"):  # a distributed run's Locust workers, beside their master
-        return "locust"
-    return "workers"
-
-
-def tree_usage(root_pid: int) -> tuple[int, float, int]:
-    """(processes, cumulative CPU seconds, RSS bytes) of a process and its descendants."""
-    try:
-        root = psutil.Process(root_pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0, 0.0, 0
-    count, cpu, rss = 0, 0.0, 0
-    for proc in procs:
-        try:
-            with proc.oneshot():
-                times = proc.cpu_times()
-                cpu += times.user + times.system + times.children_user + times.children_system
-                rss += proc.memory_info().rss
-                count += 1
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return count, cpu, rss
 
 
 class Sampler:
@@ -92,9 +51,9 @@ class Sampler:
     def sample_once(self, res_writer: csv.writer, depth_writer: csv.writer) -> None:
         now = time.time_ns()
         for proc in list(self.supervisor.procs):
-            n, cpu_s, rss = tree_usage(proc.pid)
-            if n:
-                res_writer.writerow((now, component_of(proc.name), proc.name, n, round(cpu_s, 3), rss))
+            row = tree_row(now, proc.name, proc.pid)
+            if row is not None:
+                res_writer.writerow(row)
         if self.depths is not None:
             try:
                 depths = dict(self.depths())

@@ -368,10 +368,8 @@ class Stack:
                                 for queue in self.settings.queues for task, args in tasks]))
 
     def final_attempts(self) -> dict[str, int]:
-        """Task name -> the attempt whose failure is final: `poison` after the retries the backend's library
-        promises (`QueueBackend.retry_policy`); empty when the backend does not say."""
-        policy = self.backend.retry_policy() if self.backend is not None else None
-        return {"poison": policy.attempts} if policy is not None else {}
+        """Task name -> the attempt whose failure is final (`final_attempts`); empty without a backend."""
+        return final_attempts(self.backend) if self.backend is not None else {}
 
     def await_probes(self, ids: set[str], timeout_s: float = ROUND_TRIP_TIMEOUT_S) -> None:
         """Wait until every probe in `ids` has finished successfully (a `poison` probe: failed for good, after
@@ -457,6 +455,13 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def final_attempts(backend: QueueBackend) -> dict[str, int]:
+    """Task name -> the attempt whose failure is final: `poison` after the retries the backend's library
+    promises (`QueueBackend.retry_policy`); empty when the backend does not say."""
+    policy = backend.retry_policy()
+    return {"poison": policy.attempts} if policy is not None else {}
 
 
 @contextlib.contextmanager

@@ -14,7 +14,9 @@ what each file holds):
         locust*                   Locust's own CSV, HTML and JSON output (`locust_post_counts` reads it)
         locust_workers.json       load_workers > 1: the Locust master's roll call of its workers
                                   (`read_locust_workers`)
-        resources.csv             the sampler's CPU and memory rows (`read_resources`)
+        resources.csv             the sampler's CPU and memory rows (`read_resources`; on an inventory, every
+                                  host's rows on the coordinator's clock, with a host column)
+        machine.csv               inventory runs: each host's whole-machine CPU and memory (`read_machine`)
         queue_depths.csv          the sampler's queue depths
         ledger/ logs/             the stack's raw ledger and process logs (`benchmarks.stack` names them)
       searches/<search_id>.json   `queuebench search` records (`write_search`, `read_searches`)
@@ -60,6 +62,10 @@ from benchmarks import measure
 #:       executions_by_host, and the run directory's hosts/<host>/ (collected files).
 #:       ``faults.contract.publish_confirms`` (a RabbitMQ restart's ``persistence`` now follows it) and
 #:       Celery's ``settings.recovery``.
+#:       Inventory runs sample resources on every host: resources.csv gains a ``host`` column (its other
+#:       columns and figures["resources"] as a local run's, summed over hosts), machine.csv (each host's
+#:       whole machine), the figure resources_by_host, and the manifests' resource_files/resource_rows.
+#:       Drain cells on an inventory: the coordinator's sent rows in ledger/ beside the hosts' corrected rows.
 RESULT_SCHEMA_VERSION = 1
 #: Version of a search record (``searches/<search_id>.json``). Changes:
 #:   1 - first version: config, slo, factor, steps, knee_rate_per_s, first_unsustained_rate_per_s,
@@ -86,6 +92,8 @@ LOCUST_PREFIX = "locust"
 #: A distributed run's roll call of Locust workers, kept by its master (scenarios/openloop.py's RollCall).
 LOCUST_WORKERS_JSON = "locust_workers.json"
 RESOURCES_CSV = "resources.csv"
+#: An inventory run's whole-machine samples, per host (`benchmarks.deploy.host` ``sample`` says the columns).
+MACHINE_CSV = "machine.csv"
 QUEUE_DEPTHS_CSV = "queue_depths.csv"
 SUMMARY_CSV = "summary.csv"
 SEARCHES_DIR = "searches"
@@ -229,7 +237,15 @@ def read_locust_workers(run_dir: Path) -> dict[str, Any] | None:
 
 def read_resources(run_dir: Path) -> pd.DataFrame:
     """The sampler's ``resources.csv``; an empty frame when the run has none."""
-    path = Path(run_dir) / RESOURCES_CSV
+    return _read_csv(Path(run_dir) / RESOURCES_CSV)
+
+
+def read_machine(run_dir: Path) -> pd.DataFrame:
+    """An inventory run's ``machine.csv``; an empty frame when the run has none."""
+    return _read_csv(Path(run_dir) / MACHINE_CSV)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path) if path.exists() else pd.DataFrame()
 
 

@@ -107,7 +107,8 @@ def test_cells_an_inventory_run_cannot_deploy_are_refused_naming_the_key(tmp_pat
     inventory = parse(*two_hosts())
     base = {"backend": "rq", "broker": "redis", "mode": "load", "fault": "none", "processes": 1, "routing": "shared"}
     check_spec(base, inventory)
-    for key, value in [("mode", "drain"), ("broker", "rabbitmq"), ("fault", "kill_worker"), ("backend", "arq")]:
+    check_spec(base | {"mode": "drain"}, inventory)
+    for key, value in [("broker", "rabbitmq"), ("fault", "kill_worker"), ("backend", "arq")]:
         with pytest.raises(PlanError, match=f"{key} = '{value}'"):
             check_spec(base | {key: value}, inventory)
     with pytest.raises(PlanError, match="processes = 1: .* at least 2"):
@@ -131,7 +132,10 @@ def test_each_host_runs_its_roles_with_its_own_interpreter_address_and_directory
         "backend": "rq", "processes": 3, "options": {}, "args": {}}
     the_plan = plan.build(spec, inventory, "run-1", "k" * 32)
     services = {name: {s["name"]: s for s in entry["services"]} for name, entry in the_plan.hosts.items()}
-    assert set(services["host1"]) == {"redis", "clock", "api"}
+    assert set(services["host1"]) == {"redis", "clock", "sampler", "api"}
+    # Every host samples its own run directory's daemons; the loadgen host its Locust too.
+    assert services["host1"]["sampler"]["argv"][-4:] == ["sample", "/tmp/qb-test/h1/runs/run-1", "--load", "locust"]
+    assert services["host2"]["sampler"]["argv"][-2:] == ["sample", "/tmp/qb-test/h2/runs/run-1"]
     api = services["host1"]["api"]
     assert api["argv"][0] == "/opt/h1/bin/python" and "127.0.0.1:8000" in api["argv"]
     assert api["env"]["PYTHONPATH"] == "/tmp/qb-test/h1/queuebench"
@@ -202,11 +206,11 @@ def test_run_with_a_bad_inventory_exits_2_naming_the_role_before_starting_anythi
     assert not (tmp_path / "out").exists()
 
 
-def test_run_refuses_a_drain_cell_on_an_inventory_and_dry_run_lists_the_hosts_run_ids(tmp_path):
-    drain = tmp_path / "drain.toml"
-    drain.write_text('backend = "rq"\nmode = "drain"\n')
-    result = CliRunner().invoke(cli, ["run", str(drain), "--inventory", str(EXAMPLE), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2 and "mode = 'drain'" in result.output
+def test_run_refuses_a_fault_cell_on_an_inventory_and_dry_run_lists_the_hosts_run_ids(tmp_path):
+    fault = tmp_path / "fault.toml"
+    fault.write_text('backend = "rq"\nfault = "kill_worker"\n')
+    result = CliRunner().invoke(cli, ["run", str(fault), "--inventory", str(EXAMPLE), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "fault = 'kill_worker'" in result.output
     result = CliRunner().invoke(cli, ["run", str(ROOT / "benchmarks" / "matrices" / "two-hosts.toml"), "--inventory",
                                       str(EXAMPLE), "--out", str(tmp_path / "out"), "--dry-run"])
     assert result.exit_code == 0, result.output
@@ -322,9 +326,13 @@ qb_python={sys.executable}
 
 
 def run_tiny_on_two_hosts(tmp_path: Path, skew_ns: int = 0, **keys) -> tuple[subprocess.CompletedProcess, Path]:
-    """`queuebench run --inventory` of one tiny RQ cell (the matrix keys `keys` changed) on `write_two_hosts`;
+    """`run_tiny` on `write_two_hosts`."""
+    return run_tiny(write_two_hosts(tmp_path, skew_ns=skew_ns), tmp_path, **keys)
+
+
+def run_tiny(inventory_file: Path, tmp_path: Path, **keys) -> tuple[subprocess.CompletedProcess, Path]:
+    """`queuebench run --inventory` of one tiny RQ cell (the matrix keys `keys` changed) on `inventory_file`;
     the finished command and its output directory."""
-    inventory_file = write_two_hosts(tmp_path, skew_ns=skew_ns)
     cell = {"backend": "rq", "processes": 1, "api_workers": 1, "api_threads": 2, "task": "noop", "rate": 10,
             "warmup_s": 0.5, "duration_s": 2, "drain_timeout_s": 30} | keys
     matrix_file = tmp_path / "tiny.toml"

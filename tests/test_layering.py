@@ -24,7 +24,7 @@ PROJECT = ("api", "backends", "benchmarks", "scenarios")
 #: The modules that bring a configuration up and measure it: analysis must not see any of them.
 MEASURING = ("benchmarks.runner", "benchmarks.matrix", "benchmarks.stack", "benchmarks.search", "benchmarks.procs",
              "benchmarks.brokers", "benchmarks.sampler", "benchmarks.verify", "benchmarks.plan_verify",
-             "benchmarks.tune", "benchmarks.deploy")
+             "benchmarks.tune", "benchmarks.deploy", "benchmarks.proctree")
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ LEAVES = {
     # What runs on every deployed host (the clock responder, the host-side helpers) stays small.
     "benchmarks.clocks": (),
     "benchmarks.deploy.manifest": (),
-    "benchmarks.deploy.host": ("backends.ledger", "benchmarks.deploy.manifest"),
+    "benchmarks.proctree": (),
+    "benchmarks.deploy.host": ("backends.ledger", "benchmarks.deploy.manifest", "benchmarks.proctree"),
 }
 #: Everything analysis may import from `benchmarks` (its CLI commands included). `benchmarks.spec` (every
 #: matrix key declared once) is meant to be imported by analysis when it exists.

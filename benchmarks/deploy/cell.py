@@ -1,6 +1,6 @@
 """One matrix cell measured on the hosts of an inventory, and a sweep of them.
 
-A cell here is a local load cell spread over hosts: the broker on the ``broker`` host, the workers (each
+A cell here is a local cell spread over hosts: the broker on the ``broker`` host, the workers (each
 library's own CLI) on the ``workers`` hosts, the API under gunicorn on the ``api`` host, Locust on the
 ``loadgen`` host (with ``load_workers`` > 1, its Locust workers are daemons there too, and the load playbook
 runs their master), each started by Ansible under start-stop-daemon (`playbooks/start.yml`). In order:
@@ -10,12 +10,19 @@ runs their master), each started by Ansible under start-stop-daemon (`playbooks/
    through the backend (probes are marked and left out of every figure);
 3. run Locust on the loadgen host (`playbooks/load.yml`), then wait while tasks keep finishing, reading each
    host's ledger progress through Ansible (`playbooks/progress.yml`), under the cell's ``drain_stall_s`` and
-   ``drain_timeout_s``;
-4. measure the offsets again (end estimates: drift), stop everything and collect every host's ledger, request
-   logs, Locust output, logs and manifest into ``OUT/<run>/hosts/<host>/`` (`playbooks/stop.yml`);
+   ``drain_timeout_s``. A drain cell (``mode = "drain"``) instead starts no API and no Locust, enqueues its
+   probes and ``tasks`` tasks from here (their ``sent`` rows in the run's ``ledger/``), only then starts the
+   workers (`playbooks/workers.yml`), waits the same way, and is judged as a local drain
+   (`measure.drain_window`, `runner.from_worker_start`);
+4. measure the offsets again (end estimates: drift), stop every host's resource sampler (a daemon beside the
+   services since step 1: `benchmarks.deploy.host` ``sample``), then everything else, and collect every host's
+   ledger, request logs, resource samples, Locust output, logs and manifest into ``OUT/<run>/hosts/<host>/``
+   (`playbooks/stop.yml`);
 5. check each host's files against its manifest (a missing or truncated file is an error), put every
-   timestamp on the coordinator's clock (``OUT/<run>/ledger/``: the hosts' rows, corrected), and judge the
-   run with the same `benchmarks.measure` checks as a local run (every task ran exactly once, across hosts).
+   timestamp on the coordinator's clock (``OUT/<run>/ledger/``: the hosts' rows, corrected; the hosts'
+   samples into ``OUT/<run>/resources.csv`` and ``machine.csv`` with a ``host`` column), and judge the run
+   with the same `benchmarks.measure` checks and resource figures as a local run (every task ran exactly
+   once, across hosts; ``resources`` per component summed over hosts, ``resources_by_host`` per host).
 
 run.json adds ``deployment`` (the inventory's hosts and roles), the broker's round trip from each host
 (``brokers.broker.rtt_ms_by_host``, timed on each host by `benchmarks.deploy.host` ``broker-rtt`` at the end
@@ -39,11 +46,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 import backends
 from backends import dispatch, ledger
 from backends.base import QueueBackend
 from benchmarks import __version__, clocks, environment, measure, runner, store
 from benchmarks import spec as spec_mod
+from benchmarks import stack as stack_mod
 from benchmarks.deploy import driver, manifest
 from benchmarks.deploy import plan as plan_mod
 from benchmarks.deploy.inventory import Inventory
@@ -107,6 +117,11 @@ class HostsCellRun:
         self.clocks_end: dict[str, clocks.Estimate] = {}
         #: When the load playbook started (monotonic) and how long it took.
         self.load_s: tuple[float, float] | None = None
+        #: Drain mode: the tasks the coordinator enqueued (probes left out), and when the workers were started
+        #: (monotonic, and ns), when every task had finished (ns), and the seconds in between as the drain waited.
+        self.preloaded: set[str] = set()
+        self.drain_times: tuple[float, int, int, float] | None = None
+        self.final_attempts: dict[str, int] = {}
 
     # -- the cell ---------------------------------------------------------------------------------------
 
@@ -148,18 +163,24 @@ class HostsCellRun:
 
     def _measure(self) -> None:
         spec = self.spec
+        drain = spec["mode"] == "drain"
         self.log("starting the hosts' services")
         with self.phases.phase("hosts_start"):
             rtt_by_host = broker_rtt_by_host(self._playbook("start"))
         with self.phases.phase("clocks_start"):
             self.clocks_start = self._measure_clocks(wait_s=HEALTHY_TIMEOUT_S)
-        with self.phases.phase("api_healthy"):
-            self._wait_healthy()
+        if not drain:
+            with self.phases.phase("api_healthy"):
+                self._wait_healthy()
         settings = plan_mod.settings(spec, self.inventory)
         self.backend = backends.get_backend(spec["backend"], settings)
         self.backend.ping()
-        with self.phases.phase("probe_round_trip"):
-            self._round_trip()
+        self.final_attempts = stack_mod.final_attempts(self.backend)
+        if drain:
+            probes = self._preload()
+        else:
+            with self.phases.phase("probe_round_trip"):
+                self._await_probes(self._send_probes(), PROBE_TIMEOUT_S)
         self.record["settings"] = dict(self.backend.describe())
         self.record["brokers"] = {"broker": {"kind": "redis", "url": plan_mod.broker_url(self.inventory),
                                              "owned": True, "host": self.inventory.one("broker").name,
@@ -172,6 +193,11 @@ class HostsCellRun:
             self.record["brokers"]["broker"]["rtt_errors"] = errors
         self.record["task_kinds"] = [{"task": task, "args": args, "digest": ledger.args_digest(task, args)}
                                      for task, args in sent_tasks(spec)]
+        if drain:
+            self._drain_workers(probes)
+            with self.phases.phase("clocks_end"):
+                self.clocks_end = self._measure_clocks(wait_s=5.0)
+            return
         self.record["api"] = {"server": "gunicorn gthread", "workers": spec["api_workers"],
                               "threads": spec["api_threads"], "host": self.inventory.one("api").name}
         loadgen, workers = self.inventory.one("loadgen").name, runner.load_workers(spec)
@@ -226,26 +252,29 @@ class HostsCellRun:
         wait_until(healthy, timeout_s=HEALTHY_TIMEOUT_S, interval_s=POLL_S,
                    what=f"the API at {url} (its log: {HOSTS_DIR}/{self.inventory.one('api').name}/logs/api.log)")
 
-    def _round_trip(self) -> None:
-        """One probe per task kind the cell sends, on every queue, enqueued from here; wait until each has
-        succeeded (the library's own status; with results off, until the queues are empty)."""
+    def _send_probes(self) -> list[str]:
+        """One probe per task kind the cell sends, on every queue, enqueued from here."""
+        assert self.backend is not None
+        return [dispatch.submit(self.backend, task, args, queue=queue, probe=True).id
+                for queue in self.backend.settings.queues for task, args in sent_tasks(self.spec)]
+
+    def _await_probes(self, ids: list[str], timeout_s: float) -> None:
+        """Wait until each probe has succeeded (the library's own status; with results off, until the queues
+        are empty)."""
         assert self.backend is not None
         backend = self.backend
-        ids = [dispatch.submit(backend, task, args, queue=queue, probe=True).id
-               for queue in backend.settings.queues for task, args in sent_tasks(self.spec)]
 
         def done() -> bool:
             if self.spec["results"]:
                 return all((s := backend.status(i)) is not None and s.status == "success" for i in ids)
             return not any(backend.queue_depths().values())
 
-        wait_until(done, timeout_s=PROBE_TIMEOUT_S, interval_s=POLL_S,
+        wait_until(done, timeout_s=timeout_s, interval_s=POLL_S,
                    what=f"a probe task to round-trip through {', '.join(backend.settings.queues)} (the workers' "
                         f"logs: {HOSTS_DIR}/<host>/logs/)")
 
-    @staticmethod
-    def _progress(result: driver.PlaybookResult) -> dict[str, Any]:
-        sent: set[str] = set()
+    def _progress(self, result: driver.PlaybookResult) -> dict[str, Any]:
+        sent: set[str] = set(self.preloaded)  # drain mode: sent from here, not by a host
         done: set[str] = set()
         rows = 0
         for stdout in result.stdout_of("Report ledger progress").values():
@@ -276,6 +305,36 @@ class HostsCellRun:
                 return
             time.sleep(POLL_S)
             progress = self._progress(self._playbook("progress"))
+
+    def _preload(self) -> list[str]:
+        """Drain mode, as a local drain: the probes first, then ``tasks`` tasks, enqueued from here through the
+        backend (their ``sent`` rows in this run's ledger/, on the coordinator's clock); the workers are not
+        started yet. Returns the probes' ids."""
+        assert self.backend is not None
+        with self.phases.phase("preload"), stack_mod.ledger_env(self.run_dir / "ledger"):
+            probes = self._send_probes()
+            started = time.monotonic()
+            self.preloaded = {dispatch.submit(self.backend, self.spec["task"], self.spec["args"]).id
+                              for _ in range(int(self.spec["tasks"]))}
+            self.record["preload_s"] = time.monotonic() - started
+        self.record["preloaded_depth"] = sum(self.backend.queue_depths().values())  # the probes' among them
+        self.record["probe_tasks"] = len(probes)
+        return probes
+
+    def _drain_workers(self, probes: list[str]) -> None:
+        """Drain mode: start the workers hosts' workers (`playbooks/workers.yml`), wait while the tasks
+        finish, then check the probes' round trip and what is left in the queues."""
+        workers = " ".join(h.name for h in self.inventory.role("workers"))
+        self.log(f"{self.record['preloaded_depth']} waiting ({len(probes)} probe(s) first); starting the workers "
+                 f"on {workers}")
+        started, started_ns = time.monotonic(), time.time_ns()
+        self._playbook("workers")  # booked with the workers' boot, which the drain's timing includes
+        self._drain(self._progress(self._playbook("progress")))
+        self.drain_times = (started, started_ns, time.time_ns(), time.monotonic() - started)
+        with self.phases.phase("probe_round_trip"):  # sent first, the probes have normally finished long before
+            finished = self.record["drain_ended_by"] == "all-finished"
+            self._await_probes(probes, float(self.spec["drain_stall_s"]) if finished else 0.0)
+        self.record["queue_leftovers"] = self._leftovers()
 
     def _leftovers(self) -> dict[str, int]:
         assert self.backend is not None
@@ -311,33 +370,16 @@ class HostsCellRun:
                        for name in inventory.hosts}
         loadgen = inventory.one("loadgen").name
         correct_ledgers(self.run_dir, host_clocks, loadgen)
-        for path in (self.run_dir / HOSTS_DIR / loadgen).glob(f"{store.LOCUST_PREFIX}*"):
-            shutil.copy2(path, self.run_dir / path.name)
-        requests = store.read_requests(self.run_dir / HOSTS_DIR / loadgen / store.REQUEST_LOGS_DIR)
-        for column in ("scheduled_ns", "sent_ns", "done_ns"):
-            if column in requests:
-                corrected = host_clocks[loadgen].to_coordinator_ns(requests[column])
-                requests[column] = corrected if corrected.isna().any() else corrected.astype("int64")
-        store.write_requests_table(self.run_dir, requests)
-        store.write_tasks_table(self.run_dir, ledger.executions(self.run_dir / "ledger"))
-        tasks = store.read_tasks_table(self.run_dir)
-        roll_call = None
-        if runner.load_workers(spec) > 1:  # the master's roll call of its workers, as in a local run
-            roll_call = measure.load_workers_reported(store.read_locust_workers(self.run_dir),
-                                                      runner.load_workers(spec))
-            if not len(requests) and not roll_call["ok"]:
-                raise RuntimeError(f"generator check failed, nothing was sent: {roll_call['detail']} (the "
-                                   f"Locust logs: {HOSTS_DIR}/{loadgen}/logs/)")
-        window = measure.load_window(tasks, requests, spec["warmup_s"], spec["duration_s"])
-        self._book_load(window)
-        summary = measure.summarise(tasks, requests, window, slots=self.record["slots"],
-                                    offered_rate_per_s=float(spec["rate"]), arrival=spec.get("arrival", "constant"),
-                                    locust_post_counts=store.locust_post_counts(self.run_dir),
-                                    queue_leftovers=self.record.get("queue_leftovers"), load_workers=roll_call)
+        if spec["mode"] == "drain":
+            tasks, window, summary = self._drain_summary()
+        else:
+            tasks, window, summary = self._load_summary(host_clocks, loadgen)
         attempts = tasks[(tasks["attempt"] > 0) & (tasks["outcome"] == "ok")]
         summary["figures"]["executions_by_host"] = {str(k): int(v) for k, v in
                                                     attempts.groupby("worker_host").size().items()}
-        summary["figures"]["resources"] = {}  # not sampled on remote hosts in this version
+        resources, machine = correct_samples(self.run_dir, host_clocks)
+        runner.add_resources(summary["figures"], resources)
+        summary["figures"]["resources_by_host"] = measure.host_resource_use(resources, machine, window)
         self.record["summary"] = summary
         latency = summary["figures"]["latency"]
         intervals = clocks.uncertainty_flags(latency, clocks.role_uncertainty(host_clocks, inventory.roles))
@@ -362,6 +404,55 @@ class HostsCellRun:
         if any(negative.values()):
             parts.append("negative intervals: " + ", ".join(f"{k} {v}" for k, v in negative.items() if v))
         return "; ".join(p for p in parts if p)
+
+    def _load_summary(self, host_clocks: Mapping[str, clocks.HostClock], loadgen: str
+                      ) -> tuple[pd.DataFrame, measure.Window, dict[str, Any]]:
+        """A load cell's tables and figures: Locust's output and raw request rows from the loadgen host (on the
+        coordinator's clock), the load window, and a local load cell's summary."""
+        spec = self.spec
+        for path in (self.run_dir / HOSTS_DIR / loadgen).glob(f"{store.LOCUST_PREFIX}*"):
+            shutil.copy2(path, self.run_dir / path.name)
+        requests = store.read_requests(self.run_dir / HOSTS_DIR / loadgen / store.REQUEST_LOGS_DIR)
+        for column in ("scheduled_ns", "sent_ns", "done_ns"):
+            if column in requests:
+                corrected = host_clocks[loadgen].to_coordinator_ns(requests[column])
+                requests[column] = corrected if corrected.isna().any() else corrected.astype("int64")
+        store.write_requests_table(self.run_dir, requests)
+        store.write_tasks_table(self.run_dir, ledger.executions(self.run_dir / "ledger"))
+        tasks = store.read_tasks_table(self.run_dir)
+        roll_call = None
+        if runner.load_workers(spec) > 1:  # the master's roll call of its workers, as in a local run
+            roll_call = measure.load_workers_reported(store.read_locust_workers(self.run_dir),
+                                                      runner.load_workers(spec))
+            if not len(requests) and not roll_call["ok"]:
+                raise RuntimeError(f"generator check failed, nothing was sent: {roll_call['detail']} (the "
+                                   f"Locust logs: {HOSTS_DIR}/{loadgen}/logs/)")
+        window = measure.load_window(tasks, requests, spec["warmup_s"], spec["duration_s"])
+        self._book_load(window)
+        summary = measure.summarise(tasks, requests, window, slots=self.record["slots"],
+                                    offered_rate_per_s=float(spec["rate"]), arrival=spec.get("arrival", "constant"),
+                                    locust_post_counts=store.locust_post_counts(self.run_dir),
+                                    queue_leftovers=self.record.get("queue_leftovers"), load_workers=roll_call)
+        return tasks, window, summary
+
+    def _drain_summary(self) -> tuple[pd.DataFrame, measure.Window, dict[str, Any]]:
+        """A drain cell's tables and figures, as a local drain's: the drain window (first start to last
+        finish), every preloaded task sent and finished once, and the figures timed from starting the workers
+        (which here includes the workers playbook's Ansible overhead)."""
+        store.write_tasks_table(self.run_dir, ledger.executions(self.run_dir / "ledger"))
+        tasks = store.read_tasks_table(self.run_dir)
+        window = measure.drain_window(tasks)
+        count = int(self.spec["tasks"])
+        summary = measure.summarise(tasks, None, window, slots=self.record["slots"], offered_rate_per_s=None,
+                                    queue_leftovers=self.record.get("queue_leftovers"), expected_sent=count,
+                                    final_attempts=self.final_attempts)
+        if self.drain_times is not None:
+            started, started_ns, done_ns, drain_s = self.drain_times
+            for name, seconds in runner.from_worker_start(summary["figures"], count, window, started_ns, done_ns,
+                                                          drain_s):
+                self.phases.add(name, seconds, started)
+                started += max(0.0, seconds)
+        return tasks, window, summary
 
     def _book_load(self, window: measure.Window) -> None:
         """The load playbook's time: the measured window, and the rest (Ansible, Locust's start-up, warm-up
@@ -424,6 +515,20 @@ def correct_ledgers(run_dir: Path, host_clocks: Mapping[str, clocks.HostClock], 
                 lines.append(json.dumps(row, separators=(",", ":")))
             (out / f"{host}--{path.name}").write_text("".join(line + "\n" for line in lines))
     return out
+
+
+def correct_samples(run_dir: Path, host_clocks: Mapping[str, clocks.HostClock]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every host's collected resource samples on the coordinator's clock, with a ``host`` column, into
+    ``run_dir/resources.csv`` and ``run_dir/machine.csv``; returns both as stored. A host without samples
+    (its sampler did not start) adds no rows."""
+    tables = []
+    for name, read in ((store.RESOURCES_CSV, store.read_resources), (store.MACHINE_CSV, store.read_machine)):
+        frames = [rows.assign(t_ns=clock.to_coordinator_ns(rows["t_ns"]), host=host)
+                  for host, clock in host_clocks.items() if len(rows := read(run_dir / HOSTS_DIR / host))]
+        if frames:
+            pd.concat(frames, ignore_index=True).to_csv(run_dir / name, index=False)
+        tables.append(read(run_dir))
+    return tables[0], tables[1]
 
 
 def run_matrix(matrix: Matrix, inventory: Inventory, out_dir: Path, *, force: bool = False, progress: Any = None,

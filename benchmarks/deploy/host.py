@@ -9,34 +9,55 @@
 - ``broker-rtt URL [--samples N]``: the broker's round trip from this host, the fastest of a few Redis
   PINGs on one connection (the network's floor, not the broker's load), as JSON on stdout; a broker that
   does not answer gives ``rtt_ms`` null and the error, so the run records it rather than failing.
+- ``sample RUN_DIR [--interval-s S] [--load NAME]``: the host's resource sampler, a daemon until SIGTERM
+  (then one last sample). Every interval it walks the process tree of each daemon with a pidfile in
+  ``RUN_DIR/pids/`` (the clock responder and itself left out: the harness's own, as a local run leaves out
+  its own), plus with ``--load`` the process started in RUN_DIR outside the daemons whose command line runs
+  NAME (the load playbook's Locust), into ``RUN_DIR/resources.csv`` with a local run's columns
+  (`benchmarks.proctree`), and the whole machine's CPU and memory into ``RUN_DIR/machine.csv``:
+  ``t_ns, n_cpus, cpu_busy_s, cpu_all_s, mem_used_bytes, mem_total_bytes`` (cumulative CPU seconds of all
+  CPUs: busy = all but idle and iowait; used memory = total - available). Timestamps are the host's clock.
 - ``collect RUN_DIR ARCHIVE [--stop PIDFILE]``: stop the broker first if named (so the broker stops last
   of all, after every host's other services), then write the manifest of the host's ledger and request logs
-  (`benchmarks.deploy.manifest`), then pack what the coordinator collects into one archive for Ansible's
+  and resource samples (`benchmarks.deploy.manifest`), then pack what the coordinator collects into one archive for Ansible's
   fetch (one transfer per host instead of one per file).
 
-Imports nothing but the standard library, psutil, redis-py and queuebench's own ledger and manifest modules.
+Imports nothing but the standard library, click, psutil, redis-py and queuebench's own ledger, manifest and
+process-tree (`benchmarks.proctree`) modules.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import signal
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import psutil
 import redis
 
 from backends import ledger
+from benchmarks import proctree
 from benchmarks.deploy import manifest as manifest_mod
 
 #: What `collect` packs from a host's run directory (names, and prefixes of Locust's own output files).
-COLLECTED = ("ledger", "requests", "logs", "manifest.json")
+#: The sampler's files (`store.RESOURCES_CSV` and `store.MACHINE_CSV` once collected and corrected).
+RESOURCES_CSV = "resources.csv"
+MACHINE_CSV = "machine.csv"
+MACHINE_COLUMNS = ("t_ns", "n_cpus", "cpu_busy_s", "cpu_all_s", "mem_used_bytes", "mem_total_bytes")
+#: Seconds between two samples (a local run's sampler takes the same).
+SAMPLE_INTERVAL_S = 0.5
+#: Daemons in a run's pids/ that are the harness's own helpers, not the system measured: not sampled.
+NOT_SAMPLED = ("clock", "sampler")
+COLLECTED = ("ledger", "requests", "logs", "manifest.json", RESOURCES_CSV, MACHINE_CSV)
 COLLECTED_PREFIXES = ("locust",)
 #: A daemon's process starts just before start-stop-daemon writes its pidfile; a process with that pid created
 #: more than this many seconds before (or after) the pidfile is another process that reused the pid.
@@ -76,19 +97,26 @@ def _members(pid: int) -> list[psutil.Process]:
     return list(found.values())
 
 
+def daemon_pid(pidfile: Path) -> int | None:
+    """The pid of the daemon `pidfile` names; None when there is no pidfile, its process has gone, or the pid
+    now names another process (started long before or after the pidfile was written)."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        written = pidfile.stat().st_mtime
+        created = psutil.Process(pid).create_time()
+    except (OSError, ValueError, psutil.Error):
+        return None
+    return pid if written - PID_REUSE_SLACK_S <= created <= written + 1 else None
+
+
 def stop_daemons(pidfiles: tuple[Path, ...], grace_s: float) -> dict[str, object]:
     """Stop the daemons named by `pidfiles`, whole sessions: SIGTERM to each at once, SIGKILL to whatever of
     their sessions and descendants is left after `grace_s`. Returns what was stopped."""
     roots, members = [], []
     for path in pidfiles:
-        try:
-            pid = int(path.read_text().strip())
-            written = path.stat().st_mtime
-            created = psutil.Process(pid).create_time()
-        except (OSError, ValueError, psutil.Error):
-            continue  # no pidfile, or its process has gone
-        if not written - PID_REUSE_SLACK_S <= created <= written + 1:
-            continue  # the pid now names another process, started long before or after the daemon
+        pid = daemon_pid(path)
+        if pid is None:
+            continue
         found = _members(pid)
         if found:
             roots.append((path.name, pid))
@@ -154,6 +182,104 @@ def broker_rtt_command(url: str, samples: int) -> None:
     print(json.dumps(broker_rtt(url, samples)))
 
 
+def machine_row(t_ns: int) -> tuple[int, int, float, float, int, int]:
+    """The whole machine's ``machine.csv`` row at `t_ns`: CPUs, busy and all CPU seconds, used and total memory."""
+    times = psutil.cpu_times()
+    # Linux counts guest time inside user time already; leave it out of the sum so it is not counted twice.
+    all_s = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+    busy_s = all_s - times.idle - getattr(times, "iowait", 0.0)
+    memory = psutil.virtual_memory()
+    return (t_ns, psutil.cpu_count() or 1, round(busy_s, 3), round(all_s, 3), memory.total - memory.available,
+            memory.total)
+
+
+class HostSampler:
+    """Samples a host's daemons (found by their pidfiles under the run directory), the load process with
+    `load_name`, and the whole machine, appending rows to the run directory's CSV files."""
+
+    def __init__(self, run_dir: Path, load_name: str | None = None) -> None:
+        self.run_dir, self.load_name = Path(run_dir), load_name
+        self.load_pid: int | None = None
+        self.errors = 0
+
+    def daemons(self) -> dict[str, int]:
+        """Each sampled daemon's name (its pidfile's stem) and pid."""
+        found = {}
+        for path in sorted((self.run_dir / "pids").glob("*.pid")):
+            pid = daemon_pid(path)
+            if pid is not None and pid != os.getpid() and path.stem not in NOT_SAMPLED:
+                found[path.stem] = pid
+        return found
+
+    def find_load(self, daemon_pids: set[int]) -> int | None:
+        """The process started in the run directory, outside every daemon's tree, whose command line runs
+        `load_name` (the load playbook's Locust; its wrapper shares the directory, not the command)."""
+        for proc in psutil.process_iter(["pid", "cwd", "cmdline"]):
+            cmdline = proc.info["cmdline"] or []
+            if proc.info["cwd"] != str(self.run_dir) or proc.pid == os.getpid():
+                continue
+            if not any(Path(arg).name == self.load_name for arg in cmdline[:2]):
+                continue
+            try:
+                lineage = {proc.pid, *(p.pid for p in proc.parents())}
+            except psutil.Error:
+                continue
+            if not lineage & daemon_pids:
+                return proc.pid
+        return None
+
+    def sample(self, resources: Any, machine: Any) -> None:
+        """One round: a row per live daemon tree (and the load's), one for the machine."""
+        t_ns = time.time_ns()
+        daemons = self.daemons()
+        if self.load_name and self.load_pid is None:
+            self.load_pid = self.find_load(set(daemons.values()))
+        if self.load_pid is not None:
+            daemons[self.load_name] = self.load_pid
+        for name, pid in daemons.items():
+            row = proctree.tree_row(t_ns, name, pid)
+            if row is not None:
+                resources.writerow(row)
+        machine.writerow(machine_row(t_ns))
+
+    def run(self, interval_s: float, stop: threading.Event) -> None:
+        """Sample every `interval_s` until `stop` is set, then once more."""
+        with open(self.run_dir / RESOURCES_CSV, "w", newline="") as res, \
+                open(self.run_dir / MACHINE_CSV, "w", newline="") as mach:
+            res_writer, mach_writer = csv.writer(res), csv.writer(mach)
+            res_writer.writerow(proctree.RESOURCE_COLUMNS)
+            mach_writer.writerow(MACHINE_COLUMNS)
+            stopped = False
+            while True:
+                try:
+                    self.sample(res_writer, mach_writer)
+                except Exception as exc:  # a process gone mid-walk must not stop the sampling
+                    self.errors += 1
+                    print(f"sampling error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                res.flush()
+                mach.flush()
+                if stopped:
+                    return
+                stopped = stop.wait(interval_s)  # once stopped, one last sample
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--interval-s", type=click.FloatRange(min=0.05), default=SAMPLE_INTERVAL_S, show_default=True,
+              help="Seconds between two samples.")
+@click.option("--load", "load_name", metavar="NAME",
+              help="Also sample, as NAME, the process started in RUN_DIR outside the daemons whose command line "
+                   "runs NAME (the loadgen host's Locust).")
+def sample(run_dir: Path, interval_s: float, load_name: str | None) -> None:
+    """Sample the CPU and memory of RUN_DIR's daemons (and the machine's) until SIGTERM, into RUN_DIR's
+    resources.csv and machine.csv."""
+    stop_event = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    sampler = HostSampler(run_dir, load_name)
+    sampler.run(interval_s, stop_event)
+    print(json.dumps({"errors": sampler.errors}), flush=True)
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
@@ -162,9 +288,9 @@ def broker_rtt_command(url: str, samples: int) -> None:
 @click.option("--grace-s", type=float, default=10.0, show_default=True,
               help="Seconds those daemons get after SIGTERM before SIGKILL.")
 def collect(run_dir: Path, archive: Path, pidfiles: tuple[Path, ...], grace_s: float) -> None:
-    """Write RUN_DIR's manifest (its ledger files and request logs), then pack everything the coordinator
-    collects (ledger, request logs, Locust's output, logs, the manifest) into ARCHIVE, one file for Ansible
-    to fetch."""
+    """Write RUN_DIR's manifest (its ledger files, request logs and resource samples), then pack everything the
+    coordinator collects (ledger, request logs, resource samples, Locust's output, logs, the manifest) into
+    ARCHIVE, one file for Ansible to fetch."""
     if pidfiles:
         stop_daemons(pidfiles, grace_s)
     record = manifest_mod.build(run_dir)

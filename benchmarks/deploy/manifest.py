@@ -1,10 +1,12 @@
 """Each host's ledger ships with a manifest, so a file cut short or lost on the way fails the run.
 
 Written on the host once its processes have stopped (``python -m benchmarks.deploy.host manifest``), fetched
-beside the files, and checked on the coordinator (`verify`). For every ledger file (``ledger/*.jsonl``) and
-raw request log (``requests/*.csv``): ``rows`` (complete lines; a CSV's header not counted), ``bytes``,
-``sha256``, and ``first_ns``/``last_ns``, the smallest and largest timestamp among its rows (a ledger row's
-``t_ns`` or ``sent_ns``, a request row's ``sent_ns``; on the host's own clock). A file listed but absent, of
+beside the files, and checked on the coordinator (`verify`). For every ledger file (``ledger/*.jsonl``),
+raw request log (``requests/*.csv``) and resource sample file (``resources.csv``, ``machine.csv``: the
+host's sampler, stopped before the manifest is written): ``rows`` (complete lines; a CSV's header not
+counted), ``bytes``, ``sha256``, and ``first_ns``/``last_ns``, the smallest and largest timestamp among its
+rows (a ledger row's ``t_ns`` or ``sent_ns``, a request row's ``sent_ns``, a sample's ``t_ns``; on the host's
+own clock). A file listed but absent, of
 another size or digest, or a ledger file present but not listed, is a problem `verify` names.
 """
 
@@ -19,9 +21,10 @@ from typing import Any
 
 MANIFEST_JSON = "manifest.json"
 #: Version of manifest.json. Changes: 1 - first version (files: rows, bytes, sha256, first_ns, last_ns).
-MANIFEST_SCHEMA_VERSION = 1
+#: 2 - the resource samples (resources.csv, machine.csv) are listed too.
+MANIFEST_SCHEMA_VERSION = 2
 #: What a manifest covers, relative to a host's run directory.
-PATTERNS = ("ledger/*.jsonl", "requests/*.csv")
+PATTERNS = ("ledger/*.jsonl", "requests/*.csv", "resources.csv", "machine.csv")
 
 
 class ManifestError(RuntimeError):
@@ -45,13 +48,13 @@ def _ledger_stamps(path: Path) -> tuple[int, list[int]]:
     return rows, stamps
 
 
-def _requests_stamps(path: Path) -> tuple[int, list[int]]:
+def _csv_stamps(path: Path) -> tuple[int, list[int]]:
     rows, stamps = 0, []
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh):
             rows += 1
             try:
-                stamps.append(int(row.get("sent_ns") or ""))
+                stamps.append(int(row.get("sent_ns") or row.get("t_ns") or ""))
             except ValueError:
                 continue
     return rows, stamps
@@ -63,7 +66,7 @@ def describe(path: Path) -> dict[str, Any]:
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
-    rows, stamps = (_ledger_stamps if path.suffix == ".jsonl" else _requests_stamps)(path)
+    rows, stamps = (_ledger_stamps if path.suffix == ".jsonl" else _csv_stamps)(path)
     return {"rows": rows, "bytes": path.stat().st_size, "sha256": digest.hexdigest(),
             "first_ns": min(stamps) if stamps else None, "last_ns": max(stamps) if stamps else None}
 
@@ -78,10 +81,14 @@ def build(run_dir: Path) -> dict[str, Any]:
 
 
 def totals(record: dict[str, Any]) -> dict[str, int]:
-    """Files and rows a manifest lists: ledger files and rows, request logs and their rows."""
-    out = {"ledger_files": 0, "ledger_rows": 0, "request_logs": 0, "request_rows": 0}
+    """Files and rows a manifest lists: ledger files and rows, request logs and their rows, resource sample
+    files and their rows."""
+    out = {"ledger_files": 0, "ledger_rows": 0, "request_logs": 0, "request_rows": 0, "resource_files": 0,
+           "resource_rows": 0}
     for name, entry in record.get("files", {}).items():
-        kind = ("ledger_files", "ledger_rows") if name.startswith("ledger/") else ("request_logs", "request_rows")
+        kind = (("ledger_files", "ledger_rows") if name.startswith("ledger/") else
+                ("request_logs", "request_rows") if name.startswith("requests/") else
+                ("resource_files", "resource_rows"))
         out[kind[0]] += 1
         out[kind[1]] += int(entry["rows"])
     return out

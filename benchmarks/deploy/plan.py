@@ -5,7 +5,10 @@ The command lines are the ones a local run starts (`backends` ``worker_commands`
 and project directory replaced by the host's (`on_host`), bound to the host's address, and with the
 environment a local run gives them plus ``QUEUEBENCH_HOST`` (the inventory name, which ledger rows carry).
 Each service runs under start-stop-daemon with a pidfile, a log and its own session; ``stage`` orders the
-starts (the broker first) and the stops (the broker last).
+starts (the broker first; a drain cell's workers, stage ``workers``, only once its tasks are enqueued, by
+`playbooks/workers.yml`; it has no API or Locust) and the stops (the broker last). Beside the clock responder, every host runs a
+resource sampler (`benchmarks.deploy.host` ``sample``), stopped first (``stop_sampler``) once the tasks have
+finished.
 """
 
 from __future__ import annotations
@@ -31,6 +34,14 @@ from benchmarks.stack import PROJECT_ROOT
 STOP_GRACE_S = 1.0
 #: The Locust workers' service names on the loadgen host (``load_workers`` > 1), numbered from 0.
 LOAD_WORKER_PREFIX = "locust-worker-"
+#: The resource sampler's name (its pidfile, log and service) and the seconds it gets after SIGTERM for its last
+#: sample; it is stopped once the cell's tasks have finished, before the services it samples.
+SAMPLER = "sampler"
+SAMPLER_STOP_GRACE_S = 5.0
+#: The process the loadgen host's sampler looks for as the load (Locust's console script, `runner.locust_argv`).
+LOAD_PROCESS = "locust"
+#: A drain cell's workers: started by the workers playbook once the tasks are enqueued, not with the services.
+WORKERS_STAGE = "workers"
 #: The broker is stopped last, with this grace.
 BROKER_STOP_GRACE_S = 2.0
 
@@ -41,9 +52,10 @@ class PlanError(ValueError):
 
 def check_spec(spec: Mapping[str, Any], inventory: Inventory) -> None:
     """Refuse, before anything starts, a cell this version cannot deploy (naming the key and allowed values)."""
-    if spec.get("mode") != "load":
-        raise PlanError(f"mode = {spec.get('mode')!r}: an inventory run supports mode = \"load\" only (Locust on the "
-                        "loadgen host through the API)")
+    if spec.get("mode") not in ("load", "drain"):
+        raise PlanError(f"mode = {spec.get('mode')!r}: an inventory run supports mode = \"load\" (Locust on the "
+                        "loadgen host through the API) or \"drain\" (tasks enqueued by the coordinator, then the "
+                        "workers started)")
     if spec.get("broker") != "redis":
         raise PlanError(f"broker = {spec.get('broker')!r}: an inventory run supports broker = \"redis\" only (a "
                         "redis-server started on the broker host)")
@@ -133,6 +145,7 @@ def build(spec: Mapping[str, Any], inventory: Inventory, run_id: str, id_key: st
     """The plan of one cell (`check_spec` first)."""
     check_spec(spec, inventory)
     the_settings = settings(spec, inventory)
+    drain = spec["mode"] == "drain"
     backend = backends.get_backend(spec["backend"], the_settings)
     try:
         worker_hosts = inventory.role("workers")
@@ -155,13 +168,17 @@ def build(spec: Mapping[str, Any], inventory: Inventory, run_id: str, id_key: st
                                             "--daemonize", "no", "--protected-mode", "yes"], {}, run_dir, port)
             service("clock", "services", [host.python, "-m", "benchmarks.clocks", "serve", host.address,
                                           str(host.ports["qb_clock_port"])], base_env, host.src)
+            load = "loadgen" in host.roles and not drain
+            service(SAMPLER, "services", [host.python, "-m", "benchmarks.deploy.host", "sample", run_dir,
+                                          *(["--load", LOAD_PROCESS] if load else [])],
+                    {"PYTHONPATH": host.src}, run_dir)
             if "workers" in host.roles:
                 sub_spec = dict(spec) | {"processes": shares[host.name]}
                 for group in spec_mod.worker_specs(sub_spec):
                     for command in backend.worker_commands(group):
-                        service(command.name, "services", on_host(command.argv, host), base_env | command.env,
-                                run_dir)
-            if "api" in host.roles:
+                        service(command.name, WORKERS_STAGE if drain else "services", on_host(command.argv, host),
+                                base_env | command.env, run_dir)
+            if "api" in host.roles and not drain:
                 port = host.ports["qb_api_port"]
                 argv = gunicorn_argv(port, workers=spec["api_workers"], threads=spec["api_threads"],
                                      address=host.address)
@@ -176,6 +193,8 @@ def build(spec: Mapping[str, Any], inventory: Inventory, run_id: str, id_key: st
                 "helper_env": {"PYTHONPATH": host.src},
                 "progress": [*helper, "progress", f"{run_dir}/ledger"],
                 "broker_rtt": [*helper, "broker-rtt", broker_url(inventory)],
+                "stop_sampler": [*helper, "stop", f"{run_dir}/pids/{SAMPLER}.pid", "--grace-s",
+                                 f"{SAMPLER_STOP_GRACE_S:g}"],
                 "stop_services": [*helper, "stop", *[s["pidfile"] for s in services if s["stage"] != "broker"],
                                   "--grace-s", f"{STOP_GRACE_S:g}"],
                 "collect": [*helper, "collect", run_dir, f"{host.root}/runs/{run_id}.tar.gz",
@@ -183,7 +202,7 @@ def build(spec: Mapping[str, Any], inventory: Inventory, run_id: str, id_key: st
                             "--grace-s", f"{BROKER_STOP_GRACE_S:g}"],
                 "archive": f"{host.root}/runs/{run_id}.tar.gz",
             }
-            if "loadgen" in host.roles:
+            if load:
                 master = load_master(spec, host)
                 argv = runner.locust_argv(spec, api_url(inventory), Path(run_dir), master=master)
                 entry["load"] = {"argv": on_host(argv, host), "env": base_env, "cwd": run_dir,
