@@ -17,8 +17,8 @@ lag is recorded. So an offered rate above what the API (or this generator) can c
 ceiling instead of piling up requests the server cannot answer, and end-to-end latency still counts
 from the schedule.
 
-Every request carries an ``X-Request-Id`` (``<pid>-<counter>``, hex), which the API stores in the task's
-`sent` ledger row. When Locust stops the run (``-t`` over, or the shape's last stage; ``--stop-timeout``
+Every request carries an ``X-Request-Id`` (``<pid>-<counter>``, hex; on a deployed loadgen host
+``<host>:<pid>-<counter>``, `inflight.request_ids`), which the API stores in the task's `sent` ledger row. When Locust stops the run (``-t`` over, or the shape's last stage; ``--stop-timeout``
 must exceed the wait below), each user stops scheduling, waits up to ``--qb-stop-wait-s`` (default 10)
 for the answers of requests under way, and writes any still unanswered as a raw row with status -1 and
 its request id (`inflight.InFlight`), so the runner matches it against the ledger by id.
@@ -52,7 +52,7 @@ import share
 from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
-from inflight import RAW_COLUMNS, InFlight, request_ids
+from inflight import HOST_ENV, RAW_COLUMNS, InFlight, request_ids
 from locust import FastHttpUser, events, task
 from locust.runners import MasterRunner, WorkerRunner
 from locust.user.task import LOCUST_STATE_STOPPING
@@ -272,8 +272,10 @@ def _end_load(environment: Any, msg: Any = None, **_kwargs: Any) -> None:
 
 
 def _whoami(runner: Any) -> dict[str, Any]:
-    """A worker's Locust worker index and its process (pid, host), as the master's roll call keeps them."""
-    return {"index": runner.worker_index, "pid": os.getpid(), "host": os.uname().nodename}
+    """A worker's Locust worker index and its process (pid, host: its inventory host when deployed, else the
+    machine's name), as the master's roll call keeps them."""
+    return {"index": runner.worker_index, "pid": os.getpid(),
+            "host": os.environ.get(HOST_ENV) or os.uname().nodename}
 
 
 class _AnsweredAfterStop(Exception):
