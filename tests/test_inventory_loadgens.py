@@ -31,6 +31,8 @@ from tests.test_inventory import free_port, listing, loopback_alias_binds
 ROOT = Path(__file__).resolve().parent.parent
 MS = 1_000_000
 S = 1_000 * MS
+#: The loopback addresses of the three-host example and of the real run below.
+ADDRESSES = {"host1": "127.0.0.2", "host2": "127.0.0.3", "host3": "127.0.0.4"}
 
 
 def three_hosts(loadgen_order=("host1", "host3")) -> inv.Inventory:
@@ -151,14 +153,20 @@ def test_a_loadgen_host_short_of_locust_workers_is_named_in_the_generator_check(
     assert "never connected: index 2" in verdict["detail"] and "host3: 0 of its 1 Locust worker(s)" in verdict["detail"]
 
 
+def test_the_three_host_example_is_read_by_ansible_itself_with_the_master_on_its_first_loadgen_host():
+    inventory = inv.load(ROOT / "benchmarks" / "deploy" / "three-hosts.ini")
+    assert [h.name for h in inventory.role("loadgen")] == ["host1", "host3"]
+    assert {h.name: h.address for h in inventory.hosts.values()} == ADDRESSES
+    the_plan = plan.build(load_spec(load_workers=2), inventory, "run-1", "k" * 32)
+    assert [name for name, entry in the_plan.hosts.items() if "load" in entry] == ["host1"]
+    assert plan.load_master(load_spec(load_workers=2), inventory) == ("127.0.0.2", 8063)
+
+
 def test_an_inventory_takes_one_api_host_still():
     assert inv.ROLE_COUNTS["api"] == (1, 1) and inv.ROLE_COUNTS["loadgen"] == (1, None)
 
 
 # --- a real run with two loadgen hosts ---------------------------------------------------------------------
-
-ADDRESSES = {"host1": "127.0.0.2", "host2": "127.0.0.3", "host3": "127.0.0.4"}
-
 
 @pytest.fixture
 def need_three_local_hosts() -> None:
