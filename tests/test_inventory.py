@@ -62,10 +62,10 @@ def test_an_inventory_without_a_role_is_refused_naming_the_role(role):
         parse(hostvars, groups)
 
 
-def test_two_api_hosts_are_refused_naming_the_role_and_how_many_it_takes():
+def test_two_broker_hosts_are_refused_naming_the_role_and_how_many_it_takes():
     hostvars, groups = two_hosts()
-    groups["api"] = ["host1", "host2"]
-    with pytest.raises(inv.InventoryError, match="role 'api' has 2 hosts .* exactly 1"):
+    groups["broker"] = ["host1", "host2"]
+    with pytest.raises(inv.InventoryError, match="role 'broker' has 2 hosts .* exactly 1"):
         parse(hostvars, groups)
 
 

@@ -1,7 +1,8 @@
-"""Several loadgen hosts on an inventory: the Locust master runs on the first, Locust workers on every one
-(``load_workers`` split between them), request ids name the host that sent them, each host's request times
-are put on the coordinator's clock by its own offset, and a real run with two loadgen hosts on loopback
-aliases ends ok with every task run exactly once."""
+"""Several loadgen and api hosts on an inventory: the Locust master runs on the first loadgen host, Locust
+workers on every one (``load_workers`` split between them), request ids name the host that sent them, each
+host's request times are put on the coordinator's clock by its own offset, every api host runs the API and
+Locust sends to each in turn; a real run with two loadgen and two api hosts on loopback aliases ends ok
+with every task run exactly once."""
 
 from __future__ import annotations
 
@@ -162,8 +163,22 @@ def test_the_three_host_example_is_read_by_ansible_itself_with_the_master_on_its
     assert plan.load_master(load_spec(load_workers=2), inventory) == ("127.0.0.2", 8063)
 
 
-def test_an_inventory_takes_one_api_host_still():
-    assert inv.ROLE_COUNTS["api"] == (1, 1) and inv.ROLE_COUNTS["loadgen"] == (1, None)
+def test_every_api_host_runs_the_api_and_locust_sends_to_each_in_turn():
+    hostvars = {name: {"ansible_connection": "local", "qb_address": address, "qb_root": f"/tmp/qb-test/{name}"}
+                for name, address in ADDRESSES.items()}
+    groups = {"loadgen": ["host1"], "api": ["host3", "host1"], "broker": ["host1"], "workers": ["host2"]}
+    inventory = inv.from_listing(Path("/x/hosts.ini"), listing(hostvars, groups))
+    the_plan = plan.build(load_spec(api_workers=3), inventory, "run-1", "k" * 32)
+    for host in ("host1", "host3"):
+        (api,) = [s for s in the_plan.hosts[host]["services"] if s["name"] == "api"]
+        assert f"{ADDRESSES[host]}:8000" in api["argv"] and api["argv"][api["argv"].index("-w") + 1] == "3"
+        assert api["port"] == 8000 and api["env"]["QUEUEBENCH_HOST"] == host
+    assert not [s for s in the_plan.hosts["host2"]["services"] if s["name"] == "api"]
+    locust = the_plan.hosts["host1"]["load"]["argv"]
+    assert locust[locust.index("--qb-api-urls") + 1] == "http://127.0.0.4:8000,http://127.0.0.2:8000"
+    assert locust[locust.index("--host") + 1] == "http://127.0.0.4:8000"  # the first api host
+    one_api = three_hosts()
+    assert "--qb-api-urls" not in plan.build(load_spec(load_workers=2), one_api, "r", "k" * 32).hosts["host1"]["load"]["argv"]
 
 
 # --- a real run with two loadgen hosts ---------------------------------------------------------------------
@@ -186,8 +201,8 @@ def need_three_local_hosts() -> None:
 
 
 def write_three_hosts(tmp_path: Path) -> Path:
-    """host1 (127.0.0.2) loadgen, API and broker; host3 (127.0.0.4) a second loadgen; host2 (127.0.0.3) the
-    workers; every port free."""
+    """host1 (127.0.0.2) loadgen, API and broker; host3 (127.0.0.4) a second loadgen and API; host2
+    (127.0.0.3) the workers; every port free."""
     def udp(host):
         return free_port(ADDRESSES[host], socket.SOCK_DGRAM)
 
@@ -199,9 +214,10 @@ def write_three_hosts(tmp_path: Path) -> Path:
 [loadgen]
 host1 qb_address=127.0.0.2 qb_root={tmp_path / 'h1'} qb_api_port={tcp('host1')} qb_broker_port={tcp('host1')} \
 qb_clock_port={udp('host1')} qb_locust_port={tcp('host1')}
-host3 qb_address=127.0.0.4 qb_root={tmp_path / 'h3'} qb_clock_port={udp('host3')} qb_locust_port={tcp('host3')}
+host3 qb_address=127.0.0.4 qb_root={tmp_path / 'h3'} qb_clock_port={udp('host3')} qb_locust_port={tcp('host3')} qb_api_port={tcp('host3')}
 [api]
 host1
+host3
 [broker]
 host1
 [workers]
@@ -215,7 +231,7 @@ qb_python={sys.executable}
 
 
 @pytest.mark.service
-def test_two_loadgen_hosts_each_send_through_their_own_locust_worker_and_every_task_runs_exactly_once(
+def test_two_loadgen_hosts_each_send_through_their_own_locust_worker_to_two_apis_and_every_task_runs_exactly_once(
         tmp_path, need_redis, need_three_local_hosts):
     cell = {"backend": "rq", "processes": 1, "api_workers": 1, "api_threads": 2, "task": "noop", "rate": 10,
             "warmup_s": 0.5, "duration_s": 1, "drain_timeout_s": 30, "load_workers": 2}
@@ -258,6 +274,13 @@ def test_two_loadgen_hosts_each_send_through_their_own_locust_worker_and_every_t
     senders = merged["request_id"].str.partition(":")[0].value_counts().to_dict()
     assert set(senders) == {"host1", "host3"} and figures["requests_by_loadgen_host"] == senders
     assert set(sent["request_id"].str.partition(":")[0]) == {"host1", "host3"}
+
+    # Both APIs took requests (Locust sends to each in turn): each api host's ledger has sent rows.
+    assert record["api"]["hosts"] == ["host1", "host3"]
+    for host in ("host1", "host3"):
+        rows = [json.loads(line) for path in (run_dir / "hosts" / host / "ledger").glob("*.jsonl")
+                for line in path.read_text().splitlines()]
+        assert any(r["ev"] == "sent" and not r.get("probe") for r in rows), f"no request reached the API on {host}"
 
     # Every task ran exactly once, on host2.
     ok = tasks[tasks["outcome"] == "ok"]

@@ -1,13 +1,13 @@
 """One matrix cell measured on the hosts of an inventory, and a sweep of them.
 
 A cell here is a local load cell spread over hosts: the broker on the ``broker`` host, the workers (each
-library's own CLI) on the ``workers`` hosts, the API under gunicorn on the ``api`` host, Locust on the
+library's own CLI) on the ``workers`` hosts, the API under gunicorn on every ``api`` host, Locust on the
 ``loadgen`` hosts (with ``load_workers`` > 1, Locust workers are daemons on every loadgen host, and the load
 playbook runs their master on the first), each started by Ansible under start-stop-daemon
 (`playbooks/start.yml`). In order:
 
 1. start every host's services; measure every host's clock offset (`benchmarks.clocks`, start estimates);
-2. wait for the API's ``/healthz``, then round-trip one probe per task kind and queue, enqueued from here
+2. wait for every API's ``/healthz``, then round-trip one probe per task kind and queue, enqueued from here
    through the backend (probes are marked and left out of every figure);
 3. run Locust on the (first) loadgen host (`playbooks/load.yml`), then wait while tasks keep finishing, reading each
    host's ledger progress through Ansible (`playbooks/progress.yml`), under the cell's ``drain_stall_s`` and
@@ -177,19 +177,22 @@ class HostsCellRun:
         self.record["task_kinds"] = [{"task": task, "args": args, "digest": ledger.args_digest(task, args)}
                                      for task, args in sent_tasks(spec)]
         self.record["api"] = {"server": "gunicorn gthread", "workers": spec["api_workers"],
-                              "threads": spec["api_threads"], "host": self.inventory.one("api").name}
+                              "threads": spec["api_threads"], "host": self.inventory.one("api").name,
+                              "hosts": [h.name for h in self.inventory.role("api")],
+                              "requests_to": "each api host in turn" if len(self.inventory.role("api")) > 1
+                                             else "the api host"}
         loadgen, workers = self.inventory.one("loadgen").name, runner.load_workers(spec)
         assert self.plan is not None
         self.record["generator"] = runner.generator_record(workers) | {
             "host": loadgen, "hosts": [h.name for h in self.inventory.role("loadgen")]}
+        shares = plan_mod.load_worker_shares(spec, self.inventory)
         if workers > 1:
-            shares = plan_mod.load_worker_shares(spec, self.inventory)
             self.record["generator"]["workers"] = {
                 "processes": [{"host": p["host"], "name": p["name"]} for p in self.plan.processes
                               if p["name"].startswith(plan_mod.LOAD_WORKER_PREFIX)],
                 "by_host": {h: len(numbers) for h, numbers in shares.items()},
                 "roll_call": store.LOCUST_WORKERS_JSON}
-        where = ", ".join(f"{len(n)} on {h}" for h, n in plan_mod.load_worker_shares(spec, self.inventory).items())
+        where = ", ".join(f"{len(n)} on {h}" for h, n in shares.items())
         self.log(f"Locust on {loadgen}: {spec['rate']:g} tasks/s for {spec['warmup_s']:g} s warm-up + "
                  f"{spec['duration_s']:g} s measured" + (f", {workers} Locust workers ({where})" if workers > 1 else ""))
         started = time.monotonic()
@@ -222,17 +225,19 @@ class HostsCellRun:
         return out
 
     def _wait_healthy(self) -> None:
-        url = f"{plan_mod.api_url(self.inventory)}/healthz"
+        """Every api host's ``/healthz``, one after the other (they started together)."""
+        for host, base in zip(self.inventory.role("api"), plan_mod.api_urls(self.inventory), strict=True):
+            url = f"{base}/healthz"
 
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
+            def healthy(url: str = url) -> bool:
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as response:
+                        return response.status == 200
+                except OSError:
+                    return False
 
-        wait_until(healthy, timeout_s=HEALTHY_TIMEOUT_S, interval_s=POLL_S,
-                   what=f"the API at {url} (its log: {HOSTS_DIR}/{self.inventory.one('api').name}/logs/api.log)")
+            wait_until(healthy, timeout_s=HEALTHY_TIMEOUT_S, interval_s=POLL_S,
+                       what=f"the API at {url} (its log: {HOSTS_DIR}/{host.name}/logs/api.log)")
 
     def _round_trip(self) -> None:
         """One probe per task kind the cell sends, on every queue, enqueued from here; wait until each has

@@ -2,8 +2,10 @@
 
 Roles are inventory groups: ``loadgen`` (runs Locust), ``api`` (the Flask API under gunicorn), ``workers``
 (each library's own worker CLI), ``broker`` (a redis-server queuebench starts and stops). One host may hold
-several roles. This version takes one or more ``loadgen`` hosts, exactly one ``api`` and one ``broker`` host,
-and one or more ``workers`` hosts (the cell's worker processes are split between them). With several
+several roles. This version takes one or more ``loadgen``, ``api`` and ``workers`` hosts and exactly one
+``broker`` host (the cell's worker processes are split between the workers hosts; every api host runs the
+API, each with the cell's ``api_workers`` and ``api_threads``, and Locust sends its requests to them in
+turn). With several
 ``loadgen`` hosts, the first in the inventory's order runs the Locust master and every loadgen host runs
 Locust workers (`benchmarks.deploy.plan` splits ``load_workers`` between them); a loadgen host's name goes
 into every request id it sends, so it is limited to letters, digits, ``.``, ``_`` and ``-`` (`LOADGEN_NAME_RE`).
@@ -45,7 +47,7 @@ from typing import Any
 
 ROLES = ("loadgen", "api", "workers", "broker")
 #: How many hosts each role takes in this version: (fewest, most; None for no limit).
-ROLE_COUNTS: dict[str, tuple[int, int | None]] = {"loadgen": (1, None), "api": (1, 1), "workers": (1, None),
+ROLE_COUNTS: dict[str, tuple[int, int | None]] = {"loadgen": (1, None), "api": (1, None), "workers": (1, None),
                                                   "broker": (1, 1)}
 DEFAULT_PORTS = {"qb_api_port": 8000, "qb_broker_port": 6390, "qb_clock_port": 8123, "qb_locust_port": 5557}
 HOST_VARS = ("qb_root", "qb_address", "qb_python", "qb_bind_external", "qb_redis_server", "qb_clock_skew_ns",

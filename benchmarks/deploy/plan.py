@@ -118,8 +118,13 @@ def broker_url(inventory: Inventory) -> str:
 
 
 def api_url(inventory: Inventory) -> str:
-    api = inventory.one("api")
-    return f"http://{api.address}:{api.ports['qb_api_port']}"
+    """The first api host's API (Locust's ``--host``)."""
+    return api_urls(inventory)[0]
+
+
+def api_urls(inventory: Inventory) -> list[str]:
+    """Every api host's API, in the inventory's order (Locust sends its requests to them in turn)."""
+    return [f"http://{api.address}:{api.ports['qb_api_port']}" for api in inventory.role("api")]
 
 
 def settings(spec: Mapping[str, Any], inventory: Inventory) -> BackendSettings:
@@ -212,6 +217,8 @@ def build(spec: Mapping[str, Any], inventory: Inventory, run_id: str, id_key: st
                     # The raw log directory relative to each Locust process's working directory, its host's
                     # run directory: the master passes its options on to every worker, on whatever host.
                     argv[argv.index("--qb-log-dir") + 1] = store.REQUEST_LOGS_DIR
+                    if len(api_urls(inventory)) > 1:  # every API in turn (the master passes it on to its workers)
+                        argv += ["--qb-api-urls", ",".join(api_urls(inventory))]
                     entry["load"] = {"argv": argv, "env": base_env, "cwd": run_dir,
                                      "timeout_s": int(spec["warmup_s"] + spec["duration_s"] + runner.LOCUST_TAIL_S
                                                       + runner.LOCUST_STOP_TIMEOUT_S + 120
