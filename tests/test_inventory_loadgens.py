@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pytest
 import scenario_files
 
@@ -27,7 +26,7 @@ from benchmarks.deploy import inventory as inv
 from benchmarks.deploy import manifest, plan
 from benchmarks.deploy.cell import correct_ledgers, scheduling_host
 from benchmarks.deploy.plan import PlanError
-from tests.test_inventory import free_port, listing, loopback_alias_binds
+from tests.test_inventory import free_port, left_running, listing, loopback_alias_binds
 
 ROOT = Path(__file__).resolve().parent.parent
 MS = 1_000_000
@@ -288,13 +287,4 @@ def test_two_loadgen_hosts_each_send_through_their_own_locust_worker_to_two_apis
     assert set(ok["worker_host"]) == {"host2"}
     shown = " ".join(done.stderr.split())
     assert "loadgen host1: Locust master; 1 Locust worker(s)" in shown and "loadgen host3: 1 Locust worker(s)" in shown
-
-    left = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            seen = " ".join(proc.info["cmdline"] or []) + " " + " ".join(proc.environ().values())
-        except psutil.Error:
-            continue
-        if str(tmp_path) in seen:
-            left.append(proc.info["cmdline"])
-    assert not left
+    assert not left_running(tmp_path)  # nothing started on the hosts is left running
