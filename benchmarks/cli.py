@@ -484,6 +484,7 @@ def _hosts_lines(record: dict[str, Any]) -> str:
         if use:
             lines.append(f"    {_host_use_line(use)}")
     summary = record.get("summary")
+    lines += _loadgen_lines(record.get("generator") or {}, (summary or {}).get("figures", {}))
     if summary:
         figures, checks = summary["figures"], summary["checks"]
         once = all(checks[k]["ok"] for k in ("all_finished", "no_duplicates", "nothing_unsent_ran"))
@@ -510,6 +511,26 @@ def _host_use_line(use: dict[str, Any]) -> str:
         busiest = max(components, key=lambda c: components[c]["cpu_s"])
         parts.append(f"busiest: {busiest} {components[busiest]['cpu_s']:.2f} CPU-s")
     return "resources: " + ("; ".join(parts) if parts else "not sampled")
+
+
+def _loadgen_lines(generator: dict[str, Any], figures: dict[str, Any]) -> list[str]:
+    """Each loadgen host of an inventory run: the Locust master's, its Locust workers (how many, how many
+    reported the end of their load) and the requests it sent."""
+    if not generator.get("hosts"):
+        return []
+    workers = (generator.get("workers") or {}).get("by_host", {})
+    reported = (figures.get("load_workers") or {}).get("by_host", {})
+    requests = figures.get("requests_by_loadgen_host", {})
+    lines = []
+    for host in generator["hosts"]:
+        parts = ["Locust master" if host == generator.get("host") and workers else ""]
+        if host in workers:
+            parts.append(f"{workers[host]} Locust worker(s)" + (f", {reported[host]['reported']} reported the "
+                                                                  "end of their load" if host in reported else ""))
+        if host in requests:
+            parts.append(f"{requests[host]} requests sent")
+        lines.append(f"  loadgen {host}: " + "; ".join(p for p in parts if p))
+    return lines
 
 
 def _end_run(console: Any, results: list[Any], out: Path, since: str) -> None:

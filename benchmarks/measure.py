@@ -194,10 +194,14 @@ def request_accounting(requests: pd.DataFrame, sent: pd.DataFrame) -> dict[str, 
             "not_202_accepted": int(len(found)), "_requests_match": (ok, detail)}
 
 
-def load_workers_reported(roll_call: Mapping[str, Any] | None, expected: int) -> dict[str, Any]:
+def load_workers_reported(roll_call: Mapping[str, Any] | None, expected: int,
+                          expected_by_host: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Whether each of the `expected` Locust workers of a distributed run reported the end of its load,
     from the master's roll call (``locust_workers.json``; None: the master kept none). Returns expected,
-    connected, reported, ok and a detail naming each missing worker by its Locust worker index."""
+    connected, reported, ok and a detail naming each missing worker by its Locust worker index.
+    `expected_by_host` (workers on several hosts: how many each host runs) adds ``by_host``, each host's
+    expected and reported workers by the host each names in the roll call, and the detail names a host
+    short of them (a worker that never connected has no index of its own, but its host is known)."""
     roll_call = roll_call or {}
     workers = [w for w in roll_call.get("workers", {}).values() if w.get("index") is not None]
     connected = sorted({int(w["index"]) for w in workers})
@@ -220,9 +224,16 @@ def load_workers_reported(roll_call: Mapping[str, Any] | None, expected: int) ->
                                                  if named[i].get("pid") else "") for i in silent))
     if not roll_call:
         parts.append("the master kept no roll call")
+    by_host = {}
+    if expected_by_host:
+        for host, count in expected_by_host.items():
+            said = sum(1 for w in workers if w.get("host") == host and w.get("ended"))
+            by_host[host] = {"expected": count, "reported": said}
+            if said < count:
+                parts.append(f"{host}: {said} of its {count} Locust worker(s) reported")
     ok = bool(roll_call) and roll_call.get("end_requested_ns") is not None and not never and not silent
     return {"expected": expected, "connected": len(connected), "reported": len(reported), "ok": ok,
-            "detail": "; ".join(parts)}
+            "detail": "; ".join(parts)} | ({"by_host": by_host} if by_host else {})
 
 
 def summarise(tasks: pd.DataFrame, requests: pd.DataFrame | None, window: Window, *, slots: int,

@@ -59,7 +59,9 @@ from benchmarks import measure
 #:       load_workers and workers, and the figure load_workers (the roll call's verdict).
 #:       Runs on an inventory (`benchmarks.deploy`): run.json's deployment, clocks and queue_leftovers (and
 #:       stop_error), the broker's rtt_ms_by_host and rtt_method (and rtt_errors), the figure
-#:       executions_by_host, and the run directory's hosts/<host>/ (collected files).
+#:       executions_by_host, and the run directory's hosts/<host>/ (collected files). Several loadgen and
+#:       api hosts: run.json's generator.hosts and generator.workers.by_host, api.hosts, the figures
+#:       requests_by_loadgen_host and load_workers.by_host, and request ids ``<host>:<pid>-<n>``.
 #:       ``faults.contract.publish_confirms`` (a RabbitMQ restart's ``persistence`` now follows it) and
 #:       Celery's ``settings.recovery``.
 #:       Inventory runs sample resources on every host: resources.csv gains a ``host`` column (its other

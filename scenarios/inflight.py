@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -20,11 +21,24 @@ from typing import Any
 UNANSWERED = -1
 #: Columns of the raw request log (one CSV per Locust process).
 RAW_COLUMNS = ("scheduled_ns", "sent_ns", "done_ns", "status", "task", "task_id", "request_id")
+#: The inventory host a deployed Locust process runs on (`backends.ledger.HOST_ENV`, set by the deployment's
+#: plan); it tags that process's request ids. Unset in a local run.
+HOST_ENV = "QUEUEBENCH_HOST"
+#: Ends a request id's host tag: ``<host>:<pid hex>-<counter hex>``.
+HOST_SEPARATOR = ":"
+#: The host tag keeps the characters the API takes in an ``X-Request-Id`` but ``:`` (which ends the tag), at
+#: most 40 of them, so an id stays within the API's 64 (the inventory refuses loadgen names it would change).
+_TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+TAG_MAX = 40
 
 
 def request_ids(prefix: str | None = None) -> Callable[[], str]:
-    """A source of request ids unique across the processes of one run: ``<pid hex>-<counter hex>``."""
-    prefix = prefix if prefix is not None else f"{os.getpid():x}"
+    """A source of request ids unique across the processes of one run: ``<pid hex>-<counter hex>``, and on a
+    deployed loadgen host (`HOST_ENV` set) ``<host>:<pid hex>-<counter hex>``, unique across hosts too, so
+    the coordinator knows which host's clock stamped a request's ``X-Scheduled-At``."""
+    if prefix is None:
+        host = _TAG_UNSAFE.sub("_", os.environ.get(HOST_ENV, ""))[:TAG_MAX]
+        prefix = (f"{host}{HOST_SEPARATOR}" if host else "") + f"{os.getpid():x}"
     counter = itertools.count(1)
     return lambda: f"{prefix}-{next(counter):x}"
 

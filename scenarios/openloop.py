@@ -8,7 +8,8 @@ was against its schedule (schedule lag) is measured too.
 
 Options (Locust's own mechanism, so the same file serves the runner and a person at the web UI):
 ``--qb-rate`` (tasks/s offered, over all users), ``--qb-arrival``, ``--qb-task``, ``--qb-args`` (JSON),
-``--qb-log-dir`` (raw per-request rows for exact figures: one CSV per Locust process).
+``--qb-log-dir`` (raw per-request rows for exact figures: one CSV per Locust process), ``--qb-api-urls``
+(several APIs: each request goes to the next in turn; an inventory with several api hosts).
 
 Overload policy, "send late": a process keeps at most ``--qb-max-in-flight`` requests (default 64)
 waiting for their answers. When that bound is reached the schedule is not dropped: the next arrival
@@ -17,8 +18,8 @@ lag is recorded. So an offered rate above what the API (or this generator) can c
 ceiling instead of piling up requests the server cannot answer, and end-to-end latency still counts
 from the schedule.
 
-Every request carries an ``X-Request-Id`` (``<pid>-<counter>``, hex), which the API stores in the task's
-`sent` ledger row. When Locust stops the run (``-t`` over, or the shape's last stage; ``--stop-timeout``
+Every request carries an ``X-Request-Id`` (``<pid>-<counter>``, hex; on a deployed loadgen host
+``<host>:<pid>-<counter>``, `inflight.request_ids`), which the API stores in the task's `sent` ledger row. When Locust stops the run (``-t`` over, or the shape's last stage; ``--stop-timeout``
 must exceed the wait below), each user stops scheduling, waits up to ``--qb-stop-wait-s`` (default 10)
 for the answers of requests under way, and writes any still unanswered as a raw row with status -1 and
 its request id (`inflight.InFlight`), so the runner matches it against the ledger by id.
@@ -40,6 +41,7 @@ runner can tell a worker that went missing.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -52,7 +54,7 @@ import share
 from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
-from inflight import RAW_COLUMNS, InFlight, request_ids
+from inflight import HOST_ENV, RAW_COLUMNS, InFlight, request_ids
 from locust import FastHttpUser, events, task
 from locust.runners import MasterRunner, WorkerRunner
 from locust.user.task import LOCUST_STATE_STOPPING
@@ -107,6 +109,9 @@ def _add_options(parser: Any) -> None:
     group.add_argument("--qb-stop-wait-s", type=float, default=DEFAULT_STOP_WAIT_S, env_var="QB_STOP_WAIT_S",
                        help="Seconds a stopping user waits for answers under way; those still unanswered are "
                             "written as status -1 (keep --stop-timeout above it).")
+    group.add_argument("--qb-api-urls", default="", env_var="QB_API_URLS",
+                       help="Send each request to the next of these API base URLs in turn (comma-separated, "
+                            "e.g. http://10.0.0.2:8000,http://10.0.0.3:8000); empty: Locust's --host only.")
     group.add_argument("--qb-workers-file", default="", env_var="QB_WORKERS_FILE",
                        help="On a --master: keep the roll call of its workers here (JSON: who connected, under "
                             "which worker index, who reported the end of its load).")
@@ -272,8 +277,10 @@ def _end_load(environment: Any, msg: Any = None, **_kwargs: Any) -> None:
 
 
 def _whoami(runner: Any) -> dict[str, Any]:
-    """A worker's Locust worker index and its process (pid, host), as the master's roll call keeps them."""
-    return {"index": runner.worker_index, "pid": os.getpid(), "host": os.uname().nodename}
+    """A worker's Locust worker index and its process (pid, host: its inventory host when deployed, else the
+    machine's name), as the master's roll call keeps them."""
+    return {"index": runner.worker_index, "pid": os.getpid(),
+            "host": os.environ.get(HOST_ENV) or os.uname().nodename}
 
 
 class _AnsweredAfterStop(Exception):
@@ -300,6 +307,10 @@ class OpenLoopUser(FastHttpUser):
         self.slots = in_flight_slots(self.environment)
         self.in_flight = InFlight(self.log.write)
         self.stop_wait_s = float(getattr(options, "qb_stop_wait_s", DEFAULT_STOP_WAIT_S))
+        urls = [u.strip().rstrip("/") + "/tasks" for u in (getattr(options, "qb_api_urls", "") or "").split(",")
+                if u.strip()]
+        # Several APIs: each process starts at its own index, so the processes' first requests spread too.
+        self.targets = itertools.islice(itertools.cycle(urls or ["/tasks"]), max(0, self.processes()[0]), None)
         self.stopped = False
         #: Set once `finish_sends` is done (a second caller waits for the first).
         self.finished = Event()
@@ -403,7 +414,7 @@ class OpenLoopUser(FastHttpUser):
         self.in_flight.sent(request_id, scheduled_ns, sent_ns, task_name)
         task_id = None
         try:
-            with self.client.post("/tasks", json={"task": task_name, "args": args}, name="POST /tasks",
+            with self.client.post(next(self.targets), json={"task": task_name, "args": args}, name="POST /tasks",
                                   headers={SCHEDULED_AT_HEADER: str(scheduled_ns), REQUEST_ID_HEADER: request_id},
                                   catch_response=True) as response:
                 status = response.status_code

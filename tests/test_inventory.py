@@ -62,10 +62,10 @@ def test_an_inventory_without_a_role_is_refused_naming_the_role(role):
         parse(hostvars, groups)
 
 
-def test_two_api_hosts_are_refused_naming_the_role_and_how_many_it_takes():
+def test_two_broker_hosts_are_refused_naming_the_role_and_how_many_it_takes():
     hostvars, groups = two_hosts()
-    groups["api"] = ["host1", "host2"]
-    with pytest.raises(inv.InventoryError, match="role 'api' has 2 hosts .* exactly 1"):
+    groups["broker"] = ["host1", "host2"]
+    with pytest.raises(inv.InventoryError, match="role 'broker' has 2 hosts .* exactly 1"):
         parse(hostvars, groups)
 
 
@@ -269,6 +269,19 @@ def free_port(address: str, kind: int = socket.SOCK_STREAM) -> int:
         return sock.getsockname()[1]
 
 
+def left_running(tmp_path: Path) -> list[list[str]]:
+    """Command lines of processes that name `tmp_path` in their arguments or environment (a test's hosts)."""
+    left = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            seen = " ".join(proc.info["cmdline"] or []) + " " + " ".join(proc.environ().values())
+        except psutil.Error:
+            continue
+        if str(tmp_path) in seen:
+            left.append(proc.info["cmdline"])
+    return left
+
+
 def loopback_alias_binds(address: str) -> bool:
     try:
         free_port(address)
@@ -397,15 +410,7 @@ def test_workers_on_a_second_host_drain_tasks_enqueued_through_the_api_on_the_fi
     assert "exactly once across hosts: yes" in shown and "host2: clock offset" in shown and "broker RTT" in shown
 
     # Nothing started on the hosts is left running.
-    left = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            seen = " ".join(proc.info["cmdline"] or []) + " " + " ".join(proc.environ().values())
-        except psutil.Error:
-            continue
-        if str(tmp_path) in seen:
-            left.append(proc.info["cmdline"])
-    assert not left
+    assert not left_running(tmp_path)
 
 
 @pytest.mark.service

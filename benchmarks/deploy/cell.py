@@ -1,14 +1,15 @@
 """One matrix cell measured on the hosts of an inventory, and a sweep of them.
 
 A cell here is a local cell spread over hosts: the broker on the ``broker`` host, the workers (each
-library's own CLI) on the ``workers`` hosts, the API under gunicorn on the ``api`` host, Locust on the
-``loadgen`` host (with ``load_workers`` > 1, its Locust workers are daemons there too, and the load playbook
-runs their master), each started by Ansible under start-stop-daemon (`playbooks/start.yml`). In order:
+library's own CLI) on the ``workers`` hosts, the API under gunicorn on every ``api`` host, Locust on the
+``loadgen`` hosts (with ``load_workers`` > 1, Locust workers are daemons on every loadgen host, and the load
+playbook runs their master on the first), each started by Ansible under start-stop-daemon
+(`playbooks/start.yml`). In order:
 
 1. start every host's services; measure every host's clock offset (`benchmarks.clocks`, start estimates);
-2. wait for the API's ``/healthz``, then round-trip one probe per task kind and queue, enqueued from here
+2. wait for every API's ``/healthz``, then round-trip one probe per task kind and queue, enqueued from here
    through the backend (probes are marked and left out of every figure);
-3. run Locust on the loadgen host (`playbooks/load.yml`), then wait while tasks keep finishing, reading each
+3. run Locust on the (first) loadgen host (`playbooks/load.yml`), then wait while tasks keep finishing, reading each
    host's ledger progress through Ansible (`playbooks/progress.yml`), under the cell's ``drain_stall_s`` and
    ``drain_timeout_s``. A drain cell (``mode = "drain"``) instead starts no API and no Locust, enqueues its
    probes and ``tasks`` tasks from here (their ``sent`` rows in the run's ``ledger/``), only then starts the
@@ -19,10 +20,11 @@ runs their master), each started by Ansible under start-stop-daemon (`playbooks/
    ledger, request logs, resource samples, Locust output, logs and manifest into ``OUT/<run>/hosts/<host>/``
    (`playbooks/stop.yml`);
 5. check each host's files against its manifest (a missing or truncated file is an error), put every
-   timestamp on the coordinator's clock (``OUT/<run>/ledger/``: the hosts' rows, corrected; the hosts'
-   samples into ``OUT/<run>/resources.csv`` and ``machine.csv`` with a ``host`` column), and judge the run
-   with the same `benchmarks.measure` checks and resource figures as a local run (every task ran exactly
-   once, across hosts; ``resources`` per component summed over hosts, ``resources_by_host`` per host).
+   timestamp on the coordinator's clock (``OUT/<run>/ledger/``: the hosts' rows, corrected; each loadgen
+   host's request logs by its own clock; the hosts' samples into ``OUT/<run>/resources.csv`` and
+   ``machine.csv`` with a ``host`` column), and judge the run with the same `benchmarks.measure` checks and
+   resource figures as a local run (every task ran exactly once, across hosts; ``resources`` per component
+   summed over hosts, ``resources_by_host`` per host).
 
 run.json adds ``deployment`` (the inventory's hosts and roles), the broker's round trip from each host
 (``brokers.broker.rtt_ms_by_host``, timed on each host by `benchmarks.deploy.host` ``broker-rtt`` at the end
@@ -42,7 +44,7 @@ import tarfile
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,17 +201,24 @@ class HostsCellRun:
                 self.clocks_end = self._measure_clocks(wait_s=5.0)
             return
         self.record["api"] = {"server": "gunicorn gthread", "workers": spec["api_workers"],
-                              "threads": spec["api_threads"], "host": self.inventory.one("api").name}
+                              "threads": spec["api_threads"], "host": self.inventory.one("api").name,
+                              "hosts": [h.name for h in self.inventory.role("api")],
+                              "requests_to": "each api host in turn" if len(self.inventory.role("api")) > 1
+                                             else "the api host"}
         loadgen, workers = self.inventory.one("loadgen").name, runner.load_workers(spec)
         assert self.plan is not None
-        self.record["generator"] = runner.generator_record(workers) | {"host": loadgen}
+        self.record["generator"] = runner.generator_record(workers) | {
+            "host": loadgen, "hosts": [h.name for h in self.inventory.role("loadgen")]}
+        shares = plan_mod.load_worker_shares(spec, self.inventory)
         if workers > 1:
             self.record["generator"]["workers"] = {
                 "processes": [{"host": p["host"], "name": p["name"]} for p in self.plan.processes
                               if p["name"].startswith(plan_mod.LOAD_WORKER_PREFIX)],
+                "by_host": {h: len(numbers) for h, numbers in shares.items()},
                 "roll_call": store.LOCUST_WORKERS_JSON}
+        where = ", ".join(f"{len(n)} on {h}" for h, n in shares.items())
         self.log(f"Locust on {loadgen}: {spec['rate']:g} tasks/s for {spec['warmup_s']:g} s warm-up + "
-                 f"{spec['duration_s']:g} s measured" + (f", {workers} Locust workers" if workers > 1 else ""))
+                 f"{spec['duration_s']:g} s measured" + (f", {workers} Locust workers ({where})" if workers > 1 else ""))
         started = time.monotonic()
         progress = self._progress(self._playbook("load"))
         self.load_s = (started, time.monotonic() - started)  # booked once the window is known (`_book_load`)
@@ -240,17 +249,19 @@ class HostsCellRun:
         return out
 
     def _wait_healthy(self) -> None:
-        url = f"{plan_mod.api_url(self.inventory)}/healthz"
+        """Every api host's ``/healthz``, one after the other (they started together)."""
+        for host, base in zip(self.inventory.role("api"), plan_mod.api_urls(self.inventory), strict=True):
+            url = f"{base}/healthz"
 
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
+            def healthy(url: str = url) -> bool:
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as response:
+                        return response.status == 200
+                except OSError:
+                    return False
 
-        wait_until(healthy, timeout_s=HEALTHY_TIMEOUT_S, interval_s=POLL_S,
-                   what=f"the API at {url} (its log: {HOSTS_DIR}/{self.inventory.one('api').name}/logs/api.log)")
+            wait_until(healthy, timeout_s=HEALTHY_TIMEOUT_S, interval_s=POLL_S,
+                       what=f"the API at {url} (its log: {HOSTS_DIR}/{host.name}/logs/api.log)")
 
     def _send_probes(self) -> list[str]:
         """One probe per task kind the cell sends, on every queue, enqueued from here."""
@@ -368,12 +379,12 @@ class HostsCellRun:
         self.record["deployment"]["manifests"] = {name: manifest.totals(m) for name, m in manifests.items()}
         host_clocks = {name: clocks.HostClock(self.clocks_start[name], self.clocks_end.get(name))
                        for name in inventory.hosts}
-        loadgen = inventory.one("loadgen").name
-        correct_ledgers(self.run_dir, host_clocks, loadgen)
+        loadgens = [h.name for h in inventory.role("loadgen")]  # the Locust master's host first
+        correct_ledgers(self.run_dir, host_clocks, loadgens)
         if spec["mode"] == "drain":
             tasks, window, summary = self._drain_summary()
         else:
-            tasks, window, summary = self._load_summary(host_clocks, loadgen)
+            tasks, window, summary = self._load_summary(host_clocks, loadgens)
         attempts = tasks[(tasks["attempt"] > 0) & (tasks["outcome"] == "ok")]
         summary["figures"]["executions_by_host"] = {str(k): int(v) for k, v in
                                                     attempts.groupby("worker_host").size().items()}
@@ -405,25 +416,24 @@ class HostsCellRun:
             parts.append("negative intervals: " + ", ".join(f"{k} {v}" for k, v in negative.items() if v))
         return "; ".join(p for p in parts if p)
 
-    def _load_summary(self, host_clocks: Mapping[str, clocks.HostClock], loadgen: str
+    def _load_summary(self, host_clocks: Mapping[str, clocks.HostClock], loadgens: Sequence[str]
                       ) -> tuple[pd.DataFrame, measure.Window, dict[str, Any]]:
-        """A load cell's tables and figures: Locust's output and raw request rows from the loadgen host (on the
-        coordinator's clock), the load window, and a local load cell's summary."""
-        spec = self.spec
+        """A load cell's tables and figures: Locust's output and roll call from the master's host (the first
+        of `loadgens`), every loadgen host's raw request rows, each on the coordinator's clock by its own
+        host's offset, the load window, and a local load cell's summary."""
+        spec, inventory = self.spec, self.inventory
+        loadgen = loadgens[0]
         for path in (self.run_dir / HOSTS_DIR / loadgen).glob(f"{store.LOCUST_PREFIX}*"):
             shutil.copy2(path, self.run_dir / path.name)
-        requests = store.read_requests(self.run_dir / HOSTS_DIR / loadgen / store.REQUEST_LOGS_DIR)
-        for column in ("scheduled_ns", "sent_ns", "done_ns"):
-            if column in requests:
-                corrected = host_clocks[loadgen].to_coordinator_ns(requests[column])
-                requests[column] = corrected if corrected.isna().any() else corrected.astype("int64")
+        requests = corrected_requests(self.run_dir, host_clocks, loadgens)
         store.write_requests_table(self.run_dir, requests)
         store.write_tasks_table(self.run_dir, ledger.executions(self.run_dir / "ledger"))
         tasks = store.read_tasks_table(self.run_dir)
         roll_call = None
         if runner.load_workers(spec) > 1:  # the master's roll call of its workers, as in a local run
-            roll_call = measure.load_workers_reported(store.read_locust_workers(self.run_dir),
-                                                      runner.load_workers(spec))
+            roll_call = measure.load_workers_reported(
+                store.read_locust_workers(self.run_dir), runner.load_workers(spec),
+                {h: len(n) for h, n in plan_mod.load_worker_shares(spec, inventory).items()})
             if not len(requests) and not roll_call["ok"]:
                 raise RuntimeError(f"generator check failed, nothing was sent: {roll_call['detail']} (the "
                                    f"Locust logs: {HOSTS_DIR}/{loadgen}/logs/)")
@@ -433,6 +443,9 @@ class HostsCellRun:
                                     offered_rate_per_s=float(spec["rate"]), arrival=spec.get("arrival", "constant"),
                                     locust_post_counts=store.locust_post_counts(self.run_dir),
                                     queue_leftovers=self.record.get("queue_leftovers"), load_workers=roll_call)
+        summary["figures"]["requests_by_loadgen_host"] = {
+            host: int(sum(scheduling_host(r, loadgens) == host for r in requests.get("request_id", [])))
+            for host in loadgens}
         return tasks, window, summary
 
     def _drain_summary(self) -> tuple[pd.DataFrame, measure.Window, dict[str, Any]]:
@@ -490,11 +503,40 @@ def rtt_samples(rtt_by_host: Mapping[str, Mapping[str, Any]]) -> int:
     return max((int(r.get("samples", 0)) for r in rtt_by_host.values()), default=0)
 
 
-def correct_ledgers(run_dir: Path, host_clocks: Mapping[str, clocks.HostClock], loadgen: str) -> Path:
+def scheduling_host(request_id: Any, loadgens: Sequence[str]) -> str:
+    """The loadgen host that sent a request, and so stamped its ``X-Scheduled-At``: the host its request id
+    names (``<host>:<pid>-<n>``, `scenarios/inflight.py`; the inventory keeps loadgen names as they are
+    there); the first loadgen host (the only one, or the Locust master's) for an id naming none of them."""
+    if isinstance(request_id, str):
+        tag, separator, _ = request_id.partition(":")
+        if separator and tag in loadgens:
+            return tag
+    return loadgens[0]
+
+
+def corrected_requests(run_dir: Path, host_clocks: Mapping[str, clocks.HostClock],
+                       loadgens: Sequence[str]) -> pd.DataFrame:
+    """Every loadgen host's collected raw request rows, each host's timestamps on the coordinator's clock by
+    that host's offset, as one frame in scheduled order (`store.read_requests`'s columns)."""
+    frames = []
+    for host in loadgens:
+        requests = store.read_requests(run_dir / HOSTS_DIR / host / store.REQUEST_LOGS_DIR)
+        for column in ("scheduled_ns", "sent_ns", "done_ns"):
+            if column in requests:
+                corrected = host_clocks[host].to_coordinator_ns(requests[column])
+                requests[column] = corrected if corrected.isna().any() else corrected.astype("int64")
+        frames.append(requests)
+    frames = [f for f in frames if len(f)] or frames[:1]
+    return pd.concat(frames, ignore_index=True).sort_values("scheduled_ns").reset_index(drop=True)
+
+
+def correct_ledgers(run_dir: Path, host_clocks: Mapping[str, clocks.HostClock], loadgen: str | Sequence[str]) -> Path:
     """Every host's collected ledger rows, on the coordinator's clock, into ``run_dir/ledger/`` (one file per
     host file). A row's ``sent_ns``/``enqueued_ns``/``t_ns`` were stamped by the host whose ledger holds it,
-    its ``scheduled_ns`` by the loadgen host (Locust's ``X-Scheduled-At``). A line cut short is skipped, as
-    `backends.ledger` does."""
+    its ``scheduled_ns`` by the loadgen host that sent the request (Locust's ``X-Scheduled-At``), which its
+    ``request_id`` names (`scheduling_host`; `loadgen`: the loadgen host names, the Locust master's first).
+    A line cut short is skipped, as `backends.ledger` does."""
+    loadgens = [loadgen] if isinstance(loadgen, str) else list(loadgen)
     out = run_dir / "ledger"
     out.mkdir(parents=True, exist_ok=True)
     for host, clock in host_clocks.items():
@@ -511,7 +553,8 @@ def correct_ledgers(run_dir: Path, host_clocks: Mapping[str, clocks.HostClock], 
                     if isinstance(row.get(key), int):
                         row[key] = clock.to_coordinator_ns(row[key])
                 if isinstance(row.get("scheduled_ns"), int):
-                    row["scheduled_ns"] = host_clocks[loadgen].to_coordinator_ns(row["scheduled_ns"])
+                    sender = scheduling_host(row.get("request_id"), loadgens)
+                    row["scheduled_ns"] = host_clocks[sender].to_coordinator_ns(row["scheduled_ns"])
                 lines.append(json.dumps(row, separators=(",", ":")))
             (out / f"{host}--{path.name}").write_text("".join(line + "\n" for line in lines))
     return out

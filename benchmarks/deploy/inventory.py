@@ -2,8 +2,14 @@
 
 Roles are inventory groups: ``loadgen`` (runs Locust), ``api`` (the Flask API under gunicorn), ``workers``
 (each library's own worker CLI), ``broker`` (a redis-server queuebench starts and stops). One host may hold
-several roles. This version takes exactly one ``loadgen``, one ``api`` and one ``broker`` host and one or
-more ``workers`` hosts (the cell's worker processes are split between them).
+several roles. This version takes one or more ``loadgen``, ``api`` and ``workers`` hosts and exactly one
+``broker`` host (the cell's worker processes are split between the workers hosts; every api host runs the
+API, each with the cell's ``api_workers`` and ``api_threads``, and Locust sends its requests to them in
+turn). With several
+``loadgen`` hosts, the first in the inventory's order runs the Locust master and every loadgen host runs
+Locust workers (`benchmarks.deploy.plan` splits ``load_workers`` between them); a loadgen host's name goes
+into every request id it sends, so it is limited to letters, digits, ``.``, ``_`` and ``-`` (`LOADGEN_NAME_RE`).
+`Inventory.role` lists a role's hosts in the inventory's order.
 
 Host variables queuebench reads (`HOST_VARS`; any other ``qb_*`` variable is refused as a likely typo):
 
@@ -16,7 +22,8 @@ Host variables queuebench reads (`HOST_VARS`; any other ``qb_*`` variable is ref
   install playbook creates under ``qb_root`` and fills from the package index); with
   ``ansible_connection=local`` it may be relative to the inventory file.
 - ``qb_api_port``, ``qb_broker_port``, ``qb_clock_port``, ``qb_locust_port``: ports of the API, the broker,
-  the clock responder and (``load_workers`` > 1) the Locust master on that host (defaults `DEFAULT_PORTS`).
+  the clock responder and (``load_workers`` > 1, on the first loadgen host) the Locust master on that host
+  (defaults `DEFAULT_PORTS`).
 - ``qb_redis_server``: the redis-server binary on the broker host (default: ``redis-server`` as found on this
   machine for a local connection, else ``/usr/bin/redis-server``).
 - ``qb_clock_skew_ns``: for tests, nanoseconds added on purpose to a workers-only host's clock as its workers'
@@ -40,7 +47,7 @@ from typing import Any
 
 ROLES = ("loadgen", "api", "workers", "broker")
 #: How many hosts each role takes in this version: (fewest, most; None for no limit).
-ROLE_COUNTS: dict[str, tuple[int, int | None]] = {"loadgen": (1, 1), "api": (1, 1), "workers": (1, None),
+ROLE_COUNTS: dict[str, tuple[int, int | None]] = {"loadgen": (1, None), "api": (1, None), "workers": (1, None),
                                                   "broker": (1, 1)}
 DEFAULT_PORTS = {"qb_api_port": 8000, "qb_broker_port": 6390, "qb_clock_port": 8123, "qb_locust_port": 5557}
 HOST_VARS = ("qb_root", "qb_address", "qb_python", "qb_bind_external", "qb_redis_server", "qb_clock_skew_ns",
@@ -48,6 +55,9 @@ HOST_VARS = ("qb_root", "qb_address", "qb_python", "qb_bind_external", "qb_redis
 #: Groups Ansible always has.
 BUILTIN_GROUPS = ("all", "ungrouped")
 _NAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
+#: A loadgen host's name tags each request id it sends (``X-Request-Id``, `scenarios/inflight.py`), which the
+#: API takes in letters, digits, ``.``, ``_``, ``:``, ``-`` up to 64 characters; ``:`` ends the tag.
+LOADGEN_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,40}")
 
 
 class InventoryError(ValueError):
@@ -101,6 +111,8 @@ class Host:
 class Inventory:
     path: Path
     hosts: Mapping[str, Host]
+    #: Each role's host names in the inventory's order (the first loadgen host runs the Locust master).
+    order: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -108,6 +120,9 @@ class Inventory:
         return _NAME_RE.sub("-", self.path.stem).strip("-") or "inventory"
 
     def role(self, role: str) -> list[Host]:
+        """The role's hosts, in the inventory's order."""
+        if role in self.order:
+            return [self.hosts[name] for name in self.order[role]]
         return [h for h in self.hosts.values() if role in h.roles]
 
     def one(self, role: str) -> Host:
@@ -161,10 +176,11 @@ def load(path: str | Path) -> Inventory:
     return from_listing(path, read_ansible_inventory(path))
 
 
-def _members(listing: Mapping[str, Any], group: str) -> set[str]:
-    """Hosts of `group` and of its child groups (``ansible-inventory --list`` lists them apart)."""
+def _members(listing: Mapping[str, Any], group: str) -> dict[str, None]:
+    """Hosts of `group` and of its child groups (``ansible-inventory --list`` lists them apart), in the
+    inventory's order (Ansible lists a group's hosts as the file names them)."""
     entry = listing.get(group) or {}
-    hosts = set(entry.get("hosts", []))
+    hosts = dict.fromkeys(entry.get("hosts", []))
     for child in entry.get("children", []):
         hosts |= _members(listing, child)
     return hosts
@@ -189,12 +205,16 @@ def from_listing(path: Path, listing: Mapping[str, Any]) -> Inventory:
         if most is not None and count > most:
             raise InventoryError(f"{where}: role {role!r} has {count} hosts ({', '.join(sorted(members[role]))}); "
                                  f"this version takes exactly {most}")
+    for name in members["loadgen"]:
+        if not LOADGEN_NAME_RE.fullmatch(name):
+            raise InventoryError(f"{where}: host {name}: a loadgen host's name tags every request id it sends, "
+                                 "so it must be 1 to 40 letters, digits, '.', '_' or '-'")
     names = sorted(set().union(*members.values()))
     hosts = {name: _host(where, name, tuple(r for r in ROLES if name in members[r]), hostvars.get(name, {}),
                          path.parent)
              for name in names}
     _check_separate(where, hosts)
-    return Inventory(path, hosts)
+    return Inventory(path, hosts, {role: tuple(members[role]) for role in ROLES})
 
 
 def _host(where: str, name: str, roles: tuple[str, ...], hv: Mapping[str, Any], inventory_dir: Path) -> Host:

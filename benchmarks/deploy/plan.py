@@ -9,6 +9,11 @@ starts (the broker first; a drain cell's workers, stage ``workers``, only once i
 `playbooks/workers.yml`; it has no API or Locust) and the stops (the broker last). Beside the clock responder, every host runs a
 resource sampler (`benchmarks.deploy.host` ``sample``), stopped first (``stop_sampler``) once the tasks have
 finished.
+
+Several loadgen hosts: the first (inventory order) runs the Locust master (the load playbook's command,
+bound to its ``qb_address`` and ``qb_locust_port``); ``load_workers`` Locust workers in all are daemons on
+the loadgen hosts, split as evenly as possible (`split_processes`: the first hosts take the rest, at least
+one each) and numbered ``locust-worker-<i>`` across hosts; every one connects to the master's address.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from benchmarks.stack import PROJECT_ROOT
 #: Seconds the API, workers and clock responders get after SIGTERM once the cell's tasks have all finished
 #: (the measurement is over and the broker is the cell's own); then SIGKILL.
 STOP_GRACE_S = 1.0
-#: The Locust workers' service names on the loadgen host (``load_workers`` > 1), numbered from 0.
+#: The Locust workers' service names on the loadgen hosts (``load_workers`` > 1), numbered from 0 across hosts.
 LOAD_WORKER_PREFIX = "locust-worker-"
 #: The resource sampler's name (its pidfile, log and service) and the seconds it gets after SIGTERM for its last
 #: sample; it is stopped once the cell's tasks have finished, before the services it samples.
@@ -72,6 +77,11 @@ def check_spec(spec: Mapping[str, Any], inventory: Inventory) -> None:
         raise PlanError(f"processes = {spec['processes']}: the workers are split between {len(hosts)} workers "
                         f"host(s), so it must be at least {per_host * len(hosts)}"
                         + (" (dedicated routing: one process per queue on each)" if per_host == 2 else ""))
+    loadgens = inventory.role("loadgen")
+    if len(loadgens) > 1 and runner.load_workers(spec) < len(loadgens):
+        raise PlanError(f"load_workers = {runner.load_workers(spec)}: the load is split between {len(loadgens)} "
+                        f"loadgen hosts ({', '.join(h.name for h in loadgens)}), at least one Locust worker on "
+                        f"each, so it must be at least {len(loadgens)}")
 
 
 def split_processes(total: int, hosts: int) -> list[int]:
@@ -96,10 +106,22 @@ def on_host(argv: list[str], host: Host) -> list[str]:
     return out
 
 
-def load_master(spec: Mapping[str, Any], host: Host) -> tuple[str, int] | None:
-    """Where the loadgen host's Locust master listens when the cell splits its load between Locust workers
-    (``load_workers`` > 1): the host's address and ``qb_locust_port``; None for one Locust process."""
+def load_master(spec: Mapping[str, Any], inventory: Inventory) -> tuple[str, int] | None:
+    """Where the Locust master listens when the cell splits its load between Locust workers (``load_workers``
+    > 1): the first loadgen host's address and ``qb_locust_port``; None for one Locust process."""
+    host = inventory.role("loadgen")[0]
     return (host.address, host.ports["qb_locust_port"]) if runner.load_workers(spec) > 1 else None
+
+
+def load_worker_shares(spec: Mapping[str, Any], inventory: Inventory) -> dict[str, list[int]]:
+    """Each loadgen host's Locust workers (``load_workers`` > 1) by their numbers, split as evenly as
+    possible in the inventory's order (the first hosts take the rest); {} for one Locust process."""
+    if runner.load_workers(spec) == 1:
+        return {}
+    hosts = inventory.role("loadgen")
+    numbers = iter(range(runner.load_workers(spec)))
+    return {h.name: [next(numbers) for _ in range(share)]
+            for h, share in zip(hosts, split_processes(runner.load_workers(spec), len(hosts)), strict=True)}
 
 
 def broker_url(inventory: Inventory) -> str:
@@ -108,8 +130,13 @@ def broker_url(inventory: Inventory) -> str:
 
 
 def api_url(inventory: Inventory) -> str:
-    api = inventory.one("api")
-    return f"http://{api.address}:{api.ports['qb_api_port']}"
+    """The first api host's API (Locust's ``--host``)."""
+    return api_urls(inventory)[0]
+
+
+def api_urls(inventory: Inventory) -> list[str]:
+    """Every api host's API, in the inventory's order (Locust sends its requests to them in turn)."""
+    return [f"http://{api.address}:{api.ports['qb_api_port']}" for api in inventory.role("api")]
 
 
 def settings(spec: Mapping[str, Any], inventory: Inventory) -> BackendSettings:
@@ -169,8 +196,9 @@ def build(spec: Mapping[str, Any], inventory: Inventory, run_id: str, id_key: st
             service("clock", "services", [host.python, "-m", "benchmarks.clocks", "serve", host.address,
                                           str(host.ports["qb_clock_port"])], base_env, host.src)
             load = "loadgen" in host.roles and not drain
+            master_host = load and host.name == inventory.role("loadgen")[0].name  # runs Locust's master
             service(SAMPLER, "services", [host.python, "-m", "benchmarks.deploy.host", "sample", run_dir,
-                                          *(["--load", LOAD_PROCESS] if load else [])],
+                                          *(["--load", LOAD_PROCESS] if master_host else [])],
                     {"PYTHONPATH": host.src}, run_dir)
             if "workers" in host.roles:
                 sub_spec = dict(spec) | {"processes": shares[host.name]}
@@ -195,28 +223,35 @@ def build(spec: Mapping[str, Any], inventory: Inventory, run_id: str, id_key: st
                 "broker_rtt": [*helper, "broker-rtt", broker_url(inventory)],
                 "stop_sampler": [*helper, "stop", f"{run_dir}/pids/{SAMPLER}.pid", "--grace-s",
                                  f"{SAMPLER_STOP_GRACE_S:g}"],
-                "stop_services": [*helper, "stop", *[s["pidfile"] for s in services if s["stage"] != "broker"],
-                                  "--grace-s", f"{STOP_GRACE_S:g}"],
                 "collect": [*helper, "collect", run_dir, f"{host.root}/runs/{run_id}.tar.gz",
                             *[arg for s in services if s["stage"] == "broker" for arg in ("--stop", s["pidfile"])],
                             "--grace-s", f"{BROKER_STOP_GRACE_S:g}"],
                 "archive": f"{host.root}/runs/{run_id}.tar.gz",
             }
             if load:
-                master = load_master(spec, host)
-                argv = runner.locust_argv(spec, api_url(inventory), Path(run_dir), master=master)
-                entry["load"] = {"argv": on_host(argv, host), "env": base_env, "cwd": run_dir,
-                                 "timeout_s": int(spec["warmup_s"] + spec["duration_s"] + runner.LOCUST_TAIL_S
-                                                  + runner.LOCUST_STOP_TIMEOUT_S + 120
-                                                  + (runner.LOCUST_WORKERS_MAX_WAIT_S if master else 0))}
+                master = load_master(spec, inventory)
+                if master_host:  # the first loadgen host runs Locust's master
+                    argv = on_host(runner.locust_argv(spec, api_url(inventory), Path(run_dir), master=master), host)
+                    # The raw log directory relative to each Locust process's working directory, its host's
+                    # run directory: the master passes its options on to every worker, on whatever host.
+                    argv[argv.index("--qb-log-dir") + 1] = store.REQUEST_LOGS_DIR
+                    if len(api_urls(inventory)) > 1:  # every API in turn (the master passes it on to its workers)
+                        argv += ["--qb-api-urls", ",".join(api_urls(inventory))]
+                    entry["load"] = {"argv": argv, "env": base_env, "cwd": run_dir,
+                                     "timeout_s": int(spec["warmup_s"] + spec["duration_s"] + runner.LOCUST_TAIL_S
+                                                      + runner.LOCUST_STOP_TIMEOUT_S + 120
+                                                      + (runner.LOCUST_WORKERS_MAX_WAIT_S if master else 0))}
+                    processes.append({"host": host.name, "name": "locust", "argv": entry["load"]["argv"]})
                 if master is not None:
                     # Started with the other services, before their master: a Locust worker keeps trying to
                     # connect for minutes; the master (the load playbook) waits for all of them.
-                    for i in range(runner.load_workers(spec)):
+                    for i in load_worker_shares(spec, inventory)[host.name]:
                         service(f"{LOAD_WORKER_PREFIX}{i}", "services",
                                 on_host(runner.locust_worker_argv(spec, master), host), base_env, run_dir)
                 entry["dirs"].append(f"{run_dir}/{store.REQUEST_LOGS_DIR}")
-                processes.append({"host": host.name, "name": "locust", "argv": entry["load"]["argv"]})
+            # Every service but the broker, the Locust workers added above included.
+            entry["stop_services"] = [*helper, "stop", *[s["pidfile"] for s in services if s["stage"] != "broker"],
+                                      "--grace-s", f"{STOP_GRACE_S:g}"]
             hosts[host.name] = entry
     finally:
         backend.close()
