@@ -52,7 +52,7 @@ LEAVES = {
     # What runs on every deployed host (the clock responder, the host-side helpers) stays small.
     "benchmarks.clocks": (),
     "benchmarks.deploy.manifest": (),
-    "benchmarks.deploy.host": ("backends.ledger", "benchmarks.deploy.manifest"),
+    "benchmarks.deploy.host": ("backends.ledger", "backends.redis_url", "benchmarks.deploy.manifest"),
 }
 #: Everything analysis may import from `benchmarks` (its CLI commands included). `benchmarks.spec` (every
 #: matrix key declared once) is meant to be imported by analysis when it exists.

@@ -1,9 +1,12 @@
 """An Ansible inventory naming hosts by role, read with Ansible's own parser and checked before anything starts.
 
 Roles are inventory groups: ``loadgen`` (runs Locust), ``api`` (the Flask API under gunicorn), ``workers``
-(each library's own worker CLI), ``broker`` (a redis-server queuebench starts and stops). One host may hold
-several roles. This version takes exactly one ``loadgen``, one ``api`` and one ``broker`` host and one or
-more ``workers`` hosts (the cell's worker processes are split between them).
+(each library's own worker CLI), ``broker`` (the brokers queuebench starts and stops there: a redis-server,
+and for ``broker = "rabbitmq"`` cells a private RabbitMQ node). One host may hold several roles. This version
+takes exactly one ``loadgen`` and one ``api`` host, one or more ``workers`` hosts (the cell's worker processes
+are split between them), and one ``broker`` host, or none when the run names brokers the user runs
+(``--broker-url``, ``--amqp-url``: `load` with ``external_broker``; an inventory with a broker host is then
+refused, so it is always clear which broker a run used).
 
 Host variables queuebench reads (`HOST_VARS`; any other ``qb_*`` variable is refused as a likely typo):
 
@@ -15,10 +18,16 @@ Host variables queuebench reads (`HOST_VARS`; any other ``qb_*`` variable is ref
 - ``qb_python``: an interpreter that already has queuebench's requirements (default: a virtualenv the
   install playbook creates under ``qb_root`` and fills from the package index); with
   ``ansible_connection=local`` it may be relative to the inventory file.
-- ``qb_api_port``, ``qb_broker_port``, ``qb_clock_port``, ``qb_locust_port``: ports of the API, the broker,
-  the clock responder and (``load_workers`` > 1) the Locust master on that host (defaults `DEFAULT_PORTS`).
+- ``qb_api_port``, ``qb_broker_port``, ``qb_amqp_port``, ``qb_clock_port``, ``qb_locust_port``: ports of the
+  API, the broker host's Redis (the broker of Redis cells, the result store of RabbitMQ cells with results
+  on), its RabbitMQ node (AMQP; its Erlang distribution port is this + 20000, RabbitMQ's convention, so at
+  most 45535), the clock responder and (``load_workers`` > 1) the Locust master on that host (defaults
+  `DEFAULT_PORTS`).
 - ``qb_redis_server``: the redis-server binary on the broker host (default: ``redis-server`` as found on this
   machine for a local connection, else ``/usr/bin/redis-server``).
+- ``qb_rabbitmq_server``: the rabbitmq-server script on the broker host, the real one rather than Debian's
+  wrapper, which would switch to the ``rabbitmq`` user (default: as found on this machine for a local
+  connection, else ``/usr/lib/rabbitmq/bin/rabbitmq-server``).
 - ``qb_clock_skew_ns``: for tests, nanoseconds added on purpose to a workers-only host's clock as its workers'
   ledger rows and its clock responder read it, so a run on one machine shows the offset measured and corrected.
 """
@@ -41,10 +50,15 @@ from typing import Any
 ROLES = ("loadgen", "api", "workers", "broker")
 #: How many hosts each role takes in this version: (fewest, most; None for no limit).
 ROLE_COUNTS: dict[str, tuple[int, int | None]] = {"loadgen": (1, 1), "api": (1, 1), "workers": (1, None),
-                                                  "broker": (1, 1)}
-DEFAULT_PORTS = {"qb_api_port": 8000, "qb_broker_port": 6390, "qb_clock_port": 8123, "qb_locust_port": 5557}
-HOST_VARS = ("qb_root", "qb_address", "qb_python", "qb_bind_external", "qb_redis_server", "qb_clock_skew_ns",
-             *DEFAULT_PORTS)
+                                                  "broker": (0, 1)}
+DEFAULT_PORTS = {"qb_api_port": 8000, "qb_broker_port": 6390, "qb_clock_port": 8123, "qb_locust_port": 5557,
+                 "qb_amqp_port": 5682}
+HOST_VARS = ("qb_root", "qb_address", "qb_python", "qb_bind_external", "qb_redis_server", "qb_rabbitmq_server",
+             "qb_clock_skew_ns", *DEFAULT_PORTS)
+#: The highest ``qb_amqp_port``: the node's Erlang distribution port is 20000 above it.
+MAX_AMQP_PORT = 65535 - 20000
+#: Debian's real rabbitmq-server script (``/usr/sbin/rabbitmq-server`` is a wrapper that switches user).
+DEFAULT_RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 #: Groups Ansible always has.
 BUILTIN_GROUPS = ("all", "ungrouped")
 _NAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -70,6 +84,7 @@ class Host:
     #: For tests: ns added on purpose to the host's clock as its workers and clock responder read it.
     clock_skew_ns: int = 0
     vars: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    rabbitmq_server: str = DEFAULT_RABBITMQ_SERVER
 
     @property
     def python(self) -> str:
@@ -155,10 +170,11 @@ def ansible_env() -> dict[str, str]:
                                "ANSIBLE_PIPELINING": "True"}
 
 
-def load(path: str | Path) -> Inventory:
-    """Read and check an inventory file; `InventoryError` naming what is wrong."""
+def load(path: str | Path, *, external_broker: bool = False) -> Inventory:
+    """Read and check an inventory file; `InventoryError` naming what is wrong. `external_broker`: the run
+    names brokers the user runs, so the inventory must have no ``broker`` host (else exactly one)."""
     path = Path(path).resolve()
-    return from_listing(path, read_ansible_inventory(path))
+    return from_listing(path, read_ansible_inventory(path), external_broker=external_broker)
 
 
 def _members(listing: Mapping[str, Any], group: str) -> set[str]:
@@ -170,7 +186,7 @@ def _members(listing: Mapping[str, Any], group: str) -> set[str]:
     return hosts
 
 
-def from_listing(path: Path, listing: Mapping[str, Any]) -> Inventory:
+def from_listing(path: Path, listing: Mapping[str, Any], *, external_broker: bool = False) -> Inventory:
     """The inventory from ``ansible-inventory --list`` output (a pure function, so tests need no Ansible)."""
     where = f"inventory {path}"
     hostvars: Mapping[str, Mapping[str, Any]] = listing.get("_meta", {}).get("hostvars", {})
@@ -183,9 +199,19 @@ def from_listing(path: Path, listing: Mapping[str, Any]) -> Inventory:
     for role in ROLES:
         fewest, most = ROLE_COUNTS[role]
         count = len(members[role])
+        if role == "broker" and external_broker:
+            if count:
+                raise InventoryError(f"{where}: role 'broker' has {', '.join(sorted(members[role]))}, but the run "
+                                     "names a broker you run (--broker-url, --amqp-url); use one or the other: "
+                                     "drop the [broker] group, or the broker URL")
+            continue
+        if role == "broker":
+            fewest = 1
         if count < fewest:
             raise InventoryError(f"{where}: role {role!r} has no host; every run needs {', '.join(ROLES)} "
-                                 f"(one host may hold several roles)")
+                                 "(one host may hold several roles)" + (
+                                     "; or, instead of a broker host, a broker you run: --broker-url "
+                                     "(Redis), --amqp-url (RabbitMQ)" if role == "broker" else ""))
         if most is not None and count > most:
             raise InventoryError(f"{where}: role {role!r} has {count} hosts ({', '.join(sorted(members[role]))}); "
                                  f"this version takes exactly {most}")
@@ -227,6 +253,9 @@ def _host(where: str, name: str, roles: tuple[str, ...], hv: Mapping[str, Any], 
         if not 1 <= port <= 65535:
             raise InventoryError(f"{where}: host {name}: {key} must be a port from 1 to 65535, got {value!r}")
         ports[key] = port
+    if "broker" in roles and ports["qb_amqp_port"] > MAX_AMQP_PORT:
+        raise InventoryError(f"{where}: host {name}: qb_amqp_port must be at most {MAX_AMQP_PORT} (the RabbitMQ "
+                             f"node's Erlang distribution port is 20000 above it), got {ports['qb_amqp_port']}")
     connection = str(hv.get("ansible_connection", "ssh"))
     python = hv.get("qb_python")
     if python is not None and connection == "local" and isinstance(python, str) and not python.startswith("/"):
@@ -247,7 +276,10 @@ def _host(where: str, name: str, roles: tuple[str, ...], hv: Mapping[str, Any], 
     if skew and roles != ("workers",):
         raise InventoryError(f"{where}: host {name}: qb_clock_skew_ns (a clock made wrong on purpose, for tests) "
                              f"applies to a host whose only role is workers; {name} is {', '.join(roles)}")
-    return Host(name, roles, address, root.rstrip("/"), connection, python, ports, str(redis_server), skew, dict(hv))
+    rabbitmq_server = hv.get("qb_rabbitmq_server") or (_local_rabbitmq_server() if connection == "local"
+                                                       else DEFAULT_RABBITMQ_SERVER)
+    return Host(name, roles, address, root.rstrip("/"), connection, python, ports, str(redis_server), skew, dict(hv),
+                rabbitmq_server=str(rabbitmq_server))
 
 
 def _local_redis_server() -> str:
@@ -257,6 +289,15 @@ def _local_redis_server() -> str:
         return brokers.redis_server_binary()
     except brokers.BrokerError:
         return "/usr/bin/redis-server"
+
+
+def _local_rabbitmq_server() -> str:
+    from benchmarks import brokers
+
+    try:
+        return brokers.rabbitmq_server_script()
+    except brokers.BrokerError:
+        return DEFAULT_RABBITMQ_SERVER
 
 
 def _check_binds(where: str, name: str, address: str) -> None:
@@ -295,7 +336,7 @@ def _ports_used(host: Host) -> list[str]:
     if "api" in host.roles:
         keys.append("qb_api_port")
     if "broker" in host.roles:
-        keys.append("qb_broker_port")
+        keys += ["qb_broker_port", "qb_amqp_port"]
     if "loadgen" in host.roles:
         keys.append("qb_locust_port")
     return keys
