@@ -450,7 +450,8 @@ def _run_on_inventory(matrix: Any, inventory_file: Path, out: Path, force: bool,
         hosts_cell.check(matrix, inventory, external)
     except (InventoryError, PlanError) as exc:
         raise click.UsageError(str(exc)) from exc
-    roles = ", ".join(f"{role}: {' '.join(names)}" for role, names in inventory.roles.items())
+    roles = ", ".join(f"{role}: {' '.join(names) or 'yours (--broker-url/--amqp-url)'}"
+                      for role, names in inventory.roles.items())
     if dry_run:
         for cell in matrix.cells:
             run_id = hosts_cell.run_id(cell, inventory)

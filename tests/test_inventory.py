@@ -277,9 +277,14 @@ def loopback_alias_binds(address: str) -> bool:
 def need_two_local_hosts() -> None:
     """Two hosts on this machine need loopback aliases and start-stop-daemon (Debian's daemonizer): skip on a
     laptop without them, fail in CI (as tests/conftest.py does for brokers)."""
+    need_local_hosts("127.0.0.2", "127.0.0.3")
+
+
+def need_local_hosts(*addresses: str) -> None:
+    """Skip (fail in CI) unless these loopback aliases bind here and start-stop-daemon is installed."""
     problems = []
-    if not all(loopback_alias_binds(a) for a in ("127.0.0.2", "127.0.0.3")):
-        problems.append("127.0.0.2 and 127.0.0.3 cannot be bound here (Linux routes all of 127/8 to lo; this "
+    if not all(loopback_alias_binds(a) for a in addresses):
+        problems.append(f"{' and '.join(addresses)} cannot be bound here (Linux routes all of 127/8 to lo; this "
                         "system does not)")
     if not shutil.which("start-stop-daemon"):
         problems.append("start-stop-daemon is not installed (Debian and Ubuntu have it in dpkg)")

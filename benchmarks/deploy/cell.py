@@ -216,7 +216,7 @@ class HostsCellRun:
             return None
         external = self.external
         self.stack = Stack(StackConfig(self.spec, broker_url=external.broker_url, amqp_url=external.amqp_url,
-                                       per_run_vhost=external.per_run_vhost), self.run_dir / "coordinator",
+                                       per_run_vhost=external.per_run_vhost), self.run_dir,
                            left_by_sweep=self.left_by_sweep)
         with self.phases.phase("broker_start"):
             try:
