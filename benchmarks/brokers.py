@@ -9,7 +9,8 @@
   URL, or a ``redis://`` server found running in cluster mode) is reported as such, for the backend to
   refuse.
 - RabbitMQ: `--amqp-url` (or ``$QUEUEBENCH_AMQP_URL``), else `amqp://guest:guest@127.0.0.1:5672/%2F` when it answers, else a private
-  node when `rabbitmq-server` is on PATH.
+  node when `rabbitmq-server` is on PATH. A private node is data first (`rabbitmq_node`: command line,
+  environment, files), run here by `start_private_rabbitmq` and on an inventory's broker host by its playbooks.
 """
 
 from __future__ import annotations

@@ -393,7 +393,11 @@ def test_workers_on_a_second_host_drain_tasks_enqueued_through_the_api_on_the_fi
     shown = " ".join(done.stderr.split())  # what the command printed, its line wrapping undone
     assert "exactly once across hosts: yes" in shown and "host2: clock offset" in shown and "broker RTT" in shown
 
-    # Nothing started on the hosts is left running.
+    assert_nothing_left_running(tmp_path)
+
+
+def assert_nothing_left_running(tmp_path: Path) -> None:
+    """No process started on the hosts (its command line or environment names `tmp_path`) is left running."""
     left = []
     for proc in psutil.process_iter(["cmdline"]):
         try:

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pytest
 import redis
 from click.testing import CliRunner
@@ -27,7 +26,14 @@ from benchmarks.deploy import inventory as inv
 from benchmarks.deploy import plan
 from benchmarks.deploy.plan import ExternalBrokers, PlanError, check_spec
 from benchmarks.procs import Supervisor
-from tests.test_inventory import EXAMPLE, ROOT, free_port, listing, need_local_hosts
+from tests.test_inventory import (
+    EXAMPLE,
+    ROOT,
+    assert_nothing_left_running,
+    free_port,
+    listing,
+    need_local_hosts,
+)
 
 HOST1, HOST2 = "127.0.0.5", "127.0.0.6"
 
@@ -255,18 +261,6 @@ def assert_every_task_ran_once_on_host2(done: subprocess.CompletedProcess, out: 
     rtts = record["brokers"]["broker"]["rtt_ms_by_host"]
     assert set(rtts) == {"host1", "host2"} and all(ms is not None and ms >= 0 for ms in rtts.values()), rtts
     return record
-
-
-def assert_nothing_left_running(tmp_path: Path) -> None:
-    left = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            seen = " ".join(proc.info["cmdline"] or []) + " " + " ".join(proc.environ().values())
-        except psutil.Error:
-            continue
-        if str(tmp_path) in seen:
-            left.append(proc.info["cmdline"])
-    assert not left
 
 
 @pytest.mark.service
