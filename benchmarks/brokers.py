@@ -12,7 +12,8 @@
   URL, or a ``redis://`` server found running in cluster mode) is reported as such, for the backend to
   refuse.
 - RabbitMQ: `--amqp-url` (or ``$QUEUEBENCH_AMQP_URL``), else `amqp://guest:guest@127.0.0.1:5672/%2F` when it answers, else a private
-  node when `rabbitmq-server` is on PATH.
+  node when `rabbitmq-server` is on PATH. A private node is data first (`rabbitmq_node`: command line,
+  environment, files), run here by `start_private_rabbitmq` and on an inventory's broker host by its playbooks.
 """
 
 from __future__ import annotations
@@ -452,42 +453,80 @@ def rabbitmq_server_script() -> str:
     return str(real) if resolved.name == "rabbitmq-script-wrapper" and real.exists() else found
 
 
-def start_private_rabbitmq(supervisor: Supervisor, workdir: Path, *,
-                           management_port: int | None = None) -> BrokerHandle:
-    """Start a private RabbitMQ node on loopback (its own node name, ports and data dir; no plugins, or only
-    the management API on `management_port`, loopback too, when one is given), as the harness's own user,
-    with its Erlang cookie and any crash dump in its own directory."""
-    port = free_port()
-    dist_port = free_port()
-    base = Path(tempfile.mkdtemp(prefix="rabbit-", dir=workdir))
-    plugins = base / "enabled_plugins"
-    plugins.write_text("[rabbitmq_management].\n" if management_port else "[].\n")
-    # Its own configuration: the system's (/etc/rabbitmq/rabbitmq.conf) may pin the listener to 5672.
-    config = base / "rabbitmq.conf"
-    config.write_text(f"listeners.tcp.local = 127.0.0.1:{port}\n" + (
-        f"management.tcp.port = {management_port}\nmanagement.tcp.ip = 127.0.0.1\n" if management_port else ""))
-    env = dict(os.environ)
-    env.update({
-        "RABBITMQ_NODENAME": f"qb{port}@localhost",
-        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+#: A private node's Erlang distribution port is its AMQP port + this (RabbitMQ's own convention).
+DIST_PORT_OFFSET = 20000
+
+
+@dataclass(frozen=True)
+class RabbitNode:
+    """A private RabbitMQ node as data: its command line, environment, the files it reads and its AMQP URL.
+
+    `rabbitmq_node` builds it; this machine's `start_private_rabbitmq` and an inventory's broker host
+    (`benchmarks.deploy.plan`) both run it."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    #: Path -> content of the configuration files to write before starting it.
+    files: dict[str, str]
+    url: str
+
+
+def rabbitmq_node(server: str, base: str, address: str, port: int, *, dist_port: int | None = None,
+                  node_name: str | None = None, log_dir: str | None = None, management_port: int | None = None,
+                  user: str = "guest", password: str = "guest") -> RabbitNode:
+    """A private RabbitMQ node: `server` (the real ``rabbitmq-server`` script) with its own node name (default
+    ``qb<port>@localhost``), AMQP listener on `address`:`port`, Erlang distribution port (default `port` +
+    `DIST_PORT_OFFSET`) bound to `address` too, data, logs (default ``<base>/log``), configuration, Erlang
+    cookie and crash dump under `base` (a path on the machine that runs it); no plugins, or only the
+    management API on `management_port` (on `address` too). It reads none of the system node's files
+    (``/etc/rabbitmq``: its rabbitmq.conf may pin the listener to 5672, its rabbitmq-env.conf the node
+    name). It uses the machine's epmd (Erlang's port mapper) on loopback, as every Erlang node there does,
+    under a name of its own. A `user` other than guest (whom RabbitMQ admits from loopback only) is created
+    with `password` when the node first boots."""
+    dist_port = dist_port or port + DIST_PORT_OFFSET
+    files = {f"{base}/enabled_plugins": "[rabbitmq_management].\n" if management_port else "[].\n",
+             f"{base}/rabbitmq.conf": f"listeners.tcp.local = {address}:{port}\n" + (
+                 f"management.tcp.port = {management_port}\nmanagement.tcp.ip = {address}\n" if management_port
+                 else "") + (f"default_user = {user}\ndefault_pass = {password}\n" if user != "guest" else "")}
+    env = {
+        "RABBITMQ_NODENAME": f"{node_name or f'qb{port}'}@localhost",
+        "RABBITMQ_NODE_IP_ADDRESS": address,
         "RABBITMQ_NODE_PORT": str(port),
         "RABBITMQ_DIST_PORT": str(dist_port),
-        "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
-        "RABBITMQ_LOG_BASE": str(base / "log"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins),
-        "RABBITMQ_CONFIG_FILE": str(config),
-        "RABBITMQ_PID_FILE": str(base / "pid"),
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": f"-kernel inet_dist_use_interface {{{address.replace('.', ',')}}}",
+        "RABBITMQ_MNESIA_BASE": f"{base}/mnesia",
+        "RABBITMQ_LOG_BASE": log_dir or f"{base}/log",
+        "RABBITMQ_ENABLED_PLUGINS_FILE": f"{base}/enabled_plugins",
+        "RABBITMQ_CONFIG_FILE": f"{base}/rabbitmq.conf",
+        "RABBITMQ_ADVANCED_CONFIG_FILE": f"{base}/advanced.config",  # none: not the system's either
+        "RABBITMQ_CONF_ENV_FILE": f"{base}/rabbitmq-env.conf",  # none: not the system's either
+        "RABBITMQ_PID_FILE": f"{base}/pid",
         "ERL_EPMD_ADDRESS": "127.0.0.1",
-        "HOME": str(base),  # the Erlang cookie the node creates stays with the node
-        "ERL_CRASH_DUMP": str(base / "erl_crash.dump"),
-    })
-    supervisor.start("rabbitmq", [rabbitmq_server_script()], env=env, cwd=base,
+        "HOME": base,  # the Erlang cookie the node creates stays with the node
+        "ERL_CRASH_DUMP": f"{base}/erl_crash.dump",
+    }
+    # The vhost "/", as kombu and pika both read it.
+    url = f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{address}:{port}/%2F"
+    return RabbitNode((server,), env, files, url)
+
+
+def start_private_rabbitmq(supervisor: Supervisor, workdir: Path, *,
+                           management_port: int | None = None) -> BrokerHandle:
+    """Start a private RabbitMQ node on loopback (`rabbitmq_node`: its own node name, ports and data dir; no
+    plugins, or only the management API on `management_port` when one is given), as the harness's own user,
+    with its Erlang cookie and any crash dump in its own directory."""
+    port = free_port()
+    base = Path(tempfile.mkdtemp(prefix="rabbit-", dir=workdir))
+    node = rabbitmq_node(rabbitmq_server_script(), str(base), "127.0.0.1", port, dist_port=free_port(),
+                         management_port=management_port)
+    for path, content in node.files.items():
+        Path(path).write_text(content)
+    supervisor.start("rabbitmq", list(node.argv), env=dict(os.environ) | node.env, cwd=base,
                      log_path=workdir / "logs" / "rabbitmq.log")
-    url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"  # the vhost "/", as kombu and pika both read it
     # The listener opens a moment before the default vhost is ready: wait for a session, not the port.
-    wait_until(lambda: amqp_answers(url, 0.5) and _amqp_session_opens(url), timeout_s=60, interval_s=0.1,
+    wait_until(lambda: amqp_answers(node.url, 0.5) and amqp_session_opens(node.url), timeout_s=60, interval_s=0.1,
                what=f"private RabbitMQ node on port {port}", supervisor=supervisor)
-    return BrokerHandle("rabbitmq", url, owned=True, private=True)
+    return BrokerHandle("rabbitmq", node.url, owned=True, private=True)
 
 
 #: Environment variable naming RabbitMQ's management API for per-run virtual hosts (default: port 15672 on the
@@ -553,7 +592,7 @@ def _management(vhost: RunVhost, method: str, path: str, body: dict[str, Any] | 
                           f"rabbitmq_management or set ${AMQP_ADMIN_URL_ENV}") from exc
 
 
-def _amqp_session_opens(url: str) -> bool:
+def amqp_session_opens(url: str) -> bool:
     """Whether an AMQP connection and a channel open on `url`'s virtual host."""
     import pika  # only a private RabbitMQ node needs it here
 

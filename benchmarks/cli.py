@@ -32,7 +32,7 @@ from benchmarks import spec as spec_mod
 from benchmarks.deploy import cell as hosts_cell
 from benchmarks.deploy.inventory import InventoryError
 from benchmarks.deploy.inventory import load as load_inventory
-from benchmarks.deploy.plan import PlanError
+from benchmarks.deploy.plan import ExternalBrokers, PlanError
 from benchmarks.progress import SweepProgress, table_console
 from benchmarks.smoke import KINDS, smoke_one
 from benchmarks.stack import Stack, StackConfig, validate
@@ -319,7 +319,8 @@ def _sweep_options(what: str):
         click.option("--force", is_flag=True, help="Redo runs already done (default: resume, skipping them)."),
         click.option("--repeats", type=click.IntRange(1, 100), help="Override the matrix's repeats."),
         click.option("--amqp-url", metavar="URL", help="RabbitMQ for rabbitmq cells (default: the local one, "
-                                                        "else a private node)."),
+                                                        "else a private node; with `run --inventory`: one every "
+                                                        "host reaches, instead of the broker host's node)."),
         click.option("--load-workers", type=click.IntRange(spec_mod.KEYS["load_workers"].domain.low,
                                                            spec_mod.KEYS["load_workers"].domain.high),
                      help="Locust processes sending the load of every load-mode cell (sets the matrix key "
@@ -374,7 +375,8 @@ def _load_matrix(matrix_file: Path, repeats: int | None, only: tuple[str, ...],
                    "of the sweep's private one: redis://host:port/db, or a master watched by Sentinel, "
                    "redis+sentinel://host:26379[,host:port]/mymaster/db. Never flushed; must be empty (but for "
                    "what the sweep's previous cell left after its purge); each cell purges only what it "
-                   "created. A Redis Cluster is refused.")
+                   "created. A Redis Cluster is refused. With --inventory: one every host reaches, instead of "
+                   "the broker host's.")
 @click.option("--per-run-vhost", is_flag=True,
               help="RabbitMQ cells run in a virtual host of their own, created through the management API "
                    "(port 15672 of the AMQP host, or $QUEUEBENCH_AMQP_ADMIN_URL) and deleted after each cell.")
@@ -382,7 +384,10 @@ def _load_matrix(matrix_file: Path, repeats: int | None, only: tuple[str, ...],
 @click.option("--inventory", "inventory_file", type=click.Path(dir_okay=False, path_type=Path), metavar="HOSTS.ini",
               help="Run each cell on the hosts of this Ansible inventory (roles loadgen, api, workers, broker; "
                    "needs the `hosts` extra): queuebench installs itself there, starts and stops everything "
-                   "through Ansible and collects every host's ledger. Run ids end in -on-<inventory name>.")
+                   "through Ansible and collects every host's ledger. Run ids end in -on-<inventory name>. The "
+                   "broker host runs a private redis-server (Redis cells; the results of RabbitMQ cells) and "
+                   "RabbitMQ node; with --broker-url/--amqp-url the inventory has no broker host and every host "
+                   "uses your brokers instead.")
 def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeats: int | None,
         amqp_url: str | None, broker_url: str | None, per_run_vhost: bool, load_workers: int | None,
         dry_run: bool, inventory_file: Path | None) -> None:
@@ -393,10 +398,12 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
     One private Redis serves every Redis cell of the sweep, emptied (FLUSHALL) before each, unless
     --broker-url names a Redis you run yourself (never emptied; a Cluster is refused). OUT/sweep.json
     says where the sweep's wall time went; the share spent in measured windows is printed at the end.
-    With --inventory, each cell runs on the inventory's hosts instead (load or drain mode on Redis), each
-    host's ledger and resource samples are collected into OUT/<run_id>/hosts/<host>/ with its manifest,
-    and run.json records every host's clock offset, CPU use and the broker's round trip from every host. Exits 1 if any cell failed or errored, 130 on Ctrl-C (completed cells are kept),
-    2 on a bad matrix or inventory.
+    With --inventory, each cell runs on the inventory's hosts instead (load or drain mode on Redis or
+    RabbitMQ, started on the inventory's broker host, or yours with --broker-url/--amqp-url [--per-run-vhost]
+    and no broker host), each host's ledger and resource samples are collected into
+    OUT/<run_id>/hosts/<host>/ with its manifest, and run.json records every host's clock offset, CPU use
+    and the broker's round trip from every host. Exits 1 if any cell failed or errored, 130 on Ctrl-C
+    (completed cells are kept), 2 on a bad matrix or inventory.
     """
 
 
@@ -405,10 +412,11 @@ def run(matrix_file: Path, out: Path, only: tuple[str, ...], force: bool, repeat
         _check_broker_url(matrix, broker_url)
     console = Console(stderr=True)
     if inventory_file is not None:
-        if broker_url or per_run_vhost:
-            raise click.UsageError("--inventory starts its broker on the inventory's broker host: it does not "
-                                   "take --broker-url or --per-run-vhost yet")
-        _run_on_inventory(matrix, inventory_file, out, force, dry_run, console)
+        if per_run_vhost and not amqp_url:
+            raise click.UsageError("--per-run-vhost: a virtual host of each cell's own on a RabbitMQ you run, so "
+                                   "with --inventory it needs --amqp-url (the broker host's node is each cell's own)")
+        _run_on_inventory(matrix, inventory_file, out, force, dry_run, console,
+                          ExternalBrokers(broker_url, amqp_url, per_run_vhost))
         return
     todo, done = runner.plan(matrix, out, force=force)
     if dry_run:
@@ -435,14 +443,16 @@ def _sweep(console: Any, out: Path, run_cells: Any) -> list[Any]:
         return run_cells(progress)
 
 
-def _run_on_inventory(matrix: Any, inventory_file: Path, out: Path, force: bool, dry_run: bool, console: Any) -> None:
+def _run_on_inventory(matrix: Any, inventory_file: Path, out: Path, force: bool, dry_run: bool, console: Any,
+                      external: ExternalBrokers) -> None:
     """`run --inventory`: check the inventory and every cell before anything starts (exit 2), then run."""
     try:
-        inventory = load_inventory(inventory_file)
-        hosts_cell.check(matrix, inventory)
+        inventory = load_inventory(inventory_file, external_broker=bool(external.broker_url or external.amqp_url))
+        hosts_cell.check(matrix, inventory, external)
     except (InventoryError, PlanError) as exc:
         raise click.UsageError(str(exc)) from exc
-    roles = ", ".join(f"{role}: {' '.join(names)}" for role, names in inventory.roles.items())
+    roles = ", ".join(f"{role}: {' '.join(names) or 'yours (--broker-url/--amqp-url)'}"
+                      for role, names in inventory.roles.items())
     if dry_run:
         for cell in matrix.cells:
             run_id = hosts_cell.run_id(cell, inventory)
@@ -455,7 +465,7 @@ def _run_on_inventory(matrix: Any, inventory_file: Path, out: Path, force: bool,
                   f"results in {out}")
     since = _now()
     results = _sweep(console, out, lambda progress: hosts_cell.run_matrix(matrix, inventory, out, force=force,
-                                                                          progress=progress))
+                                                                          progress=progress, external=external))
     for result in results:
         record = store.read_run(result.run_dir) if result.run_dir is not None else None
         if record is not None and record.get("clocks"):

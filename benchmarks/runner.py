@@ -399,20 +399,7 @@ class CellRun:
         policy = stack.backend.retry_policy()  # what a poison task gets: its attempts are checked against it
         self.record["retry_policy"] = policy.record() if policy is not None else None
         self.record["backend_environment"] = stack.environment_record()
-        # Each broker's own record (topology, version, persistence, queue type, RTT from this host:
-        # `brokers.describe_redis`/`describe_rabbitmq`) beside what the stack knows of it.
-        described = stack.broker_records
-        self.record["brokers"] = {
-            "broker": described.get("broker", {}) | {
-                "kind": stack.broker.kind, "url": _redact(stack.broker.url), "owned": stack.broker.owned,
-                "version": stack.broker.version or described.get("broker", {}).get("version"),
-                "shared": stack.broker.shared,
-                "left_by_previous_cell": stack.broker.left_by_previous_cell} if stack.broker else None,
-            "result_store": described.get("result_store", {}) | {
-                "url": _redact(stack.result_store.url),
-                "version": stack.result_store.version or described.get("result_store", {}).get("version"),
-                "shared": stack.result_store.shared} if stack.result_store else None,
-        }
+        self.record["brokers"] = broker_records(stack)
         self.record["processes"] = [{"name": p.name, "argv": [_redact(a) for a in p.argv]}
                                     for p in stack.supervisor.procs]
 
@@ -667,6 +654,23 @@ class CellRun:
 
     def _add_resources(self, summary: dict[str, Any]) -> None:
         add_resources(summary["figures"], store.read_resources(self.run_dir))
+
+
+def broker_records(stack: Stack) -> dict[str, Any]:
+    """run.json's ``brokers``: each broker's own record (topology, version, persistence, queue type, RTT from
+    this host: `brokers.describe_redis`/`describe_rabbitmq`) beside what the stack knows of it."""
+    described = stack.broker_records
+    return {
+        "broker": described.get("broker", {}) | {
+            "kind": stack.broker.kind, "url": _redact(stack.broker.url), "owned": stack.broker.owned,
+            "version": stack.broker.version or described.get("broker", {}).get("version"),
+            "shared": stack.broker.shared,
+            "left_by_previous_cell": stack.broker.left_by_previous_cell} if stack.broker else None,
+        "result_store": described.get("result_store", {}) | {
+            "url": _redact(stack.result_store.url),
+            "version": stack.result_store.version or described.get("result_store", {}).get("version"),
+            "shared": stack.result_store.shared} if stack.result_store else None,
+    }
 
 
 def _redact(text: str) -> str:

@@ -294,9 +294,14 @@ def loopback_alias_binds(address: str) -> bool:
 def need_two_local_hosts() -> None:
     """Two hosts on this machine need loopback aliases and start-stop-daemon (Debian's daemonizer): skip on a
     laptop without them, fail in CI (as tests/conftest.py does for brokers)."""
+    need_local_hosts("127.0.0.2", "127.0.0.3")
+
+
+def need_local_hosts(*addresses: str) -> None:
+    """Skip (fail in CI) unless these loopback aliases bind here and start-stop-daemon is installed."""
     problems = []
-    if not all(loopback_alias_binds(a) for a in ("127.0.0.2", "127.0.0.3")):
-        problems.append("127.0.0.2 and 127.0.0.3 cannot be bound here (Linux routes all of 127/8 to lo; this "
+    if not all(loopback_alias_binds(a) for a in addresses):
+        problems.append(f"{' and '.join(addresses)} cannot be bound here (Linux routes all of 127/8 to lo; this "
                         "system does not)")
     if not shutil.which("start-stop-daemon"):
         problems.append("start-stop-daemon is not installed (Debian and Ubuntu have it in dpkg)")
@@ -410,6 +415,11 @@ def test_workers_on_a_second_host_drain_tasks_enqueued_through_the_api_on_the_fi
     assert "exactly once across hosts: yes" in shown and "host2: clock offset" in shown and "broker RTT" in shown
 
     # Nothing started on the hosts is left running.
+    assert_nothing_left_running(tmp_path)
+
+
+def assert_nothing_left_running(tmp_path: Path) -> None:
+    """No process started on the hosts (its command line or environment names `tmp_path`) is left running."""
     assert not left_running(tmp_path)
 
 

@@ -53,7 +53,8 @@ LEAVES = {
     "benchmarks.clocks": (),
     "benchmarks.deploy.manifest": (),
     "benchmarks.proctree": (),
-    "benchmarks.deploy.host": ("backends.ledger", "benchmarks.deploy.manifest", "benchmarks.proctree"),
+    "benchmarks.deploy.host": ("backends.ledger", "backends.redis_url", "benchmarks.deploy.manifest",
+                               "benchmarks.proctree"),
 }
 #: Everything analysis may import from `benchmarks` (its CLI commands included). `benchmarks.spec` (every
 #: matrix key declared once) is meant to be imported by analysis when it exists.

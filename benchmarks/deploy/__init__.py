@@ -6,8 +6,8 @@
   gunicorn, Locust, a clock responder): command lines and environments as data for the playbooks.
 - `driver`: runs the playbooks in ``playbooks/`` with ansible-runner (install, start, load, progress, stop and
   collect); processes on the hosts are daemonized with start-stop-daemon, never Ansible async tasks.
-- `host`: what runs on a host under Ansible (stop a daemon's whole session, report ledger progress, write
-  the ledger manifest); standard library and psutil only.
+- `host`: what runs on a host under Ansible (stop a daemon's whole session, report ledger progress, time and
+  wait for the broker's round trip, write the ledger manifest); the standard library, psutil, redis-py and pika.
 - `manifest`: each host's ledger manifest (rows, sha256, first and last timestamp per file) and its check.
 - `cell`: one matrix cell measured on an inventory, through the same store, measure and verdicts as a local run.
 """

@@ -1,10 +1,11 @@
 """One matrix cell measured on the hosts of an inventory, and a sweep of them.
 
-A cell here is a local cell spread over hosts: the broker on the ``broker`` host, the workers (each
-library's own CLI) on the ``workers`` hosts, the API under gunicorn on every ``api`` host, Locust on the
-``loadgen`` hosts (with ``load_workers`` > 1, Locust workers are daemons on every loadgen host, and the load
-playbook runs their master on the first), each started by Ansible under start-stop-daemon
-(`playbooks/start.yml`). In order:
+A cell here is a local cell spread over hosts: the broker on the ``broker`` host (a redis-server, or a
+RabbitMQ node with a redis-server beside it for results: `benchmarks.deploy.plan`; without a broker host, the
+user's own brokers, borrowed from here as a local run borrows them), the workers (each library's own CLI) on
+the ``workers`` hosts, the API under gunicorn on every ``api`` host, Locust on the ``loadgen`` hosts (with
+``load_workers`` > 1, Locust workers are daemons on every loadgen host, and the load playbook runs their
+master on the first), each started by Ansible under start-stop-daemon (`playbooks/start.yml`). In order:
 
 1. start every host's services; measure every host's clock offset (`benchmarks.clocks`, start estimates);
 2. wait for every API's ``/healthz``, then round-trip one probe per task kind and queue, enqueued from here
@@ -26,9 +27,11 @@ playbook runs their master on the first), each started by Ansible under start-st
    resource figures as a local run (every task ran exactly once, across hosts; ``resources`` per component
    summed over hosts, ``resources_by_host`` per host).
 
-run.json adds ``deployment`` (the inventory's hosts and roles), the broker's round trip from each host
-(``brokers.broker.rtt_ms_by_host``, timed on each host by `benchmarks.deploy.host` ``broker-rtt`` at the end
-of the start playbook) and ``clocks`` (per host: offsets at start and end, uncertainty, drift; per interval
+run.json adds ``deployment`` (the inventory's hosts and roles), ``brokers`` as a local run records them (kind,
+version, topology, persistence, the round trip from here: `benchmarks.runner.broker_records`; ``host``: the
+broker host) plus the broker's round trip from each host (``brokers.broker.rtt_ms_by_host``: Redis PINGs or
+AMQP ``basic.qos``, timed on each host by `benchmarks.deploy.host` ``broker-rtt`` at the end of the start
+playbook) and ``clocks`` (per host: offsets at start and end, uncertainty, drift; per interval
 family: the clock uncertainty against its median and whether that flags the run; negative intervals
 counted). Run ids are the local cell's with ``-on-<inventory name>``.
 """
@@ -52,8 +55,8 @@ import pandas as pd
 
 import backends
 from backends import dispatch, ledger
-from backends.base import QueueBackend
-from benchmarks import __version__, clocks, environment, measure, runner, store
+from backends.base import BackendSettings, QueueBackend
+from benchmarks import __version__, brokers, clocks, environment, measure, runner, store
 from benchmarks import spec as spec_mod
 from benchmarks import stack as stack_mod
 from benchmarks.deploy import driver, manifest
@@ -62,6 +65,7 @@ from benchmarks.deploy.inventory import Inventory
 from benchmarks.matrix import Cell, Matrix
 from benchmarks.procs import PhaseClock, wait_until
 from benchmarks.runner import CellResult, Interrupted, sent_tasks
+from benchmarks.stack import Stack, StackConfig
 from benchmarks.store import RESULT_SCHEMA_VERSION
 
 HOSTS_DIR = "hosts"
@@ -75,11 +79,15 @@ POLL_S = 0.1
 #: on 2 cores), stopping them and collecting their files (8-10 s), and Ansible around the load, seen on 2 cores
 #: with two hosts on one machine.
 ANSIBLE_OVERHEAD_S = 17.0
+#: Seconds more when the broker host starts a RabbitMQ node (the hosts' start took 21-31 s instead of about 7 s,
+#: same setting, two-hosts-rabbitmq.toml).
+RABBITMQ_NODE_START_S = 18.0
 
 
 def cell_seconds(cell: Cell) -> float:
     """A rough duration of an inventory cell, for the ETA."""
-    return runner.cell_seconds(cell) + (0.0 if cell.skip_reason else ANSIBLE_OVERHEAD_S)
+    return runner.cell_seconds(cell) + (0.0 if cell.skip_reason else ANSIBLE_OVERHEAD_S + (
+        RABBITMQ_NODE_START_S if cell.spec.get("broker") == "rabbitmq" else 0.0))
 
 
 def run_id(cell: Cell, inventory: Inventory) -> str:
@@ -87,12 +95,12 @@ def run_id(cell: Cell, inventory: Inventory) -> str:
     return f"{cell.run_id}-on-{inventory.name}"
 
 
-def check(matrix: Matrix, inventory: Inventory) -> None:
+def check(matrix: Matrix, inventory: Inventory, external: plan_mod.ExternalBrokers | None = None) -> None:
     """Refuse, before anything starts, a matrix with a cell this inventory run cannot deploy
     (`plan.PlanError`, naming the key and what is allowed)."""
     for cell in matrix.cells:
         if not cell.skip_reason:
-            plan_mod.check_spec(cell.spec, inventory)
+            plan_mod.check_spec(cell.spec, inventory, external)
 
 
 class HostsCellRun:
@@ -100,8 +108,13 @@ class HostsCellRun:
 
     def __init__(self, cell: Cell, matrix_name: str, out_dir: Path, inventory: Inventory, *,
                  log: Callable[[str], None] = print,
-                 status: Callable[[int, int, float], None] | None = None) -> None:
+                 status: Callable[[int, int, float], None] | None = None,
+                 external: plan_mod.ExternalBrokers | None = None, left_by_sweep: frozenset[str] = frozenset()) -> None:
         self.cell, self.inventory, self.spec = cell, inventory, dict(cell.spec)
+        #: The user's brokers, for an inventory without a broker host; borrowed through a `Stack` that starts
+        #: nothing (`_borrow_brokers`), as a local run borrows them; `left_by_sweep` as there.
+        self.external, self.left_by_sweep = external or plan_mod.ExternalBrokers(), left_by_sweep
+        self.stack: Stack | None = None
         self.run_id = run_id(cell, inventory)
         self.run_dir = (Path(out_dir) / self.run_id).resolve()
         self.log, self.status = log, status
@@ -138,7 +151,8 @@ class HostsCellRun:
             return self._finish("skipped", self.cell.skip_reason)
         try:
             self.record["slots"] = spec_mod.slots(self.spec)
-            self.plan = plan_mod.build(self.spec, self.inventory, self.run_id, secrets.token_hex(16))
+            self.plan = plan_mod.build(self.spec, self.inventory, self.run_id, secrets.token_hex(16), self.external,
+                                       self._borrow_brokers())
             self.record["processes"] = self.plan.processes
             try:
                 self._measure()
@@ -174,8 +188,8 @@ class HostsCellRun:
         if not drain:
             with self.phases.phase("api_healthy"):
                 self._wait_healthy()
-        settings = plan_mod.settings(spec, self.inventory)
-        self.backend = backends.get_backend(spec["backend"], settings)
+        assert self.plan is not None
+        self.backend = backends.get_backend(spec["backend"], self.plan.settings)
         self.backend.ping()
         self.final_attempts = stack_mod.final_attempts(self.backend)
         if drain:
@@ -184,12 +198,12 @@ class HostsCellRun:
             with self.phases.phase("probe_round_trip"):
                 self._await_probes(self._send_probes(), PROBE_TIMEOUT_S)
         self.record["settings"] = dict(self.backend.describe())
-        self.record["brokers"] = {"broker": {"kind": "redis", "url": plan_mod.broker_url(self.inventory),
-                                             "owned": True, "host": self.inventory.one("broker").name,
-                                             "rtt_ms_by_host": {h: r["rtt_ms"] for h, r in rtt_by_host.items()},
-                                             "rtt_method": f"fastest of {rtt_samples(rtt_by_host)} Redis PINGs "
-                                                           "from each host, on one connection, after the "
-                                                           "services started"}}
+        self.record["brokers"] = self._broker_records()
+        self.record["brokers"]["broker"] |= {
+            "rtt_ms_by_host": {h: r["rtt_ms"] for h, r in rtt_by_host.items()},
+            "rtt_method": f"fastest of {rtt_samples(rtt_by_host)} "
+                          + ("AMQP basic.qos round trips on one channel" if spec["broker"] == "rabbitmq"
+                             else "Redis PINGs") + " from each host, on one connection, after the services started"}
         errors = {h: r["error"] for h, r in rtt_by_host.items() if r.get("error")}
         if errors:
             self.record["brokers"]["broker"]["rtt_errors"] = errors
@@ -227,6 +241,50 @@ class HostsCellRun:
             self.record["queue_leftovers"] = self._leftovers()
         with self.phases.phase("clocks_end"):
             self.clocks_end = self._measure_clocks(wait_s=5.0)
+
+    # -- brokers --------------------------------------------------------------------------------------------
+
+    def _borrow_brokers(self) -> BackendSettings | None:
+        """Without a broker host: borrow the user's brokers from here as a local run does (answering, empty,
+        not a Cluster; a per-run vhost made), through a `Stack` that starts nothing; the settings on them."""
+        if self.inventory.role("broker"):
+            return None
+        external = self.external
+        self.stack = Stack(StackConfig(self.spec, broker_url=external.broker_url, amqp_url=external.amqp_url,
+                                       per_run_vhost=external.per_run_vhost), self.run_dir,
+                           left_by_sweep=self.left_by_sweep)
+        with self.phases.phase("broker_start"):
+            try:
+                self.stack.start_brokers()
+            except BaseException:
+                self._return_brokers()
+                raise
+        assert self.stack.settings is not None
+        return self.stack.settings
+
+    def _return_brokers(self) -> None:
+        """Purge from the user's brokers what this cell created (when they were empty at the start) and delete
+        its per-run vhost; once the hosts' workers have stopped. Idempotent."""
+        if self.stack is not None:
+            self.stack.stop()
+
+    def _broker_records(self) -> dict[str, Any]:
+        """run.json's ``brokers``, as a local run records them (`runner.broker_records`), with the broker host."""
+        if self.stack is not None:
+            return runner.broker_records(self.stack)
+        assert self.plan is not None
+        settings, queue_type = self.plan.settings, self.spec.get("queue_type", "classic")
+        host = self.inventory.one("broker").name
+        records = {}
+        for role, url in (("broker", settings.broker_url), ("result_store", settings.result_url)):
+            if url:
+                handle = brokers.BrokerHandle("rabbitmq" if url.startswith("amqp") else "redis", url, owned=True,
+                                              private=True)
+                described = (brokers.describe_rabbitmq(handle, queue_type) if handle.kind == "rabbitmq"
+                             else brokers.describe_redis(handle))
+                records[role] = described | {"kind": handle.kind, "url": brokers.redact(url), "owned": True,
+                                             "host": host}
+        return records
 
     # -- clocks, health, probes, progress -----------------------------------------------------------------
 
@@ -366,6 +424,7 @@ class HostsCellRun:
         collected = self.run_dir / HOSTS_DIR
         with self.phases.phase("hosts_stop_collect"):
             self._playbook("stop", qb_collect=str(collected))
+            self._return_brokers()
             for name in self.inventory.hosts:
                 archive = collected / f"{name}.tar.gz"
                 with tarfile.open(archive) as tar:
@@ -479,6 +538,7 @@ class HostsCellRun:
         self.load_s = None
 
     def _finish(self, status: str, detail: str) -> CellResult:
+        self._return_brokers()  # already returned, unless the cell ended before its hosts started
         if self.load_s is not None:
             self.phases.add("load", self.load_s[1], self.load_s[0])
         self.record |= {"status": status, "detail": detail,
@@ -499,7 +559,7 @@ def broker_rtt_by_host(result: driver.PlaybookResult) -> dict[str, dict[str, Any
 
 
 def rtt_samples(rtt_by_host: Mapping[str, Mapping[str, Any]]) -> int:
-    """How many PINGs each host timed (the most any host did; fewer only where the broker failed)."""
+    """How many round trips each host timed (the most any host did; fewer only where the broker failed)."""
     return max((int(r.get("samples", 0)) for r in rtt_by_host.values()), default=0)
 
 
@@ -575,16 +635,19 @@ def correct_samples(run_dir: Path, host_clocks: Mapping[str, clocks.HostClock]) 
 
 
 def run_matrix(matrix: Matrix, inventory: Inventory, out_dir: Path, *, force: bool = False, progress: Any = None,
-               log: Callable[[str], None] = print) -> list[CellResult]:
+               log: Callable[[str], None] = print,
+               external: plan_mod.ExternalBrokers | None = None) -> list[CellResult]:
     """Install queuebench on the hosts once, then run every cell not already done, one at a time, under the
-    measuring lock (as `benchmarks.runner.run_matrix` does for local cells)."""
-    check(matrix, inventory)
+    measuring lock (as `benchmarks.runner.run_matrix` does for local cells). `external`: the user's brokers,
+    for an inventory without a broker host."""
+    external = external or plan_mod.ExternalBrokers()
+    check(matrix, inventory, external)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [c for c in matrix.cells if force or not store.is_done(out_dir / run_id(c, inventory))]
     results = [CellResult(run_id(c, inventory), store.read_run(out_dir / run_id(c, inventory))["status"],
                           "already done", out_dir / run_id(c, inventory))
                for c in matrix.cells if c not in todo]
-    with runner.sweep(out_dir, matrix.name) as current:
+    with runner.sweep(out_dir, matrix.name, broker_url=external.broker_url) as current:
         if progress is not None:
             progress.cell_seconds = cell_seconds
             progress.start_sweep(todo, len(results))
@@ -595,9 +658,13 @@ def run_matrix(matrix: Matrix, inventory: Inventory, out_dir: Path, *, force: bo
         for cell in todo:
             if progress is not None:
                 progress.start_cell(cell)
-            result = HostsCellRun(cell, matrix.name, out_dir, inventory,
-                                  log=progress.note if progress is not None else log,
-                                  status=progress.draining if progress is not None else None).run()
+            cell_run = HostsCellRun(cell, matrix.name, out_dir, inventory,
+                                    log=progress.note if progress is not None else log,
+                                    status=progress.draining if progress is not None else None,
+                                    external=external, left_by_sweep=current.left_keys)
+            result = cell_run.run()
+            if cell_run.stack is not None and cell_run.stack.left_keys is not None:
+                current.left_keys = cell_run.stack.left_keys  # as a local sweep on the user's Redis
             current.add(result)
             if progress is not None:
                 progress.end_cell(cell, result)

@@ -6,9 +6,13 @@
   left after the grace. A pidfile whose process has gone is skipped.
 - ``progress LEDGER_DIR``: the ledger's sent and successfully finished task ids (probes left out) as JSON on
   stdout, so the coordinator can tell when every task sent has finished across hosts.
-- ``broker-rtt URL [--samples N]``: the broker's round trip from this host, the fastest of a few Redis
-  PINGs on one connection (the network's floor, not the broker's load), as JSON on stdout; a broker that
-  does not answer gives ``rtt_ms`` null and the error, so the run records it rather than failing.
+- ``broker-rtt URL [--samples N]``: the broker's round trip from this host, the fastest of a few requests
+  on one open connection (the network's floor, not the broker's load): Redis PINGs (``redis://``, or the
+  master a ``redis+sentinel://`` URL names), AMQP ``basic.qos`` on one channel (``amqp://``, a method
+  RabbitMQ answers at once and that changes nothing but that channel's prefetch), as JSON on stdout; a
+  broker that does not answer gives ``rtt_ms`` null and the error, so the run records it rather than failing.
+- ``wait-broker URL... [--timeout-s S]``: wait until each broker answers such a round trip (a RabbitMQ
+  node opens its port a moment before its virtual host is ready); exit 1 naming the last error if not.
 - ``sample RUN_DIR [--interval-s S] [--load NAME]``: the host's resource sampler, a daemon until SIGTERM
   (then one last sample). Every interval it walks the process tree of each daemon with a pidfile in
   ``RUN_DIR/pids/`` (the clock responder and itself left out: the harness's own, as a local run leaves out
@@ -22,8 +26,8 @@
   and resource samples (`benchmarks.deploy.manifest`), then pack what the coordinator collects into one archive for Ansible's
   fetch (one transfer per host instead of one per file).
 
-Imports nothing but the standard library, click, psutil, redis-py and queuebench's own ledger, manifest and
-process-tree (`benchmarks.proctree`) modules.
+Imports nothing but the standard library, click, psutil, redis-py, pika (only for an ``amqp://`` URL) and
+queuebench's own ledger, manifest, Redis URL and process-tree (`benchmarks.proctree`) modules.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import click
 import psutil
 import redis
 
-from backends import ledger
+from backends import ledger, redis_url
 from benchmarks import proctree
 from benchmarks.deploy import manifest as manifest_mod
 
@@ -62,7 +66,7 @@ COLLECTED_PREFIXES = ("locust",)
 #: A daemon's process starts just before start-stop-daemon writes its pidfile; a process with that pid created
 #: more than this many seconds before (or after) the pidfile is another process that reused the pid.
 PID_REUSE_SLACK_S = 10.0
-#: PINGs timed for the broker's round trip from a host (the fastest is kept), and the seconds one may take.
+#: Round trips timed for the broker's from a host (the fastest is kept), and the seconds one may take.
 BROKER_RTT_SAMPLES = 5
 BROKER_RTT_TIMEOUT_S = 2.0
 
@@ -155,21 +159,48 @@ def progress(ledger_dir: Path) -> None:
 
 
 def broker_rtt(url: str, samples: int) -> dict[str, object]:
-    """The fastest of `samples` PINGs to the Redis at `url` from this host, ms (the connection is opened by
-    a first PING, not timed); on a Redis error, ``rtt_ms`` None and the error."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=BROKER_RTT_TIMEOUT_S,
-                                  socket_timeout=BROKER_RTT_TIMEOUT_S)
-    rtts = []
+    """The fastest of `samples` round trips to the broker at `url` from this host, ms: Redis PINGs, or AMQP
+    ``basic.qos`` on one channel (pika's URL form: vhost "/" as ``%2F``). The connection is opened (and for
+    Redis, a first PING sent) untimed; on an error, ``rtt_ms`` None and the error."""
+    if url.startswith(("amqp://", "amqps://")):
+        return _amqp_rtt(url, samples)
+    rtts: list[float] = []
     try:
-        client.ping()
-        for _ in range(samples):
-            started = time.perf_counter()
+        client = redis_url.client(url, socket_connect_timeout=BROKER_RTT_TIMEOUT_S,
+                                  socket_timeout=BROKER_RTT_TIMEOUT_S)
+        try:
             client.ping()
-            rtts.append((time.perf_counter() - started) * 1000)
-    except redis.RedisError as exc:
+            for _ in range(samples):
+                started = time.perf_counter()
+                client.ping()
+                rtts.append((time.perf_counter() - started) * 1000)
+        finally:
+            client.close()
+    except (redis.RedisError, redis_url.RedisURLError) as exc:
         return {"rtt_ms": None, "samples": len(rtts), "error": f"{type(exc).__name__}: {exc}"}
-    finally:
-        client.close()
+    return {"rtt_ms": round(min(rtts), 3), "samples": len(rtts)}
+
+
+def _amqp_rtt(url: str, samples: int) -> dict[str, object]:
+    import pika  # only a RabbitMQ cell's hosts need it
+
+    parameters = pika.URLParameters(url)
+    parameters.socket_timeout = parameters.blocked_connection_timeout = BROKER_RTT_TIMEOUT_S
+    parameters.connection_attempts = 1
+    rtts: list[float] = []
+    try:
+        connection = pika.BlockingConnection(parameters)
+        try:
+            channel = connection.channel()
+            for _ in range(samples):
+                started = time.perf_counter()
+                channel.basic_qos(prefetch_count=0)
+                rtts.append((time.perf_counter() - started) * 1000)
+        finally:
+            with contextlib.suppress(Exception):
+                connection.close()
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        return {"rtt_ms": None, "samples": len(rtts), "error": f"{type(exc).__name__}: {exc!r}"}
     return {"rtt_ms": round(min(rtts), 3), "samples": len(rtts)}
 
 
@@ -278,6 +309,21 @@ def sample(run_dir: Path, interval_s: float, load_name: str | None) -> None:
     sampler = HostSampler(run_dir, load_name)
     sampler.run(interval_s, stop_event)
     print(json.dumps({"errors": sampler.errors}), flush=True)
+
+
+@main.command("wait-broker")
+@click.argument("urls", nargs=-1, required=True)
+@click.option("--timeout-s", type=float, default=90.0, show_default=True,
+              help="Seconds each broker may take to answer a round trip.")
+def wait_broker(urls: tuple[str, ...], timeout_s: float) -> None:
+    """Wait until each broker at URLS answers a round trip (as ``broker-rtt`` times it); exit 1 if not."""
+    for url in urls:
+        deadline = time.monotonic() + timeout_s
+        while (result := broker_rtt(url, 1))["rtt_ms"] is None:
+            if time.monotonic() > deadline:
+                sys.exit(f"the broker at {url.rpartition('@')[2]} does not answer after {timeout_s:g} s: "
+                         f"{result['error']}")
+            time.sleep(0.2)
 
 
 @main.command()

@@ -1,11 +1,13 @@
 """An Ansible inventory naming hosts by role, read with Ansible's own parser and checked before anything starts.
 
 Roles are inventory groups: ``loadgen`` (runs Locust), ``api`` (the Flask API under gunicorn), ``workers``
-(each library's own worker CLI), ``broker`` (a redis-server queuebench starts and stops). One host may hold
-several roles. This version takes one or more ``loadgen``, ``api`` and ``workers`` hosts and exactly one
-``broker`` host (the cell's worker processes are split between the workers hosts; every api host runs the
-API, each with the cell's ``api_workers`` and ``api_threads``, and Locust sends its requests to them in
-turn). With several
+(each library's own worker CLI), ``broker`` (the brokers queuebench starts and stops there: a redis-server,
+and for ``broker = "rabbitmq"`` cells a private RabbitMQ node). One host may hold several roles. This version
+takes one or more ``loadgen``, ``api`` and ``workers`` hosts, and one ``broker`` host, or none when the run
+names brokers the user runs (``--broker-url``, ``--amqp-url``: `load` with ``external_broker``; an inventory
+with a broker host is then refused, so it is always clear which broker a run used). The cell's worker
+processes are split between the workers hosts; every api host runs the API, each with the cell's
+``api_workers`` and ``api_threads``, and Locust sends its requests to them in turn. With several
 ``loadgen`` hosts, the first in the inventory's order runs the Locust master and every loadgen host runs
 Locust workers (`benchmarks.deploy.plan` splits ``load_workers`` between them); a loadgen host's name goes
 into every request id it sends, so it is limited to letters, digits, ``.``, ``_`` and ``-`` (`LOADGEN_NAME_RE`).
@@ -21,11 +23,16 @@ Host variables queuebench reads (`HOST_VARS`; any other ``qb_*`` variable is ref
 - ``qb_python``: an interpreter that already has queuebench's requirements (default: a virtualenv the
   install playbook creates under ``qb_root`` and fills from the package index); with
   ``ansible_connection=local`` it may be relative to the inventory file.
-- ``qb_api_port``, ``qb_broker_port``, ``qb_clock_port``, ``qb_locust_port``: ports of the API, the broker,
-  the clock responder and (``load_workers`` > 1, on the first loadgen host) the Locust master on that host
+- ``qb_api_port``, ``qb_broker_port``, ``qb_amqp_port``, ``qb_clock_port``, ``qb_locust_port``: ports of the
+  API, the broker host's Redis (the broker of Redis cells, the result store of RabbitMQ cells with results
+  on), its RabbitMQ node (AMQP; its Erlang distribution port is this + 20000, RabbitMQ's convention, so at
+  most 45535), the clock responder and (``load_workers`` > 1, on the first loadgen host) the Locust master
   (defaults `DEFAULT_PORTS`).
 - ``qb_redis_server``: the redis-server binary on the broker host (default: ``redis-server`` as found on this
   machine for a local connection, else ``/usr/bin/redis-server``).
+- ``qb_rabbitmq_server``: the rabbitmq-server script on the broker host, the real one rather than Debian's
+  wrapper, which would switch to the ``rabbitmq`` user (default: as found on this machine for a local
+  connection, else ``/usr/lib/rabbitmq/bin/rabbitmq-server``).
 - ``qb_clock_skew_ns``: for tests, nanoseconds added on purpose to a workers-only host's clock as its workers'
   ledger rows and its clock responder read it, so a run on one machine shows the offset measured and corrected.
 """
@@ -48,10 +55,15 @@ from typing import Any
 ROLES = ("loadgen", "api", "workers", "broker")
 #: How many hosts each role takes in this version: (fewest, most; None for no limit).
 ROLE_COUNTS: dict[str, tuple[int, int | None]] = {"loadgen": (1, None), "api": (1, None), "workers": (1, None),
-                                                  "broker": (1, 1)}
-DEFAULT_PORTS = {"qb_api_port": 8000, "qb_broker_port": 6390, "qb_clock_port": 8123, "qb_locust_port": 5557}
-HOST_VARS = ("qb_root", "qb_address", "qb_python", "qb_bind_external", "qb_redis_server", "qb_clock_skew_ns",
-             *DEFAULT_PORTS)
+                                                  "broker": (0, 1)}
+DEFAULT_PORTS = {"qb_api_port": 8000, "qb_broker_port": 6390, "qb_clock_port": 8123, "qb_locust_port": 5557,
+                 "qb_amqp_port": 5682}
+HOST_VARS = ("qb_root", "qb_address", "qb_python", "qb_bind_external", "qb_redis_server", "qb_rabbitmq_server",
+             "qb_clock_skew_ns", *DEFAULT_PORTS)
+#: The highest ``qb_amqp_port``: the node's Erlang distribution port is 20000 above it.
+MAX_AMQP_PORT = 65535 - 20000
+#: Debian's real rabbitmq-server script (``/usr/sbin/rabbitmq-server`` is a wrapper that switches user).
+DEFAULT_RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 #: Groups Ansible always has.
 BUILTIN_GROUPS = ("all", "ungrouped")
 _NAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -80,6 +92,7 @@ class Host:
     #: For tests: ns added on purpose to the host's clock as its workers and clock responder read it.
     clock_skew_ns: int = 0
     vars: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    rabbitmq_server: str = DEFAULT_RABBITMQ_SERVER
 
     @property
     def python(self) -> str:
@@ -170,10 +183,11 @@ def ansible_env() -> dict[str, str]:
                                "ANSIBLE_PIPELINING": "True"}
 
 
-def load(path: str | Path) -> Inventory:
-    """Read and check an inventory file; `InventoryError` naming what is wrong."""
+def load(path: str | Path, *, external_broker: bool = False) -> Inventory:
+    """Read and check an inventory file; `InventoryError` naming what is wrong. `external_broker`: the run
+    names brokers the user runs, so the inventory must have no ``broker`` host (else exactly one)."""
     path = Path(path).resolve()
-    return from_listing(path, read_ansible_inventory(path))
+    return from_listing(path, read_ansible_inventory(path), external_broker=external_broker)
 
 
 def _members(listing: Mapping[str, Any], group: str) -> dict[str, None]:
@@ -186,7 +200,7 @@ def _members(listing: Mapping[str, Any], group: str) -> dict[str, None]:
     return hosts
 
 
-def from_listing(path: Path, listing: Mapping[str, Any]) -> Inventory:
+def from_listing(path: Path, listing: Mapping[str, Any], *, external_broker: bool = False) -> Inventory:
     """The inventory from ``ansible-inventory --list`` output (a pure function, so tests need no Ansible)."""
     where = f"inventory {path}"
     hostvars: Mapping[str, Mapping[str, Any]] = listing.get("_meta", {}).get("hostvars", {})
@@ -199,9 +213,19 @@ def from_listing(path: Path, listing: Mapping[str, Any]) -> Inventory:
     for role in ROLES:
         fewest, most = ROLE_COUNTS[role]
         count = len(members[role])
+        if role == "broker" and external_broker:
+            if count:
+                raise InventoryError(f"{where}: role 'broker' has {', '.join(sorted(members[role]))}, but the run "
+                                     "names a broker you run (--broker-url, --amqp-url); use one or the other: "
+                                     "drop the [broker] group, or the broker URL")
+            continue
+        if role == "broker":
+            fewest = 1
         if count < fewest:
             raise InventoryError(f"{where}: role {role!r} has no host; every run needs {', '.join(ROLES)} "
-                                 f"(one host may hold several roles)")
+                                 "(one host may hold several roles)" + (
+                                     "; or, instead of a broker host, a broker you run: --broker-url "
+                                     "(Redis), --amqp-url (RabbitMQ)" if role == "broker" else ""))
         if most is not None and count > most:
             raise InventoryError(f"{where}: role {role!r} has {count} hosts ({', '.join(sorted(members[role]))}); "
                                  f"this version takes exactly {most}")
@@ -247,6 +271,9 @@ def _host(where: str, name: str, roles: tuple[str, ...], hv: Mapping[str, Any], 
         if not 1 <= port <= 65535:
             raise InventoryError(f"{where}: host {name}: {key} must be a port from 1 to 65535, got {value!r}")
         ports[key] = port
+    if "broker" in roles and ports["qb_amqp_port"] > MAX_AMQP_PORT:
+        raise InventoryError(f"{where}: host {name}: qb_amqp_port must be at most {MAX_AMQP_PORT} (the RabbitMQ "
+                             f"node's Erlang distribution port is 20000 above it), got {ports['qb_amqp_port']}")
     connection = str(hv.get("ansible_connection", "ssh"))
     python = hv.get("qb_python")
     if python is not None and connection == "local" and isinstance(python, str) and not python.startswith("/"):
@@ -267,7 +294,10 @@ def _host(where: str, name: str, roles: tuple[str, ...], hv: Mapping[str, Any], 
     if skew and roles != ("workers",):
         raise InventoryError(f"{where}: host {name}: qb_clock_skew_ns (a clock made wrong on purpose, for tests) "
                              f"applies to a host whose only role is workers; {name} is {', '.join(roles)}")
-    return Host(name, roles, address, root.rstrip("/"), connection, python, ports, str(redis_server), skew, dict(hv))
+    rabbitmq_server = hv.get("qb_rabbitmq_server") or (_local_rabbitmq_server() if connection == "local"
+                                                       else DEFAULT_RABBITMQ_SERVER)
+    return Host(name, roles, address, root.rstrip("/"), connection, python, ports, str(redis_server), skew, dict(hv),
+                rabbitmq_server=str(rabbitmq_server))
 
 
 def _local_redis_server() -> str:
@@ -277,6 +307,15 @@ def _local_redis_server() -> str:
         return brokers.redis_server_binary()
     except brokers.BrokerError:
         return "/usr/bin/redis-server"
+
+
+def _local_rabbitmq_server() -> str:
+    from benchmarks import brokers
+
+    try:
+        return brokers.rabbitmq_server_script()
+    except brokers.BrokerError:
+        return DEFAULT_RABBITMQ_SERVER
 
 
 def _check_binds(where: str, name: str, address: str) -> None:
@@ -315,7 +354,7 @@ def _ports_used(host: Host) -> list[str]:
     if "api" in host.roles:
         keys.append("qb_api_port")
     if "broker" in host.roles:
-        keys.append("qb_broker_port")
+        keys += ["qb_broker_port", "qb_amqp_port"]
     if "loadgen" in host.roles:
         keys.append("qb_locust_port")
     return keys
