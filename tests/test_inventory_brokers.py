@@ -66,7 +66,7 @@ def services_of(the_plan: plan.CellPlan) -> dict[str, dict[str, dict]]:
 def test_a_rabbitmq_cell_runs_a_node_of_its_own_on_the_broker_hosts_amqp_port_and_a_redis_beside_it_for_results():
     the_plan = plan.build(cell_spec(results=True), parse(*hosts()), "run-1", "k" * 32)
     services = services_of(the_plan)
-    assert set(services["host1"]) == {"rabbitmq", "redis", "clock", "api"}
+    assert set(services["host1"]) == {"rabbitmq", "redis", "clock", "sampler", "api"}
     node = services["host1"]["rabbitmq"]
     assert node["stage"] == "broker" and node["port"] == 5699 and node["address"] == HOST1
     assert node["argv"] == ["/opt/rabbitmq/sbin/rabbitmq-server"]
@@ -103,7 +103,7 @@ def test_a_rabbitmq_cell_runs_a_node_of_its_own_on_the_broker_hosts_amqp_port_an
 def test_a_rabbitmq_cell_without_results_runs_no_redis_and_each_cell_gets_its_own_password():
     inventory = parse(*hosts())
     first = plan.build(cell_spec(backend="dramatiq", results=False), inventory, "run-1", "k" * 32)
-    assert set(services_of(first)["host1"]) == {"rabbitmq", "clock", "api"}
+    assert set(services_of(first)["host1"]) == {"rabbitmq", "clock", "sampler", "api"}
     assert first.settings.result_url is None
     again = plan.build(cell_spec(backend="dramatiq", results=False), inventory, "run-1", "k" * 32)
     assert first.settings.broker_url != again.settings.broker_url
