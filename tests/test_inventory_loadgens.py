@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from benchmarks.deploy import inventory as inv
 from benchmarks.deploy import manifest, plan
 from benchmarks.deploy.cell import correct_ledgers, scheduling_host
 from benchmarks.deploy.plan import PlanError
-from tests.test_inventory import free_port, left_running, listing, loopback_alias_binds
+from tests.test_inventory import free_port, left_running, listing, need_local_hosts
 
 ROOT = Path(__file__).resolve().parent.parent
 MS = 1_000_000
@@ -186,17 +185,7 @@ def test_every_api_host_runs_the_api_and_locust_sends_to_each_in_turn():
 def need_three_local_hosts() -> None:
     """Three hosts on this machine need loopback aliases and start-stop-daemon: skip on a laptop without
     them, fail in CI (as tests/conftest.py does for brokers)."""
-    problems = []
-    if not all(loopback_alias_binds(a) for a in ADDRESSES.values()):
-        problems.append(f"{', '.join(ADDRESSES.values())} cannot all be bound here (Linux routes all of 127/8 "
-                        "to lo; this system does not)")
-    if not shutil.which("start-stop-daemon"):
-        problems.append("start-stop-daemon is not installed (Debian and Ubuntu have it in dpkg)")
-    if not problems:
-        return
-    if os.environ.get("CI"):
-        pytest.fail("; ".join(problems) + " (CI is set, so this is a failure, not a skip)")
-    pytest.skip("; ".join(problems))
+    need_local_hosts(*ADDRESSES.values())
 
 
 def write_three_hosts(tmp_path: Path) -> Path:

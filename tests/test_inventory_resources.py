@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +18,14 @@ from benchmarks import clocks, measure, proctree, store
 from benchmarks import spec as spec_mod
 from benchmarks.cli import _hosts_lines
 from benchmarks.deploy import cell, host, manifest, plan
-from tests.test_inventory import ROOT, free_port, loopback_alias_binds, parse, run_tiny, two_hosts
+from tests.test_inventory import (
+    ROOT,
+    free_port,
+    need_local_hosts,
+    parse,
+    run_tiny,
+    two_hosts,
+)
 
 # --- the host's sampler daemon -------------------------------------------------------------------------------
 
@@ -183,16 +188,7 @@ ADDRESSES = ("127.0.0.7", "127.0.0.8")
 @pytest.fixture
 def need_hosts_on_7_and_8() -> None:
     """Two hosts on this machine at 127.0.0.7 and 127.0.0.8 (as tests/test_inventory.py's own fixture)."""
-    problems = []
-    if not all(loopback_alias_binds(a) for a in ADDRESSES):
-        problems.append(f"{' and '.join(ADDRESSES)} cannot be bound here")
-    if not shutil.which("start-stop-daemon"):
-        problems.append("start-stop-daemon is not installed (Debian and Ubuntu have it in dpkg)")
-    if not problems:
-        return
-    if os.environ.get("CI"):
-        pytest.fail("; ".join(problems) + " (CI is set, so this is a failure, not a skip)")
-    pytest.skip("; ".join(problems))
+    need_local_hosts(*ADDRESSES)
 
 
 def write_hosts(tmp_path: Path) -> Path:
