@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from fault_cells import ledger_rows, run_one
 
-from backends.arq_backend import FLAKY_TRIES
 from benchmarks.analysis.faults import retry_table
 from benchmarks.analysis.load import load_results
 
@@ -44,7 +43,8 @@ def attempts_in_ledger(run_dir: Path) -> dict[str, list[tuple[int, str]]]:
     ("rq", "[rq]\nretry_max = 2\n", 3),  # RQ retries only with a Retry: retry_max = 2
     ("dramatiq", "", 21),       # the Retries middleware's default max_retries, 20
     ("huey", "", 1),            # @huey.task(retries=0), Huey's default: no retry
-    ("arq", "", FLAKY_TRIES),   # max_tries unset: the most tries the catalogue's flaky needs (not arq's 5)
+    # arq (max_tries unset: 11 tries, the most the catalogue's flaky needs) is left out here: 11 polls of its
+    # private environment cost CI about 18 s; faults.toml's poison cells run it (benchmarks/NOTES.md).
 ])
 def test_a_poison_task_runs_exactly_the_attempts_its_library_promises_then_fails(need_redis, tmp_path, backend,
                                                                                   knobs, attempts):

@@ -16,8 +16,8 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from benchmarks import measure, store
 from benchmarks import spec as spec_mod
+from benchmarks import store
 from benchmarks.cli import cli
 from benchmarks.deploy import inventory as inv
 from benchmarks.deploy import manifest, plan
@@ -414,6 +414,24 @@ def test_workers_on_a_second_host_drain_tasks_enqueued_through_the_api_on_the_fi
     shown = " ".join(done.stderr.split())  # what the command printed, its line wrapping undone
     assert "exactly once across hosts: yes" in shown and "host2: clock offset" in shown and "broker RTT" in shown
 
+    # Each host's resources were sampled, collected with its manifest, and stored with a host column.
+    run_dir, figures = runs[0], record["summary"]["figures"]
+    for host in ("host1", "host2"):
+        files = manifest.verify(run_dir / "hosts" / host, host)["files"]
+        assert files[store.RESOURCES_CSV]["rows"] > 0 and files[store.MACHINE_CSV]["rows"] > 0
+    components = store.read_resources(run_dir).groupby("host")["component"].agg(set).to_dict()
+    assert components == {"host1": {"broker", "api", "locust"}, "host2": {"workers"}}
+    assert set(store.read_machine(run_dir)["host"]) == {"host1", "host2"}
+    # The figures: per component as a local run's (what the report and summary.csv read), and per host.
+    assert set(figures["resources"]) == {"broker", "api", "locust", "workers"}
+    assert set(figures["resources_by_host"]["host2"]["components"]) == {"workers"}
+    for host in ("host1", "host2"):
+        machine = figures["resources_by_host"][host]["machine"]
+        assert machine["n_cpus"] == psutil.cpu_count() and 0 <= machine["cpu_percent"] <= 100
+    assert record["deployment"]["manifests"]["host2"]["resource_files"] == 2
+    assert "resources: CPU" in shown and "busiest: workers" in shown
+    assert store.summary_rows(out)[0]["workers_cpu_s"] == figures["resources"]["workers"]["cpu_s"]
+
     # Nothing started on the hosts is left running.
     assert_nothing_left_running(tmp_path)
 
@@ -422,34 +440,3 @@ def assert_nothing_left_running(tmp_path: Path) -> None:
     """No process started on the hosts (its command line or environment names `tmp_path`) is left running."""
     assert not left_running(tmp_path)
 
-
-@pytest.mark.service
-def test_two_locust_workers_on_the_loadgen_host_end_ok_with_the_masters_count_equal_to_the_ledgers_sent_rows(
-        tmp_path, need_redis, need_two_local_hosts):
-    done, out = run_tiny_on_two_hosts(tmp_path, duration_s=1, load_workers=2)
-    (run_dir,) = store.run_dirs(out)
-    record = store.load_run(run_dir)
-    assert done.returncode == 0 and record["status"] == "ok", (record.get("detail"), done.stderr[-3000:])
-    checks, figures = record["summary"]["checks"], record["summary"]["figures"]
-    for name in ("locust_count_matches", "requests_match_ledger", "generator_kept_up", "all_finished"):
-        assert checks[name]["ok"], (name, checks[name])
-
-    # Each Locust worker on host1 wrote its own raw log, collected and listed in host1's manifest; merged,
-    # they are the master's count of POST /tasks and the ledger's sent rows.
-    logs = sorted((run_dir / "hosts" / "host1" / store.REQUEST_LOGS_DIR).glob("*.csv"))
-    assert len(logs) == 2
-    assert sum(1 for name in manifest.verify(run_dir / "hosts" / "host1", "host1")["files"]
-               if name.startswith(store.REQUEST_LOGS_DIR)) == 2
-    merged = store.read_requests_table(run_dir)
-    posted, failed = store.locust_post_counts(run_dir)
-    assert posted == int((merged["status"] != measure.UNANSWERED_STATUS).sum()) and failed == 0
-    sent = pd.read_parquet(run_dir / store.TASKS_TABLE).dropna(subset=["sent_ns"]).drop_duplicates("id")
-    assert int((merged["status"] == 202).sum()) == len(sent) == figures["sent"] > 0
-    assert merged["request_id"].is_unique
-
-    # The master's roll call: both workers connected and reported their end.
-    assert figures["load_workers"]["ok"] and figures["load_workers"]["reported"] == 2
-    assert record["generator"]["load_workers"] == 2 and record["generator"]["host"] == "host1"
-    assert sorted(p["name"] for p in record["processes"] if p["name"].startswith("locust")) == [
-        "locust", "locust-worker-0", "locust-worker-1"]
-    assert all(p["host"] == "host1" for p in record["processes"] if p["name"].startswith("locust"))

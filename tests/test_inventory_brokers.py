@@ -1,7 +1,8 @@
 """Brokers of an inventory run: a private RabbitMQ node on the broker host (with a Redis beside it for results),
 and brokers the user runs instead of a broker host (``--broker-url``, ``--amqp-url``). Plans are read from
 ``from_listing`` (no Ansible); refusals name the key and what is allowed and exit 2 before anything starts;
-one real run per kind of broker on two loopback hosts runs every task exactly once."""
+one real run per kind of broker on two loopback hosts runs every task exactly once (the one on the user's Redis
+is a drain cell, so drain mode on an inventory is checked end to end there too)."""
 
 from __future__ import annotations
 
@@ -277,16 +278,17 @@ def test_celery_on_a_rabbitmq_node_on_the_broker_host_runs_every_task_once_on_th
 
 
 @pytest.mark.service
-def test_rq_on_the_users_redis_instead_of_a_broker_host_leaves_the_users_keys_and_runs_every_task_once(
+def test_a_drain_on_the_users_redis_instead_of_a_broker_host_leaves_their_keys_and_runs_every_task_once_on_host2(
         tmp_path, need_redis, need_hosts):
+    # Two features in one real run (each costs half a minute of CI): brokers you run, and drain mode.
     supervisor = Supervisor()
     (tmp_path / "users" / "logs").mkdir(parents=True)
     try:
         users = brokers.start_private_redis(supervisor, tmp_path / "users", name="users-redis")
         theirs = redis.Redis.from_url(users.url.rsplit("/", 1)[0] + "/9")
         theirs.set("the-users-key", "kept")  # another database of "their" Redis: never touched
-        done, out = run_tiny(tmp_path, {"backend": "rq"}, "--broker-url", users.url.rsplit("/", 1)[0] + "/2",
-                             broker=False)
+        done, out = run_tiny(tmp_path, {"backend": "rq", "mode": "drain", "tasks": 30, "processes": 2},
+                             "--broker-url", users.url.rsplit("/", 1)[0] + "/2", broker=False)
         record = assert_every_task_ran_once_on_host2(done, out)
         broker = record["brokers"]["broker"]
         assert broker["kind"] == "redis" and broker["owned"] and broker["url"].endswith("/2")
@@ -296,3 +298,17 @@ def test_rq_on_the_users_redis_instead_of_a_broker_host_leaves_the_users_keys_an
     finally:
         supervisor.stop_all()
     assert_nothing_left_running(tmp_path)
+
+    # The drain: every preloaded task (sent from the coordinator, its rows in ledger/) ran once, on host2.
+    (run_dir,) = store.run_dirs(out)
+    assert record["drain_ended_by"] == "all-finished" and record["probe_tasks"] >= 1
+    tasks = pd.read_parquet(run_dir / store.TASKS_TABLE)
+    assert tasks.dropna(subset=["sent_ns"])["id"].nunique() == 30
+    checks, figures = record["summary"]["checks"], record["summary"]["figures"]
+    assert all(checks[k]["ok"] for k in ("all_finished", "no_duplicates", "nothing_unsent_ran"))
+    assert figures["executions_by_host"] == {"host2": 30}
+    assert figures["wall_from_worker_start_s"] > 0 and figures["resources_by_host"]["host2"]["components"]
+    # No API, no Locust, no broker host: host1 ran its clock responder and sampler only.
+    assert {p["name"] for p in record["processes"] if p["host"] == "host1"} == {"clock", "sampler"}
+    assert not (run_dir / store.REQUESTS_TABLE).exists()
+    assert "exactly once across hosts: yes" in " ".join(done.stderr.split())

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from benchmarks.deploy import inventory as inv
 from benchmarks.deploy import manifest, plan
 from benchmarks.deploy.cell import correct_ledgers, scheduling_host
 from benchmarks.deploy.plan import PlanError
-from tests.test_inventory import free_port, left_running, listing, need_local_hosts
+from tests.test_inventory import free_port, left_running, listing, need_local_hosts, run_tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 MS = 1_000_000
@@ -221,15 +220,8 @@ qb_python={sys.executable}
 @pytest.mark.service
 def test_two_loadgen_hosts_each_send_through_their_own_locust_worker_to_two_apis_and_every_task_runs_exactly_once(
         tmp_path, need_redis, need_three_local_hosts):
-    cell = {"backend": "rq", "processes": 1, "api_workers": 1, "api_threads": 2, "task": "noop", "rate": 10,
-            "warmup_s": 0.5, "duration_s": 1, "drain_timeout_s": 30, "load_workers": 2}
-    matrix_file = tmp_path / "tiny.toml"
-    matrix_file.write_text('name = "tiny-loadgens"\n' + "".join(f"{k} = {json.dumps(v)}\n" for k, v in cell.items())
-                           + '[rq]\nworker_class = "SimpleWorker"\n')
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "run", str(matrix_file), "--inventory",
-                           str(write_three_hosts(tmp_path)), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=240, cwd=ROOT)
-    (run_dir,) = store.run_dirs(tmp_path / "out")
+    done, out = run_tiny(write_three_hosts(tmp_path), tmp_path, duration_s=1, load_workers=2)
+    (run_dir,) = store.run_dirs(out)
     record = store.load_run(run_dir)
     assert done.returncode == 0 and record["status"] == "ok", (record.get("detail"), done.stderr[-3000:])
     checks, figures = record["summary"]["checks"], record["summary"]["figures"]

@@ -1,10 +1,11 @@
-"""Resource sampling on an inventory's hosts: each host's sampler daemon, its collected files, the figures."""
+"""Resource sampling on an inventory's hosts: each host's sampler daemon, its collected files, the figures, and
+the drain plan. The real runs that check them are tests/test_inventory.py's two-host run (resources) and
+tests/test_inventory_brokers.py's drain on the user's Redis."""
 
 from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,10 +21,7 @@ from benchmarks.cli import _hosts_lines
 from benchmarks.deploy import cell, host, manifest, plan
 from tests.test_inventory import (
     ROOT,
-    free_port,
-    need_local_hosts,
     parse,
-    run_tiny,
     two_hosts,
 )
 
@@ -178,100 +176,3 @@ def test_a_drain_cells_workers_wait_for_the_workers_playbook_and_no_api_or_locus
     # The workers are stopped with the other services, whichever playbook started them.
     stop = the_plan.hosts["host2"]["stop_services"]
     assert all(the_plan.hosts["host2"]["run_dir"] + f"/pids/{name}.pid" in stop for _, name in workers)
-
-
-# --- a real run on two hosts ----------------------------------------------------------------------------------
-
-ADDRESSES = ("127.0.0.7", "127.0.0.8")
-
-
-@pytest.fixture
-def need_hosts_on_7_and_8() -> None:
-    """Two hosts on this machine at 127.0.0.7 and 127.0.0.8 (as tests/test_inventory.py's own fixture)."""
-    need_local_hosts(*ADDRESSES)
-
-
-def write_hosts(tmp_path: Path) -> Path:
-    """host1 (127.0.0.7) the loadgen, API and broker; host2 (127.0.0.8) the workers; every port free."""
-    one, two = ADDRESSES
-    path = tmp_path / "hosts.ini"
-    path.write_text(f"""
-[loadgen]
-host1 qb_address={one} qb_root={tmp_path / 'h1'} qb_api_port={free_port(one)} qb_broker_port={free_port(one)} \
-qb_clock_port={free_port(one, socket.SOCK_DGRAM)} qb_locust_port={free_port(one)}
-[api]
-host1
-[broker]
-host1
-[workers]
-host2 qb_address={two} qb_root={tmp_path / 'h2'} qb_clock_port={free_port(two, socket.SOCK_DGRAM)}
-[all:vars]
-ansible_connection=local
-ansible_python_interpreter={sys.executable}
-qb_python={sys.executable}
-""")
-    return path
-
-
-def run_on_hosts(tmp_path: Path, **keys) -> tuple[subprocess.CompletedProcess, Path]:
-    return run_tiny(write_hosts(tmp_path), tmp_path, **keys)
-
-
-@pytest.mark.service
-def test_an_inventory_run_samples_each_hosts_services_and_machine_and_shows_each_hosts_cpu(
-        tmp_path, need_redis, need_hosts_on_7_and_8):
-    done, out = run_on_hosts(tmp_path)
-    (run_dir,) = store.run_dirs(out)
-    record = store.load_run(run_dir)
-    assert done.returncode == 0 and record["status"] == "ok", (record.get("detail"), done.stderr[-3000:])
-
-    # Each host's samples were collected, listed in its manifest, and stored together with a host column.
-    for name in ("host1", "host2"):
-        files = manifest.verify(run_dir / "hosts" / name, name)["files"]
-        assert files[store.RESOURCES_CSV]["rows"] > 0 and files[store.MACHINE_CSV]["rows"] > 0
-    resources = store.read_resources(run_dir)
-    components = resources.groupby("host")["component"].agg(set).to_dict()
-    assert components == {"host1": {"broker", "api", "locust"}, "host2": {"workers"}}
-    assert set(store.read_machine(run_dir)["host"]) == {"host1", "host2"}
-
-    # The figures: per component as a local run's (what the report reads), and per host.
-    figures = record["summary"]["figures"]
-    assert set(figures["resources"]) == {"broker", "api", "locust", "workers"}
-    assert figures["tasks_per_worker_cpu_s"] is None or figures["tasks_per_worker_cpu_s"] > 0
-    by_host = figures["resources_by_host"]
-    assert set(by_host["host2"]["components"]) == {"workers"}
-    for name in ("host1", "host2"):
-        machine = by_host[name]["machine"]
-        assert machine["n_cpus"] == psutil.cpu_count() and 0 <= machine["cpu_percent"] <= 100
-    assert record["deployment"]["manifests"]["host2"]["resource_files"] == 2
-    shown = " ".join(done.stderr.split())
-    assert "resources: CPU" in shown and "busiest: workers" in shown
-
-    # The summary row and the report read it as they read a local run's.
-    row = store.summary_rows(out)[0]
-    assert row["workers_cpu_s"] == figures["resources"]["workers"]["cpu_s"]
-
-
-@pytest.mark.service
-def test_a_drain_cell_on_two_hosts_runs_every_preloaded_task_exactly_once_on_the_workers_host(
-        tmp_path, need_redis, need_hosts_on_7_and_8):
-    done, out = run_on_hosts(tmp_path, mode="drain", tasks=30, processes=2)
-    (run_dir,) = store.run_dirs(out)
-    record = store.load_run(run_dir)
-    assert done.returncode == 0 and record["status"] == "ok", (record.get("detail"), done.stderr[-3000:])
-    assert record["drain_ended_by"] == "all-finished" and record["probe_tasks"] >= 1
-
-    # Every preloaded task (sent from the coordinator, its rows in ledger/) ran exactly once, on host2.
-    tasks = pd.read_parquet(run_dir / store.TASKS_TABLE)
-    sent = tasks.dropna(subset=["sent_ns"]).drop_duplicates("id")
-    ok = tasks[tasks["outcome"] == "ok"]
-    assert len(sent) == 30 and ok.groupby("id").size().eq(1).all() and set(ok["id"]) == set(sent["id"])
-    checks, figures = record["summary"]["checks"], record["summary"]["figures"]
-    assert all(checks[k]["ok"] for k in ("all_finished", "no_duplicates", "nothing_unsent_ran"))
-    assert figures["executions_by_host"] == {"host2": 30}
-    assert figures["wall_from_worker_start_s"] > 0 and figures["resources_by_host"]["host2"]["components"]
-
-    # No API, no Locust: only the broker, the clock responders, the samplers and the workers ran.
-    assert {p["name"] for p in record["processes"] if p["host"] == "host1"} == {"redis", "clock", "sampler"}
-    assert not (run_dir / store.REQUESTS_TABLE).exists()
-    assert "exactly once across hosts: yes" in " ".join(done.stderr.split())
