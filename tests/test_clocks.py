@@ -121,7 +121,7 @@ def test_ledgers_from_two_hosts_are_corrected_onto_the_coordinators_clock(tmp_pa
                     "outcome": "ok", "pid": 2, "host": "host2"}]
     write_rows(tmp_path / "hosts" / "host1" / "ledger" / "host1-1.jsonl", sent)
     write_rows(tmp_path / "hosts" / "host2" / "ledger" / "host2-2.jsonl", worker)
-    correct_ledgers(tmp_path, host_clocks, loadgen="host1")
+    correct_ledgers(tmp_path, host_clocks, ["host1"])
     each = measure.per_task(ledger.executions(tmp_path / "ledger"))
     queue_wait_ms = ((each["first_started_ns"] - each["enqueued_ns"]) / MS).astype(float).sort_values().tolist()
     bound_ms = (host_clocks["host1"].uncertainty_ns + host_clocks["host2"].uncertainty_ns) / MS

@@ -590,13 +590,12 @@ def corrected_requests(run_dir: Path, host_clocks: Mapping[str, clocks.HostClock
     return pd.concat(frames, ignore_index=True).sort_values("scheduled_ns").reset_index(drop=True)
 
 
-def correct_ledgers(run_dir: Path, host_clocks: Mapping[str, clocks.HostClock], loadgen: str | Sequence[str]) -> Path:
+def correct_ledgers(run_dir: Path, host_clocks: Mapping[str, clocks.HostClock], loadgens: Sequence[str]) -> Path:
     """Every host's collected ledger rows, on the coordinator's clock, into ``run_dir/ledger/`` (one file per
     host file). A row's ``sent_ns``/``enqueued_ns``/``t_ns`` were stamped by the host whose ledger holds it,
     its ``scheduled_ns`` by the loadgen host that sent the request (Locust's ``X-Scheduled-At``), which its
-    ``request_id`` names (`scheduling_host`; `loadgen`: the loadgen host names, the Locust master's first).
+    ``request_id`` names (`scheduling_host`; `loadgens`: the loadgen host names, the Locust master's first).
     A line cut short is skipped, as `backends.ledger` does."""
-    loadgens = [loadgen] if isinstance(loadgen, str) else list(loadgen)
     out = run_dir / "ledger"
     out.mkdir(parents=True, exist_ok=True)
     for host, clock in host_clocks.items():
